@@ -1,0 +1,20 @@
+# Each target is one command. PY can point at another interpreter: make test PY=.venv/bin/python
+PY ?= python3
+TORCH ?= torch==2.13.0
+
+.PHONY: install test lint bench demo
+
+install:
+	$(PY) -m pip install $(TORCH) && $(PY) -m pip install -r requirements.txt
+
+test:
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests
+
+lint:
+	$(PY) -m ruff check minipsn cli.py examples tests
+
+bench:
+	HF_HUB_OFFLINE=1 $(PY) cli.py bench --out bench
+
+demo:
+	HF_HUB_OFFLINE=1 $(PY) cli.py train --model tiny --out runs/demo

@@ -1,0 +1,82 @@
+"""minipsn command line: a thin layer that parses options into a Config and calls minipsn.
+
+    python cli.py train --model tiny
+    python cli.py train --model qwen-1.5b --dataset math --data-dir ../shared/data --sigma 0.003
+    python cli.py train --resume runs/latest
+
+Bad input ends with one line saying what to change and exit code 2 (`--debug` shows the traceback).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+DEBUG = "--debug" in sys.argv
+
+
+def friendly(fn):
+    """Turn the errors a user can fix (ValueError, FileNotFoundError) into one line and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, TypeError) as e:
+            if DEBUG:
+                raise
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def resolve(model, method, config, sets, **first_class):
+    """Options → Config: first-class flags are --set shortcuts; explicit --set wins over them."""
+    from minipsn.config import build_config, parse_sets
+
+    overrides = {k: v for k, v in first_class.items() if v is not None}
+    overrides.update(parse_sets(sets or []))
+    return build_config(model=model, method=method, file=config, sets=overrides)
+
+
+@app.command()
+@friendly
+def train(
+    model: Optional[str] = typer.Option(None, help="alias (tiny, qwen-1.5b, ...), hub id or local folder"),
+    method: Optional[str] = typer.Option(None, help="grpo, psn, psn-notis, psn-kl, psn-adaptive, temperature, passk, psn-passk"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps (run.steps)"),
+    sigma: Optional[float] = typer.Option(None, help="initial noise std σ (noise.sigma)"),
+    seed: Optional[int] = typer.Option(None, help="run seed (run.seed)"),
+    out: Optional[str] = typer.Option(None, help="run folder (run.out)"),
+    dataset: Optional[str] = typer.Option(None, help="synthetic, gsm8k, math, ... (data.dataset)"),
+    data_dir: Optional[str] = typer.Option(None, help="folder of local JSON Lines files (data.data_dir)"),
+    config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    resume: Optional[str] = typer.Option(None, help="continue the run in this folder"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Train a LoRA policy with PSN-GRPO."""
+    from minipsn.train import train as run_train
+
+    if resume is not None:
+        from minipsn import checkpoint
+        from minipsn.config import apply_overrides, config_from_dict, parse_sets
+
+        ckpt = checkpoint.latest(__import__("pathlib").Path(resume))
+        if ckpt is None:
+            raise ValueError(f"{resume} is not a run folder with a checkpoint; nothing to resume")
+        cfg = config_from_dict(checkpoint.load_state(ckpt)["config"])
+        cfg = apply_overrides(cfg, {"run.out": resume, **({"run.steps": steps} if steps else {}), **parse_sets(set_)})
+    else:
+        cfg = resolve(model, method, config, set_, **{"run.steps": steps, "noise.sigma": sigma, "run.seed": seed,
+                      "run.out": out, "data.dataset": dataset, "data.data_dir": data_dir})
+    run_dir = run_train(cfg, resume=resume is not None)
+    typer.echo(f"run folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

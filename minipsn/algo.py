@@ -1,0 +1,173 @@
+"""The math of PSN-GRPO as pure functions: tensors in, tensors (+ a small stats dict) out.
+
+Shapes: P prompts, G completions each, N = P·G rows laid out prompt-major (row i belongs to
+prompt i // G), T completion tokens, V vocabulary.
+
+    advantage   A_i   = (r_i − mean_g r) / (std_g r + eps)               (group_advantages)
+    TIS weight  w_t   = min(π_θ(a_t) / π_θ̃(a_t), C), detached           (tis_weights)
+    token loss  l_t   = −w_t · min(ρ_t A, clip(ρ_t, 1−ε, 1+ε) A) [+ β k3]  (policy_loss)
+
+π_θ̃ is the policy with parameter-space noise that sampled the rollouts, π_θ the clean policy
+that learns (arXiv 2602.02555, Sec. 3); ρ_t = π_θ/π_θ_old is the usual PPO ratio. Ratios are
+formed in log space and the log-ratio is clamped before exp, so a token that the noisy policy
+found very unlikely cannot overflow.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+LOG_RATIO_MIN = -20.0  # exp(-20) ≈ 2e-9: weights below this are zero for any practical purpose
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """(P, G) rewards → (P, G) advantages, centred per group, optionally divided by the group std.
+
+    A group whose rewards are all equal carries no signal and gets exactly 0 (no 0/0)."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (P, G), got shape {tuple(rewards.shape)}")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)
+    flat = (rewards.max(dim=1, keepdim=True).values == rewards.min(dim=1, keepdim=True).values)
+    return centred.masked_fill(flat, 0.0)
+
+
+def passk_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """(P, G) binary rewards → (P, G) Pass@k-training advantages (Chen et al. 2025, analytical form).
+
+    With N = G and N_neg failures: R̄ = 1 − C(N_neg, k)/C(N, k), σ = √(R̄(1−R̄)),
+    A_pos = (1 − R̄)/σ and A_neg = (1 − R̄ − C(N_neg−1, k−1)/C(N−1, k−1))/σ."""
+    P, G = rewards.shape
+    if not 1 <= k <= G:
+        raise ValueError(f"pass@k training needs 1 <= k <= G={G}, got k={k}")
+    out = torch.zeros_like(rewards, dtype=torch.float64)
+    for p in range(P):
+        n_neg = int((rewards[p] <= 0.5).sum())
+        r_bar = 1.0 - math.comb(n_neg, k) / math.comb(G, k)
+        std = math.sqrt(r_bar * (1.0 - r_bar))
+        if std == 0.0:
+            continue
+        a_pos = (1.0 - r_bar) / std
+        a_neg = (1.0 - r_bar - (math.comb(n_neg - 1, k - 1) / math.comb(G - 1, k - 1) if n_neg > 0 else 0.0)) / std
+        out[p] = torch.where(rewards[p] > 0.5, a_pos, a_neg)
+    return out.to(rewards.dtype)
+
+
+def _chunk_logp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
+    logits = (hidden @ weight.T).float() / temperature  # (B, t, V), only one chunk at a time
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                   temperature: float = 1.0, chunk: int = 128) -> torch.Tensor:
+    """(B, T) log π(targets) at `temperature` from final hidden states (B, T, H) and the LM head (V, H).
+
+    Works in chunks of `chunk` positions and recomputes each chunk's logits in backward, so a
+    float32 (B, T, V) tensor never exists."""
+    logps = []
+    for s in range(0, hidden.shape[1], chunk):
+        h, t = hidden[:, s : s + chunk], targets[:, s : s + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            logps.append(checkpoint(_chunk_logp, h, weight, t, temperature, use_reentrant=False))
+        else:
+            logps.append(_chunk_logp(h, weight, t, temperature))
+    return torch.cat(logps, dim=1)
+
+
+def token_self_certainty(logits: torch.Tensor) -> torch.Tensor:
+    """(..., V) logits → (...) KL(U ‖ softmax(z)) = logsumexp(z) − mean(z) − log V (≥ 0)."""
+    z = logits.float()
+    return torch.logsumexp(z, dim=-1) - z.mean(dim=-1) - math.log(z.shape[-1])
+
+
+def self_certainty(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, T, V) logits and (N, T) mask → (N,) mean self-certainty over each row's tokens (Kang et al. 2025)."""
+    return masked_mean(token_self_certainty(logits), mask, dim=1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def tis_weights(learner_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float = 10.0,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """(N, T) log π_θ and log π_θ̃ → detached (N, T) weights min(π_θ/π_θ̃, C) and stats.
+
+    Exactly 1 where the two log-probs agree. The log-ratio is clamped to [LOG_RATIO_MIN, log C]
+    before exp, which equals min(exp(·), C) without ever overflowing."""
+    if cap <= 0:
+        raise ValueError(f"TIS cap C must be > 0, got {cap}")
+    log_ratio = (learner_logp.detach() - sampler_logp.detach()).float()
+    clipped = log_ratio > math.log(cap)
+    w = torch.exp(log_ratio.clamp(LOG_RATIO_MIN, math.log(cap)))
+    mask = torch.ones_like(w, dtype=torch.bool) if mask is None else mask.bool()
+    stats = {"tis/weight_mean": masked_mean(w, mask).item(),
+             "tis/clip_frac": masked_mean(clipped.float(), mask).item(),
+             "noise/kl_proxy": masked_mean(-log_ratio, mask).item()}
+    return w, stats
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0)."""
+    d = (ref_logp - logp).clamp(-20.0, 20.0)
+    return torch.exp(d) - d - 1.0
+
+
+def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, agg: str, n_tokens: int, n_seqs: int,
+              max_len: int) -> torch.Tensor:
+    """Sum a micro-batch's (n, T) token losses with a normaliser of the *whole* batch.
+
+    token-mean: Σ l / tokens;  seq-mean: Σ_i mean_t l_i / N;  dr-grpo: Σ l / (N · T_max).
+    Because the normaliser is global, the sum over micro-batches is independent of the split."""
+    mask = mask.to(token_loss.dtype)
+    if agg == "token-mean":
+        return (token_loss * mask).sum() / max(n_tokens, 1)
+    elif agg == "seq-mean":
+        return ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1.0)).sum() / n_seqs
+    elif agg == "dr-grpo":
+        return (token_loss * mask).sum() / (n_seqs * max_len)
+    else:
+        raise ValueError(f"unknown loss aggregation {agg!r}; use token-mean, seq-mean or dr-grpo")
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                tis_w: torch.Tensor | None, clip_eps: float) -> tuple[torch.Tensor, dict]:
+    """(n, T) per-token clipped surrogate loss −w·min(ρA, clip(ρ)A) and stats (not yet aggregated).
+
+    `advantages` is (n,), broadcast over tokens; `tis_w` is None when TIS is off."""
+    ratio = torch.exp((logp - old_logp).clamp(LOG_RATIO_MIN, -LOG_RATIO_MIN))
+    adv = advantages.unsqueeze(1).to(logp.dtype)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    loss = -surrogate if tis_w is None else -tis_w * surrogate
+    clipped = ((ratio - 1).abs() > clip_eps).float()
+    return loss, {"loss/clip_frac_sum": (clipped * mask).sum().item()}
+
+
+def group_diversity(pooled: torch.Tensor, G: int) -> torch.Tensor:
+    """(N, H) per-row embeddings (prompt-major) → (P,) mean pairwise cosine distance within each group.
+
+    Written as ‖e_i − e_j‖²/2 of unit vectors (= 1 − cos), so identical completions give exactly 0."""
+    N, H = pooled.shape
+    if N % G:
+        raise ValueError(f"{N} rows is not a multiple of G={G}")
+    e = F.normalize(pooled.float(), dim=-1).view(N // G, G, H)  # (P, G, H)
+    dist = (e.unsqueeze(2) - e.unsqueeze(1)).pow(2).sum(-1) / 2  # (P, G, G), zero diagonal
+    return dist.sum((1, 2)) / (G * (G - 1))
+
+
+def ngram_diversity(rows: list[list[int]], G: int, n: int = 2) -> torch.Tensor:
+    """Token rows (prompt-major) → (P,) mean pairwise Jaccard distance of the rows' n-gram sets."""
+    sets = [{tuple(r[i : i + n]) for i in range(max(len(r) - n + 1, 1))} for r in rows]
+    out = []
+    for p in range(len(rows) // G):
+        group = sets[p * G : (p + 1) * G]
+        d = [1 - len(a & b) / max(len(a | b), 1) for i, a in enumerate(group) for b in group[i + 1 :]]
+        out.append(sum(d) / len(d))
+    return torch.tensor(out)

@@ -1,0 +1,103 @@
+"""Crash-safe checkpoints: a run killed at any moment resumes from its last complete step.
+
+Layout of a run folder:
+    config.json                  resolved config (also inside every checkpoint)
+    metrics.jsonl                one JSON object per step
+    checkpoints/step-000050/     adapter/ (peft format) + state.pt (optimizer, σ scheduler, RNGs, step)
+    checkpoints/latest           name of the newest complete checkpoint
+    adapter/                     the final adapter (PeftModel.from_pretrained loads it)
+
+Each checkpoint is written under a temporary name and renamed when complete; `latest` is
+replaced atomically after that. A kill between the two leaves the previous checkpoint named.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, step: int, model, optimizer, scheduler, config: dict, keep: int = 1) -> Path:
+    """Write checkpoint `step` (the number of finished steps) and point `latest` at it."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    tmp = root / f".{name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "adapter")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(), "config": config}, tmp / "state.pt")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _atomic_write(root / "latest", name)
+    old = sorted(p for p in root.glob("step-*") if p.name != name)
+    for p in old[: max(len(old) - (keep - 1), 0)]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if (path / "state.pt").is_file() else None
+
+
+def load_state(ckpt: Path) -> dict:
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+
+
+def load_adapter_weights(model, ckpt: Path) -> None:
+    """Copy a saved adapter's weights into the live peft model (same config)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"checkpoint {ckpt} does not match this model: unexpected {result.unexpected_keys[:3]}")
+
+
+def save_final_adapter(run_dir: Path, model) -> Path:
+    tmp = run_dir / f".adapter.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    final = run_dir / "adapter"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines of steps after `step` (they are recomputed on resume)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    _atomic_write(path, "".join(line + "\n" for line in keep))

@@ -1,0 +1,395 @@
+"""Configuration: one frozen dataclass per concern, gathered into `Config`.
+
+Every field has a type, a default and a one-line docstring (the comment above it) with its
+paper symbol where there is one: P prompts per step, G group size, σ noise std, C TIS cap,
+ε clip range, β KL weight, R LoRA rank. Validation lives in `__post_init__` so a bad value
+fails where it is made, with a message that says what to change.
+
+Overrides come as dotted strings (`noise.sigma=0.01`), parsed against the field types;
+presets (per model) and methods (grpo, psn, ...) are plain dicts of such overrides, applied
+in the order preset → method → config file → `--set`. No default is written twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
+    _check(value in options, f"{name}={value!r} is not one of {', '.join(options)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # alias (tiny, qwen-0.5b, qwen-1.5b, ...), a Hugging Face id, or a local folder
+    name: str = "tiny"
+    # base weights: nf4 (4-bit, bitsandbytes) or none (full precision)
+    quantize: str = "nf4"
+    # auto: cuda if available, else cpu
+    device: str = "auto"
+    # recompute activations in backward to save memory (learner only)
+    gradient_checkpointing: bool = True
+    # prompts longer than this many tokens are an error, not silently cut
+    max_prompt_tokens: int = 512
+
+    def __post_init__(self):
+        _one_of("model.quantize", self.quantize, ("nf4", "none"))
+        _one_of("model.device", self.device, ("auto", "cpu", "cuda"))
+        _check(self.max_prompt_tokens > 0, "model.max_prompt_tokens must be > 0")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    # R: adapter rank
+    rank: int = 16
+    # LoRA scale is alpha / R
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # which projections get adapters: attn, mlp, or all (attention + MLP)
+    targets: str = "all"
+
+    def __post_init__(self):
+        _check(self.rank >= 1, f"lora.rank must be >= 1, got {self.rank}")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout must be in [0, 1)")
+        _one_of("lora.targets", self.targets, ("attn", "mlp", "all"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # synthetic, gsm8k, math, math500, aime24, aime25, amc23, minerva, olympiadbench
+    dataset: str = "synthetic"
+    # folder of local JSON Lines files (else $MINIPSN_DATA_DIR, else the hub)
+    data_dir: str = ""
+    # prompt template: chat (tokenizer's chat template) or plain (base models)
+    template: str = "chat"
+    # skip (and count) malformed rows instead of failing on the first one
+    skip_bad_rows: bool = False
+    # synthetic task: number of arithmetic operations per problem
+    n_ops: int = 2
+    # synthetic task: operands are drawn from 1..max_operand
+    max_operand: int = 9
+    # synthetic task: size of the training and held-out sets
+    n_train: int = 4000
+    n_test: int = 200
+
+    def __post_init__(self):
+        _one_of("data.template", self.template, ("chat", "plain"))
+        _check(self.n_ops >= 1, "data.n_ops must be >= 1")
+        _check(self.max_operand >= 2, "data.max_operand must be >= 2")
+        _check(self.n_train >= 1 and self.n_test >= 1, "data.n_train and data.n_test must be >= 1")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    # σ: std of the Gaussian noise added to LoRA A/B before sampling, the start value when a
+    # scheduler moves it (0 = noise off, plain GRPO; every scheduler then keeps it at 0)
+    sigma: float = 0.0
+    # which adapters get noise: mlp (paper's best), attn, or all
+    targets: str = "mlp"
+    # step: one draw shared by all N rows (paper); group: one per prompt's G rows; rollout: one per row
+    granularity: str = "step"
+    # how σ moves: fixed, kl (variant I), adaptive (variant II)
+    scheduler: str = "fixed"
+    # σ is clamped to [sigma_min, sigma_max] (when it is not 0)
+    sigma_min: float = 1e-6
+    sigma_max: float = 0.5
+
+    def __post_init__(self):
+        _check(self.sigma >= 0.0, f"noise.sigma must be >= 0, got {self.sigma}")
+        _one_of("noise.targets", self.targets, ("mlp", "attn", "all"))
+        _one_of("noise.granularity", self.granularity, ("step", "group", "rollout"))
+        _one_of("noise.scheduler", self.scheduler, ("fixed", "kl", "adaptive"))
+        _check(0.0 <= self.sigma_min <= self.sigma_max, "need 0 <= noise.sigma_min <= noise.sigma_max")
+        _check(self.sigma == 0.0 or self.sigma_min <= self.sigma <= self.sigma_max,
+               f"noise.sigma={self.sigma:g} is outside [noise.sigma_min, noise.sigma_max] = "
+               f"[{self.sigma_min:g}, {self.sigma_max:g}]; change sigma or the bounds")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    # kl (variant I): target of the KL proxy d = mean over tokens of log π_θ̃ − log π_θ
+    kl_target: float = 0.003
+    # kl: σ ← σ·α when d < target/band, σ ← σ/α when d > target·band (Plappert et al. 2018)
+    kl_alpha: float = 1.01
+    # kl: width of the dead band around the target, as a factor
+    kl_band: float = 1.1
+    # adaptive (variant II): λ, weight of diversity D against 1 − ŝ (normalised self-certainty)
+    lam: float = 0.5
+    # adaptive: σ ← β·σ when the indicator I = λ·D + (1 − λ)·(1 − ŝ) is at or below target, σ/β otherwise
+    beta: float = 1.05
+    # adaptive: target of the indicator I (in [0, 1] when D is)
+    target: float = 0.5
+    # steps in the running min-max window of self-certainty (ŝ = 0.5 while it has no spread)
+    window: int = 20
+    # diversity measure D: hidden (cosine of mean-pooled hidden states) or ngram (distinct-n)
+    diversity: str = "hidden"
+
+    def __post_init__(self):
+        _check(self.kl_target > 0 and self.kl_alpha >= 1.0, "need scheduler.kl_target > 0, kl_alpha >= 1")
+        _check(self.kl_band >= 1.0, f"scheduler.kl_band must be >= 1, got {self.kl_band}")
+        _check(0.0 <= self.lam <= 1.0, "scheduler.lam must be in [0, 1]")
+        _check(self.beta >= 1.0, "scheduler.beta must be >= 1")
+        _check(self.window >= 2, "scheduler.window must be >= 2")
+        _one_of("scheduler.diversity", self.diversity, ("hidden", "ngram"))
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    # P: prompts per step
+    prompts_per_step: int = 8
+    # G: completions per prompt
+    group_size: int = 8
+    # ε: PPO clip range
+    clip_eps: float = 0.2
+    # truncated importance sampling w = min(π_θ/π_θ̃, C) on or off
+    tis: bool = True
+    # C: TIS cap
+    tis_cap: float = 10.0
+    # β: KL-to-base weight (k3 estimator, reference = adapter disabled); 0 = off
+    kl_beta: float = 0.0
+    # divide group-centred rewards by the group std (GRPO); off for Dr. GRPO
+    scale_advantages: bool = True
+    # advantages: grpo (group-normalised) or passk (Pass@k training, Chen et al. 2025)
+    advantage: str = "grpo"
+    # k of Pass@k training
+    passk_k: int = 4
+    # token-mean, seq-mean (original GRPO) or dr-grpo (constant normaliser)
+    loss_agg: str = "token-mean"
+    # AdamW learning rate of the LoRA weights
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    # gradient norm clip (0 = off)
+    max_grad_norm: float = 1.0
+    # learner micro-batch size in tokens (prompt + completion); sets gradient accumulation
+    micro_batch_tokens: int = 4096
+    # policy temperature of π_θ in the learner (the rollout may sample at another one)
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        _check(self.prompts_per_step >= 1, "grpo.prompts_per_step (P) must be >= 1")
+        _check(self.group_size >= 2, f"grpo.group_size (G) must be >= 2, got {self.group_size}")
+        _check(self.clip_eps > 0, "grpo.clip_eps (ε) must be > 0")
+        _check(self.tis_cap > 0, f"grpo.tis_cap (C) must be > 0, got {self.tis_cap}")
+        _check(self.kl_beta >= 0, "grpo.kl_beta (β) must be >= 0")
+        _one_of("grpo.advantage", self.advantage, ("grpo", "passk"))
+        _check(1 <= self.passk_k <= self.group_size, "grpo.passk_k must be in [1, G]")
+        _one_of("grpo.loss_agg", self.loss_agg, ("token-mean", "seq-mean", "dr-grpo"))
+        _check(self.lr > 0 and self.micro_batch_tokens > 0, "grpo.lr and grpo.micro_batch_tokens must be > 0")
+        _check(self.temperature > 0, "grpo.temperature must be > 0")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    # completion length cap T; longer completions are truncated (and scored 0 by default)
+    max_new_tokens: int = 512
+    # sampling temperature of π_θ̃
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # rows sampled at once (halved on out-of-memory)
+    batch_size: int = 64
+    # auto, hf (own loop, unmerged adapter), fast (merged bf16 copy, CUDA), lean (4-bit + adapter)
+    engine: str = "auto"
+
+    def __post_init__(self):
+        _check(self.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+        _check(self.temperature > 0, "rollout.temperature must be > 0")
+        _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
+        _check(self.batch_size >= 1, "rollout.batch_size must be >= 1")
+        _one_of("rollout.engine", self.engine, ("auto", "hf", "fast", "lean"))
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    # added to correctness: format_weight · [one non-empty \boxed{}]
+    format_weight: float = 0.0
+    # reward of a completion cut at max_new_tokens
+    truncated_reward: float = 0.0
+    # fall back to the last number when there is no \boxed{}, ####, or "the answer is"
+    last_number: bool = True
+    # hard time limit of one equivalence check, seconds
+    timeout: float = 3.0
+
+    def __post_init__(self):
+        _check(self.timeout > 0, "reward.timeout must be > 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # completions per problem (pass@k for k = 1, 2, 4, ... <= n)
+    n: int = 16
+    temperature: float = 1.0
+    max_new_tokens: int = 512
+    # held-out problems (0 = all)
+    problems: int = 0
+    # evaluate during training every this many steps (0 = off)
+    every: int = 0
+
+    def __post_init__(self):
+        _check(1 <= self.n <= 4096, "eval.n must be in [1, 4096]")
+        _check(self.temperature > 0 and self.max_new_tokens >= 1, "eval.temperature > 0, eval.max_new_tokens >= 1")
+        _check(self.problems >= 0 and self.every >= 0, "eval.problems and eval.every must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # optimizer steps
+    steps: int = 200
+    seed: int = 0
+    # run folder (metrics.jsonl, config.json, checkpoints, adapter)
+    out: str = "runs/latest"
+    # checkpoint every this many steps (and always at the end)
+    save_every: int = 25
+
+    def __post_init__(self):
+        _check(self.steps >= 1, f"run.steps must be >= 1, got {self.steps}")
+        _check(self.save_every >= 1, "run.save_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Per-model presets: overrides applied before anything the user sets.
+PRESETS: dict[str, dict[str, object]] = {
+    "tiny": {
+        "lora.rank": 8, "grpo.lr": 2e-3, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
+        "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "noise.sigma": 0.0,
+        "eval.n": 16, "eval.problems": 64,
+    },
+    "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},
+}
+
+# Methods: named overrides over the config (the baselines users compare).
+METHODS: dict[str, dict[str, object]] = {
+    "grpo": {"noise.sigma": 0.0},
+}
+
+
+def _parse_value(raw: object, typ: type, key: str) -> object:
+    """Convert a raw override (a string from the CLI, or a TOML/JSON value) to the field type."""
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key} expects true/false, got {raw!r}")
+    if typ in (int, float):
+        if isinstance(raw, bool):
+            raise ValueError(f"{key} expects {typ.__name__}, got {raw!r}")
+        try:
+            value = typ(raw) if typ is float else int(str(raw))
+        except ValueError:
+            raise ValueError(f"{key} expects {typ.__name__}, got {raw!r}") from None
+        return value
+    if typ is str:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ValueError(f"{key} expects text, got {raw!r}")
+        return str(raw)
+    raise TypeError(f"unsupported field type {typ} for {key}")
+
+
+def _field_types(section_cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, object]) -> Config:
+    """Return a new Config with `{"section.key": value}` applied; unknown keys fail loudly."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    changes: dict[str, dict[str, object]] = {}
+    for key, raw in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in sections:
+            close = difflib.get_close_matches(section, sections, n=3)
+            raise ValueError(f"unknown config section {section!r} in {key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        types = _field_types(type(getattr(cfg, section)))
+        if name not in types:
+            close = difflib.get_close_matches(name, types, n=3)
+            hint = f" (did you mean {', '.join(section + '.' + c for c in close)}?)" if close else ""
+            raise ValueError(f"unknown config key {key!r}{hint}")
+        changes.setdefault(section, {})[name] = _parse_value(raw, types[name], key)
+    new = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in changes.items()}
+    return dataclasses.replace(cfg, **new)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """`["a.b=1", ...]` → `{"a.b": "1"}`; a malformed item is an error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, object]:
+    """`{"noise": {"sigma": 0.1}}` → `{"noise.sigma": 0.1}` (for TOML/JSON config files)."""
+    flat: dict[str, object] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_file(path: str | Path) -> dict[str, object]:
+    """Read a TOML or JSON config file (sections as tables) into flat overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot parse config file {path}: {e}") from None
+    return flatten(data)
+
+
+def build_config(model: str | None = None, method: str | None = None, file: str | None = None,
+                 sets: dict[str, object] | None = None) -> Config:
+    """Resolve a Config: defaults → model preset → method → config file → explicit overrides."""
+    cfg = Config()
+    overrides: dict[str, object] = {}
+    if file:
+        overrides.update(load_file(file))
+    overrides.update(sets or {})
+    model = model or str(overrides.get("model.name", cfg.model.name))
+    cfg = apply_overrides(cfg, {"model.name": model, **PRESETS.get(model, {})})
+    if method is not None:
+        if method not in METHODS:
+            close = difflib.get_close_matches(method, METHODS, n=3)
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        cfg = apply_overrides(cfg, METHODS[method])
+    return apply_overrides(cfg, overrides)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config written by `Config.to_dict` (e.g. from a run folder)."""
+    return apply_overrides(Config(), flatten(data))

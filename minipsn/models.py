@@ -1,0 +1,216 @@
+"""Models: resolve a name, load the base (NF4 4-bit or full precision), attach LoRA, build `tiny`.
+
+The base is loaded in 4-bit NF4 with bitsandbytes (double quantization, bf16 compute on CUDA,
+fp32 on CPU) and prepared for k-bit training; peft adds LoRA adapters (rank R, scale α/R) to
+the attention and/or MLP projections. Only the adapters train, and only they get PSN noise.
+
+`tiny` is a small Qwen2-architecture model built from a config with a tokenizer trained in
+seconds by the `tokenizers` library, warm-started by a short supervised pass on worked
+solutions of the synthetic task (so RL starts with pass@1 between 0 and 1) and cached on
+disk. It takes the exact same loading path as a hub model afterwards.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from minipsn.config import Config, DataConfig, LoraConfig, ModelConfig
+
+ALIASES = {
+    "qwen-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
+    "qwen-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen-3b": "Qwen/Qwen2.5-3B-Instruct",
+    "qwen-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
+    "qwen-math-7b": "Qwen/Qwen2.5-Math-7B",
+}
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+TARGETS = {"attn": ATTN, "mlp": MLP, "all": ATTN + MLP}
+
+# Bump when the tiny model's recipe changes, so stale caches are rebuilt.
+TINY_VERSION = "v1"
+TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def resolve_name(name: str) -> str:
+    """An alias, a local folder or a hub id (`org/name`) → what `from_pretrained` takes."""
+    if name == "tiny":
+        return str(tiny_model_dir())
+    if name in ALIASES:
+        return ALIASES[name]
+    if Path(name).is_dir() or "/" in name:
+        return name
+    close = difflib.get_close_matches(name, ["tiny", *ALIASES], n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model {name!r}: use an alias ({', '.join(['tiny', *ALIASES])}), "
+                     f"a Hugging Face id (org/name) or a local folder{hint}")
+
+
+def pick_device(cfg: ModelConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device=cuda but no CUDA device is visible; use model.device=auto or cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _quantization_config(cfg: ModelConfig, device: torch.device):
+    """A BitsAndBytesConfig for NF4, or None (full precision) with one line saying why."""
+    if cfg.quantize == "none":
+        print("note: model.quantize=none, the base loads in full precision")
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:
+        print(f"note: bitsandbytes is not usable ({e}); the base loads in full precision")
+        return None
+    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # prompts are left-padded so every row's completion starts at one column
+    return tok
+
+
+def load_base(cfg: ModelConfig):
+    """The frozen base model and its tokenizer, on the configured device."""
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(cfg)
+    path = resolve_name(cfg.name)
+    quant = _quantization_config(cfg, device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kwargs = dict(dtype=dtype, device_map={"": str(device)})
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (RuntimeError, ValueError, ImportError) as e:
+        if quant is None:
+            raise
+        print(f"note: 4-bit loading failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+              "the base loads in full precision")
+        kwargs.pop("quantization_config")
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.config.use_cache = False  # the learner never needs a KV cache; rollout passes its own
+    return model, load_tokenizer(path)
+
+
+def attach_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = True):
+    """Freeze the base, prepare it for k-bit training, add LoRA adapters (peft)."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=list(TARGETS[cfg.targets]), task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def load_policy(cfg: Config, adapter: str | None = None):
+    """Base + LoRA adapter (fresh, or loaded from a saved adapter folder) and the tokenizer."""
+    model, tok = load_base(cfg.model)
+    if adapter is None:
+        return attach_lora(model, cfg.lora, cfg.model.gradient_checkpointing), tok
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter} holds no adapter (adapter_config.json missing)")
+    return PeftModel.from_pretrained(model, adapter, is_trainable=True), tok
+
+
+def lora_parameters(model, targets: str) -> dict[str, torch.nn.Parameter]:
+    """The LoRA A/B weights of the projections named by `targets` (mlp, attn, all)."""
+    names = TARGETS[targets]
+    out = {}
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and any(f".{t}." in name for t in names):
+            out[name] = p
+    if not out:
+        raise ValueError(f"the model has no LoRA weights on {targets} projections; check lora.targets")
+    return out
+
+
+# ---------------------------------------------------------------- the tiny model
+
+
+def tiny_model_dir() -> Path:
+    """Folder of the warm-started tiny model; built (about a minute on 2 cores) when missing."""
+    root = Path(os.environ.get("MINIPSN_CACHE", Path.home() / ".cache" / "minipsn"))
+    folder = root / f"tiny-{TINY_VERSION}"
+    if not (folder / "done").exists():
+        _build_tiny(folder)
+    return folder
+
+
+def _train_tokenizer(texts: list[str]):
+    """A byte-level BPE with Qwen2's normaliser and pre-tokenizer, so `AutoTokenizer` reloads it
+    as `Qwen2Tokenizer` with the same ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", chat_template=TINY_CHAT_TEMPLATE)
+
+
+def _build_tiny(folder: Path) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from minipsn.data import format_prompt, synthetic_split
+    from minipsn.sft import warm_start
+
+    records = synthetic_split(DataConfig(), "train", seed=0)
+    tok = _train_tokenizer([r["problem"] + "\n" + r["solution"] for r in records[:5000]]
+                           + [format_prompt(None, "x", "plain"), "user\nassistant\n"] * 50)
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **TINY_SHAPE)
+    model = Qwen2ForCausalLM(config)
+    print(f"building the tiny model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params): "
+          f"warm start on the synthetic task, cached in {folder}")
+    warm_start(model, tok, records)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "done").write_text(json.dumps({"version": TINY_VERSION}))
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(folder)  # atomic: a concurrent builder that lost the race keeps its own copy out
+    except OSError:
+        if not (folder / "done").exists():
+            raise

@@ -1,0 +1,125 @@
+"""Sampling G completions per prompt, keeping what the learner and the scheduler need.
+
+A hand-written decode loop (prefill, then one token at a time with a KV cache) instead of
+`generate`, because the learner needs, for every sampled token, its log-prob under the
+distribution it was actually drawn from (log π_θ̃ at the sampling temperature, after top-p),
+and the scheduler needs each row's self-certainty from the same logits: no extra pass.
+
+Rows are prompt-major (row i belongs to prompt i // G). Prompts are left-padded so every
+completion starts in one column; a row stops at the tokenizer's end-of-sequence token and
+the loop stops when every row has. A row that hits `max_new_tokens` is `truncated`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from minipsn.algo import token_self_certainty
+from minipsn.config import RolloutConfig
+
+
+@dataclass
+class Rollouts:
+    prompt_ids: torch.Tensor       # (N, Tp) left-padded
+    prompt_mask: torch.Tensor      # (N, Tp)
+    completion_ids: torch.Tensor   # (N, T) padded after the end token
+    completion_mask: torch.Tensor  # (N, T) 1 up to and including the end token
+    sampler_logp: torch.Tensor     # (N, T) log π_θ̃ of each sampled token
+    certainty: torch.Tensor        # (N,) mean self-certainty KL(U ‖ p) over the row's tokens
+    truncated: torch.Tensor        # (N,) bool: no end token within max_new_tokens
+    texts: list[str]               # N decoded completions
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+
+def encode_prompts(tok, prompts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids (n, Tp) and mask; a prompt longer than `max_tokens` is an error."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    lengths = enc["attention_mask"].sum(1)
+    if int(lengths.max()) > max_tokens:
+        i = int(lengths.argmax())
+        raise ValueError(f"prompt {i} has {int(lengths[i])} tokens, more than model.max_prompt_tokens={max_tokens}; "
+                         "raise it or shorten the prompt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row; return it and its log-prob under the sampling distribution."""
+    logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)  # (B, V)
+    if cfg.top_p < 1.0:
+        sorted_lp, order = logp.sort(dim=-1, descending=True)
+        outside = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() >= cfg.top_p  # keeps the top token
+        logp = logp.scatter(-1, order, sorted_lp.masked_fill(outside, float("-inf")))
+        logp = logp - logp.logsumexp(-1, keepdim=True)
+    token = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+    return token, logp.gather(-1, token[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, eos_id: int, pad_id: int,
+           gen: torch.Generator, max_new_tokens: int | None = None):
+    """Sample continuations of (B, Tp) left-padded prompts. Returns (ids, mask, logp, certainty) (B, T)."""
+    from transformers import DynamicCache
+
+    max_new = max_new_tokens or cfg.max_new_tokens
+    B = ids.shape[0]
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    next_pos, done = pos[:, -1] + 1, torch.zeros(B, dtype=torch.bool, device=ids.device)
+    tokens, logps, certs, valid = [], [], [], []
+    for _ in range(max_new):
+        logits = out.logits[:, -1]
+        token, lp = _pick(logits, cfg, gen)
+        token = token.masked_fill(done, pad_id)
+        tokens.append(token), logps.append(lp), certs.append(token_self_certainty(logits)), valid.append(~done)
+        done = done | (token == eos_id)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        next_pos = next_pos + 1
+    valid_t = torch.stack(valid, 1)
+    return (torch.stack(tokens, 1), valid_t, torch.stack(logps, 1).masked_fill(~valid_t, 0.0),
+            torch.stack(certs, 1).masked_fill(~valid_t, 0.0))
+
+
+def _pad_cols(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    return F.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def sample(model, tok, prompts: list[str], G: int, cfg: RolloutConfig, gen: torch.Generator,
+           max_prompt_tokens: int = 4096, row_noise=None) -> Rollouts:
+    """G completions for each prompt, prompt-major, in sub-batches of `cfg.batch_size` rows.
+
+    `row_noise`, when given, is told which rows each sub-batch holds (`row_noise.select(rows)`),
+    so per-group or per-rollout noise can apply each row's own perturbed adapter."""
+    device = next(model.parameters()).device
+    ids, mask = encode_prompts(tok, prompts, max_prompt_tokens)
+    ids, mask = ids.repeat_interleave(G, 0).to(device), mask.repeat_interleave(G, 0).to(device)  # (N, Tp)
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        for s in range(0, ids.shape[0], cfg.batch_size):
+            rows = torch.arange(s, min(s + cfg.batch_size, ids.shape[0]))
+            if row_noise is not None:
+                row_noise.select(rows)
+            parts.append(decode(model, ids[rows], mask[rows], cfg, tok.eos_token_id, tok.pad_token_id, gen))
+    finally:
+        model.train(was_training)
+    width = max(p[0].shape[1] for p in parts)
+    comp = torch.cat([_pad_cols(p[0], width, tok.pad_token_id) for p in parts])
+    cmask = torch.cat([_pad_cols(p[1], width, False) for p in parts])
+    logp = torch.cat([_pad_cols(p[2], width, 0.0) for p in parts])
+    cert = torch.cat([_pad_cols(p[3], width, 0.0) for p in parts])
+    ended = ((comp == tok.eos_token_id) & cmask).any(1)
+    texts = tok.batch_decode(comp.masked_fill(~cmask, tok.pad_token_id), skip_special_tokens=True)
+    return Rollouts(ids, mask, comp, cmask.long(), logp,
+                    cert.sum(1) / cmask.sum(1).clamp(min=1), ~ended, texts)

@@ -1,0 +1,265 @@
+"""PSN-GRPO training: `train(cfg)` runs the loop, one labelled phase at a time.
+
+    perturb LoRA by σ·ε → sample G completions per prompt with π_θ̃ → restore θ bit-exactly
+    → score → group advantages → learner log π_θ on the clean policy, TIS weights
+    w = min(π_θ/π_θ̃, C) → clipped surrogate × w, backward over micro-batches, AdamW step
+    → scheduler moves σ → status line, metrics.jsonl, checkpoint
+
+(arXiv 2602.02555, Alg. 1). Deviations: noise only on LoRA adapters of a 4-bit base; one
+optimizer step per batch (so the PPO ratio is 1 and its clip only matters through TIS-
+weighted gradients, as in on-policy GRPO); `algo.py` holds every formula.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minipsn import algo, checkpoint
+from minipsn.config import Config, GRPOConfig
+from minipsn.data import format_prompt, load_problems
+from minipsn.models import load_policy
+from minipsn.noise import derive_seed, perturbed
+from minipsn.rewards import build_reward_fn, correctness_reward
+from minipsn.rollout import Rollouts, sample
+from minipsn.scheduler import make_scheduler
+
+
+@dataclass
+class LearnerOut:
+    stats: dict
+    learner_logp: torch.Tensor  # (N, T) detached log π_θ on the clean policy
+    pooled: torch.Tensor        # (N, H) mean final hidden state over completion tokens
+
+
+def body_and_head(model):
+    """The decoder stack and the LM head weight of a (peft-wrapped) causal LM."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model, base.lm_head.weight
+
+
+def completion_logprobs(model, ro: Rollouts, rows: torch.Tensor, temperature: float):
+    """log π(completion tokens) (n, T) and pooled final hidden states (n, H) of `rows`."""
+    body, head = body_and_head(model)
+    Tp = ro.prompt_ids.shape[1]
+    ids = torch.cat([ro.prompt_ids[rows], ro.completion_ids[rows]], dim=1)
+    mask = torch.cat([ro.prompt_mask[rows], ro.completion_mask[rows]], dim=1)
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = body(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    h = hidden[:, Tp - 1 : -1]  # the state at position t predicts token t + 1
+    logp = algo.token_logprobs(h, head, ro.completion_ids[rows], temperature)
+    cmask = ro.completion_mask[rows].unsqueeze(-1).to(h.dtype)
+    pooled = ((h.detach() * cmask).sum(1) / cmask.sum(1).clamp(min=1)).float()
+    return logp, pooled
+
+
+def micro_batches(ro: Rollouts, budget_tokens: int) -> list[torch.Tensor]:
+    """Row index chunks whose padded size (rows × (Tp + T)) stays within the token budget."""
+    width = ro.prompt_ids.shape[1] + ro.completion_ids.shape[1]
+    per = max(1, budget_tokens // width)
+    return list(torch.arange(ro.completion_ids.shape[0]).split(per))
+
+
+def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: GRPOConfig,
+                 max_len: int) -> LearnerOut:
+    """Clean-policy log-probs, TIS weights and the clipped loss over micro-batches; one optimizer step."""
+    N = ro.completion_ids.shape[0]
+    n_tokens = ro.n_tokens
+    totals = {"loss/policy": 0.0, "loss/kl": 0.0}
+    logps, pooled, tis_w_sum, tis_clip, kl_proxy = [], [], 0.0, 0.0, 0.0
+    for rows in micro_batches(ro, cfg.micro_batch_tokens):
+        mask = ro.completion_mask[rows]
+        logp, pool = completion_logprobs(model, ro, rows, cfg.temperature)
+        w, tis = algo.tis_weights(logp, ro.sampler_logp[rows], cfg.tis_cap, mask) if cfg.tis else (None, None)
+        token_loss, _ = algo.policy_loss(logp, logp.detach(), advantages[rows], mask, w, cfg.clip_eps)
+        loss = algo.aggregate(token_loss, mask, cfg.loss_agg, n_tokens, N, max_len)
+        if cfg.kl_beta > 0:
+            with torch.no_grad(), model.disable_adapter():
+                ref_logp, _ = completion_logprobs(model, ro, rows, cfg.temperature)
+            kl = algo.aggregate(algo.kl_k3(logp, ref_logp), mask, cfg.loss_agg, n_tokens, N, max_len)
+            loss = loss + cfg.kl_beta * kl
+            totals["loss/kl"] += kl.item()
+        loss.backward()
+        totals["loss/policy"] += loss.item()
+        share = int(mask.sum()) / max(n_tokens, 1)
+        if tis is not None:
+            tis_w_sum += tis["tis/weight_mean"] * share
+            tis_clip += tis["tis/clip_frac"] * share
+        kl_proxy += algo.masked_mean(ro.sampler_logp[rows] - logp.detach(), mask).item() * share
+        logps.append(logp.detach())
+        pooled.append(pool)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    stats = {**totals, "loss/grad_norm": float(grad_norm), "tis/weight_mean": tis_w_sum if cfg.tis else 1.0,
+             "tis/clip_frac": tis_clip, "noise/kl_proxy": kl_proxy}
+    return LearnerOut(stats, torch.cat(logps), torch.cat(pooled))
+
+
+def step_records(records: list[dict], step: int, P: int, seed: int) -> list[dict]:
+    """The P problems of a step: a fixed function of (seed, step), so a resumed run sees the same ones."""
+    n = len(records)
+    out = []
+    for j in range(step * P, (step + 1) * P):
+        epoch, i = divmod(j, n)
+        order = list(range(n))
+        random.Random(derive_seed(seed, "data", epoch)).shuffle(order)
+        out.append(records[order[i]])
+    return out
+
+
+def score(reward_fn, default_reward: bool, ro: Rollouts, recs: list[dict], timeout: float):
+    """Rewards (N,) and verifier accuracy (N,) of the rollouts."""
+    truncated = ro.truncated.tolist()
+    rewards = torch.tensor(reward_fn(ro.texts, recs, truncated), dtype=torch.float32)
+    if default_reward:
+        return rewards, rewards
+    correct = [correctness_reward(t, r["answer"], tr, timeout=timeout) for t, r, tr in zip(ro.texts, recs, truncated)]
+    return rewards, torch.tensor(correct)
+
+
+def status_line(m: dict, steps: int) -> str:
+    return (f"step {m['step']}/{steps} | reward {m['reward/mean']:.2f} | acc {m['reward/accuracy']:.2f} | "
+            f"σ {m['noise/sigma']:.1e} | tis_clip {m['tis/clip_frac']:.2f} | "
+            f"tok/s {m['perf/tokens_per_s'] / 1e3:.1f}k | {m['perf/step_s']:.1f} s")
+
+
+def advantages(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+    """(P, G) rewards → (P, G) advantages by the configured estimator."""
+    if cfg.advantage == "grpo":
+        return algo.group_advantages(rewards, scale=cfg.scale_advantages)
+    elif cfg.advantage == "passk":
+        return algo.passk_advantages(rewards, cfg.passk_k)
+    else:
+        raise ValueError(f"unknown advantage estimator {cfg.advantage!r}; use grpo or passk")
+
+
+def prepare_run_dir(cfg: Config, resume: bool) -> Path:
+    """Create (or, on resume, check) the run folder and write the resolved config."""
+    run_dir = Path(cfg.run.out)
+    if resume:
+        if checkpoint.latest(run_dir) is None:
+            raise ValueError(f"{run_dir} is not a run folder with a checkpoint; nothing to resume")
+    elif (run_dir / "metrics.jsonl").exists():
+        raise ValueError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    except OSError as e:
+        raise ValueError(f"cannot write to the run folder {run_dir}: {e.strerror}; choose another --out") from None
+    return run_dir
+
+
+class Trainer:
+    """The state of one run; `step()` is one PSN-GRPO step, `run()` the loop with logging."""
+
+    def __init__(self, cfg: Config, reward_fn=None, resume: bool = False):
+        self.cfg, self.run_dir = cfg, prepare_run_dir(cfg, resume)
+        torch.manual_seed(cfg.run.seed)
+        random.seed(cfg.run.seed)
+        self.model, self.tok = load_policy(cfg)
+        self.device = next(self.model.parameters()).device
+        self.records = load_problems(cfg.data, "train")
+        self.default_reward = reward_fn is None
+        self.reward_fn = reward_fn or build_reward_fn(cfg.reward.format_weight, cfg.reward.truncated_reward,
+                                                      cfg.reward.timeout, cfg.reward.last_number)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay)
+        self.scheduler = make_scheduler(cfg.noise, cfg.scheduler)
+        self.start = 0
+        if resume:
+            self._restore()
+
+    def _restore(self) -> None:
+        ckpt = checkpoint.latest(self.run_dir)
+        state = checkpoint.load_state(ckpt)
+        checkpoint.load_adapter_weights(self.model, ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.start = state["step"]
+        checkpoint.truncate_metrics(self.run_dir / "metrics.jsonl", self.start)
+        print(f"resumed {self.run_dir} at step {self.start}")
+
+    def step(self, step: int) -> dict:
+        cfg, P, G = self.cfg, self.cfg.grpo.prompts_per_step, self.cfg.grpo.group_size
+        t0 = time.perf_counter()
+        recs = step_records(self.records, step, P, cfg.run.seed)
+        prompts = [format_prompt(self.tok, r["problem"], cfg.data.template) for r in recs]
+        sigma, noise_seed = self.scheduler.sigma, derive_seed(cfg.run.seed, "noise", step)
+        gen = torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
+
+        # 1-3. perturb the LoRA weights, sample G completions per prompt with π_θ̃, restore θ
+        with perturbed(self.model, sigma, noise_seed, cfg.noise.targets):
+            t_noise = time.perf_counter() - t0
+            ro = sample(self.model, self.tok, prompts, G, cfg.rollout, gen, cfg.model.max_prompt_tokens)
+        t_sample = time.perf_counter() - t0
+
+        # 4. score with the verifier
+        group_recs = [r for r in recs for _ in range(G)]  # prompt-major: row i → prompt i // G
+        rewards, correct = score(self.reward_fn, self.default_reward, ro, group_recs, cfg.reward.timeout)
+
+        # 5. group advantages
+        adv = advantages(rewards.view(P, G), cfg.grpo)  # (P, G)
+        assert torch.equal(rewards.view(P, G)[:, 0], rewards[::G]), "rows must be prompt-major"
+
+        # 6. learner log π_θ on the clean policy, TIS weights, clipped loss, one optimizer step
+        t1 = time.perf_counter()
+        out = learner_step(self.model, self.optimizer, ro, adv.view(-1).to(self.device), cfg.grpo,
+                           cfg.rollout.max_new_tokens)
+        t_learn = time.perf_counter() - t1
+
+        # 7. the scheduler reads diversity and self-certainty (no extra pass) and moves σ
+        t2 = time.perf_counter()
+        diversity = algo.group_diversity(out.pooled, G)
+        noise_stats = self.scheduler.update({"kl_proxy": out.stats["noise/kl_proxy"],
+                                             "diversity": float(diversity.mean()),
+                                             "certainty": float(ro.certainty.mean())})
+        t_sched = time.perf_counter() - t2
+
+        step_s = time.perf_counter() - t0
+        return {"step": step + 1, "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+                "reward/accuracy": correct.float().mean().item(),
+                "reward/zero_adv_frac": (adv == 0).all(1).float().mean().item(),
+                "completion/len_mean": ro.completion_mask.sum(1).float().mean().item(),
+                "completion/truncated_frac": ro.truncated.float().mean().item(),
+                **out.stats, **noise_stats, "noise/sigma": sigma, "noise/seed": noise_seed,
+                "perf/step_s": step_s, "perf/sample_s": t_sample, "perf/learn_s": t_learn,
+                "perf/noise_sched_s": t_noise + t_sched, "perf/tokens_per_s": ro.n_tokens / max(t_sample, 1e-9),
+                **({"perf/peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30} if self.device.type == "cuda" else {})}
+
+    def save(self, step: int) -> None:
+        checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.cfg.to_dict())
+
+    def run(self, on_step=None) -> Path:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        steps = self.cfg.run.steps
+        metrics = open(self.run_dir / "metrics.jsonl", "a")
+        columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeRemainingColumn())
+        with Progress(*columns, transient=True) as bar, metrics:
+            task = bar.add_task("train", total=steps, completed=self.start)
+            for step in range(self.start, steps):
+                m = self.step(step)
+                metrics.write(json.dumps(m) + "\n")
+                metrics.flush()
+                bar.console.print(status_line(m, steps), highlight=False)
+                bar.update(task, completed=step + 1)
+                if on_step is not None:
+                    on_step(m)
+                if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == steps:
+                    self.save(step + 1)
+        checkpoint.save_final_adapter(self.run_dir, self.model)
+        return self.run_dir
+
+
+def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None) -> Path:
+    """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/)."""
+    return Trainer(cfg, reward_fn, resume).run(on_step)

@@ -1,0 +1,53 @@
+"""Shared fixtures: a seeded random-init Qwen2 policy with LoRA, small enough to build in a second."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def small_policy():
+    """A 2-layer Qwen2 with LoRA (rank 4) on all projections; B weights randomised so LoRA matters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = Qwen2ForCausalLM(cfg)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                                  "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+class ToyTokenizer:
+    """Just enough of a tokenizer for the rollout: ids are characters' codes modulo the vocabulary."""
+
+    eos_token_id, pad_token_id, eos_token = 1, 0, "<eos>"
+
+    def __call__(self, texts, return_tensors=None, padding=True, add_special_tokens=False):
+        rows = [[2 + (ord(ch) % 60) for ch in t] for t in texts]
+        width = max(map(len, rows))
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [" ".join(str(int(i)) for i in row if int(i) > 1) for row in ids]
+
+
+@pytest.fixture
+def toy_tok():
+    return ToyTokenizer()

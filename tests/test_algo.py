@@ -1,0 +1,147 @@
+"""The math of algo.py on hand-computed numbers and the invariants that break silently in GRPO stacks."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from minipsn import algo
+
+
+def test_group_advantages_hand_numbers():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    adv = algo.group_advantages(rewards)
+    # mean .5, population std .5 → ±1; the all-equal group is exactly 0
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5)
+    assert torch.equal(adv[1], torch.zeros(4))
+    unscaled = algo.group_advantages(rewards, scale=False)
+    assert torch.equal(unscaled[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # non-representable equal rewards still give exact zeros (no 0/0, no rounding residue)
+    assert torch.equal(algo.group_advantages(torch.full((1, 8), 0.1)), torch.zeros(1, 8))
+
+
+def test_group_advantages_rejects_flat_input():
+    with pytest.raises(ValueError, match=r"\(P, G\)"):
+        algo.group_advantages(torch.ones(8))
+
+
+def test_tis_weights_hand_numbers_and_cap():
+    learner = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.2, 0.01]]))
+    w, stats = algo.tis_weights(learner, sampler, cap=10.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 1.0, 10.0]]), atol=1e-5)  # 0.9/0.01 = 90 → capped at C
+    assert not w.requires_grad
+    assert stats["tis/clip_frac"] == pytest.approx(1 / 3)
+
+
+def test_tis_weights_exactly_one_when_policies_agree():
+    logp = torch.randn(4, 7) - 3
+    w, stats = algo.tis_weights(logp, logp.clone(), cap=10.0)
+    assert torch.equal(w, torch.ones_like(w))
+    assert stats["tis/clip_frac"] == 0.0 and stats["noise/kl_proxy"] == 0.0
+
+
+def test_tis_weights_do_not_overflow_and_are_detached():
+    learner = torch.tensor([[0.0, -1000.0]], requires_grad=True)
+    sampler = torch.tensor([[-1000.0, 0.0]])
+    w, _ = algo.tis_weights(learner, sampler, cap=10.0)
+    assert torch.isfinite(w).all() and w[0, 0] == 10.0 and w[0, 1] >= 0
+    with pytest.raises(ValueError, match="cap"):
+        algo.tis_weights(learner, sampler, cap=0.0)
+
+
+def test_policy_loss_hand_numbers():
+    logp = torch.log(torch.tensor([[0.5, 0.5]]))
+    old = torch.log(torch.tensor([[0.25, 0.5]]))  # ratios 2.0 and 1.0
+    adv = torch.tensor([1.0])
+    mask = torch.ones(1, 2)
+    loss, _ = algo.policy_loss(logp, old, adv, mask, None, clip_eps=0.2)
+    # ratio 2 with A > 0 is clipped to 1.2; ratio 1 is 1
+    assert torch.allclose(loss, torch.tensor([[-1.2, -1.0]]))
+    w = torch.tensor([[0.5, 3.0]])
+    loss_w, _ = algo.policy_loss(logp, old, adv, mask, w, clip_eps=0.2)
+    assert torch.allclose(loss_w, torch.tensor([[-0.6, -3.0]]))
+    neg, _ = algo.policy_loss(logp, old, -adv, mask, None, clip_eps=0.2)
+    assert torch.allclose(neg, torch.tensor([[2.0, 1.0]]))  # A < 0: min picks the unclipped 2·(−1)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean", "dr-grpo"])
+def test_aggregate_is_micro_batch_invariant(agg):
+    torch.manual_seed(0)
+    token_loss = torch.randn(8, 5)
+    mask = (torch.rand(8, 5) > 0.3).float()
+    mask[:, 0] = 1
+    n_tokens = int(mask.sum())
+    whole = algo.aggregate(token_loss, mask, agg, n_tokens, 8, 5)
+    parts = sum(algo.aggregate(token_loss[i:i + 2], mask[i:i + 2], agg, n_tokens, 8, 5) for i in range(0, 8, 2))
+    assert torch.allclose(whole, parts, atol=1e-6)
+    if agg == "token-mean":
+        assert torch.allclose(whole, (token_loss * mask).sum() / mask.sum())
+    with pytest.raises(ValueError, match="aggregation"):
+        algo.aggregate(token_loss, mask, "mean", n_tokens, 8, 5)
+
+
+def test_token_logprobs_chunked_equals_naive_and_grads_match():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 10, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 10))
+    logp = algo.token_logprobs(hidden, weight, targets, temperature=0.7, chunk=3)
+    logits = (hidden @ weight.T) / 0.7
+    naive = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    assert torch.allclose(logp, naive, atol=1e-5)
+    g1 = torch.autograd.grad(logp.sum(), (hidden, weight))
+    g2 = torch.autograd.grad(naive.sum(), (hidden, weight))
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_self_certainty_equals_direct_kl_from_uniform():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 6)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    p = torch.softmax(logits, -1)
+    kl = (1 / 6 * (torch.log(torch.tensor(1 / 6)) - torch.log(p))).sum(-1)  # KL(U ‖ p) per token
+    expected = torch.stack([kl[0, :2].mean(), kl[1].mean()])
+    assert torch.allclose(algo.self_certainty(logits, mask), expected, atol=1e-5)
+    assert algo.token_self_certainty(torch.zeros(4, 6)).abs().max() < 1e-6  # uniform → 0
+
+
+def test_group_diversity_zero_for_identical_rows():
+    row = torch.randn(1, 8)
+    same = row.repeat(4, 1)
+    assert torch.equal(algo.group_diversity(same, G=4), torch.zeros(1))
+    varied = torch.randn(4, 8)
+    assert algo.group_diversity(varied, G=4).item() > 0
+    assert algo.ngram_diversity([[1, 2, 3]] * 4, G=4).item() == 0
+    assert algo.ngram_diversity([[1, 2, 3], [3, 2, 1], [1, 2, 3], [4, 5, 6]], G=4).item() > 0
+
+
+def _brute_passk_reward(rewards, k):
+    """Fraction of k-subsets with at least one success: the quantity Pass@k training maximises."""
+    subsets = list(itertools.combinations(range(len(rewards)), k))
+    return sum(any(rewards[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_passk_advantages_hand_numbers_and_brute_force():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    adv = algo.passk_advantages(r, k=2)
+    # N=4, N_neg=3, k=2: R̄ = 1 − C(3,2)/C(4,2) = 0.5, σ = 0.5
+    # A_pos = (1 − .5)/.5 = 1; A_neg = (1 − .5 − C(2,1)/C(3,1))/.5 = (0.5 − 2/3)/0.5 = −1/3
+    assert torch.allclose(adv, torch.tensor([[1.0, -1 / 3, -1 / 3, -1 / 3]]), atol=1e-6)
+    for rewards in ([1, 1, 0, 0, 0, 0], [0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 0]):
+        for k in (1, 2, 3):
+            t = torch.tensor([rewards], dtype=torch.float32)
+            r_bar = _brute_passk_reward(rewards, k)
+            std = math.sqrt(r_bar * (1 - r_bar))
+            adv = algo.passk_advantages(t, k)[0]
+            # positives: (1 − R̄)/σ ; the advantages of the group average to the centred group reward
+            assert adv[t[0] > 0].allclose(torch.tensor((1 - r_bar) / std), atol=1e-5)
+            # brute force of a negative's advantage: expected (group-of-k reward − R̄)/σ over k-subsets holding it
+            neg = rewards.index(0)
+            holds = [s for s in itertools.combinations(range(len(rewards)), k) if neg in s]
+            expect = (sum(any(rewards[i] for i in s) for s in holds) / len(holds) - r_bar) / std
+            assert adv[neg].item() == pytest.approx(expect, abs=1e-5)
+    assert torch.equal(algo.passk_advantages(torch.ones(1, 4), 2), torch.zeros(1, 4))
+    with pytest.raises(ValueError):
+        algo.passk_advantages(r, k=5)
