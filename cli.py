@@ -77,6 +77,59 @@ def train(
     typer.echo(f"run folder: {run_dir}")
 
 
+@app.command("eval")
+@friendly
+def eval_(
+    model: Optional[str] = typer.Option(None, help="alias (tiny, qwen-1.5b, ...), hub id or local folder"),
+    adapter: Optional[str] = typer.Option(None, help="run folder (its adapter and config) or adapter folder"),
+    benchmarks: Optional[str] = typer.Option(None, help="comma-separated: synthetic, gsm8k, math500, aime24, "
+                                             "aime25, amc23, minerva, olympiadbench (default: data.dataset)"),
+    n: Optional[int] = typer.Option(None, help="completions per problem (eval.n); pass@k for k = 1, 2, 4, ... <= n"),
+    problems: Optional[int] = typer.Option(None, help="first K problems of each benchmark, 0 = all (eval.problems)"),
+    data_dir: Optional[str] = typer.Option(None, help="folder of local JSON Lines files (data.data_dir)"),
+    seed: Optional[int] = typer.Option(None, help="sampling seed (run.seed)"),
+    out: Optional[str] = typer.Option(None, help="output folder (default RUN/eval or runs/eval-<model>)"),
+    config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """pass@k of the clean policy on math benchmarks; resumes an interrupted evaluation in OUT."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from minipsn import evaluate as ev
+    from minipsn.config import load_file, parse_sets
+
+    first = {"eval.n": n, "eval.problems": problems, "data.data_dir": data_dir, "run.seed": seed}
+    adapter_dir, run_dir = ev.resolve_adapter(adapter) if adapter else (None, None)
+    if run_dir is not None:  # model settings come from the run that made the adapter
+        overrides = {**(load_file(config) if config else {}), **{k: v for k, v in first.items() if v is not None},
+                     **parse_sets(set_)}
+        cfg = ev.run_config(run_dir, model, overrides)
+    else:
+        cfg = resolve(model, None, config, set_, **first)
+    names = [b.strip() for b in (benchmarks or cfg.data.dataset).split(",") if b.strip()]
+    out_dir = Path(out) if out else ev.default_out(cfg.model.name, adapter_dir, run_dir)
+    report = ev.evaluate(cfg, names, out_dir, adapter_dir)
+    Console().print(ev.results_table(report))
+    typer.echo(f"eval: {out_dir / 'eval.json'}")
+
+
+@app.command("plot")
+@friendly
+def plot_(
+    sources: list[str] = typer.Argument(..., help="run folders, eval folders or eval.json files"),
+    out: Optional[str] = typer.Option(None, help="folder for the PNG files (default ARG/plots or runs/plots)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """pass@k curves (eval.json) and training curves (metrics.jsonl) as PNG files."""
+    from minipsn.plot import plot
+
+    for path in plot(sources, out):
+        typer.echo(str(path))
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

@@ -284,7 +284,15 @@ PRESETS: dict[str, dict[str, object]] = {
 
 # Methods: named overrides over the config (the baselines users compare).
 METHODS: dict[str, dict[str, object]] = {
-    "grpo": {"noise.sigma": 0.0},
+    "grpo": {"noise.sigma": 0.0, "noise.scheduler": "fixed"},
+    "psn": {"noise.scheduler": "fixed", "grpo.tis": True},
+    "psn-notis": {"noise.scheduler": "fixed", "grpo.tis": False},
+    "psn-kl": {"noise.scheduler": "kl", "grpo.tis": True},
+    "psn-adaptive": {"noise.scheduler": "adaptive", "grpo.tis": True},
+    # action-space noise: sample hotter than the policy, importance-corrected by TIS
+    "temperature": {"noise.sigma": 0.0, "noise.scheduler": "fixed", "rollout.temperature": 1.2, "grpo.tis": True},
+    "passk": {"noise.sigma": 0.0, "noise.scheduler": "fixed", "grpo.advantage": "passk"},
+    "psn-passk": {"noise.scheduler": "adaptive", "grpo.advantage": "passk", "grpo.tis": True},
 }
 
 

@@ -116,7 +116,8 @@ def load_base(cfg: ModelConfig):
 
 def attach_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = True):
     """Freeze the base, prepare it for k-bit training, add LoRA adapters (peft)."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,

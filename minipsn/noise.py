@@ -3,19 +3,22 @@
     θ̃ = θ + σ·ε,   ε ~ N(0, I),   on the LoRA A and B weights of the target projections
 
 (arXiv 2602.02555, Sec. 3: noise on the rollout policy's weights, the update on the clean
-ones). The paper perturbs full weights of a 7B model; minipsn perturbs only the adapter,
-which is what makes the perturbation cheap on one GPU. σ is absolute, as in the paper.
+ones). The paper perturbs full weights and shares one draw per step; minipsn perturbs only the
+adapter (cheap on one GPU) and also offers one draw per prompt group or per rollout: then
+`noise_context` leaves the weights alone and forward hooks give each row of one batch its own
+noisy adapter. σ is absolute, as in the paper.
 
-Noise is a pure function of (seed, parameter name): every tensor gets its own generator
-seeded from both, so the same seed rebuilds the same noisy policy whatever the targets or
-the order of parameters, and a per-row path can regenerate exactly the step path's noise.
-The seed is logged every step for that reason. Restore copies back a saved clean tensor:
-adding and subtracting σ·ε in floating point would not round-trip exactly.
+Noise is a pure function of (seed, parameter name), so the same seed rebuilds the same noisy
+policy whatever the targets, the order of parameters or the granularity; seeds are logged for
+that reason. Restore copies back a saved clean tensor: adding and subtracting σ·ε in floating
+point would not round-trip exactly.
 """
 from __future__ import annotations
 
+import re
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -69,3 +72,154 @@ def perturbed(model, sigma: float, seed: int, targets: str = "mlp") -> Iterator[
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(clean[name])
+
+
+# ---------------------------------------------------------------- per-group / per-rollout noise
+
+_LORA_NAME = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.(?P<kind>weight|bias)$")
+
+
+@dataclass
+class _NoisyAdapter:
+    """The U noisy copies of one adapter of one LoRA layer: Ã_u = A + σ·ε_A(seed_u), same for B."""
+    adapter: str
+    A: torch.Tensor  # (U, R, in)
+    B: torch.Tensor  # (U, out, R)
+
+
+def _noisy_stack(p: torch.Tensor, name: str, sigma: float, seeds: list[int]) -> torch.Tensor:
+    """(U, *p.shape): p + σ·ε(seed_u, name), by exactly the op `perturbed` does, so bit-equal to it."""
+    out = p.detach().unsqueeze(0).repeat(len(seeds), *([1] * p.dim()))
+    for u, seed in enumerate(seeds):
+        out[u].add_(noise_for(p, seed, name), alpha=sigma)
+    return out
+
+
+def _runs(idx: torch.Tensor) -> tuple[int, int, int] | None:
+    """(u0, m, k) when idx is m runs of k equal, consecutive ids u0, u0+1, ... (e.g. whole groups
+    or single rollouts in order), so weights are a view and rows a reshape; else None."""
+    change = (idx[1:] != idx[:-1]).nonzero()
+    k = int(change[0]) + 1 if change.numel() else idx.numel()
+    if idx.numel() % k:
+        return None
+    m = idx.numel() // k
+    expect = (int(idx[0]) + torch.arange(m)).repeat_interleave(k)
+    return (int(idx[0]), m, k) if torch.equal(idx, expect) else None
+
+
+class RowNoise:
+    """Each row its own perturbed adapters, in one batched forward (granularity group or rollout).
+
+    Forward hooks on the targeted peft LoRA layers add, for row r with seed s_r,
+        scale · [(B + σε_B(s_r))(A + σε_A(s_r)) − BA] · x_r
+    to the layer's output, i.e. turn its clean LoRA term into the noisy one of that row. The noisy
+    A/B are built once per context for the U unique seeds (memory: U adapter copies), never per
+    decode step. `select(rows)` says which of the N global rows the next forwards hold."""
+
+    def __init__(self, model, sigma: float, seeds: list[int], targets: str = "mlp"):
+        if sigma <= 0:
+            raise ValueError(f"RowNoise needs sigma > 0, got {sigma}")
+        self.seeds = list(seeds)  # (N,) each row's seed, for the metrics: any row's policy can be rebuilt
+        self.unique_seeds = list(dict.fromkeys(self.seeds))  # (U,) in order of first row
+        pos = {s: u for u, s in enumerate(self.unique_seeds)}
+        self.index = torch.tensor([pos[s] for s in self.seeds])  # (N,) row → unique seed
+        self.layers = self._build(model, sigma, targets)  # {LoRA layer module: [noisy adapters]}
+        self._handles: list = []
+        self.select(torch.arange(len(self.seeds)))
+
+    def _build(self, model, sigma: float, targets: str) -> dict:
+        found: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
+        for name, p in lora_parameters(model, targets).items():
+            m = _LORA_NAME.match(name)
+            if m is None or m["kind"] == "bias":
+                raise ValueError(f"per-row noise supports plain LoRA A/B weights only, not {name!r} (lora_bias?)")
+            found.setdefault((m["module"], m["adapter"]), {})[m["ab"]] = (name, p)
+        layers: dict = {}
+        for (module_name, adapter), ab in found.items():
+            module = model.get_submodule(module_name)
+            if set(ab) != {"A", "B"} or adapter in getattr(module, "lora_variant", {}):
+                raise ValueError(f"{module_name}: per-row noise needs plain LoRA (A and B, no DoRA) on adapter {adapter!r}")
+            (name_a, a), (name_b, b) = ab["A"], ab["B"]
+            noisy = _NoisyAdapter(adapter, _noisy_stack(a, name_a, sigma, self.unique_seeds),
+                                  _noisy_stack(b, name_b, sigma, self.unique_seeds))
+            layers.setdefault(module, []).append(noisy)
+        return layers
+
+    def select(self, rows: torch.Tensor) -> None:
+        """The next forwards hold global rows `rows` (n,), in this order."""
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        if rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= len(self.seeds):
+            raise ValueError(f"select(rows) needs row ids in [0, {len(self.seeds)}), got {rows.tolist()[:8]}...")
+        self._idx = self.index[rows]  # (n,) unique-seed id of each row of the sub-batch
+        self._plan = _runs(self._idx)
+        self._gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # fallback copies, per select
+
+    def _weights(self, noisy: _NoisyAdapter) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(m, R, in), (m, out, R) noisy weights for m runs of k rows each, and k."""
+        if self._plan is not None:
+            u0, m, k = self._plan
+            return noisy.A[u0 : u0 + m], noisy.B[u0 : u0 + m], k
+        key = id(noisy)
+        if key not in self._gathered:  # rows in no simple order: one copy per row, made once per select
+            idx = self._idx.to(noisy.A.device)
+            self._gathered[key] = (noisy.A.index_select(0, idx), noisy.B.index_select(0, idx))
+        return (*self._gathered[key], 1)
+
+    def _hook(self, module, args, kwargs, output):
+        if module.disable_adapters:
+            return None  # inside model.disable_adapter(): no LoRA term, so no noise either
+        if module.merged:
+            raise RuntimeError("per-row noise needs unmerged LoRA layers; unmerge the adapter first")
+        x = args[0] if args else kwargs["x"]  # (n, t, in)
+        if x.shape[0] != self._idx.numel():
+            raise RuntimeError(f"a batch of {x.shape[0]} rows reached a noisy LoRA layer but select() was given "
+                               f"{self._idx.numel()}; call row_noise.select(rows) before each sub-batch")
+        delta = None
+        for noisy in self.layers[module]:
+            if noisy.adapter not in module.active_adapters:
+                continue
+            drop = module.lora_dropout[noisy.adapter]
+            if module.training and getattr(drop, "p", 0.0) > 0:
+                raise RuntimeError("per-row noise needs the model in eval mode when lora.dropout > 0")
+            A, B, k = self._weights(noisy)
+            xs = x.to(A.dtype)
+            h = torch.bmm(xs.reshape(A.shape[0], -1, xs.shape[-1]), A.transpose(1, 2))  # (m, k·t, R)
+            noisy_out = torch.bmm(h, B.transpose(1, 2)).reshape(*x.shape[:-1], -1)  # (n, t, out)
+            clean = module.lora_B[noisy.adapter](module.lora_A[noisy.adapter](xs))  # (n, t, out)
+            d = module.scaling[noisy.adapter] * (noisy_out - clean)
+            delta = d if delta is None else delta + d
+        return None if delta is None else output + delta.to(output.dtype)
+
+    def attach(self) -> None:
+        for module in self.layers:
+            self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+@contextmanager
+def noise_context(model, sigma: float, seeds: list[int], targets: str = "mlp") -> Iterator[RowNoise | None]:
+    """Sample N rows, row r with adapters perturbed by σ·ε(seeds[r]) (seeds from `row_seeds`).
+
+    All seeds equal (granularity step) or σ = 0: the weights are perturbed in place (`perturbed`)
+    and None is yielded. Otherwise a `RowNoise` is yielded: hooks apply each row's own noise and
+    leave the weights untouched; pass it to `rollout.sample(..., row_noise=...)`. On exit, also
+    by an exception, the weights are clean (bit-exact) and no hook remains."""
+    if not seeds:
+        raise ValueError("noise_context needs one seed per row, got none")
+    if sigma < 0:
+        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+    if sigma == 0 or len(set(seeds)) == 1:
+        with perturbed(model, sigma, seeds[0], targets):
+            yield None
+        return
+    row_noise = RowNoise(model, sigma, seeds, targets)
+    row_noise.attach()
+    try:
+        yield row_noise
+    finally:
+        row_noise.detach()
+        row_noise.layers.clear()  # free the U noisy copies now, not when the caller drops the object

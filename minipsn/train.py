@@ -11,9 +11,12 @@ weighted gradients, as in on-policy GRPO); `algo.py` holds every formula.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from minipsn import algo, checkpoint
 from minipsn.config import Config, GRPOConfig
 from minipsn.data import format_prompt, load_problems
 from minipsn.models import load_policy
-from minipsn.noise import derive_seed, perturbed
+from minipsn.noise import derive_seed, noise_context, row_seeds
 from minipsn.rewards import build_reward_fn, correctness_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.scheduler import make_scheduler
@@ -95,10 +98,13 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
         pooled.append(pool)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-    optimizer.step()
+    # a non-finite loss or gradient would poison the adapter and AdamW's moments: skip the update
+    skipped = not (math.isfinite(totals["loss/policy"]) and torch.isfinite(grad_norm))
+    if not skipped:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     stats = {**totals, "loss/grad_norm": float(grad_norm), "tis/weight_mean": tis_w_sum if cfg.tis else 1.0,
-             "tis/clip_frac": tis_clip, "noise/kl_proxy": kl_proxy}
+             "tis/clip_frac": tis_clip, "noise/kl_proxy": kl_proxy, "guard/skipped": float(skipped)}
     return LearnerOut(stats, torch.cat(logps), torch.cat(pooled))
 
 
@@ -172,9 +178,30 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay)
         self.scheduler = make_scheduler(cfg.noise, cfg.scheduler)
-        self.start = 0
+        self.start, self.skipped, self.stop_requested = 0, 0, False
+        # halved on out-of-memory; kept for the rest of the run
+        self.rollout_cfg, self.grpo_cfg = cfg.rollout, cfg.grpo
         if resume:
             self._restore()
+
+    def _on_oom_halve(self, phase: str, fn):
+        """Run `fn`; on out-of-memory halve the rollout batch (or learner token budget) and retry."""
+        while True:
+            try:
+                return fn()
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if phase == "rollout" and self.rollout_cfg.batch_size > 1:
+                    self.rollout_cfg = dataclasses.replace(self.rollout_cfg, batch_size=self.rollout_cfg.batch_size // 2)
+                    print(f"out of memory while sampling: rollout.batch_size → {self.rollout_cfg.batch_size}")
+                elif phase == "learner" and self.grpo_cfg.micro_batch_tokens > 64:
+                    self.grpo_cfg = dataclasses.replace(self.grpo_cfg, micro_batch_tokens=self.grpo_cfg.micro_batch_tokens // 2)
+                    print(f"out of memory in the update: grpo.micro_batch_tokens → {self.grpo_cfg.micro_batch_tokens}")
+                else:
+                    raise MemoryError(f"out of memory in the {phase} even at the smallest batch; use a smaller model, "
+                                      "rollout.max_new_tokens or grpo.group_size") from None
 
     def _restore(self) -> None:
         ckpt = checkpoint.latest(self.run_dir)
@@ -196,9 +223,11 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
 
         # 1-3. perturb the LoRA weights, sample G completions per prompt with π_θ̃, restore θ
-        with perturbed(self.model, sigma, noise_seed, cfg.noise.targets):
+        seeds = row_seeds(noise_seed, P, G, cfg.noise.granularity)  # (N,) prompt-major; all equal for `step`
+        with noise_context(self.model, sigma, seeds, cfg.noise.targets) as row_noise:
             t_noise = time.perf_counter() - t0
-            ro = sample(self.model, self.tok, prompts, G, cfg.rollout, gen, cfg.model.max_prompt_tokens)
+            ro = self._on_oom_halve("rollout", lambda: sample(self.model, self.tok, prompts, G, self.rollout_cfg, gen,
+                                                                cfg.model.max_prompt_tokens, row_noise=row_noise))
         t_sample = time.perf_counter() - t0
 
         # 4. score with the verifier
@@ -211,13 +240,16 @@ class Trainer:
 
         # 6. learner log π_θ on the clean policy, TIS weights, clipped loss, one optimizer step
         t1 = time.perf_counter()
-        out = learner_step(self.model, self.optimizer, ro, adv.view(-1).to(self.device), cfg.grpo,
-                           cfg.rollout.max_new_tokens)
+        out = self._on_oom_halve("learner", lambda: learner_step(self.model, self.optimizer, ro, adv.view(-1).to(self.device),
+                                                                 self.grpo_cfg, cfg.rollout.max_new_tokens))
+        self.skipped += int(out.stats["guard/skipped"])
+        if out.stats["guard/skipped"] and self.skipped == 1:
+            print(f"warning: non-finite loss or gradient at step {step + 1}: update skipped (counted in guard/skipped_steps)")
         t_learn = time.perf_counter() - t1
 
         # 7. the scheduler reads diversity and self-certainty (no extra pass) and moves σ
         t2 = time.perf_counter()
-        diversity = algo.group_diversity(out.pooled, G)
+        diversity = self._diversity(ro, out.pooled)
         noise_stats = self.scheduler.update({"kl_proxy": out.stats["noise/kl_proxy"],
                                              "diversity": float(diversity.mean()),
                                              "certainty": float(ro.certainty.mean())})
@@ -230,23 +262,53 @@ class Trainer:
                 "completion/len_mean": ro.completion_mask.sum(1).float().mean().item(),
                 "completion/truncated_frac": ro.truncated.float().mean().item(),
                 **out.stats, **noise_stats, "noise/sigma": sigma, "noise/seed": noise_seed,
+                "guard/skipped_steps": self.skipped,
+                **({"noise/row_seeds": seeds[::G] if cfg.noise.granularity == "group" else seeds}
+                   if cfg.noise.granularity != "step" else {}),
                 "perf/step_s": step_s, "perf/sample_s": t_sample, "perf/learn_s": t_learn,
                 "perf/noise_sched_s": t_noise + t_sched, "perf/tokens_per_s": ro.n_tokens / max(t_sample, 1e-9),
                 **({"perf/peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30} if self.device.type == "cuda" else {})}
+
+    def _diversity(self, ro: Rollouts, pooled: torch.Tensor) -> torch.Tensor:
+        """(P,) semantic diversity of each group: hidden-state cosine distance, or distinct n-grams."""
+        G = self.cfg.grpo.group_size
+        if self.cfg.scheduler.diversity == "hidden":
+            return algo.group_diversity(pooled, G)
+        elif self.cfg.scheduler.diversity == "ngram":
+            rows = [row[m.bool()].tolist() for row, m in zip(ro.completion_ids, ro.completion_mask)]
+            return algo.ngram_diversity(rows, G)
+        else:
+            raise ValueError(f"unknown scheduler.diversity {self.cfg.scheduler.diversity!r}; use hidden or ngram")
 
     def save(self, step: int) -> None:
         checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.cfg.to_dict())
 
     def run(self, on_step=None) -> Path:
+        """The loop: a step, its metrics line and status line, a checkpoint every run.save_every steps."""
+        main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
+        try:
+            finished = self._loop(on_step)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+        if finished:
+            checkpoint.save_final_adapter(self.run_dir, self.model)
+        return self.run_dir
+
+    def _loop(self, on_step) -> bool:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         steps = self.cfg.run.steps
-        metrics = open(self.run_dir / "metrics.jsonl", "a")
         columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeRemainingColumn())
-        with Progress(*columns, transient=True) as bar, metrics:
+        with Progress(*columns, transient=True) as bar, open(self.run_dir / "metrics.jsonl", "a") as metrics:
             task = bar.add_task("train", total=steps, completed=self.start)
             for step in range(self.start, steps):
+                if self.stop_requested:
+                    self.save(step)
+                    print(f"stopped after step {step}; checkpoint saved. Continue: python cli.py train --resume {self.run_dir}")
+                    return False
                 m = self.step(step)
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()
@@ -256,8 +318,14 @@ class Trainer:
                     on_step(m)
                 if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == steps:
                     self.save(step + 1)
-        checkpoint.save_final_adapter(self.run_dir, self.model)
-        return self.run_dir
+        return True
+
+    def _on_sigint(self, signum, frame):
+        """First Ctrl-C: finish this step, save, exit. Second: stop now (the last checkpoint stays)."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to stop at once)")
 
 
 def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None) -> Path:

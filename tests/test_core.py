@@ -88,8 +88,12 @@ def test_loss_and_gradients_do_not_depend_on_micro_batch_split(small_policy, toy
         grpo = C.GRPOConfig(micro_batch_tokens=budget, loss_agg=agg, max_grad_norm=0.0)
         opt.zero_grad()
         captured = {}
-        orig_step = opt.step
-        opt.step = lambda: (captured.update(_grads(model)), orig_step())
+
+        def step_and_capture(captured=captured, model=model, orig_step=opt.step):
+            captured.update(_grads(model))
+            orig_step()
+
+        opt.step = step_and_capture
         out = learner_step(model, opt, ro, adv, grpo, max_len=10)
         results.append((out.stats["loss/policy"], captured))
     (l1, g1), (l4, g4) = results
