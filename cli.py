@@ -20,16 +20,19 @@ DEBUG = "--debug" in sys.argv
 
 
 def friendly(fn):
-    """Turn the errors a user can fix (ValueError, FileNotFoundError) into one line and exit code 2."""
+    """Turn the errors a user can fix (bad values, missing files, out of memory) into one line and exit code 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, TypeError) as e:
+        except (ValueError, FileNotFoundError, MemoryError) as e:
             if DEBUG:
                 raise
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", err=True)
+            raise typer.Exit(130) from None
     return wrapper
 
 
@@ -96,8 +99,6 @@ def eval_(
     """pass@k of the clean policy on math benchmarks; resumes an interrupted evaluation in OUT."""
     from pathlib import Path
 
-    from rich.console import Console
-
     from minipsn import evaluate as ev
     from minipsn.config import load_file, parse_sets
 
@@ -112,7 +113,7 @@ def eval_(
     names = [b.strip() for b in (benchmarks or cfg.data.dataset).split(",") if b.strip()]
     out_dir = Path(out) if out else ev.default_out(cfg.model.name, adapter_dir, run_dir)
     report = ev.evaluate(cfg, names, out_dir, adapter_dir)
-    Console().print(ev.results_table(report))
+    ev.print_table(ev.results_table(report))
     typer.echo(f"eval: {out_dir / 'eval.json'}")
 
 
@@ -128,6 +129,38 @@ def plot_(
 
     for path in plot(sources, out):
         typer.echo(str(path))
+
+
+@app.command("bench")
+@friendly
+def bench_(
+    out: str = typer.Option("bench", help="folder for bench.json"),
+    model: str = typer.Option("auto", help="auto (tiny; + qwen2.5-1.5b-shape on CUDA), tiny or qwen2.5-1.5b-shape"),
+    steps: int = typer.Option(2, help="timed PSN-GRPO steps per engine, after one warm-up step"),
+    quick: bool = typer.Option(False, "--quick", help="fewer prompts and tokens, one repeat (a smoke test)"),
+    trl: bool = typer.Option(True, "--trl/--no-trl", help="also time TRL's GRPOTrainer on the same work"),
+    paths: str = typer.Option("lean,hf,fast", help="rollout engines whose tokens/s are timed"),
+    step_engines: str = typer.Option("fast,lean", help="engines whose full steps are timed"),
+    sigma: float = typer.Option(0.01, help="noise std σ while timing (PSN on)"),
+    verifier_pairs: int = typer.Option(0, help="MATH-500 gold pairs for the verifier (0 = all, -1 = skip)"),
+    data_dir: Optional[str] = typer.Option(None, help="folder with math500_test.jsonl (default ../shared/data)"),
+    prompts: int = typer.Option(0, help="P prompts per step (0 = the model's default)"),
+    group: int = typer.Option(0, help="G rollouts per prompt (0 = the model's default)"),
+    tokens: int = typer.Option(0, help="T new tokens per rollout (0 = the model's default)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Rollout tokens/s per engine, PSN-GRPO step time and overhead, TRL's GRPOTrainer, verifier checks/s."""
+    from rich.console import Console
+
+    from minipsn.bench import run_bench, tables
+
+    split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
+    report = run_bench(out, model, steps, quick, trl, split(paths), split(step_engines), sigma, verifier_pairs, data_dir,
+                       (prompts, group, tokens))
+    console = Console()
+    for table in tables(report):
+        console.print(table)
+    typer.echo(f"bench: {out}/bench.json")
 
 
 if __name__ == "__main__":

@@ -275,7 +275,7 @@ class Config:
 # Per-model presets: overrides applied before anything the user sets.
 PRESETS: dict[str, dict[str, object]] = {
     "tiny": {
-        "lora.rank": 8, "grpo.lr": 2e-3, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
+        "lora.rank": 8, "grpo.lr": 2e-3, "model.gradient_checkpointing": False, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
         "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "noise.sigma": 0.0,
         "eval.n": 16, "eval.problems": 64,
     },

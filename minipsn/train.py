@@ -26,8 +26,9 @@ import torch
 from minipsn import algo, checkpoint
 from minipsn.config import Config, GRPOConfig
 from minipsn.data import format_prompt, load_problems
+from minipsn.engine import make_engine
 from minipsn.models import load_policy
-from minipsn.noise import derive_seed, noise_context, row_seeds
+from minipsn.noise import derive_seed, row_seeds
 from minipsn.rewards import build_reward_fn, correctness_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.scheduler import make_scheduler
@@ -169,9 +170,10 @@ class Trainer:
         self.cfg, self.run_dir = cfg, prepare_run_dir(cfg, resume)
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
+        self.records = load_problems(cfg.data, "train")  # before the model: data errors should come fast
         self.model, self.tok = load_policy(cfg)
         self.device = next(self.model.parameters()).device
-        self.records = load_problems(cfg.data, "train")
+        self.engine = make_engine(self.model, cfg)  # where rollouts sample from: folded copy or the peft model
         self.default_reward = reward_fn is None
         self.reward_fn = reward_fn or build_reward_fn(cfg.reward.format_weight, cfg.reward.truncated_reward,
                                                       cfg.reward.timeout, cfg.reward.last_number)
@@ -224,9 +226,9 @@ class Trainer:
 
         # 1-3. perturb the LoRA weights, sample G completions per prompt with π_θ̃, restore θ
         seeds = row_seeds(noise_seed, P, G, cfg.noise.granularity)  # (N,) prompt-major; all equal for `step`
-        with noise_context(self.model, sigma, seeds, cfg.noise.targets) as row_noise:
+        with self.engine.policy(sigma, seeds, cfg.noise.targets) as (rollout_model, row_noise):
             t_noise = time.perf_counter() - t0
-            ro = self._on_oom_halve("rollout", lambda: sample(self.model, self.tok, prompts, G, self.rollout_cfg, gen,
+            ro = self._on_oom_halve("rollout", lambda: sample(rollout_model, self.tok, prompts, G, self.rollout_cfg, gen,
                                                                 cfg.model.max_prompt_tokens, row_noise=row_noise))
         t_sample = time.perf_counter() - t0
 
@@ -312,7 +314,7 @@ class Trainer:
                 m = self.step(step)
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()
-                bar.console.print(status_line(m, steps), highlight=False)
+                bar.console.print(status_line(m, steps), highlight=False, soft_wrap=True)
                 bar.update(task, completed=step + 1)
                 if on_step is not None:
                     on_step(m)

@@ -1,0 +1,65 @@
+"""`cli.py bench` on the CPU at a toy size: bench.json has every section and its keys (not the speed), TRL's
+GRPOTrainer runs on the same policy or says why not, and the rich tables render."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import DATA, REPO
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+ROLLOUT_KEYS = {"new_tokens", "tokens", "seconds", "tokens_per_s", "noise_in_ms", "noise_out_ms", "peak_gb"}
+STEP_KEYS = {"step_s", "sample_s", "learn_s", "psn_s", "sched_s", "psn_pct", "sched_pct", "peak_gb", "warmup_step_s"}
+
+
+def test_cli_bench_writes_every_section(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "bench", "--out", str(out), "--model", "tiny",
+                           "--quick", "--no-trl", "--steps", "1", "--paths", "lean,fast", "--step-engines", "fast",
+                           "--prompts", "2", "--group", "2", "--tokens", "4", "--verifier-pairs", "5"],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rollouts · tiny" in proc.stdout and "PSN-GRPO steps" in proc.stdout and "bench.json" in proc.stdout
+    report = json.loads((out / "bench.json").read_text())
+    assert {"cpu", "cpu_cores", "torch", "cuda_device", "transformers", "trl"} <= report["machine"].keys()
+    tiny = report["models"]["tiny"]
+    assert tiny["spec"]["P"] == 2 and tiny["spec"]["G"] == 2 and tiny["spec"]["T"] == 4
+    assert set(tiny["engines"]) == {"lean", "fast"}
+    for name, e in tiny["engines"].items():
+        assert ROLLOUT_KEYS <= e["rollout"].keys()
+        assert e["rollout"]["tokens"] == 2 * 2 * 4  # the end token is suppressed: every row runs T tokens
+        assert ("step" in e) == (name == "fast")
+    assert STEP_KEYS <= tiny["engines"]["fast"]["step"].keys()
+    assert 0 <= tiny["engines"]["fast"]["step"]["psn_pct"] <= 100
+    assert tiny["trl"] == {"skipped": "--no-trl"} and tiny["trl_ratio"] == {}
+    v = report["verifier"]
+    if (DATA / "math500_test.jsonl").is_file():
+        assert v["checks"] == 5 and v["checks_per_s"] > 0
+    else:
+        assert "skipped" in v
+
+
+def test_bench_refuses_unknown_engines_and_cpu_only_shapes(tmp_path):
+    from minipsn.bench import run_bench, specs
+
+    with pytest.raises(ValueError, match="unknown engine"):
+        run_bench(str(tmp_path), paths=("vllm",))
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="needs CUDA"):
+            specs("cpu", True, "qwen2.5-1.5b-shape")
+
+
+@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="TRL on the tiny model takes ~20-60 s on 2 busy "
+                    "cores; set MINIPSN_SLOW=1 to run it")
+def test_trl_grpo_trainer_runs_the_same_work(tmp_path):
+    pytest.importorskip("trl")
+    from minipsn.bench import Spec, bench_trl
+
+    t0 = time.perf_counter()
+    result = bench_trl(Spec("tiny", "tiny", "chat", 2, 2, 4, 4), str(tmp_path), 0.01, 1)
+    assert "skipped" not in result, result
+    assert result["step_s"] > 0 and result["steps_timed"] == 1 and result["micro_batch_rows"] >= 1
+    print(f"TRL bench on tiny took {time.perf_counter() - t0:.1f} s")

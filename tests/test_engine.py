@@ -1,0 +1,212 @@
+"""Rollout engines: the folded copy is the perturbed peft policy (fp32 and NF4 bases), unfolds bit-exactly,
+samples with the log-probs a teacher-forced pass of π_θ̃ gives, and `auto` picks as documented."""
+import pytest
+import torch
+
+from minipsn import engine as eng
+from minipsn.config import RolloutConfig, build_config
+from minipsn.engine import FoldedEngine, StaticDecoder, UnmergedEngine, choose_engine, make_engine
+from minipsn.noise import perturbed
+from minipsn.rollout import sample
+
+SIGMA, SEED = 0.1, 1234
+GiB = 2**30
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tensors this small run faster on one thread, and much faster on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ids_for(n=3, t=7):
+    return torch.randint(2, 64, (n, t), generator=torch.Generator().manual_seed(5))
+
+
+def load_nf4(folder):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from minipsn.config import LoraConfig
+    from minipsn.models import attach_lora
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.float32,
+                                                device_map={"": "cpu"})
+    assert base.is_loaded_in_4bit
+    torch.manual_seed(1)
+    model = attach_lora(base, LoraConfig(rank=4, alpha=8.0, targets="all"), gradient_checkpointing=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def nf4_folder(tmp_path_factory):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("nf4")
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                 tie_word_embeddings=True)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nf4_policy(nf4_folder):
+    """A 2-layer Qwen2 reloaded in 4-bit NF4 on the CPU, LoRA (B randomised) on all projections, kept off
+    bitsandbytes' bf16 CPU repacking so the peft forward is fp32 too (the engine does the same)."""
+    model = load_nf4(nf4_folder)
+    eng.keep_cpu_4bit_unpacked(model)
+    return model
+
+
+def test_a_repacked_4bit_base_is_refused_loudly(nf4_folder):
+    import bitsandbytes.functional as bnbf
+
+    if not bnbf.has_avx512bf16():
+        pytest.skip("bitsandbytes repacks 4-bit weights on CPUs with AVX512-BF16 only")
+    model = load_nf4(nf4_folder)
+    with torch.no_grad():
+        model(input_ids=ids_for())  # an eval forward without grad repacks every 4-bit weight
+    with pytest.raises(ValueError, match="repacked"):
+        FoldedEngine(model, max_new_tokens=4)
+
+
+def peft_logits(model, ids, targets):
+    with torch.no_grad(), perturbed(model, SIGMA, SEED, targets):
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("targets", ["mlp", "all"])
+def test_folded_copy_equals_perturbed_peft_model(small_policy, targets):
+    model = small_policy.eval()
+    engine = FoldedEngine(model, max_new_tokens=4)
+    ids = ids_for()
+    want = peft_logits(model, ids, targets)
+    with engine.policy(SIGMA, [SEED] * 3, targets) as (sampler, row_noise):
+        assert row_noise is None and sampler is engine.plain
+        got = sampler(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        clean = model(input_ids=ids).logits
+    assert (want - clean).abs().max() > 1e-3  # the noise is visible, so the match means something
+    with engine.policy(0.0, [SEED], targets) as (sampler, _):
+        torch.testing.assert_close(sampler(input_ids=ids).logits, clean, atol=1e-4, rtol=0)
+
+
+def test_folded_copy_equals_perturbed_peft_model_on_nf4(nf4_policy):
+    engine = FoldedEngine(nf4_policy, max_new_tokens=4)
+    ids = ids_for()
+    want = peft_logits(nf4_policy, ids, "mlp")
+    with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _):
+        got = sampler(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["fp32", "nf4"])
+def test_unfold_restores_the_copy_and_never_touches_the_adapter(small_policy, nf4_policy, which):
+    model = small_policy if which == "fp32" else nf4_policy
+    engine = FoldedEngine(model, max_new_tokens=4)
+    built = {k: v.clone() for k, v in engine.plain.state_dict().items()}
+    adapter = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    for _ in range(2):
+        with engine.policy(SIGMA, [SEED], "all"):
+            assert any(not torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
+        assert all(torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
+    with pytest.raises(KeyError), engine.policy(SIGMA, [SEED], "all"):
+        raise KeyError("boom")  # an error while sampling still leaves the copy clean
+    assert all(torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
+    assert all(torch.equal(v, adapter[k]) for k, v in model.state_dict().items() if "lora_" in k)
+    eng.fold(engine.plan, SIGMA, SEED, set())
+    eng.unfold(engine.plan)
+    assert all(torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
+
+
+def test_fast_rollout_logp_equals_teacher_forced_perturbed_policy(nf4_policy, toy_tok):
+    from minipsn.train import completion_logprobs
+
+    engine = FoldedEngine(nf4_policy, max_new_tokens=6)
+    cfg = RolloutConfig(max_new_tokens=6, batch_size=4)
+    with engine.policy(SIGMA, [SEED] * 6, "mlp") as (sampler, row_noise):
+        ro = sample(sampler, toy_tok, ["ab", "cdef"], 3, cfg, torch.Generator().manual_seed(0), row_noise=row_noise)
+    assert ro.n_tokens > 6
+    with torch.no_grad(), perturbed(nf4_policy, SIGMA, SEED, "mlp"):
+        logp, _ = completion_logprobs(nf4_policy, ro, torch.arange(6), temperature=1.0)
+    m = ro.completion_mask.bool()
+    torch.testing.assert_close(ro.sampler_logp[m], logp[m], atol=1e-4, rtol=0)
+
+
+def test_static_cache_decoding_equals_dynamic_and_falls_back_loudly(small_policy, toy_tok, capsys):
+    cfg = RolloutConfig(max_new_tokens=5, batch_size=4)
+    runs = {}
+    for kind in ("dynamic", "static", "forced-fallback"):
+        engine = FoldedEngine(small_policy.eval(), max_new_tokens=5, static_cache=kind != "dynamic", compile_step=False)
+        if kind == "forced-fallback":
+            engine.sampler.tol = -1.0  # every check fails: must decode eagerly, and say so
+        with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _):
+            runs[kind] = sample(sampler, toy_tok, ["xy", "hello"], 4, cfg, torch.Generator().manual_seed(3))
+        if kind != "dynamic":
+            assert isinstance(engine.sampler, StaticDecoder)
+            assert (engine.sampler.fallback is None) == (kind == "static")
+    assert "decodes eagerly" in capsys.readouterr().out
+    for kind in ("static", "forced-fallback"):
+        assert torch.equal(runs[kind].completion_ids, runs["dynamic"].completion_ids)
+        torch.testing.assert_close(runs[kind].sampler_logp, runs["dynamic"].sampler_logp, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="static"):
+        FoldedEngine(small_policy, max_new_tokens=5, static_cache=False, compile_step=True)
+
+
+def test_fast_engine_refuses_per_row_noise(small_policy):
+    engine = FoldedEngine(small_policy, max_new_tokens=4)
+    with pytest.raises(ValueError, match="unmerged"), engine.policy(SIGMA, [1, 2], "mlp"):
+        pass
+    with engine.policy(0.0, [1, 2], "mlp"):
+        pass  # σ = 0: nothing differs between rows
+
+
+@pytest.mark.parametrize("requested, device, per_row, quantized, free, want", [
+    ("lean", "cuda", False, True, 80 * GiB, "lean"),
+    ("hf", "cpu", False, False, None, "hf"),
+    ("fast", "cpu", False, True, None, "fast"),
+    ("fast", "cuda", True, True, 80 * GiB, "lean"),  # per-row noise: unmerged path
+    ("auto", "cpu", True, False, None, "hf"),
+    ("auto", "cpu", False, True, None, "fast"),
+    ("auto", "cuda", False, True, 40 * GiB, "fast"),  # 3 GiB copy + 16 GiB headroom fits
+    ("auto", "cuda", False, True, 10 * GiB, "lean"),  # ... does not
+])
+def test_choose_engine(requested, device, per_row, quantized, free, want):
+    name, why = choose_engine(requested, device, per_row, quantized, free, 80 * GiB, 3 * GiB)
+    assert name == want and why
+    with pytest.raises(ValueError):
+        choose_engine("vllm", device, per_row, quantized)
+
+
+def test_make_engine_prints_its_choice(small_policy, capsys):
+    cfg = build_config(model="tiny", sets={"rollout.engine": "fast", "noise.sigma": "0.01",
+                                           "noise.granularity": "group"})
+    assert isinstance(make_engine(small_policy, cfg), UnmergedEngine)
+    out = capsys.readouterr().out
+    assert out.count("rollout engine: hf") == 1 and "per-row" in out
+    auto = build_config(model="tiny", sets={"rollout.engine": "auto"})
+    assert isinstance(make_engine(small_policy, auto), FoldedEngine)
+    assert "rollout engine: fast" in capsys.readouterr().out
+
+
+def test_unmerged_engine_is_noise_context(small_policy):
+    engine = UnmergedEngine(small_policy.eval())
+    ids = ids_for()
+    with engine.policy(SIGMA, [SEED] * 3, "mlp") as (sampler, row_noise):
+        assert sampler is small_policy and row_noise is None
+        with torch.no_grad():
+            got = sampler(input_ids=ids).logits
+    torch.testing.assert_close(got, peft_logits(small_policy, ids, "mlp"), atol=0, rtol=0)
+    with engine.policy(SIGMA, [1, 2, 3], "mlp") as (_, row_noise):
+        assert row_noise is not None
+    assert {"noise_in_s", "noise_out_s"} <= engine.stats.keys()

@@ -1,0 +1,84 @@
+"""Crash safety: SIGKILL mid-run then --resume reproduces the uninterrupted run; Ctrl-C saves cleanly."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_train import ENV, cli
+
+SETS = ["--set", "grpo.prompts_per_step=2", "--set", "grpo.group_size=4", "--set", "rollout.max_new_tokens=32",
+        "--set", "run.save_every=2", "--sigma", "0.02", "--set", "noise.scheduler=adaptive"]
+COMPARED = ("reward/mean", "reward/accuracy", "loss/policy", "tis/weight_mean", "noise/sigma", "noise/seed",
+            "completion/len_mean")
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _start(out, steps):
+    args = [sys.executable, str(REPO / "cli.py"), "train", "--model", "tiny", "--steps", str(steps), "--out", str(out), *SETS]
+    return subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_steps(proc, run, n, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
+    steps = 5
+    cli("train", "--model", "tiny", "--steps", str(steps), "--out", str(tmp_path / "full"), *SETS)
+    full = _metrics(tmp_path / "full")
+
+    run = tmp_path / "killed"
+    proc = _start(run, steps)
+    _wait_for_steps(proc, run, 3)  # past the checkpoint at step 2, before the one at step 4
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "checkpoints" / "latest").read_text() in ("step-000002", "step-000004")
+    proc = cli("train", "--resume", str(run))
+    assert "resumed" in proc.stdout
+    resumed = _metrics(run)
+    assert [m["step"] for m in resumed] == list(range(1, steps + 1))
+    for a, b in zip(full, resumed):
+        for key in COMPARED:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    proc = _start(run, 50)
+    _wait_for_steps(proc, run, 1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "checkpoint saved" in out
+    from minipsn import checkpoint
+
+    ckpt = checkpoint.latest(run)
+    state = checkpoint.load_state(ckpt)
+    assert state["step"] == len(_metrics(run)) and (ckpt / "adapter" / "adapter_config.json").is_file()
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    proc = cli("train", "--resume", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "not a run folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unwritable_out_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # a folder cannot be made inside a file, even by root
+    proc = cli("train", "--model", "tiny", "--steps", "1", "--out", str(blocker / "run"), check=False)
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,70 @@
+"""minipsn.rewards: hand-computed rewards for correctness, truncation, format and their sum."""
+
+import pytest
+
+from minipsn.rewards import build_reward_fn, correctness_reward, format_reward
+
+GOOD = "We get $x = \\frac{1}{2}$, so the answer is $\\boxed{\\frac12}$."
+WRONG = "So the answer is $\\boxed{2}$."
+NO_BOX = "Adding up, 3 + 4 = 7 apples."
+TWO_BOXES = "First $\\boxed{1}$, then $\\boxed{0.5}$."
+
+
+@pytest.mark.parametrize("completion,answer,expected", [
+    (GOOD, "0.5", 1.0),
+    (GOOD, "\\dfrac{1}{2}", 1.0),
+    (WRONG, "0.5", 0.0),
+    (NO_BOX, "7", 1.0),  # last number
+    (NO_BOX, "4", 0.0),
+    (TWO_BOXES, "1/2", 1.0),  # the last box counts
+    ("#### 1,234", "1234", 1.0),
+    ("I don't know.", "5", 0.0),
+    ("\\boxed{}", "0", 0.0),  # an empty box answers nothing
+])
+def test_correctness_reward(completion, answer, expected):
+    assert correctness_reward(completion, answer, truncated=False) == expected
+
+
+def test_correctness_without_last_number():
+    assert correctness_reward(NO_BOX, "7", False, last_number=False) == 0.0
+
+
+def test_truncated_completions_get_truncated_reward():
+    assert correctness_reward(GOOD, "0.5", truncated=True) == 0.0
+    assert correctness_reward(GOOD, "0.5", truncated=True, truncated_reward=-1.0) == -1.0
+    assert correctness_reward(WRONG, "0.5", truncated=True, truncated_reward=0.25) == 0.25
+
+
+@pytest.mark.parametrize("completion,expected", [
+    (GOOD, 1.0),
+    (WRONG, 1.0),
+    (NO_BOX, 0.0),
+    (TWO_BOXES, 0.0),
+    ("\\boxed{}", 0.0),
+    ("\\boxed{  }", 0.0),
+    ("\\boxed{3", 0.0),
+    ("\\boxed 3", 0.0),
+    ("\\fbox{3}", 1.0),
+    ("$\\boxed{\\frac{\\sqrt{3}}{2}}$", 1.0),
+])
+def test_format_reward(completion, expected):
+    assert format_reward(completion) == expected
+
+
+def test_build_reward_fn_combines_correctness_and_format():
+    records = [{"answer": "0.5"}, {"answer": "0.5"}, {"answer": "7"}, {"answer": "0.5"}]
+    completions = [GOOD, WRONG, NO_BOX, GOOD]
+    truncated = [False, False, False, True]
+    assert build_reward_fn()(completions, records, truncated) == [1.0, 0.0, 1.0, 0.0]
+    fn = build_reward_fn(format_weight=0.5, truncated_reward=-1.0)
+    # correct+boxed, wrong+boxed, correct unboxed, truncated (its box still earns format credit)
+    assert fn(completions, records, truncated) == [1.5, 0.5, 1.0, -0.5]
+    assert build_reward_fn(last_number=False)(completions, records, truncated)[2] == 0.0
+
+
+def test_reward_fn_checks_its_inputs():
+    fn = build_reward_fn()
+    with pytest.raises(ValueError, match="must match"):
+        fn([GOOD, WRONG], [{"answer": "1"}], [False, False])
+    with pytest.raises(KeyError, match="answer"):
+        fn([GOOD], [{"final": "1"}], [False])

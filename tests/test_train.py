@@ -1,0 +1,113 @@
+"""End to end on the real tiny model (4-bit NF4 base on CPU + LoRA): CLI runs, saved adapters, guards."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+KEYS = {"step", "reward/mean", "reward/accuracy", "loss/policy", "tis/weight_mean", "tis/clip_frac", "noise/sigma",
+        "noise/seed", "perf/step_s", "perf/tokens_per_s", "guard/skipped_steps"}
+
+
+def cli(*args, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cli {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tiny_cfg(out, **sets):
+    from minipsn.config import build_config
+
+    base = {"run.out": str(out), "run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4",
+            "rollout.max_new_tokens": "32"}
+    return build_config(model="tiny", sets={**base, **sets})
+
+
+def test_cli_train_tiny_writes_metrics_and_a_reloadable_adapter(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("train", "--model", "tiny", "--steps", "3", "--sigma", "0.02", "--out", str(out),
+               "--set", "grpo.prompts_per_step=4", "--set", "run.save_every=2")
+    assert "step 3/3" in proc.stdout and "σ" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert KEYS <= rows[0].keys()
+    assert all(r["noise/sigma"] == 0.02 for r in rows)
+    assert json.loads((out / "config.json").read_text())["noise"]["sigma"] == 0.02
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from minipsn.models import tiny_model_dir
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
+    fresh = {n: p.clone() for n, p in base.named_parameters()}
+    model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # peft initialises B at 0: training moved it
+    for n, p in model.get_base_model().named_parameters():
+        if "lora_" not in n:
+            key = n.replace("base_layer.", "")
+            assert torch.equal(p, fresh[key]), n  # the base did not move
+    assert (out / "checkpoints" / "latest").read_text() == "step-000003"
+
+
+def test_trainer_keeps_base_weights_frozen_in_4bit(tmp_path):
+    from minipsn.train import Trainer
+
+    tr = Trainer(tiny_cfg(tmp_path / "r"))
+    if getattr(tr.model.get_base_model(), "is_loaded_in_4bit", False):
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in tr.model.modules())
+    base = {n: p.detach().clone() for n, p in tr.model.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in tr.model.named_parameters() if "lora_" in n}
+    m = tr.step(0)
+    assert m["step"] == 1 and 0.0 <= m["reward/accuracy"] <= 1.0
+    assert all(torch.equal(base[n], p) for n, p in tr.model.named_parameters() if "lora_" not in n)
+    assert any(not torch.equal(lora[n], p) for n, p in tr.model.named_parameters() if "lora_" in n)
+
+
+def test_nan_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
+    from minipsn import algo
+    from minipsn.train import Trainer
+
+    tr = Trainer(tiny_cfg(tmp_path / "r"))
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
+    real = algo.policy_loss
+    monkeypatch.setattr(algo, "policy_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
+    m = tr.step(0)
+    assert m["guard/skipped"] == 1.0 and m["guard/skipped_steps"] == 1
+    assert all(torch.equal(before[n], p) for n, p in tr.model.named_parameters() if p.requires_grad)
+
+
+def test_simulated_oom_halves_the_rollout_batch_and_the_learner_budget(tmp_path, monkeypatch):
+    from minipsn import train as T
+
+    tr = T.Trainer(tiny_cfg(tmp_path / "r", **{"rollout.batch_size": "8", "grpo.micro_batch_tokens": "2048"}))
+    real_sample, real_learn = T.sample, T.learner_step
+
+    def sample_small_only(model, tok, prompts, G, cfg, *a, **k):
+        if cfg.batch_size > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real_sample(model, tok, prompts, G, cfg, *a, **k)
+
+    def learn_small_only(model, opt, ro, adv, cfg, *a, **k):
+        if cfg.micro_batch_tokens > 512:
+            raise torch.OutOfMemoryError("simulated")
+        return real_learn(model, opt, ro, adv, cfg, *a, **k)
+
+    monkeypatch.setattr(T, "sample", sample_small_only)
+    monkeypatch.setattr(T, "learner_step", learn_small_only)
+    m = tr.step(0)
+    assert m["step"] == 1
+    assert tr.rollout_cfg.batch_size == 2 and tr.grpo_cfg.micro_batch_tokens == 512
+    monkeypatch.setattr(T, "sample", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("always")))
+    with pytest.raises(MemoryError, match="smallest batch"):
+        tr.step(1)
