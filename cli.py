@@ -163,6 +163,32 @@ def bench_(
     typer.echo(f"bench: {out}/bench.json")
 
 
+@app.command()
+@friendly
+def compare(
+    methods: str = typer.Option("grpo,psn-adaptive", help="comma-separated: grpo, psn, psn-notis, psn-kl, psn-adaptive, temperature, passk, psn-passk"),
+    seeds: int = typer.Option(3, help="seeds per method"),
+    model: str = typer.Option("tiny", help="alias, hub id or local folder"),
+    steps: Optional[int] = typer.Option(None, help="training steps per run (run.steps)"),
+    sigma: Optional[float] = typer.Option(None, help="initial σ of the PSN methods (noise.sigma)"),
+    benchmarks: str = typer.Option("synthetic", help="comma-separated benchmarks to evaluate on"),
+    n: Optional[int] = typer.Option(None, help="samples per problem (eval.n)"),
+    out: str = typer.Option("runs/compare", help="folder of the grid; finished runs are reused"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (applies to every run)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Train and evaluate every (method, seed); write compare.md, compare.json and compare.png."""
+    from minipsn.compare import compare as run_compare
+    from minipsn.config import parse_sets
+
+    sets = {k: v for k, v in {"run.steps": steps, "noise.sigma": sigma, "eval.n": n}.items() if v is not None}
+    sets.update(parse_sets(set_))
+    result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,
+                         tuple(b.strip() for b in benchmarks.split(",") if b.strip()))
+    typer.echo((__import__("pathlib").Path(out) / "compare.md").read_text())
+    typer.echo(f"wrote {out}/compare.md, compare.json, compare.png ({len(result['methods'])} methods × {seeds} seeds)")
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

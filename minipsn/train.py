@@ -168,6 +168,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, reward_fn=None, resume: bool = False):
         self.cfg, self.run_dir = cfg, prepare_run_dir(cfg, resume)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
         self.records = load_problems(cfg.data, "train")  # before the model: data errors should come fast

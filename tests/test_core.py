@@ -128,3 +128,19 @@ def test_build_config_layers_preset_method_and_sets(tmp_path):
     assert cfg.noise.sigma == 0.02 and cfg.run.steps == 9
     with pytest.raises(ValueError, match="unknown method"):
         C.build_config(model="tiny", method="psn-magic")
+
+
+def test_one_update_raises_logprob_of_positive_advantage_rows(small_policy, toy_tok):
+    cfg = C.RolloutConfig(max_new_tokens=8, batch_size=8)
+    ro = sample(small_policy, toy_tok, ["abc", "xyz"], G=4, cfg=cfg, gen=torch.Generator().manual_seed(2))
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    rows = torch.arange(8)
+    mask = ro.completion_mask.bool()
+    with torch.no_grad():
+        before, _ = completion_logprobs(small_policy, ro, rows, 1.0)
+    opt = torch.optim.SGD([p for p in small_policy.parameters() if p.requires_grad], lr=0.5)
+    learner_step(small_policy, opt, ro, adv, C.GRPOConfig(max_grad_norm=0.0), max_len=8)
+    with torch.no_grad():
+        after, _ = completion_logprobs(small_policy, ro, rows, 1.0)
+    delta = ((after - before) * mask).sum(1)  # (N,) change of each row's sequence log-prob
+    assert delta[adv > 0].sum() > 0 > delta[adv < 0].sum()

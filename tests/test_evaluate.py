@@ -237,7 +237,6 @@ def _cli():
     return mod
 
 
-@pytest.mark.slow
 def test_cli_eval_and_plot_on_tiny_model(tmp_path):
     from typer.testing import CliRunner
 

@@ -1,0 +1,514 @@
+"""Safe LaTeX -> sympy conversion and comparison of final answers (the verifier's sympy stage).
+
+A tokenizer and recursive-descent parser build sympy objects directly: model text never reaches
+eval/exec or sympify, and every name becomes a plain Symbol. Decimals become exact Rationals.
+Before sympy evaluates a power, factorial or binomial, a size guard raises TooLarge when the
+result would exceed ~MAX_BITS bits (10^{10^{10}}, 1000000!), so such answers are "not equivalent"
+at once instead of hanging the worker. parse_answer() also reads the structure around expressions:
+sets \\{a,b\\} and bare lists a,b (unordered), tuples (a,b) (ordered), intervals [a,b), unions,
+equations, inequalities, matrices, and ± (two answers). symbolic_equal() compares two structures:
+numbers exactly (relative RTOL when either side is written with decimals: 0.5, 8.7e8),
+expressions by evaluating both at seeded random points, equations up to a constant factor.
+Imported only inside the verifier's worker process (see verify.py).
+"""
+
+import math
+import random
+import re
+
+import sympy
+from sympy import Abs, E, I, Pow, Rational, Symbol, ceiling, floor, log, nan, oo, pi, zoo
+from sympy.core.evalf import PrecisionExhausted
+from sympy.matrices import MatrixBase
+
+MAX_BITS = 100_000  # ~30k digits: far above any contest answer, still instant for sympy
+MAX_SYMBOLIC_EXP = 10_000  # x^{10^4} is fine; x^{10^10} is refused
+MAX_FACTORIAL = 5_000  # also bounds binomials (4x)
+MAX_DIGITS = 400  # longest number literal and largest decimal exponent (8.7e400)
+MAX_ITEMS = 64  # elements of a set, tuple, list or matrix
+MAX_DEPTH = 100  # nesting of groups; deeper input is garbage, refused before RecursionError
+RTOL = Rational(1, 10**6)  # relative tolerance when either answer is written with decimals
+EVALF_RTOL = 1e-20  # otherwise: only the rounding of evalf at DPS digits is forgiven
+SAMPLE_ATOL = 1e-20  # absolute floor when comparing values at sampled points
+DPS = 30  # digits for evalf
+
+_FUNCS = {"sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot, "sec": sympy.sec,
+          "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
+          "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh, "ln": log, "log": log,
+          "exp": sympy.exp}
+_SYMBOLS = set(  # commands read as plain symbols
+    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho "
+    "sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega hbar "
+    "ell".split())
+_VALUES = {"pi": pi, "infty": oo, "infinity": oo}
+_WRAPS = {"text", "textnormal", "mathrm", "mathbf", "textbf", "mathit", "mbox", "textrm", "operatorname"}
+_STARTERS = _SYMBOLS | set(_VALUES) | _WRAPS | {
+    "frac", "dfrac", "tfrac", "cfrac", "sqrt", "binom", "dbinom", "tbinom", "lfloor", "lceil", "begin"}
+_FLIP = {"<": ">", ">": "<", "≤": "≥", "≥": "≤"}
+_MULT = {"*", "\\cdot", "\\times", "\\ast"}
+_SKIP = {"\\left", "\\right", "\\big", "\\Big", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr",
+         "\\displaystyle", "\\,", "\\!", "\\;", "\\:", "\\ ", "\\quad", "\\qquad"}
+_MATRICES = {"pmatrix", "bmatrix", "Bmatrix", "matrix", "smallmatrix", "vmatrix"}
+_DECIMAL = re.compile(r"\d?\.\d|\d[eE]-?\d")
+_PM = re.compile(r"\\(?:pm|mp)(?![a-zA-Z])")
+# e-notation takes no "+": 2e+1 is 2e + 1, while 8.7e8 and 1e-5 are numbers
+_TOKEN = re.compile(r"(\d+(?:\.\d*)?(?:[eE]-?\d+)?|\.\d+(?:[eE]-?\d+)?)|(\\(?:[a-zA-Z]+|.))"
+                    r"|([a-zA-Z]+)|(\s+)|(.)", re.S)
+
+
+class LatexError(ValueError):
+    """The text is not an answer this converter can read."""
+
+
+class TooLarge(ValueError):
+    """Evaluating the text would build an astronomically large number."""
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    toks = []
+    for m in _TOKEN.finditer(text):
+        num, cmd, word, space, _ = m.groups()
+        if not space and m.group() not in _SKIP:
+            toks.append(("num" if num else "cmd" if cmd else "word" if word else "op", m.group()))
+    return toks
+
+
+def _number(text: str) -> sympy.Expr:
+    mant, _, exp = text.lower().partition("e")
+    whole, _, frac = mant.partition(".")
+    if len(whole) + len(frac) > MAX_DIGITS or len(exp) > 5 or abs(int(exp or 0)) > MAX_DIGITS:
+        raise TooLarge(f"number literal too large: {text[:20]}")
+    value = Rational(int(whole or "0") * 10 ** len(frac) + int(frac or "0"), 10 ** len(frac))
+    return value * Rational(10) ** int(exp or 0)
+
+
+def _magnitude(x: sympy.Expr) -> float:
+    """|x| as a float (inf when huge or not evaluable)."""
+    try:
+        return float(abs(x.evalf(15)))
+    except (TypeError, ValueError, OverflowError):
+        return float("inf")
+
+
+def _bits(x: sympy.Expr) -> float:
+    """About how many bits an exact power of x needs per unit of exponent (at least 1)."""
+    if x.is_Rational:
+        return max(math.log2(abs(int(x.p)) or 1), math.log2(int(x.q)), 1.0)
+    v = abs(x.evalf(15))
+    return max(1.0, abs(float(sympy.log(v, 2).evalf(15)))) if v.is_Number and v != 0 else 1.0
+
+
+def _pow(base, exp):
+    if isinstance(base, MatrixBase) or isinstance(exp, MatrixBase):
+        raise LatexError("powers of matrices are not supported")
+    # a symbolic exponent is sized at 3 for every symbol: 590331^{345226+y} is refused, 2^n is not
+    size = _magnitude(exp.subs({s: 3 for s in exp.free_symbols}))
+    if base.is_number and base not in (0, 1, -1) and size * _bits(base) > MAX_BITS:
+        raise TooLarge("power too large")
+    if not base.is_number and exp.is_number and size > MAX_SYMBOLIC_EXP:
+        raise TooLarge("symbolic power too large")
+    return Pow(base, exp)
+
+
+def _bounded(fn, limit: int, *args):
+    """fn(*args) (factorial, binomial) unless a numeric argument exceeds limit. Only integer
+    arguments are evaluated: sympy can spin for minutes on binomial(7, binomial(sin(i), pi))."""
+    if any(x.is_number and _magnitude(x) > limit for x in args):
+        raise TooLarge(f"{fn.__name__} too large")
+    return fn(*args, evaluate=all(x.is_Integer for x in args))
+
+
+def _letter(c: str) -> sympy.Expr:
+    # e and i are Euler's number and the imaginary unit, as in contest answers (1-1/e, 6-5i)
+    return E if c == "e" else I if c == "i" else Symbol(c)
+
+
+class _Parser:
+    """Recursive descent over tokens: expr > term (explicit/implicit product) > unary > postfix."""
+
+    def __init__(self, text: str):
+        self.toks, self.i, self.abs_depth, self.depth = _tokenize(text), 0, 0, 0
+
+    def peek(self) -> tuple[str, str]:
+        return self.toks[self.i] if self.i < len(self.toks) else ("end", "")
+
+    def take(self) -> tuple[str, str]:
+        self.i += 1
+        return self.toks[self.i - 1] if self.i <= len(self.toks) else ("end", "")
+
+    def expect(self, text: str) -> None:
+        if (got := self.take()[1]) != text:
+            raise LatexError(f"expected {text!r}, got {got!r}")
+
+    def parse(self):
+        value = self.expr()
+        if self.peek()[0] != "end":
+            raise LatexError(f"unexpected {self.peek()[1]!r}")
+        return value
+
+    def expr(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise LatexError("nested too deeply")
+        value = self.term()
+        while self.peek()[1] in ("+", "-"):
+            value = value + (self.term() if self.take()[1] == "+" else -self.term())
+        self.depth -= 1
+        return value
+
+    def term(self):
+        value = self.unary()
+        while True:
+            text = self.peek()[1]
+            if text in _MULT or text in ("/", "\\div"):
+                self.take()
+                value = value * self.unary() if text in _MULT else value / self.unary()
+            elif self.starts_primary():
+                value = value * self.postfix()  # implicit product: 2x, 3\sqrt2, (a+1)(b+2)
+            else:
+                return value
+
+    def unary(self):
+        text = self.peek()[1]
+        if text in ("-", "+"):
+            self.take()
+            return -self.unary() if text == "-" else self.unary()
+        return self.postfix()
+
+    def starts_primary(self, functions: bool = True) -> bool:
+        kind, text = self.peek()
+        if kind == "num" or (kind == "word" and (functions or text not in _FUNCS)):
+            return True
+        if kind == "op":
+            return text in "([{" or (text == "|" and self.abs_depth == 0)
+        return kind == "cmd" and (text[1:] in _STARTERS or (functions and text[1:] in _FUNCS))
+
+    def postfix(self):
+        value = self.primary()
+        while True:
+            text = self.peek()[1]
+            if text == "^":
+                self.take()
+                value = _pow(value, self.unary() if self.peek()[1] in ("+", "-") else self.arg())
+            elif text == "!":
+                self.take()
+                value = _bounded(sympy.factorial, MAX_FACTORIAL, value)
+            elif text == "_" and isinstance(value, Symbol):
+                self.take()
+                value = Symbol(f"{value.name}_{self.raw_arg()}")
+            else:
+                return value
+
+    def arg(self):
+        """A macro argument: {group} or one character (x^23 is x^2*3, \\frac12 is 1/2)."""
+        kind, text = self.peek()
+        if kind in ("num", "word") and len(text) > 1:
+            self.toks[self.i:self.i + 1] = _tokenize(text[0]) + _tokenize(text[1:])
+        return self.primary()
+
+    def raw_arg(self) -> str:
+        """A subscript or environment name as text: {a1} -> "a1", 1 -> "1"."""
+        if self.peek()[1] != "{":
+            return self.take()[1][:1]
+        self.take()
+        parts = []
+        while self.peek()[1] != "}":
+            if self.peek()[0] == "end":
+                raise LatexError("unclosed brace")
+            parts.append(self.take()[1])
+        self.take()
+        return "".join(parts)
+
+    def primary(self):
+        kind, text = self.take()
+        if kind == "num":
+            return _number(text)
+        if kind == "word":
+            return self.word(text)
+        if kind == "cmd":
+            return self.command(text[1:])
+        if text in ("(", "[", "{"):
+            value = self.expr()
+            self.expect({"(": ")", "[": "]", "{": "}"}[text])
+            return value
+        if text == "|" and self.abs_depth == 0:
+            self.abs_depth += 1
+            value = self.expr()
+            self.expect("|")
+            self.abs_depth -= 1
+            return Abs(value, evaluate=False)  # evaluating can spin: |\sqrt{\sqrt{i}-27}|
+        raise LatexError(f"unexpected {text or 'end of input'!r}")
+
+    def word(self, text: str):
+        if text in _FUNCS:
+            return self.function(text)
+        if text in _VALUES:
+            return _VALUES[text]
+        if len(text) > 1:  # "xy" is x*y; putting the rest back makes ab^2 = a*b^2
+            self.toks.insert(self.i, ("word", text[1:]))
+        return _letter(text[0])
+
+    def command(self, name: str):
+        if name in ("frac", "dfrac", "tfrac", "cfrac"):
+            num = self.arg()
+            return num / self.arg()
+        if name == "sqrt":
+            if self.peek()[1] != "[":
+                return _pow(self.arg(), Rational(1, 2))
+            self.take()
+            n = self.expr()
+            self.expect("]")
+            return _pow(self.arg(), 1 / n)
+        if name in ("binom", "dbinom", "tbinom"):
+            return _bounded(sympy.binomial, 4 * MAX_FACTORIAL, self.arg(), self.arg())
+        if name in _FUNCS:
+            return self.function(name)
+        if name in _VALUES:
+            return _VALUES[name]
+        if name in _SYMBOLS:
+            return Symbol(name)
+        if name in _WRAPS:
+            return self.arg()
+        if name in ("lfloor", "lceil"):
+            value = self.expr()
+            self.expect("\\rfloor" if name == "lfloor" else "\\rceil")
+            return floor(value) if name == "lfloor" else ceiling(value)
+        if name == "begin":
+            return self.matrix()
+        raise LatexError(f"unsupported command \\{name}")
+
+    def function(self, name: str):
+        base = power = None
+        if name == "log" and self.peek()[1] == "_":  # \log_2 8
+            self.take()
+            base = self.arg()
+        if self.peek()[1] == "^":  # \sin^2 x
+            self.take()
+            power = self.arg()
+        if self.peek()[1] in ("(", "{", "["):
+            arg = self.primary()
+        else:  # \sin 2x is sin(2x), but \sin x \cos x is sin(x)*cos(x)
+            arg = self.unary()
+            while self.starts_primary(functions=False):
+                arg = arg * self.postfix()
+        value = _FUNCS[name](arg) if base is None else log(arg, base)
+        return value if power is None else _pow(value, power)
+
+    def matrix(self):
+        if (env := self.raw_arg()) not in _MATRICES:
+            raise LatexError(f"unsupported environment {env}")
+        rows, row = [], []
+        while True:
+            row.append(self.expr())
+            sep = self.take()[1]
+            if sep == "\\\\" and self.peek()[1] == "\\end":
+                sep = self.take()[1]
+            if sep == "&":
+                continue
+            rows.append(row)
+            row = []
+            if sep == "\\end":
+                break
+            if sep != "\\\\" or len(rows) * len(rows[0]) > MAX_ITEMS:
+                raise LatexError("malformed matrix")
+        if self.raw_arg() != env or len({len(r) for r in rows}) != 1:
+            raise LatexError("malformed matrix")
+        m = sympy.ImmutableMatrix(rows)
+        return m.det() if env == "vmatrix" else m
+
+
+def parse_expr(text: str):
+    """One expression (or matrix) as a sympy object; raises LatexError or TooLarge."""
+    try:
+        return _Parser(text).parse()
+    except (LatexError, TooLarge):
+        raise
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError, sympy.SympifyError) as exc:
+        # sympy refuses some well-formed but meaningless input, e.g. a matrix plus a number
+        raise LatexError(f"cannot build {text[:40]!r}: {exc}") from exc
+
+
+def _split_top(text: str, seps: tuple[str, ...], found: list | None = None) -> list[str]:
+    """Split at any of seps outside brackets (any of ([{ closes any of )]}); seps go to found."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        depth += (text[i] in "([{") - (text[i] in ")]}")
+        sep = depth == 0 and next((s for s in seps if text.startswith(s, i) and not (
+            s[-1].isalpha() and text[i + len(s):i + len(s) + 1].isalpha())), None)
+        if sep:
+            parts.append(text[start:i])
+            if found is not None:
+                found.append(sep)
+            start = i = i + len(sep)
+        else:
+            i += 1
+    return parts + [text[start:]]
+
+
+def _wrapped(text: str) -> bool:
+    """True when the first character's bracket closes at the last character."""
+    depth = 0
+    for i, c in enumerate(text):
+        depth += (c in "([{") - (c in ")]}")
+        if depth == 0:
+            return i == len(text) - 1
+    return False
+
+
+def _expand_pm(text: str) -> list[str]:
+    """1\\pm\\sqrt2 -> [1+\\sqrt2, 1-\\sqrt2]; all signs in one answer move together (a±b∓c)."""
+    if not _PM.search(text):
+        return [text]
+    return [_PM.sub(lambda m: "+" if m.group() == "\\pm" else "-", text),
+            _PM.sub(lambda m: "-" if m.group() == "\\pm" else "+", text)]
+
+
+def _items(text: str) -> tuple:
+    items = [p for s in _split_top(text, (",",)) for p in _expand_pm(s.strip())]
+    if len(items) > MAX_ITEMS or not all(items):
+        raise LatexError("too many or empty items")
+    return tuple(parse_answer(s) for s in items)
+
+
+def parse_answer(text: str):
+    """A normalised answer as a sympy object or a tagged tuple: ("union"|"set"|"list"|"tuple",
+    items), ("eq", lhs, rhs), ("rel", ops, sides) or ("interval", lo_closed, lo, hi, hi_closed)."""
+    text = text.strip()
+    if text in ("\\emptyset", "\\varnothing", "\\{\\}"):
+        return ("set", ())
+    if len(parts := _split_top(text, ("\\cup",))) > 1:
+        return ("union", tuple(parse_answer(p) for p in parts))
+    if len(_split_top(text, (",",))) > 1:
+        return ("list", _items(text))
+    if len(sides := _split_top(text, ("=",))) > 1:
+        if len(sides) > 2:
+            raise LatexError("more than one '='")
+        return ("eq", parse_expr(sides[0]), parse_expr(sides[1]))
+    ops: list[str] = []
+    sides = _split_top(text, tuple(_FLIP), ops)
+    if ops:  # x > 2, -80 ≤ g ≤ 82 (verify.py spells every relation as one of _FLIP)
+        return ("rel", tuple(ops), tuple(parse_expr(s) for s in sides))
+    if text.startswith("\\{") and text.endswith("\\}") and _wrapped(text[1:]):
+        return ("set", _items(text[2:-2]))
+    if text[:1] in "([" and text[-1:] in ")]" and _wrapped(text):
+        ends = _split_top(text[1:-1], (",",))
+        if len(ends) == 2 and text[0] + text[-1] != "()":  # (a,b) is a tuple or an open interval
+            lo, hi = (parse_answer(e) for e in ends)
+            return ("interval", text[0] == "[", lo, hi, text[-1] == "]")
+        if len(ends) > 1:
+            return ("tuple", _items(text[1:-1]))
+    if _PM.search(text):
+        return ("list", tuple(parse_expr(s) for s in _expand_pm(text)))
+    return parse_expr(text)
+
+
+def _kind(a) -> str:
+    return a[0] if isinstance(a, tuple) else "matrix" if isinstance(a, MatrixBase) else "expr"
+
+
+def symbolic_equal(pred: str, gold: str) -> bool:
+    """True when two normalised answers mean the same; raises LatexError/TooLarge on bad input.
+    Numbers compare exactly unless either answer is written with decimals (0.5, 8.7e8):
+    3986729 != 3986730 and 1/2004! != 1/2006!, but 0.866025 == \\sqrt3/2 within RTOL."""
+    decimal = _DECIMAL.search(pred) or _DECIMAL.search(gold)
+    return _Compare(RTOL if decimal else 0).same(parse_answer(pred), parse_answer(gold))
+
+
+class _Compare:
+    """Structural comparison of parse_answer() results with one numeric tolerance."""
+
+    def __init__(self, rtol):
+        self.rtol = rtol
+
+    def same(self, a, b) -> bool:
+        ka, kb, same = _kind(a), _kind(b), self.same
+        if ka in ("set", "list") and len(a[1]) == 1:
+            return same(a[1][0], b)
+        if kb in ("set", "list") and len(b[1]) == 1:
+            return same(a, b[1][0])
+        if (ka == "eq") != (kb == "eq"):  # y = 2x+1 answers 2x+1
+            eq, other = (a, b) if ka == "eq" else (b, a)
+            return any(isinstance(side, Symbol) and same(rest, other)
+                       for side, rest in ((eq[1], eq[2]), (eq[2], eq[1])))
+        if ka == kb == "eq":
+            return (same(a[1], b[1]) and same(a[2], b[2])) or self.proportional(
+                a[1] - a[2], b[1] - b[2])
+        if {ka, kb} <= {"set", "list"} or ka == kb == "union":
+            return self.unordered(list(a[1]), list(b[1]))
+        if {ka, kb} <= {"tuple", "list", "matrix"}:
+            if ka == kb == "matrix" and a.shape != b.shape:
+                return False
+            xs, ys = (list(x[1]) if isinstance(x, tuple) else list(x) for x in (a, b))
+            return len(xs) == len(ys) and all(same(x, y) for x, y in zip(xs, ys))
+        if ka == kb == "rel":  # x > 2 is 2 < x
+            flipped = (tuple(_FLIP[o] for o in reversed(b[1])), b[2][::-1])
+            return any(a[1] == ops and all(same(x, y) for x, y in zip(a[2], sides))
+                       for ops, sides in ((b[1], b[2]), flipped))
+        if ka == kb == "interval":
+            return a[1] == b[1] and a[4] == b[4] and same(a[2], b[2]) and same(a[3], b[3])
+        return ka == kb == "expr" and self.expr(a, b)
+
+    def unordered(self, xs: list, ys: list) -> bool:
+        if len(xs) != len(ys):
+            return False
+        for x in xs:
+            match = next((j for j, y in enumerate(ys) if self.same(x, y)), None)
+            if match is None:
+                return False
+            ys.pop(match)
+        return True
+
+    def expr(self, a, b) -> bool:
+        if any(x.has(zoo, nan) for x in (a, b)):
+            return False  # undefined (1/0, 0/0) equals nothing, not even itself
+        if a == b:
+            return True
+        if any(x.has(oo, -oo) for x in (a, b)):
+            return False  # infinities compare only structurally
+        if symbols := sorted(a.free_symbols | b.free_symbols, key=str):
+            return self.at_points(a, b, symbols)
+        if a.is_Rational and b.is_Rational:  # exact arithmetic: tiny values stay apart
+            return bool(abs(a - b) <= self.rtol * max(abs(a), abs(b)))
+        va, vb = _value(a), _value(b)
+        return va is not None and vb is not None and self.close(va, vb)
+
+    def close(self, va, vb, atol: float = 0.0) -> bool:
+        diff, sa, sb = (abs(x).evalf(DPS) for x in (va - vb, va, vb))
+        if not all(x.is_Number for x in (diff, sa, sb)):
+            raise LatexError("values did not evaluate to numbers")
+        return bool(diff <= max(self.rtol, EVALF_RTOL) * max(sa, sb) + atol)
+
+    def at_points(self, a, b, symbols: list) -> bool:
+        agreed = 0
+        for point in _points(symbols):
+            va, vb = _value(a, point), _value(b, point)
+            if va is not None and vb is not None:
+                if not self.close(va, vb, SAMPLE_ATOL):
+                    return False
+                agreed += 1
+        return agreed >= 2 or sympy.simplify(a - b) == 0
+
+    def proportional(self, d1, d2) -> bool:
+        """Equations d1 = 0 and d2 = 0 are the same when d1/d2 is a nonzero constant."""
+        if isinstance(d1, MatrixBase) or isinstance(d2, MatrixBase):
+            return False
+        points = _points(sorted(d1.free_symbols | d2.free_symbols, key=str))
+        ratios = [(v1 / v2).evalf(DPS) for v1, v2 in ((_value(d1, p), _value(d2, p)) for p in points)
+                  if v1 is not None and v2 is not None and v2 != 0]
+        return len(ratios) >= 2 and ratios[0] != 0 and all(
+            self.close(r, ratios[0], SAMPLE_ATOL) for r in ratios)
+
+
+def _value(x, point: dict | None = None):
+    """x (at point) to DPS digits; None when not finite or sympy cannot tell (floor of an integer)."""
+    try:
+        v = x.evalf(DPS, subs=point)
+    except (PrecisionExhausted, ValueError, ZeroDivisionError):  # e.g. a pole of gamma
+        return None
+    return v if v.is_finite else None
+
+
+def _points(symbols: list, n: int = 4) -> list[dict]:
+    # seeded so a verdict is reproducible; rationals in [0.3, 3.2] avoid 0, 1 and branch cuts
+    rng = random.Random(0)
+    return [{s: Rational(rng.randint(30, 310), 97) for s in symbols} for _ in range(n)]

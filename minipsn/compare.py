@@ -1,0 +1,113 @@
+"""Compare exploration methods: train each (method, seed), evaluate pass@k, tabulate mean ± std.
+
+    RUN/<method>-s<seed>/          a normal run folder (metrics.jsonl, adapter/, eval/eval.json)
+    RUN/compare.json, compare.md   pass@k (k = 1, 4, 16, 64, 256 where n allows) and accuracy per method
+    RUN/compare.png                pass@k curves, mean over seeds with a ±1 std band
+
+Resumable at the grain of a run: a (method, seed) whose eval.json exists is not redone, one
+with a checkpoint resumes its training. The std is over seeds (population std, so one seed
+shows 0: read it as "no spread measured", not "no spread").
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from minipsn import checkpoint
+from minipsn.config import METHODS, build_config
+
+TABLE_KS = (1, 4, 16, 64, 256)
+
+
+def run_one(model: str, method: str, seed: int, sets: dict, run_dir: Path, benchmarks: list[str]) -> dict:
+    """Train (or resume) one (method, seed) and evaluate it; returns its eval report."""
+    from minipsn.evaluate import evaluate
+    from minipsn.train import train
+
+    report_path = run_dir / "eval" / "eval.json"
+    if report_path.is_file():
+        print(f"{run_dir.name}: done, reusing {report_path}")
+        return json.loads(report_path.read_text())
+    cfg = build_config(model=model, method=method, sets={**sets, "run.seed": seed, "run.out": str(run_dir)})
+    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+        print(f"── {run_dir.name}: training {method}, seed {seed}")
+        train(cfg, resume=checkpoint.latest(run_dir) is not None)
+    print(f"── {run_dir.name}: evaluating")
+    return evaluate(cfg, benchmarks, run_dir / "eval", adapter=str(run_dir / "adapter"))
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def summarize(reports: dict[str, list[dict]]) -> dict[str, dict]:
+    """{method: [report per seed]} → {method: {"pass@k": {k: [mean, std]}, "acc": [mean, std], "seeds": n}}."""
+    out = {}
+    for method, reps in reports.items():
+        ks = sorted(int(k) for k in reps[0]["average"]["pass@k"])  # JSON keys are strings
+        passk = {k: _mean_std([r["average"]["pass@k"][str(k)] for r in reps]) for k in ks}
+        out[method] = {"pass@k": passk, "acc": _mean_std([r["average"]["mean_acc"] for r in reps]),
+                       "maj": _mean_std([r["average"]["maj_acc"] for r in reps]), "seeds": len(reps)}
+    return out
+
+
+def markdown(summary: dict[str, dict], n: int) -> str:
+    ks = [k for k in TABLE_KS if k <= n]
+    head = "| method | seeds | " + " | ".join(f"pass@{k}" for k in ks) + " | mean acc | maj acc |"
+    lines = [head, "|" + "---|" * (len(ks) + 4)]
+    for method, s in summary.items():
+        cells = [f"{100 * s['pass@k'][k][0]:.1f} ± {100 * s['pass@k'][k][1]:.1f}" for k in ks]
+        lines.append(f"| {method} | {s['seeds']} | " + " | ".join(cells)
+                     + f" | {100 * s['acc'][0]:.1f} ± {100 * s['acc'][1]:.1f}"
+                     + f" | {100 * s['maj'][0]:.1f} ± {100 * s['maj'][1]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_bands(summary: dict[str, dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, s in summary.items():
+        ks = sorted(s["pass@k"])
+        mean = [100 * s["pass@k"][k][0] for k in ks]
+        std = [100 * s["pass@k"][k][1] for k in ks]
+        ax.plot(ks, mean, marker="o", label=f"{method} ({s['seeds']} seeds)")
+        ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: dict | None = None,
+            benchmarks: tuple[str, ...] = ("synthetic",)) -> dict:
+    """Train and evaluate every (method, seed); write compare.json, compare.md and compare.png in `out`."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if seeds < 1:
+        raise ValueError("--seeds must be >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = dict(sets or {})
+    reports = {m: [run_one(model, m, s, sets, out / f"{m}-s{s}", list(benchmarks)) for s in range(seeds)]
+               for m in methods}
+    summary = summarize(reports)
+    n = next(iter(reports.values()))[0]["n"]
+    (out / "compare.md").write_text(markdown(summary, n))
+    payload = {"model": model, "methods": methods, "seeds": seeds, "n": n, "benchmarks": list(benchmarks),
+               "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
+                                              for m, s in summary.items()}}
+    (out / "compare.json").write_text(json.dumps(payload, indent=2))
+    plot_bands(summary, out / "compare.png")
+    return payload

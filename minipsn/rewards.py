@@ -1,0 +1,64 @@
+"""Verifiable rewards for PSN-GRPO: plain functions of (completion, gold answer, truncated flag).
+
+    r_i = correct_i + format_weight * formatted_i       (truncated completions: correct_i = r_trunc)
+
+correct_i is 1.0 when the answer extracted from completion i (minipsn.verify.extract_answer) is
+equivalent to the record's gold `answer` (minipsn.verify.is_equivalent, bounded by `timeout`), else
+0.0. formatted_i is 1.0 when the completion holds exactly one non-empty \\boxed{...}.
+A completion cut off at the generation limit gets `truncated_reward` instead of being graded: its
+last number is usually an intermediate value, and rewarding it would favour rambling.
+To change the reward, write a function with the RewardFn signature and pass it to the trainer;
+build_reward_fn() is the default one.
+"""
+
+import re
+from collections.abc import Callable
+
+from minipsn.verify import boxed_contents, extract_answer, is_equivalent
+
+RewardFn = Callable[[list[str], list[dict], list[bool]], list[float]]
+"""(completions, records with at least "answer", truncated flags) -> one reward per completion."""
+
+
+def correctness_reward(completion: str, answer: str, truncated: bool,
+                       truncated_reward: float = 0.0, timeout: float = 3.0,
+                       last_number: bool = True) -> float:
+    """1.0 if the answer extracted from completion is equivalent to `answer`, else 0.0;
+    `truncated_reward` when the completion hit the length limit (truncated=True)."""
+    if truncated:
+        return float(truncated_reward)
+    pred = extract_answer(completion, last_number=last_number)
+    if pred is None:
+        return 0.0
+    return 1.0 if is_equivalent(pred, answer, timeout=timeout) else 0.0
+
+
+def format_reward(completion: str) -> float:
+    """1.0 if the completion contains exactly one \\boxed{...} (or \\fbox{...}) and it is closed
+    and non-empty, else 0.0."""
+    boxes = boxed_contents(completion)
+    braced = re.search(r"\\(?:boxed|fbox)\s*\{", completion)
+    return 1.0 if len(boxes) == 1 and boxes[0] is not None and braced else 0.0
+
+
+def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
+                    timeout: float = 3.0, last_number: bool = True) -> RewardFn:
+    """The default RewardFn: correctness_reward + format_weight * format_reward per completion."""
+
+    def reward_fn(completions: list[str], records: list[dict],
+                  truncated: list[bool]) -> list[float]:
+        if not len(completions) == len(records) == len(truncated):
+            raise ValueError(f"reward_fn got {len(completions)} completions, {len(records)} "
+                             f"records and {len(truncated)} truncated flags; they must match")
+        rewards = []
+        for completion, record, cut in zip(completions, records, truncated):
+            if "answer" not in record:
+                raise KeyError(f"reward record has no 'answer' field (keys: {sorted(record)})")
+            r = correctness_reward(completion, record["answer"], cut, truncated_reward,
+                                   timeout, last_number)
+            if format_weight:
+                r += format_weight * format_reward(completion)
+            rewards.append(r)
+        return rewards
+
+    return reward_fn
