@@ -132,7 +132,8 @@ def score(reward_fn, default_reward: bool, ro: Rollouts, recs: list[dict], timeo
 
 
 def status_line(m: dict, steps: int) -> str:
-    return (f"step {m['step']}/{steps} | reward {m['reward/mean']:.2f} | acc {m['reward/accuracy']:.2f} | "
+    held_out = f" | pass@1 {m['eval/pass@1']:.2f}" if "eval/pass@1" in m else ""
+    return (f"step {m['step']}/{steps} | reward {m['reward/mean']:.2f} | acc {m['reward/accuracy']:.2f}{held_out} | "
             f"σ {m['noise/sigma']:.1e} | tis_clip {m['tis/clip_frac']:.2f} | "
             f"tok/s {m['perf/tokens_per_s'] / 1e3:.1f}k | {m['perf/step_s']:.1f} s")
 
@@ -240,7 +241,7 @@ class Trainer:
 
         # 5. group advantages
         adv = advantages(rewards.view(P, G), cfg.grpo)  # (P, G)
-        assert torch.equal(rewards.view(P, G)[:, 0], rewards[::G]), "rows must be prompt-major"
+        assert torch.equal(ro.prompt_ids[::G].repeat_interleave(G, 0), ro.prompt_ids), "rows must be prompt-major"
 
         # 6. learner log π_θ on the clean policy, TIS weights, clipped loss, one optimizer step
         t1 = time.perf_counter()
@@ -284,6 +285,17 @@ class Trainer:
         else:
             raise ValueError(f"unknown scheduler.diversity {self.cfg.scheduler.diversity!r}; use hidden or ngram")
 
+    def evaluate(self, step: int) -> dict:
+        """pass@k of the clean policy on held-out problems (eval.problems of them, eval.n samples each)."""
+        from minipsn.evaluate import quick_eval
+
+        if not hasattr(self, "test_records"):
+            self.test_records = load_problems(self.cfg.data, "test")
+        with self.engine.policy(0.0, [0], self.cfg.noise.targets) as (clean, _):
+            return quick_eval(clean, self.tok, self.test_records, self.cfg.eval, self.rollout_cfg, self.cfg.data.template,
+                              derive_seed(self.cfg.run.seed, "eval", step), self.cfg.model.max_prompt_tokens,
+                              self.cfg.reward.timeout, self.cfg.reward.last_number)
+
     def save(self, step: int) -> None:
         checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.cfg.to_dict())
 
@@ -314,6 +326,8 @@ class Trainer:
                     print(f"stopped after step {step}; checkpoint saved. Continue: python cli.py train --resume {self.run_dir}")
                     return False
                 m = self.step(step)
+                if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0:
+                    m.update(self.evaluate(step))
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()
                 bar.console.print(status_line(m, steps), highlight=False, soft_wrap=True)
