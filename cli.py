@@ -140,7 +140,7 @@ def bench_(
     quick: bool = typer.Option(False, "--quick", help="fewer prompts and tokens, one repeat (a smoke test)"),
     trl: bool = typer.Option(True, "--trl/--no-trl", help="also time TRL's GRPOTrainer on the same work"),
     paths: str = typer.Option("lean,hf,fast", help="rollout engines whose tokens/s are timed"),
-    step_engines: str = typer.Option("fast,lean", help="engines whose full steps are timed"),
+    step_engines: str = typer.Option("", help="engines whose steps are timed (default fast,lean on CPU, fast on CUDA)"),
     sigma: float = typer.Option(0.01, help="noise std σ while timing (PSN on)"),
     verifier_pairs: int = typer.Option(0, help="MATH-500 gold pairs for the verifier (0 = all, -1 = skip)"),
     data_dir: Optional[str] = typer.Option(None, help="folder with math500_test.jsonl (default ../shared/data)"),

@@ -52,8 +52,9 @@ def test_bench_refuses_unknown_engines_and_cpu_only_shapes(tmp_path):
             specs("cpu", True, "qwen2.5-1.5b-shape")
 
 
+@pytest.mark.slow
 def test_trl_grpo_trainer_runs_the_same_work(tmp_path):
-    """About 10 s on 2 shared cores (a warm-up step and a timed one at 2×2 rows × 4 tokens)."""
+    """10-20 s on 2 shared cores (a warm-up step and a timed one at 2×2 rows × 4 tokens)."""
     pytest.importorskip("trl")
     from minipsn.bench import Spec, bench_trl
 
@@ -62,3 +63,23 @@ def test_trl_grpo_trainer_runs_the_same_work(tmp_path):
     assert "skipped" not in result, result
     assert result["step_s"] > 0 and result["steps_timed"] == 1 and result["micro_batch_rows"] >= 1
     print(f"TRL bench on tiny took {time.perf_counter() - t0:.1f} s")
+
+
+def test_the_qwen_shaped_path_runs_at_a_toy_size_on_cpu(tmp_path, monkeypatch):
+    """What the GPU run does for the 1.5B-shaped model (random init, character tokenizer over the whole
+    vocabulary, plain template, a fast-engine step), at hidden 64 and a 4096 vocabulary so it runs here."""
+    from transformers import AutoTokenizer
+
+    from minipsn import bench
+
+    monkeypatch.setenv("MINIPSN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench, "QWEN15_SHAPE", {**bench.QWEN15_SHAPE, "hidden_size": 64, "intermediate_size": 128,
+                                                "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 4096})
+    folder = bench.shape_model_dir()
+    assert bench.shape_model_dir() == folder and (folder / "done").exists()  # cached
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert len(tok) == bench.QWEN15_SHAPE["vocab_size"] and tok.decode(tok("x + 1")["input_ids"]) == "x + 1"
+    assert "<t4095>" in tok.decode([4095])  # any sampled id decodes
+    spec = bench.Spec(bench.SHAPE_NAME, str(folder), "plain", 2, 2, 4, 4, "cpu")
+    out = bench.bench_engine(spec, "fast", str(tmp_path), 0.01, 1, 1, do_steps=True)
+    assert out["rollout"]["tokens"] == 16 and out["step"]["step_s"] > 0

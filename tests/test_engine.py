@@ -163,6 +163,25 @@ def test_static_cache_decoding_equals_dynamic_and_falls_back_loudly(small_policy
         FoldedEngine(small_policy, max_new_tokens=5, static_cache=False, compile_step=True)
 
 
+def test_static_cache_serves_several_batch_shapes_and_refuses_to_overflow(small_policy, toy_tok):
+    from minipsn.bench import NoEos
+
+    static = FoldedEngine(small_policy.eval(), max_new_tokens=5, static_cache=True, compile_step=False)
+    dynamic = FoldedEngine(small_policy.eval(), max_new_tokens=5)
+    for prompts, G in ((["xy", "hello"], 2), (["a", "bcd", "efgh"], 3), (["xy", "hello"], 2)):
+        cfg = RolloutConfig(max_new_tokens=5, batch_size=len(prompts) * G)
+        runs = []
+        for engine in (static, dynamic):
+            with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _):
+                runs.append(sample(sampler, toy_tok, prompts, G, cfg, torch.Generator().manual_seed(7)))
+        assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
+        torch.testing.assert_close(runs[0].sampler_logp, runs[1].sampler_logp, atol=1e-5, rtol=0)
+    assert static.sampler.fallback is None and len(static.sampler._caches) == 2
+    too_long = RolloutConfig(max_new_tokens=200, batch_size=4)  # the engine was sized for 5 (a 128-token cache)
+    with pytest.raises(RuntimeError, match="full"), static.policy(SIGMA, [SEED], "mlp") as (sampler, _):
+        sample(sampler, NoEos(toy_tok), ["xy", "hello"], 2, too_long, torch.Generator().manual_seed(0))
+
+
 def test_fast_engine_refuses_per_row_noise(small_policy):
     engine = FoldedEngine(small_policy, max_new_tokens=4)
     with pytest.raises(ValueError, match="unmerged"), engine.policy(SIGMA, [1, 2], "mlp"):
@@ -210,3 +229,34 @@ def test_unmerged_engine_is_noise_context(small_policy):
     with engine.policy(SIGMA, [1, 2, 3], "mlp") as (_, row_noise):
         assert row_noise is not None
     assert {"noise_in_s", "noise_out_s"} <= engine.stats.keys()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_compiled_static_decoding_matches_the_perturbed_nf4_policy(nf4_folder, toy_tok):
+    """bf16 copy, static cache, torch.compile'd step: the check passes and log-probs match π_θ̃ (bf16 tolerance)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from minipsn.config import LoraConfig
+    from minipsn.models import attach_lora
+    from minipsn.train import completion_logprobs
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(nf4_folder, quantization_config=quant, dtype=torch.bfloat16,
+                                                device_map={"": "cuda"})
+    model = attach_lora(base, LoraConfig(rank=4, alpha=8.0, targets="all"), gradient_checkpointing=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    engine = FoldedEngine(model, max_new_tokens=6)
+    assert isinstance(engine.sampler, StaticDecoder) and engine.sampler.compiled
+    cfg = RolloutConfig(max_new_tokens=6, batch_size=8)
+    with engine.policy(SIGMA, [SEED] * 8, "mlp") as (sampler, _):
+        ro = sample(sampler, toy_tok, ["ab", "cdef"], 4, cfg, torch.Generator("cuda").manual_seed(0))
+    assert engine.sampler.fallback is None
+    with torch.no_grad(), perturbed(model, SIGMA, SEED, "mlp"):
+        logp, _ = completion_logprobs(model, ro, torch.arange(8), temperature=1.0)
+    m = ro.completion_mask.bool()
+    assert (ro.sampler_logp[m] - logp[m]).abs().max() < 0.1

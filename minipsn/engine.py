@@ -1,0 +1,398 @@
+"""Rollout engines: which weights the perturbed policy π_θ̃ is sampled from (`rollout.engine`).
+
+    fast   a plain (non-peft) copy of the base in the compute dtype (bf16 on CUDA, fp32 on CPU),
+           dequantized once from the 4-bit base. Each step every LoRA adapter is folded in,
+               W' = W + s·(B + σ·ε_B)(A + σ·ε_A),   s = α/R,
+           ε from `noise.noise_for` (the very draw `noise.perturbed` adds; non-target adapters clean),
+           and taken out again by writing back W, re-dequantized: bit-exact, and no second copy kept.
+           On CUDA the one-token decode step runs on a static KV cache under torch.compile; each new
+           shape is first checked against an eager teacher-forced pass (else: eager, one printed line).
+    lean   the 4-bit base + the unmerged peft adapter (`noise.noise_context`), the learner's weights.
+    hf     the same unmerged path, in whatever precision the base was loaded.
+    auto   fast when the copy fits (CUDA: `torch.cuda.mem_get_info`, with headroom); on CPU fast, because
+           the NF4 CPU forward dequantizes every weight on every call (see CPU_SPEEDUP).
+
+Per-group / per-rollout noise (noise.granularity ≠ step) gives each row its own adapter through forward
+hooks, so it always takes the unmerged path. The learner is not touched: 4-bit base + LoRA, gradient
+checkpointing, chunked log-probs. Sampling uses `rollout.sample`/`rollout.decode` unchanged.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from minipsn.config import Config
+from minipsn.models import lora_parameters
+from minipsn.noise import noise_context, noise_for
+
+# Rollout tokens/s, folded fp32 copy over NF4 base + unmerged LoRA, tiny model, 64 rows × 64 tokens, 1 thread,
+# 3 interleaved rounds on a shared AMD EPYC: 7611/4128, 7468/3893, 5751/2965 (one PSN-GRPO step: 1.7 vs 1.9-2.7 s).
+# The reason auto picks fast on CPU; printed with the choice.
+CPU_SPEEDUP = 1.9
+# auto on CUDA keeps this much memory free besides the copy (KV cache, learner activations)
+HEADROOM_FRAC, HEADROOM_MIN = 0.2, 2 * 2**30
+# static cache lengths are rounded up to this, so a new prompt length rarely means a new compile
+CACHE_ROUND = 128
+
+
+def _dense(p: torch.Tensor) -> torch.Tensor:
+    """The full-precision value of a base weight: dequantized if it is a bitsandbytes 4-bit tensor."""
+    state = getattr(p, "quant_state", None)
+    if state is not None:
+        import bitsandbytes.functional as bnbf
+
+        if getattr(state, "packing_format_for_cpu", False):
+            raise ValueError("the 4-bit base was repacked for bitsandbytes' CPU inference kernel (bf16) by an "
+                             "eval forward before the fast engine was built; build the engine first or use "
+                             "rollout.engine=lean")
+        return bnbf.dequantize_4bit(p.data, state)
+    if not p.is_floating_point():
+        raise ValueError(f"cannot fold into a {p.dtype} base weight (8-bit?); use rollout.engine=lean")
+    return p.data
+
+
+def _numel(p: torch.Tensor) -> int:
+    state = getattr(p, "quant_state", None)
+    return state.shape.numel() if state is not None else p.numel()
+
+
+def base_of(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def copy_bytes(model, dtype: torch.dtype) -> int:
+    """Bytes a plain `dtype` copy of the base (LoRA weights excluded) would take."""
+    seen, total = set(), 0
+    for name, p in base_of(model).named_parameters():
+        if "lora_" not in name and id(p) not in seen:
+            seen.add(id(p))
+            total += _numel(p)
+    return total * torch.finfo(dtype).bits // 8
+
+
+def plain_copy(model, dtype: torch.dtype) -> torch.nn.Module:
+    """A non-peft model of the base's class with every base weight (dequantized) cast to `dtype`;
+    buffers (rotary frequencies) keep their own dtype."""
+    base = base_of(model)
+    device = next(base.parameters()).device
+    config = copy.deepcopy(base.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.use_cache = True
+    with torch.device("meta"):
+        plain = type(base)(config)
+    plain = plain.to(dtype).to_empty(device=device)
+    plain.tie_weights()
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            p.copy_(_dense(_source(base, name)))
+        for name, _ in plain.named_buffers():
+            module_name, _, leaf = name.rpartition(".")
+            plain.get_submodule(module_name)._buffers[leaf] = _source(base, name).detach().clone()
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tied = plain.get_output_embeddings().weight is plain.get_input_embeddings().weight
+    if getattr(text, "tie_word_embeddings", False) and not tied:
+        raise RuntimeError("the plain copy lost its tied embeddings; use rollout.engine=lean")
+    return plain.eval().requires_grad_(False)
+
+
+def _source(base, name: str) -> torch.Tensor:
+    """Base tensor `name` of the plain model, looked up through peft's LoRA wrappers (`base_layer`)."""
+    module_name, _, leaf = name.rpartition(".")
+    module = base.get_submodule(module_name)
+    if hasattr(module, "get_base_layer"):
+        module = module.get_base_layer()
+    return getattr(module, leaf)
+
+
+@dataclass
+class _Fold:
+    """One adapted linear layer: the copy's weight, the base weight, and its active adapters."""
+    target: torch.Tensor  # (out, in) the plain copy's weight, only ever written in place
+    source: torch.Tensor  # the base weight (4-bit or dense), read-only here
+    adapters: list[tuple[str, torch.Tensor, str, torch.Tensor, float]]  # (name A, A, name B, B, scale s)
+
+
+def fold_plan(model, plain: torch.nn.Module) -> list[_Fold]:
+    """Every LoRA layer of the peft model and the copy's weight it folds into; plain LoRA only."""
+    from peft.tuners.lora import LoraLayer
+
+    rel = {id(m): n for n, m in base_of(model).named_modules()}
+    plan = []
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        where = f"{name}: cannot fold"
+        if module.merged or getattr(module, "fan_in_fan_out", False) or len(module.lora_embedding_A):
+            raise ValueError(f"{where} a merged, fan_in_fan_out or embedding LoRA layer; use rollout.engine=lean")
+        if not isinstance(module.get_base_layer(), torch.nn.Linear):
+            raise ValueError(f"{where} LoRA on a {type(module.get_base_layer()).__name__}; use rollout.engine=lean")
+        adapters = []
+        for a in ([] if module.disable_adapters else module.active_adapters):
+            if a not in module.lora_A:
+                continue
+            if a in getattr(module, "lora_variant", {}) or module.lora_bias.get(a, False):
+                raise ValueError(f"{where} adapter {a!r} is not plain LoRA (DoRA, lora_bias); use rollout.engine=lean")
+            adapters.append((f"{name}.lora_A.{a}.weight", module.lora_A[a].weight,
+                             f"{name}.lora_B.{a}.weight", module.lora_B[a].weight, float(module.scaling[a])))
+        plan.append(_Fold(plain.get_submodule(rel[id(module)]).weight, module.get_base_layer().weight, adapters))
+    if not plan:
+        raise ValueError("the model has no LoRA layers to fold")
+    return plan
+
+
+def _noisy(p: torch.Tensor, name: str, sigma: float, seed: int) -> torch.Tensor:
+    """p + σ·ε(seed, name) by exactly the op `noise.perturbed` does, so bit-equal to the perturbed weight."""
+    return p.detach().clone().add_(noise_for(p, seed, name), alpha=sigma)
+
+
+@torch.no_grad()
+def fold(plan: list[_Fold], sigma: float, seed: int, noisy: set[str]) -> None:
+    """W' = W + Σ_adapters s·B'A' into every target, B'/A' perturbed when their name is in `noisy`."""
+    for f in plan:
+        w = _dense(f.source).to(torch.float32, copy=True)  # (out, in); fp32 so the small delta is not lost
+        for name_a, a, name_b, b, scale in f.adapters:
+            a = _noisy(a, name_a, sigma, seed) if name_a in noisy else a
+            b = _noisy(b, name_b, sigma, seed) if name_b in noisy else b
+            w.addmm_(b.float(), a.float(), alpha=scale)
+        f.target.copy_(w)
+
+
+@torch.no_grad()
+def unfold(plan: list[_Fold]) -> None:
+    """Write back the clean base weights: the same op as the copy's build, so bit-exact."""
+    for f in plan:
+        f.target.copy_(_dense(f.source))
+
+
+def keep_cpu_4bit_unpacked(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight for a bf16 kernel (absmax rounded
+    to bf16) at its first eval forward without grad, i.e. at the first rollout. Turned off here: the learner's
+    backward then fails on repacked weights with a bias (q/k/v: "a view of a leaf Variable ... in-place"), the
+    sampler would run another precision than the learner, and a repacked weight cannot be folded."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class UnmergedEngine:
+    """lean / hf: sample from the peft model itself; noise by `noise_context` (in place or per-row hooks)."""
+
+    def __init__(self, model, name: str = "lean"):
+        self.model, self.name, self.stats = model, name, {}
+        if next(model.parameters()).device.type == "cpu":
+            keep_cpu_4bit_unpacked(model)  # else the learner's backward fails on the repacked weights
+
+    @contextmanager
+    def policy(self, sigma: float, seeds: list[int], targets: str) -> Iterator[tuple[torch.nn.Module, object]]:
+        """Yields (model to sample from, row_noise for `rollout.sample`); clean again on exit."""
+        device = next(self.model.parameters()).device
+        t0 = time.perf_counter()
+        with noise_context(self.model, sigma, seeds, targets) as row_noise:
+            _sync(device)
+            self.stats = {"noise_in_s": time.perf_counter() - t0}
+            yield self.model, row_noise
+            t1 = time.perf_counter()
+        _sync(device)
+        self.stats["noise_out_s"] = time.perf_counter() - t1
+
+
+class FoldedEngine:
+    """fast: sample from a plain copy of the base with the (perturbed) adapter folded in."""
+
+    name = "fast"
+
+    def __init__(self, model, max_new_tokens: int, dtype: torch.dtype | None = None,
+                 static_cache: bool | None = None, compile_step: bool | None = None):
+        self.model = model
+        self.device = next(model.parameters()).device
+        cuda = self.device.type == "cuda"
+        if not cuda:
+            keep_cpu_4bit_unpacked(model)
+        self.dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+        self.plain = plain_copy(model, self.dtype)
+        self.plan = fold_plan(model, self.plain)
+        self.folded_names = {n for f in self.plan for a in f.adapters for n in (a[0], a[2])}
+        static = cuda if static_cache is None else static_cache
+        compiled = cuda if compile_step is None else compile_step
+        if compiled and not static:
+            raise ValueError("compiling the decode step needs the static cache (static_cache=True)")
+        self.sampler = StaticDecoder(self.plain, max_new_tokens, compiled) if static else self.plain
+        self.stats = {}
+
+    @contextmanager
+    def policy(self, sigma: float, seeds: list[int], targets: str) -> Iterator[tuple[torch.nn.Module, None]]:
+        """Fold θ̃ = θ + σ·ε(seeds[0]) into the copy; yields (copy to sample from, None); unfold on exit."""
+        if sigma < 0:
+            raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+        if sigma > 0 and len(set(seeds)) > 1:
+            raise ValueError("the fast engine folds one noise draw per step; per-group or per-rollout noise "
+                             "needs the unmerged path (rollout.engine=lean)")
+        noisy = set(lora_parameters(self.model, targets)) if sigma > 0 else set()
+        if noisy - self.folded_names:
+            raise RuntimeError(f"noise targets not folded: {sorted(noisy - self.folded_names)[:3]}")
+        t0 = time.perf_counter()
+        try:
+            fold(self.plan, sigma, seeds[0] if seeds else 0, noisy)
+            _sync(self.device)
+            self.stats = {"noise_in_s": time.perf_counter() - t0}
+            yield self.sampler, None
+        finally:
+            t1 = time.perf_counter()
+            unfold(self.plan)
+            _sync(self.device)
+            self.stats["noise_out_s"] = time.perf_counter() - t1
+
+
+class StaticDecoder(torch.nn.Module):
+    """Stands in for the model in `rollout.decode`: same calls, but its own static KV cache, and (CUDA)
+    a compiled one-token step. A new batch is recognised by the fresh DynamicCache decode passes in
+    (left empty here). Before a new shape is used it is checked once: a few greedy steps through the
+    static (compiled) path must give the log-probs of an eager teacher-forced pass, else it decodes
+    eagerly with the dynamic cache from then on, saying so in one line. The tests run the static cache on
+    CPU without compile; the compiled (CUDA graph) step is trusted only once that check has passed."""
+
+    def __init__(self, model: torch.nn.Module, max_new_tokens: int, compile_step: bool, check_steps: int = 8):
+        super().__init__()
+        self.model, self.max_new, self.check_steps = model, max_new_tokens, check_steps
+        step = torch.compile(model, mode="reduce-overhead", dynamic=False) if compile_step else model
+        self.__dict__["_step_fn"] = step  # not a submodule: its parameters are the model's
+        self.compiled, self.fallback = compile_step, None
+        self.tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
+        self._checked, self._served, self._caches = set(), None, {}
+        self._cache, self._width, self._cache_len = None, 0, 0
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, use_cache=True, logits_to_keep=0):
+        if self.fallback is None and past_key_values is not self._served:
+            self._served = past_key_values
+            self._start(input_ids.shape, attention_mask, position_ids, input_ids)
+        if self.fallback is not None:  # eager, with decode's own dynamic cache
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              past_key_values=past_key_values, use_cache=True, logits_to_keep=logits_to_keep)
+        if input_ids.shape[1] > 1 or self._cache_len == 0:
+            return self._call(self.model, input_ids, attention_mask, position_ids, logits_to_keep)
+        return self._call(self._step_fn, input_ids, attention_mask, position_ids, 0)
+
+    def _start(self, shape, mask, pos, ids) -> None:
+        """A new batch: pick (and on first use check) its static cache; the prefill follows."""
+        from transformers import StaticCache
+
+        B, Tp = shape
+        self._width = -(-(Tp + self.max_new) // CACHE_ROUND) * CACHE_ROUND
+        key = (B, self._width)
+        if key not in self._caches:  # two shapes kept (training and evaluation batches), about 1 GB each at 1.5B
+            self._cache = None
+            while len(self._caches) >= 2:
+                self._caches.pop(next(iter(self._caches)))
+            self._caches[key] = StaticCache(config=self.model.config, max_cache_len=self._width)
+        self._cache, self._cache_len = self._caches[key], 0
+        if key not in self._checked:
+            self._checked.add(key)
+            self._check(ids, mask, pos)
+        self._cache.reset()
+        self._cache_len = 0
+
+    def _call(self, fn, ids, mask, pos, logits_to_keep):
+        if mask.shape[1] > self._width:
+            raise RuntimeError(f"static cache of {self._width} tokens is full; the engine was built for "
+                               f"max_new_tokens={self.max_new}")
+        if fn is self._step_fn and self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = fn(input_ids=ids, attention_mask=F.pad(mask, (0, self._width - mask.shape[1])), position_ids=pos,
+                 past_key_values=self._cache, use_cache=True, logits_to_keep=logits_to_keep)
+        self._cache_len = mask.shape[1]
+        return out
+
+    @torch.no_grad()
+    def _check(self, ids, mask, pos) -> None:
+        """Greedy steps through the static path vs one eager teacher-forced forward of the same tokens."""
+        k = max(1, min(self.check_steps, self.max_new))
+        try:
+            logits = self._call(self.model, ids, mask, pos, 1).logits[:, -1].float()
+            tokens, logps, m, p = [], [], mask, pos[:, -1:]
+            for i in range(k):
+                tok = logits.argmax(-1, keepdim=True)  # (B, 1)
+                tokens.append(tok), logps.append(logits.log_softmax(-1).gather(-1, tok))
+                if i == k - 1:
+                    break
+                m, p = torch.cat([m, torch.ones_like(m[:, :1])], 1), p + 1
+                logits = self._call(self._step_fn, tok, m, p, 0).logits[:, -1].float()
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, AssertionError, NotImplementedError) as e:
+            return self._fall_back(f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        full = torch.cat([ids, *tokens[:-1]], 1)
+        fmask = torch.cat([mask, torch.ones_like(full[:, ids.shape[1]:])], 1)
+        fpos = (fmask.long().cumsum(-1) - 1).clamp(min=0)
+        ref = self.model(input_ids=full, attention_mask=fmask, position_ids=fpos, logits_to_keep=k).logits.float()
+        ref_lp = ref.log_softmax(-1).gather(-1, torch.cat(tokens, 1)[..., None]).squeeze(-1)  # (B, k)
+        err = float((torch.cat(logps, 1) - ref_lp).abs().max())
+        if not err <= self.tol:
+            self._fall_back(f"its log-probs differ from an eager pass by {err:.2e} > {self.tol:.0e}")
+
+    def _fall_back(self, why: str) -> None:
+        self.fallback = why
+        print(f"note: static-cache{' compiled' if self.compiled else ''} decoding is off ({why}); "
+              "the fast engine decodes eagerly with a dynamic cache")
+
+
+def choose_engine(requested: str, device_type: str, per_row_noise: bool, quantized: bool, free_bytes: int | None = None,
+                  total_bytes: int | None = None, need_bytes: int = 0) -> tuple[str, str]:
+    """(engine name, reason). auto: fast on CUDA when `need_bytes` fits in free memory with headroom,
+    else the unmerged path; fast on CPU (CPU_SPEEDUP). Per-row noise always takes the unmerged path."""
+    unmerged = "lean" if quantized else "hf"
+    if requested in ("lean", "hf"):
+        return requested, "as configured"
+    elif requested not in ("fast", "auto"):
+        raise ValueError(f"unknown rollout.engine {requested!r}; use auto, fast, lean or hf")
+    if per_row_noise:
+        return unmerged, ("per-group/per-rollout noise needs per-row hooks on the unmerged adapter "
+                          f"(rollout.engine={requested} → {unmerged})")
+    if requested == "fast":
+        return "fast", "as configured"
+    if device_type == "cuda":
+        headroom = max(HEADROOM_MIN, HEADROOM_FRAC * (total_bytes or 0))
+        room = f"{need_bytes / 2**30:.1f} GiB copy, {(free_bytes or 0) / 2**30:.1f} GiB free"
+        if free_bytes is not None and free_bytes >= need_bytes + headroom:
+            return "fast", f"auto: the {room}"
+        return unmerged, f"auto: no room for the {room} (+{headroom / 2**30:.1f} GiB headroom)"
+    return "fast", f"auto on cpu: the folded copy sampled {CPU_SPEEDUP:.1f}× faster than NF4 + unmerged LoRA (tiny)"
+
+
+def build_engine(model, name: str, max_new_tokens: int, **fast_kwargs):
+    """An engine by name (no auto): fast → FoldedEngine, lean/hf → UnmergedEngine."""
+    if name == "fast":
+        return FoldedEngine(model, max_new_tokens, **fast_kwargs)
+    elif name in ("lean", "hf"):
+        return UnmergedEngine(model, name)
+    else:
+        raise ValueError(f"unknown engine {name!r}; use fast, lean or hf")
+
+
+def make_engine(model, cfg: Config):
+    """The engine `cfg.rollout.engine` asks for on this model and device; prints the choice once."""
+    device = next(model.parameters()).device
+    quantized = bool(getattr(base_of(model), "is_loaded_in_4bit", False))
+    per_row = cfg.noise.granularity != "step" and cfg.noise.sigma > 0
+    free = total = None
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda" and cfg.rollout.engine == "auto" and not per_row:
+        free, total = torch.cuda.mem_get_info(device)
+    name, why = choose_engine(cfg.rollout.engine, device.type, per_row, quantized, free, total,
+                              copy_bytes(model, dtype))
+    engine = build_engine(model, name, max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens))  # eval samples too
+    what = {"fast": f"folded {str(dtype).removeprefix('torch.')} copy of the base",
+            "lean": "4-bit base + unmerged LoRA", "hf": "base + unmerged LoRA"}[name]
+    print(f"rollout engine: {name} ({what}; {why})")
+    return engine
