@@ -98,8 +98,8 @@ class NoiseConfig:
     targets: str = "mlp"
     # step: one draw shared by all N rows (paper); group: one per prompt's G rows; rollout: one per row
     granularity: str = "step"
-    # how σ moves: fixed, kl (variant I), adaptive (variant II)
-    scheduler: str = "fixed"
+    # how σ moves: fixed, kl (variant I), adaptive (variant II, the paper's, default for PSN)
+    scheduler: str = "adaptive"
     # σ is clamped to [sigma_min, sigma_max] (when it is not 0)
     sigma_min: float = 1e-6
     sigma_max: float = 0.5
@@ -197,7 +197,7 @@ class RolloutConfig:
     top_p: float = 1.0
     # rows sampled at once (halved on out-of-memory)
     batch_size: int = 64
-    # auto, hf (own loop, unmerged adapter), fast (merged bf16 copy, CUDA), lean (4-bit + adapter)
+    # auto, fast (folded copy: bf16 on CUDA, fp32 on CPU), lean (4-bit base + unmerged adapter), hf (unmerged)
     engine: str = "auto"
 
     def __post_init__(self):
@@ -278,8 +278,8 @@ class Config:
 # Per-model presets: overrides applied before anything the user sets.
 PRESETS: dict[str, dict[str, object]] = {
     "tiny": {
-        "lora.rank": 8, "grpo.lr": 2e-3, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
-        "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "noise.sigma": 0.0,
+        "lora.rank": 8, "grpo.lr": 2e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
+        "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "noise.sigma": 0.01,
         "eval.n": 16, "eval.problems": 64,
     },
     "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},

@@ -26,3 +26,21 @@ def test_custom_reward_is_used(tmp_path):
     assert len(rows) == 2
     # the shaped reward differs from plain accuracy (brevity bonus / missing-box penalty)
     assert any(abs(r["reward/mean"] - r["reward/accuracy"]) > 1e-6 for r in rows)
+
+
+def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
+    env_tiny = {**ENV, "TINY": "1"}
+    for name in ("qwen_gsm8k.py", "qwen_math.py"):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, str(REPO / "examples" / name), "", str(out)], cwd=REPO, env=env_tiny,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "qwen_math.py" / "eval" / "eval.json").is_file()
+
+
+def test_psn_vs_grpo_example_writes_its_table(tmp_path):
+    out = run_example("psn_vs_grpo_tiny.py", str(tmp_path / "cmp"), "1", "1", "4", "4")
+    assert "| grpo | 1 |" in out and "| psn-adaptive | 1 |" in out
+    for f in ("compare.md", "compare.json", "compare.png"):
+        assert (tmp_path / "cmp" / f).is_file()
