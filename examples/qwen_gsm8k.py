@@ -9,8 +9,11 @@ paper's KL controller targets (watch `noise/kl_proxy`). With DATA_DIR the GSM8K 
 from disk (layout of ../shared/data), otherwise from the Hugging Face hub. `TINY=1` runs the same
 recipe on the tiny model with a synthetic task, for a dry run on a laptop.
 """
-import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
+import os
 
 from minipsn.config import build_config
 from minipsn.train import train

@@ -7,8 +7,11 @@ completions up to 1024 tokens, LoRA learning rate 1e-5, base-model (plain) promp
 Qwen2.5-Math is a base model. The evaluation samples n = 256 per problem from the clean policy, as
 the paper does, to read pass@k at large k. `TINY=1` runs the same recipe on the tiny model.
 """
-import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
+import os
 
 from minipsn.config import build_config
 from minipsn.evaluate import evaluate
