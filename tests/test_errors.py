@@ -48,3 +48,33 @@ def test_prompt_longer_than_the_context_is_an_error(tmp_path):
     code, err = invoke("train", "--model", "tiny", "--steps", "1", "--set", "model.max_prompt_tokens=5",
                        "--out", str(tmp_path / "r"))
     assert code == 2 and "max_prompt_tokens" in err, err
+
+
+def test_missing_bitsandbytes_loads_full_precision_with_a_notice(monkeypatch, capsys):
+    import sys
+
+    from minipsn.config import ModelConfig
+    from minipsn.models import load_base
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
+    model, _ = load_base(ModelConfig(name="tiny"))
+    assert "bitsandbytes is not usable" in capsys.readouterr().out
+    assert not getattr(model, "is_loaded_in_4bit", False)
+
+
+def test_quantize_none_says_so(capsys):
+    from minipsn.config import ModelConfig
+    from minipsn.models import load_base
+
+    model, _ = load_base(ModelConfig(name="tiny", quantize="none"))
+    assert "full precision" in capsys.readouterr().out and not getattr(model, "is_loaded_in_4bit", False)
+
+
+def test_nf4_on_cpu_is_the_real_4bit_path():
+    import bitsandbytes as bnb
+
+    from minipsn.config import ModelConfig
+    from minipsn.models import load_base
+
+    model, _ = load_base(ModelConfig(name="tiny"))
+    assert model.is_loaded_in_4bit and any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())

@@ -1,0 +1,45 @@
+"""Every method runs on the tiny model; PSN with σ = 0 is exactly GRPO; real datasets train end to end."""
+import pytest
+
+from minipsn.config import METHODS, build_config
+from minipsn.train import Trainer
+from tests.conftest import DATA
+
+SMALL = {"run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4", "rollout.max_new_tokens": "24"}
+SAME = ("reward/mean", "reward/accuracy", "loss/policy", "tis/weight_mean", "tis/clip_frac", "noise/sigma",
+        "completion/len_mean", "loss/grad_norm")
+
+
+def run_steps(tmp_path, name, method, sets, steps=2):
+    tr = Trainer(build_config(model="tiny", method=method, sets={**SMALL, "run.out": str(tmp_path / name), **sets}))
+    return [tr.step(s) for s in range(steps)], tr
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_two_steps(tmp_path, method):
+    rows, tr = run_steps(tmp_path, method, method, {"grpo.passk_k": "2"})
+    assert [r["step"] for r in rows] == [1, 2]
+    psn = method.startswith("psn")
+    assert (rows[0]["noise/sigma"] > 0) == psn
+    assert tr.cfg.grpo.tis == (method != "psn-notis")
+    if method == "temperature":
+        assert tr.cfg.rollout.temperature > tr.cfg.grpo.temperature
+    if "passk" in method:
+        assert tr.cfg.grpo.advantage == "passk"
+
+
+def test_psn_with_sigma_zero_equals_grpo_exactly(tmp_path):
+    grpo, _ = run_steps(tmp_path, "grpo", "grpo", {}, steps=3)
+    psn, _ = run_steps(tmp_path, "psn", "psn", {"noise.sigma": "0"}, steps=3)
+    for a, b in zip(grpo, psn):
+        for key in SAME:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
+@pytest.mark.parametrize("dataset", ["gsm8k", "math"])
+def test_real_dataset_trains_end_to_end(tmp_path, dataset):
+    rows, tr = run_steps(tmp_path, dataset, None, {"data.dataset": dataset, "data.data_dir": str(DATA),
+                                                    "model.max_prompt_tokens": "2048"}, steps=1)
+    assert tr.records[0]["id"].startswith("gsm8k-train" if dataset == "gsm8k" else "train/")
+    assert 0.0 <= rows[0]["reward/accuracy"] <= 1.0 and rows[0]["completion/len_mean"] > 0
