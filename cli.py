@@ -191,4 +191,6 @@ def compare(
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft still calls a transformers method renamed in 5.x; the warning says nothing a user can act on
+    __import__("warnings").filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     app()

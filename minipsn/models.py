@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def _quantization_config(cfg: ModelConfig, device: torch.device):
     if cfg.quantize == "none":
         print("note: model.quantize=none, the base loads in full precision")
         return None
+    # bitsandbytes' CPU backend warns that it cannot fetch an optional kernel from the hub (we are offline by
+    # design; it falls back to its own kernel), once per process: keep that out of the run's output
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
