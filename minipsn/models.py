@@ -208,7 +208,12 @@ def _build_tiny(folder: Path) -> None:
     model = Qwen2ForCausalLM(config)
     print(f"building the tiny model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params): "
           f"warm start on the synthetic task, cached in {folder}")
-    warm_start(model, tok, records)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # the one sizeable CPU job here: use every core
+    try:
+        warm_start(model, tok, records)
+    finally:
+        torch.set_num_threads(threads)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
