@@ -6,8 +6,8 @@
     → scheduler moves σ → status line, metrics.jsonl, checkpoint
 
 (arXiv 2602.02555, Alg. 1). Deviations: noise only on LoRA adapters of a 4-bit base; one
-optimizer step per batch (so the PPO ratio is 1 and its clip only matters through TIS-
-weighted gradients, as in on-policy GRPO); `algo.py` holds every formula.
+optimizer step per batch (on-policy, so the PPO ratio is 1 and its clip never binds; it is kept
+for users who add epochs); `algo.py` holds every formula.
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ from minipsn.scheduler import make_scheduler
 @dataclass
 class LearnerOut:
     stats: dict
-    learner_logp: torch.Tensor  # (N, T) detached log π_θ on the clean policy
     pooled: torch.Tensor        # (N, H) mean final hidden state over completion tokens
 
 
@@ -75,7 +74,7 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
     N = ro.completion_ids.shape[0]
     n_tokens = ro.n_tokens
     totals = {"loss/policy": 0.0, "loss/kl": 0.0}
-    logps, pooled, tis_w_sum, tis_clip, kl_proxy = [], [], 0.0, 0.0, 0.0
+    pooled, tis_w_sum, tis_clip, kl_proxy = [], 0.0, 0.0, 0.0
     for rows in micro_batches(ro, cfg.micro_batch_tokens):
         mask = ro.completion_mask[rows]
         logp, pool = completion_logprobs(model, ro, rows, cfg.temperature)
@@ -95,7 +94,6 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
             tis_w_sum += tis["tis/weight_mean"] * share
             tis_clip += tis["tis/clip_frac"] * share
         kl_proxy += algo.masked_mean(ro.sampler_logp[rows] - logp.detach(), mask).item() * share
-        logps.append(logp.detach())
         pooled.append(pool)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
@@ -106,7 +104,7 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
     optimizer.zero_grad(set_to_none=True)
     stats = {**totals, "loss/grad_norm": float(grad_norm), "tis/weight_mean": tis_w_sum if cfg.tis else 1.0,
              "tis/clip_frac": tis_clip, "noise/kl_proxy": kl_proxy, "guard/skipped": float(skipped)}
-    return LearnerOut(stats, torch.cat(logps), torch.cat(pooled))
+    return LearnerOut(stats, torch.cat(pooled))
 
 
 def step_records(records: list[dict], step: int, P: int, seed: int) -> list[dict]:

@@ -43,3 +43,17 @@ def test_real_dataset_trains_end_to_end(tmp_path, dataset):
                                                     "model.max_prompt_tokens": "2048"}, steps=1)
     assert tr.records[0]["id"].startswith("gsm8k-train" if dataset == "gsm8k" else "train/")
     assert 0.0 <= rows[0]["reward/accuracy"] <= 1.0 and rows[0]["completion/len_mean"] > 0
+
+
+def test_kl_to_the_base_is_zero_before_the_first_update_and_positive_after(tmp_path):
+    # peft starts LoRA B at 0, so the policy equals the base (adapter disabled) until the first update;
+    # alternating rewards give every group a spread, so the first update moves the policy
+    def alternating(completions, records, truncated):
+        return [float(i % 2) for i in range(len(completions))]
+
+    cfg = build_config(model="tiny", method="grpo", sets={**SMALL, "run.out": str(tmp_path / "kl"),
+                                                          "grpo.kl_beta": "0.1", "grpo.lr": "1e-2"})
+    tr = Trainer(cfg, reward_fn=alternating)
+    first, second = tr.step(0), tr.step(1)
+    assert first["loss/grad_norm"] > 0 and first["loss/kl"] == pytest.approx(0.0, abs=1e-7)
+    assert second["loss/kl"] > 1e-6
