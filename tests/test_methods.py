@@ -57,3 +57,15 @@ def test_kl_to_the_base_is_zero_before_the_first_update_and_positive_after(tmp_p
     first, second = tr.step(0), tr.step(1)
     assert first["loss/grad_norm"] > 0 and first["loss/kl"] == pytest.approx(0.0, abs=1e-7)
     assert second["loss/kl"] > 1e-6
+
+
+def test_the_loop_learns_a_learnable_reward(tmp_path):
+    """End to end, the update moves the policy toward reward: pay for completions under 44 characters
+    (about a tenth of the warm-started model's samples) and the mean reward climbs within a dozen steps."""
+    def short(completions, records, truncated):
+        return [float(len(c) < 44) for c in completions]
+
+    cfg = build_config(model="tiny", method="grpo", sets={"run.out": str(tmp_path / "short"), "grpo.lr": "5e-3"})
+    tr = Trainer(cfg, reward_fn=short)
+    rewards = [tr.step(s)["reward/mean"] for s in range(12)]
+    assert rewards[0] < 0.1 and max(rewards[-3:]) > 0.8, rewards
