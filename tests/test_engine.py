@@ -13,15 +13,6 @@ SIGMA, SEED = 0.1, 1234
 GiB = 2**30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small run faster on one thread, and much faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ids_for(n=3, t=7):
     return torch.randint(2, 64, (n, t), generator=torch.Generator().manual_seed(5))
 

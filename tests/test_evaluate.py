@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from minipsn import evaluate as ev
 from minipsn.config import DataConfig, build_config
@@ -16,16 +15,6 @@ from minipsn.data import synthetic_split
 os.environ["HF_HUB_OFFLINE"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 _REAL_SAMPLE = ev.sample
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models' matmuls gain nothing from threads, and on a busy 2-core machine OpenMP workers
-    waiting for a core cost 100x (measured: 18 ms instead of 60 us per 4x128x384 linear)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- the estimator
