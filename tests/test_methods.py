@@ -69,3 +69,16 @@ def test_the_loop_learns_a_learnable_reward(tmp_path):
     tr = Trainer(cfg, reward_fn=short)
     rewards = [tr.step(s)["reward/mean"] for s in range(12)]
     assert rewards[0] < 0.1 and max(rewards[-3:]) > 0.8, rewards
+
+
+def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path):
+    import json
+
+    from minipsn.train import train
+
+    cfg = build_config(model="tiny", sets={**SMALL, "run.steps": "2", "run.out": str(tmp_path / "ev"),
+                                           "eval.every": "2", "eval.n": "2", "eval.problems": "3"})
+    rows = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/pass@1" not in rows[0]
+    assert {"eval/pass@1", "eval/pass@2", "eval/accuracy"} <= rows[1].keys()
+    assert 0.0 <= rows[1]["eval/pass@1"] <= rows[1]["eval/pass@2"] <= 1.0
