@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -68,7 +70,7 @@ def train(
         from minipsn import checkpoint
         from minipsn.config import apply_overrides, config_from_dict, parse_sets
 
-        ckpt = checkpoint.latest(__import__("pathlib").Path(resume))
+        ckpt = checkpoint.latest(Path(resume))
         if ckpt is None:
             raise ValueError(f"{resume} is not a run folder with a checkpoint; nothing to resume")
         cfg = config_from_dict(checkpoint.load_state(ckpt)["config"])
@@ -185,12 +187,12 @@ def compare(
     sets.update(parse_sets(set_))
     result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,
                          tuple(b.strip() for b in benchmarks.split(",") if b.strip()))
-    typer.echo((__import__("pathlib").Path(out) / "compare.md").read_text())
+    typer.echo((Path(out) / "compare.md").read_text())
     typer.echo(f"wrote {out}/compare.md, compare.json, compare.png ({len(result['methods'])} methods × {seeds} seeds)")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft still calls a transformers method renamed in 5.x; the warning says nothing a user can act on
-    __import__("warnings").filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     app()

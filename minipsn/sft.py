@@ -13,7 +13,7 @@ import torch
 
 from minipsn.data import format_prompt
 
-WARM_STEPS = int(__import__("os").environ.get("MINIPSN_WARM_STEPS", 400))
+WARM_STEPS = 400
 WARM_BATCH = 64
 WARM_LR = 4e-3
 
