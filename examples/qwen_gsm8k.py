@@ -4,8 +4,9 @@
 
 The paper's settings scaled to one consumer GPU: G = 8 rollouts per prompt, TIS cap C = 10, noise on
 the MLP adapters with the adaptive scheduler, completions up to 512 tokens (GSM8K solutions are
-short). σ is absolute on the LoRA A/B weights; 0.003 moves the policy by a KL proxy of the order the
-paper's KL controller targets (watch `noise/kl_proxy`). With DATA_DIR the GSM8K JSON Lines load
+short). σ is absolute on the LoRA A/B weights; 0.003 is a starting point, not a measured optimum:
+watch `noise/kl_proxy` in the first steps (the paper's KL controller aims at 0.003) and the adaptive
+scheduler's `noise/indicator` (set `scheduler.target` near its mean, see the README). With DATA_DIR the GSM8K JSON Lines load
 from disk (layout of ../shared/data), otherwise from the Hugging Face hub. `TINY=1` runs the same
 recipe on the tiny model with a synthetic task, for a dry run on a laptop.
 """
