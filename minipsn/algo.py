@@ -58,7 +58,8 @@ def passk_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _chunk_logp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
-    logits = (hidden @ weight.T).float() / temperature  # (B, t, V), only one chunk at a time
+    # k-bit training keeps the head in fp32 while the body runs in bf16: compute in the head's dtype
+    logits = (hidden.to(weight.dtype) @ weight.T).float() / temperature  # (B, t, V), one chunk at a time
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 

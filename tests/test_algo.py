@@ -145,3 +145,14 @@ def test_passk_advantages_hand_numbers_and_brute_force():
     assert torch.equal(algo.passk_advantages(torch.ones(1, 4), 2), torch.zeros(1, 4))
     with pytest.raises(ValueError):
         algo.passk_advantages(r, k=5)
+
+
+def test_token_logprobs_accepts_a_bf16_body_with_an_fp32_head():
+    # what prepare_model_for_kbit_training gives on CUDA: bf16 hidden states, fp32 (upcast) LM head
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 16).to(torch.bfloat16)
+    weight = torch.randn(40, 16)
+    targets = torch.randint(0, 40, (2, 5))
+    logp = algo.token_logprobs(hidden, weight, targets)
+    ref = torch.log_softmax(hidden.float() @ weight.T, -1).gather(-1, targets[..., None]).squeeze(-1)
+    assert logp.dtype == torch.float32 and torch.allclose(logp, ref, atol=1e-5)
