@@ -5,7 +5,7 @@ answer is ...", else (optionally) the last number. is_equivalent(pred, gold) dec
 cheapest first: normalise both strings (\\dfrac, \\left, \\text{}, units, degrees, \\%, thousands
 separators, $, spacing, "x = 5"), exact match, multiple-choice letter, word answers, plain numbers
 (exact, or within relative 1e-6 when either is written with decimals; no percent rescaling, so
-50 != 0.5), then the sympy stage of _latex.py (safe LaTeX parser, sets/tuples/intervals/equations).
+50 != 0.5), then the sympy stage: _latex.py parses safely, _compare.py compares (sets/tuples/intervals/equations).
 The sympy stage runs in a persistent worker process, a fresh interpreter (like "spawn", so safe
 next to torch/CUDA); a check that exceeds its time limit kills the worker, counts a timeout and
 returns False. This works from any thread or process, unlike signal.alarm. verify_stats()
@@ -32,7 +32,7 @@ _STATS = {"checks": 0, "timeouts": 0, "errors": 0, "worker_checks": 0, "worker_s
 _STATS_LOCK = threading.Lock()
 _WORKER_LOCK = threading.Lock()  # one check at a time in the worker
 _WORKER = None
-_WORKER_FN = None  # None: _latex.symbolic_equal; tests inject a slow function
+_WORKER_FN = None  # None: _compare.symbolic_equal; tests inject a slow function
 
 _UNICODE = {"−": "-", "–": "-", "×": "\\times ", "·": "\\cdot ", "π": "\\pi ", "∞": "\\infty ",
             "√": "\\sqrt", "°": "", "∪": "\\cup ", "\\langle": "(", "\\rangle": ")", "{,}": ","}
@@ -222,9 +222,9 @@ def _cheap_verdict(pred: str, gold: str) -> tuple[bool | None, str, str]:
 
 def _serve(requests, replies, fn) -> None:
     """Worker loop: answer (pred, gold) requests with ("ok", bool) or ("error", message)."""
-    from minipsn import _latex
+    from minipsn import _compare, _latex
 
-    fn = fn or _latex.symbolic_equal
+    fn = fn or _compare.symbolic_equal
     replies.send(("ready", ""))
     while True:
         try:

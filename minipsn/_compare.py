@@ -1,0 +1,133 @@
+"""Comparison of parsed answers: the verifier's sympy stage decides whether two answers mean the same.
+
+Numbers compare exactly unless either answer is written with decimals (then within RTOL);
+expressions with free symbols by evaluating both at seeded random rational points; equations up to
+a constant factor; sets and bare lists without order, tuples, matrices and intervals with it.
+Imported only inside the verifier's worker process (see verify.py).
+"""
+
+import random
+
+import sympy
+from sympy import Rational, Symbol, nan, oo, zoo
+from sympy.core.evalf import PrecisionExhausted
+from sympy.matrices import MatrixBase
+
+from minipsn._latex import _DECIMAL, _FLIP, LatexError, parse_answer
+
+RTOL = Rational(1, 10**6)  # relative tolerance when either answer is written with decimals
+EVALF_RTOL = 1e-20  # otherwise: only the rounding of evalf at DPS digits is forgiven
+SAMPLE_ATOL = 1e-20  # absolute floor when comparing values at sampled points
+DPS = 30  # digits for evalf
+
+
+def _kind(a) -> str:
+    return a[0] if isinstance(a, tuple) else "matrix" if isinstance(a, MatrixBase) else "expr"
+
+
+def symbolic_equal(pred: str, gold: str) -> bool:
+    """True when two normalised answers mean the same; raises LatexError/TooLarge on bad input.
+    Numbers compare exactly unless either answer is written with decimals (0.5, 8.7e8):
+    3986729 != 3986730 and 1/2004! != 1/2006!, but 0.866025 == \\sqrt3/2 within RTOL."""
+    decimal = _DECIMAL.search(pred) or _DECIMAL.search(gold)
+    return _Compare(RTOL if decimal else 0).same(parse_answer(pred), parse_answer(gold))
+
+
+class _Compare:
+    """Structural comparison of parse_answer() results with one numeric tolerance."""
+
+    def __init__(self, rtol):
+        self.rtol = rtol
+
+    def same(self, a, b) -> bool:
+        ka, kb, same = _kind(a), _kind(b), self.same
+        if ka in ("set", "list") and len(a[1]) == 1:
+            return same(a[1][0], b)
+        if kb in ("set", "list") and len(b[1]) == 1:
+            return same(a, b[1][0])
+        if (ka == "eq") != (kb == "eq"):  # y = 2x+1 answers 2x+1
+            eq, other = (a, b) if ka == "eq" else (b, a)
+            return any(isinstance(side, Symbol) and same(rest, other)
+                       for side, rest in ((eq[1], eq[2]), (eq[2], eq[1])))
+        if ka == kb == "eq":
+            return (same(a[1], b[1]) and same(a[2], b[2])) or self.proportional(
+                a[1] - a[2], b[1] - b[2])
+        if {ka, kb} <= {"set", "list"} or ka == kb == "union":
+            return self.unordered(list(a[1]), list(b[1]))
+        if {ka, kb} <= {"tuple", "list", "matrix"}:
+            if ka == kb == "matrix" and a.shape != b.shape:
+                return False
+            xs, ys = (list(x[1]) if isinstance(x, tuple) else list(x) for x in (a, b))
+            return len(xs) == len(ys) and all(same(x, y) for x, y in zip(xs, ys))
+        if ka == kb == "rel":  # x > 2 is 2 < x
+            flipped = (tuple(_FLIP[o] for o in reversed(b[1])), b[2][::-1])
+            return any(a[1] == ops and all(same(x, y) for x, y in zip(a[2], sides))
+                       for ops, sides in ((b[1], b[2]), flipped))
+        if ka == kb == "interval":
+            return a[1] == b[1] and a[4] == b[4] and same(a[2], b[2]) and same(a[3], b[3])
+        return ka == kb == "expr" and self.expr(a, b)
+
+    def unordered(self, xs: list, ys: list) -> bool:
+        if len(xs) != len(ys):
+            return False
+        for x in xs:
+            match = next((j for j, y in enumerate(ys) if self.same(x, y)), None)
+            if match is None:
+                return False
+            ys.pop(match)
+        return True
+
+    def expr(self, a, b) -> bool:
+        if any(x.has(zoo, nan) for x in (a, b)):
+            return False  # undefined (1/0, 0/0) equals nothing, not even itself
+        if a == b:
+            return True
+        if any(x.has(oo, -oo) for x in (a, b)):
+            return False  # infinities compare only structurally
+        if symbols := sorted(a.free_symbols | b.free_symbols, key=str):
+            return self.at_points(a, b, symbols)
+        if a.is_Rational and b.is_Rational:  # exact arithmetic: tiny values stay apart
+            return bool(abs(a - b) <= self.rtol * max(abs(a), abs(b)))
+        va, vb = _value(a), _value(b)
+        return va is not None and vb is not None and self.close(va, vb)
+
+    def close(self, va, vb, atol: float = 0.0) -> bool:
+        diff, sa, sb = (abs(x).evalf(DPS) for x in (va - vb, va, vb))
+        if not all(x.is_Number for x in (diff, sa, sb)):
+            raise LatexError("values did not evaluate to numbers")
+        return bool(diff <= max(self.rtol, EVALF_RTOL) * max(sa, sb) + atol)
+
+    def at_points(self, a, b, symbols: list) -> bool:
+        agreed = 0
+        for point in _points(symbols):
+            va, vb = _value(a, point), _value(b, point)
+            if va is not None and vb is not None:
+                if not self.close(va, vb, SAMPLE_ATOL):
+                    return False
+                agreed += 1
+        return agreed >= 2 or sympy.simplify(a - b) == 0
+
+    def proportional(self, d1, d2) -> bool:
+        """Equations d1 = 0 and d2 = 0 are the same when d1/d2 is a nonzero constant."""
+        if isinstance(d1, MatrixBase) or isinstance(d2, MatrixBase):
+            return False
+        points = _points(sorted(d1.free_symbols | d2.free_symbols, key=str))
+        ratios = [(v1 / v2).evalf(DPS) for v1, v2 in ((_value(d1, p), _value(d2, p)) for p in points)
+                  if v1 is not None and v2 is not None and v2 != 0]
+        return len(ratios) >= 2 and ratios[0] != 0 and all(
+            self.close(r, ratios[0], SAMPLE_ATOL) for r in ratios)
+
+
+def _value(x, point: dict | None = None):
+    """x (at point) to DPS digits; None when not finite or sympy cannot tell (floor of an integer)."""
+    try:
+        v = x.evalf(DPS, subs=point)
+    except (PrecisionExhausted, ValueError, ZeroDivisionError):  # e.g. a pole of gamma
+        return None
+    return v if v.is_finite else None
+
+
+def _points(symbols: list, n: int = 4) -> list[dict]:
+    # seeded so a verdict is reproducible; rationals in [0.3, 3.2] avoid 0, 1 and branch cuts
+    rng = random.Random(0)
+    return [{s: Rational(rng.randint(30, 310), 97) for s in symbols} for _ in range(n)]
