@@ -35,8 +35,8 @@ from minipsn.data import format_prompt, load_benchmark, load_problems
 from minipsn.noise import derive_seed
 from minipsn.rewards import correctness_reward
 from minipsn.rollout import sample
-from minipsn.verify import _normalise as normalise_answer  # the verifier's canonical spelling
 from minipsn.verify import extract_answer
+from minipsn.verify import normalise as normalise_answer  # the verifier's canonical spelling
 
 _ANSWER_CHARS = 200  # stored answers are cut here: enough to vote on, keeps samples files small
 

@@ -139,7 +139,7 @@ def _unwrap(s: str) -> str:
     return s
 
 
-def _normalise(s: str) -> str:
+def normalise(s: str) -> str:
     """Canonical spelling of an answer; equal outputs mean equal answers."""
     for old, new in _UNICODE.items():
         s = s.replace(old, new)
@@ -197,7 +197,7 @@ def _cheap_verdict(pred: str, gold: str) -> tuple[bool | None, str, str]:
         return True, pred, gold
     if len(pred) > _MAX_CHARS or len(gold) > _MAX_CHARS:
         return False, pred, gold
-    p, g = _normalise(pred), _normalise(gold)
+    p, g = normalise(pred), normalise(gold)
     if ("=" in p) != ("=" in g):  # "x = 5" answers "5"
         p, g = _VAR_EQ.sub("", p, count=1), _VAR_EQ.sub("", g, count=1)
     if not p or not g:

@@ -69,7 +69,7 @@ def test_math500_gold_through_sympy_stage():
     from minipsn import _compare, _latex
 
     rows = _rows("math500_test.jsonl")
-    norm = [verify._normalise(r["answer"]) for r in rows]
+    norm = [verify.normalise(r["answer"]) for r in rows]
     assert [n for n in norm if not verify._ask_worker(n, n, 5.0)] == []
     checked = 0
     for row, n in zip(rows, norm):
