@@ -76,16 +76,19 @@ class DataConfig:
     skip_bad_rows: bool = False
     # synthetic task: number of arithmetic operations per problem
     n_ops: int = 2
+    # synthetic task: operations to draw from, any of + - *
+    ops: str = "+-"
     # synthetic task: operands are drawn from 1..max_operand
     max_operand: int = 9
     # synthetic task: size of the training and held-out sets
-    n_train: int = 4000
+    n_train: int = 2000
     n_test: int = 200
 
     def __post_init__(self):
         _one_of("data.template", self.template, ("chat", "plain"))
         _check(self.n_ops >= 1, "data.n_ops must be >= 1")
         _check(self.max_operand >= 2, "data.max_operand must be >= 2")
+        _check(bool(self.ops) and set(self.ops) <= set("+-*"), f"data.ops must be made of + - *, got {self.ops!r}")
         _check(self.n_train >= 1 and self.n_test >= 1, "data.n_train and data.n_test must be >= 1")
 
 
@@ -234,7 +237,8 @@ class EvalConfig:
     max_new_tokens: int = 512
     # held-out problems (0 = all)
     problems: int = 0
-    # evaluate during training every this many steps (0 = off)
+    # evaluate during training every this many steps (0 = off); a run of at least this many
+    # steps also evaluates its starting policy, logged as step 0
     every: int = 0
 
     def __post_init__(self):
@@ -283,7 +287,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "tiny": {
         "lora.rank": 8, "grpo.lr": 2e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
         "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "noise.sigma": 0.01,
-        "eval.n": 16, "eval.problems": 64, "model.max_prompt_tokens": 1024,
+        "eval.n": 16, "eval.problems": 64, "eval.every": 20, "model.max_prompt_tokens": 1024,
     },
     "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},
 }

@@ -10,9 +10,9 @@ is shared/data/README.md), else from the Hugging Face hub. Every row is checked:
 is an error naming `file:line`, or, with `data.skip_bad_rows`, is skipped and counted; never a
 silently wrong record. Evaluation-only sets refuse the `train` split; `math` test is MATH-500.
 
-The synthetic task is a seeded chain of integer operations ("Start at 7, add 5, multiply by
-3. What number do you get?") with a worked solution ending in `\\boxed{}`. Its knobs
-(`n_ops`, `max_operand`) set the difficulty; it lets the whole PSN-GRPO loop run offline on
+The synthetic task is a seeded chain of integer operations ("Start at 7, add 5, subtract 3.
+What number do you get?") with a worked solution ending in `\\boxed{}`. Its knobs
+(`n_ops`, `ops`, `max_operand`) set the difficulty; it lets the whole PSN-GRPO loop run offline on
 a laptop with the same code path as GSM8K or MATH.
 """
 from __future__ import annotations
@@ -29,15 +29,16 @@ from minipsn.config import DataConfig
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
-_OPS = (("add", "+"), ("subtract", "-"), ("multiply by", "*"))
+_VERBS = {"+": "add", "-": "subtract", "*": "multiply by"}
 
 
-def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int) -> dict:
-    """One chain of `n_ops` operations on integers in 1..max_operand, applied left to right."""
+def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str = "+-") -> dict:
+    """One chain of `n_ops` operations drawn from `ops` on integers in 1..max_operand, left to right."""
     value = rng.randint(1, max_operand)
     words, lines = [f"Start at {value}"], []
     for _ in range(n_ops):
-        verb, sym = rng.choice(_OPS)
+        sym = rng.choice(sorted(set(ops)))
+        verb = _VERBS[sym]
         x = rng.randint(1, max_operand)
         new = value + x if sym == "+" else value - x if sym == "-" else value * x
         words.append(f"{verb} {x}")
@@ -52,16 +53,16 @@ def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
     """The seeded synthetic task; `test` never repeats a `train` problem."""
     if split not in ("train", "test"):
         raise ValueError(f"synthetic split must be train or test, got {split!r}")
-    rng = random.Random(f"synthetic-{seed}-{cfg.n_ops}-{cfg.max_operand}")
+    rng = random.Random(f"synthetic-{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}")
     seen: set[str] = set()
     records: dict[str, list[dict]] = {"train": [], "test": []}
     for name, size in (("train", cfg.n_train), ("test", cfg.n_test)):
         tries = 0
         while len(records[name]) < size:
-            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand)
+            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops)
             tries += 1
             if tries > 50 * size + 1000:
-                raise ValueError(f"synthetic task too small for n_{name}={size}: raise data.max_operand or data.n_ops")
+                raise ValueError(f"synthetic task too small for n_{name}={size}: raise data.max_operand, data.n_ops or data.ops")
             if rec["problem"] in seen:
                 continue
             seen.add(rec["problem"])

@@ -34,7 +34,7 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 TARGETS = {"attn": ATTN, "mlp": MLP, "all": ATTN + MLP}
 
 # Bump when the tiny model's recipe changes, so stale caches are rebuilt.
-TINY_VERSION = "v2"
+TINY_VERSION = "v3"
 TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
 TINY_CHAT_TEMPLATE = (

@@ -308,7 +308,18 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         if finished:
             checkpoint.save_final_adapter(self.run_dir, self.model)
+            self._print_eval_summary()
         return self.run_dir
+
+    def _print_eval_summary(self) -> None:
+        """One line comparing the first and last held-out evaluations of the run, when there are two."""
+        rows = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        evals = [r for r in rows if "eval/pass@1" in r]
+        if len(evals) >= 2:
+            first, last = evals[0], evals[-1]
+            print(f"held-out pass@1: {first['eval/pass@1']:.3f} at step {first['step']} → "
+                  f"{last['eval/pass@1']:.3f} at step {last['step']} "
+                  f"({self.cfg.eval.problems or 'all'} problems × {self.cfg.eval.n} samples)")
 
     def _loop(self, on_step) -> bool:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -316,15 +327,21 @@ class Trainer:
         steps = self.cfg.run.steps
         columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeRemainingColumn())
+        every = self.cfg.eval.every
         with Progress(*columns, transient=True) as bar, open(self.run_dir / "metrics.jsonl", "a") as metrics:
             task = bar.add_task("train", total=steps, completed=self.start)
+            if every and self.start == 0 and steps >= every:  # the starting point the periodic evals compare to
+                m0 = {"step": 0, **self.evaluate(-1)}
+                metrics.write(json.dumps(m0) + "\n")
+                bar.console.print(f"step 0/{steps} | held-out pass@1 {m0['eval/pass@1']:.2f} before training",
+                                  highlight=False)
             for step in range(self.start, steps):
                 if self.stop_requested:
                     self.save(step)
                     print(f"stopped after step {step}; checkpoint saved. Continue: python cli.py train --resume {self.run_dir}")
                     return False
                 m = self.step(step)
-                if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0:
+                if every and (step + 1) % every == 0:
                     m.update(self.evaluate(step))
                 metrics.write(json.dumps(m) + "\n")
                 metrics.flush()

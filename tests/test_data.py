@@ -95,6 +95,46 @@ def test_synthetic_by_name():
     assert len(data.load_benchmark("synthetic", "test")) == DataConfig().n_test
 
 
+def test_synthetic_ops_knob_and_worked_solution():
+    import random
+
+    for ops in ("+", "-*", "+-*"):
+        for rec in data.synthetic_split(DataConfig(ops=ops, n_ops=3, n_train=50, n_test=5), "train"):
+            steps = rec["solution"].split("\n")[:-1]
+            assert len(steps) == 3 and {line.split()[1] for line in steps} <= set(ops)
+            value = int(steps[0].split()[0])
+            for line in steps:  # each line is `value op x = new`, chained, and the box holds the last value
+                a, op, x, _, new = line.split()
+                assert int(a) == value and int(new) == {"+": value + int(x), "-": value - int(x), "*": value * int(x)}[op]
+                value = int(new)
+            assert rec["answer"] == str(value) and rec["solution"].endswith(f"\\boxed{{{value}}}.")
+    assert data.synthetic_problem(random.Random(0), 2, 9, "*")["problem"].count("multiply by") == 2
+    with pytest.raises(ValueError, match=r"data.ops must be made of \+ - \*, got '/'"):
+        DataConfig(ops="/")
+    with pytest.raises(ValueError, match="synthetic task too small for n_train=500: raise data.max_operand"):
+        data.synthetic_split(DataConfig(ops="+", n_ops=1, max_operand=3, n_train=500), "train")
+
+
+def test_warm_start_demonstrations_mix_worked_and_early_answers():
+    import random
+
+    from minipsn.sft import demonstration
+
+    rec = data.synthetic_split(DataConfig(n_ops=3, n_train=1, n_test=1), "train")[0]
+    steps = rec["solution"].split("\n")[:-1]
+    rng = random.Random(0)
+    demos = [demonstration(rec, rng, early_frac=0.5) for _ in range(400)]
+    early = [d for d in demos if d != rec["solution"]]
+    assert 150 < len(early) < 250  # about half stop early
+    for d in early:  # a strict prefix of the steps, then the last kept number boxed
+        kept = d.split("\n")[:-1]
+        assert 1 <= len(kept) < len(steps) and kept == steps[: len(kept)]
+        assert d.endswith(f"\\boxed{{{kept[-1].split('= ')[-1]}}}.")
+    assert {demonstration(rec, rng, early_frac=0.0) for _ in range(20)} == {rec["solution"]}
+    one_step = data.synthetic_split(DataConfig(n_ops=1, n_train=1, n_test=1), "train")[0]
+    assert demonstration(one_step, rng, early_frac=1.0) == one_step["solution"]  # nothing to cut
+
+
 def test_unknown_dataset_lists_names_and_closest_match():
     with pytest.raises(ValueError, match=r"unknown dataset 'gsm8'.*did you mean gsm8k\?.*olympiadbench"):
         data.load_problems(DataConfig(dataset="gsm8"), "train")
