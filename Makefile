@@ -2,13 +2,16 @@
 PY ?= python3
 TORCH ?= torch==2.13.0
 
-.PHONY: install test lint bench demo
+.PHONY: install test test-slow lint bench demo
 
 install:
 	$(PY) -m pip install $(TORCH) && $(PY) -m pip install -r requirements.txt
 
 test:
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests
+
+test-slow:  # also the tests that compile (torch.compile on the CPU, ~30 s more)
+	MINIPSN_SLOW=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests
 
 lint:
 	$(PY) -m ruff check minipsn cli.py examples tests

@@ -1,11 +1,13 @@
 """Compare exploration methods: train each (method, seed), evaluate pass@k, tabulate mean ± std.
 
+    RUN/base/eval/                 the starting model, no RL (the "base" row: what RL has to beat)
     RUN/<method>-s<seed>/          a normal run folder (metrics.jsonl, adapter/, eval/eval.json)
     RUN/compare.json, compare.md   pass@k (k = 1, 4, 16, 64, 256 where n allows) and accuracy per method
     RUN/compare.png                pass@k curves, mean over seeds with a ±1 std band
 
 Resumable at the grain of a run: a (method, seed) whose eval.json exists is not redone, one
-with a checkpoint resumes its training. The std is over seeds (population std, so one seed
+with a checkpoint resumes its training. Periodic evaluation during training is off in the grid
+(`eval.every` = 0 unless set): the final pass@k evaluation is the measurement. The std is over seeds (population std, so one seed
 shows 0: read it as "no spread measured", not "no spread").
 """
 from __future__ import annotations
@@ -35,6 +37,18 @@ def run_one(model: str, method: str, seed: int, sets: dict, run_dir: Path, bench
         train(cfg, resume=checkpoint.latest(run_dir) is not None)
     print(f"── {run_dir.name}: evaluating")
     return evaluate(cfg, benchmarks, run_dir / "eval", adapter=str(run_dir / "adapter"))
+
+
+def evaluate_base(model: str, sets: dict, out: Path, benchmarks: list[str]) -> dict:
+    """pass@k of the starting model (no adapter) with the grid's evaluation settings and seed 0."""
+    from minipsn.evaluate import evaluate
+
+    report_path = out / "eval.json"
+    if report_path.is_file():
+        print(f"base: done, reusing {report_path}")
+        return json.loads(report_path.read_text())
+    print("── base: evaluating the model before RL")
+    return evaluate(build_config(model=model, sets={**sets, "run.seed": 0}), benchmarks, out)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -76,7 +90,8 @@ def plot_bands(summary: dict[str, dict], path: Path) -> Path:
         ks = sorted(s["pass@k"])
         mean = [100 * s["pass@k"][k][0] for k in ks]
         std = [100 * s["pass@k"][k][1] for k in ks]
-        ax.plot(ks, mean, marker="o", label=f"{method} ({s['seeds']} seeds)")
+        label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seeds)"
+        ax.plot(ks, mean, marker="o", label=label)
         ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples per problem)")
@@ -99,9 +114,10 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
         raise ValueError("--seeds must be >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sets = dict(sets or {})
-    reports = {m: [run_one(model, m, s, sets, out / f"{m}-s{s}", list(benchmarks)) for s in range(seeds)]
-               for m in methods}
+    sets = {"eval.every": 0, **(sets or {})}
+    reports = {"base": [evaluate_base(model, sets, out / "base" / "eval", list(benchmarks))]}
+    reports.update({m: [run_one(model, m, s, sets, out / f"{m}-s{s}", list(benchmarks)) for s in range(seeds)]
+                    for m in methods})
     summary = summarize(reports)
     n = next(iter(reports.values()))[0]["n"]
     (out / "compare.md").write_text(markdown(summary, n))

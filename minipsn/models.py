@@ -5,9 +5,9 @@ fp32 on CPU) and prepared for k-bit training; peft adds LoRA adapters (rank R, s
 the attention and/or MLP projections. Only the adapters train, and only they get PSN noise.
 
 `tiny` is a small Qwen2-architecture model built from a config with a tokenizer trained in
-seconds by the `tokenizers` library, warm-started by a short supervised pass on worked
-solutions of the synthetic task (so RL starts with pass@1 between 0 and 1) and cached on
-disk. It takes the exact same loading path as a hub model afterwards.
+seconds by the `tokenizers` library, warm-started by a short supervised pass on the synthetic
+task (sft.py: worked solutions mixed with answers given after the first step, so RL starts with
+pass@1 between 0 and 1 and a habit to unlearn) and cached on disk. It takes the exact same loading path as a hub model afterwards.
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def lora_parameters(model, targets: str) -> dict[str, torch.nn.Parameter]:
 
 
 def tiny_model_dir() -> Path:
-    """Folder of the warm-started tiny model; built (about a minute on 2 cores) when missing."""
+    """Folder of the warm-started tiny model; built (about 3 minutes on 2 cores) when missing."""
     root = Path(os.environ.get("MINIPSN_CACHE", Path.home() / ".cache" / "minipsn"))
     folder = root / f"tiny-{TINY_VERSION}"
     if not (folder / "done").exists():

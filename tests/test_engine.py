@@ -1,5 +1,7 @@
 """Rollout engines: the folded copy is the perturbed peft policy (fp32 and NF4 bases), unfolds bit-exactly,
 samples with the log-probs a teacher-forced pass of π_θ̃ gives, and `auto` picks as documented."""
+import os
+
 import pytest
 import torch
 
@@ -152,6 +154,24 @@ def test_static_cache_decoding_equals_dynamic_and_falls_back_loudly(small_policy
         torch.testing.assert_close(runs[kind].sampler_logp, runs["dynamic"].sampler_logp, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="static"):
         FoldedEngine(small_policy, max_new_tokens=5, static_cache=False, compile_step=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="compiles for ~30 s: MINIPSN_SLOW=1 (make test-slow)")
+def test_compiled_static_decoding_runs_and_matches_eager_on_cpu(small_policy, toy_tok, capsys):
+    """The CUDA engine's compiled step, here compiled by inductor for the CPU (no CUDA graphs): its
+    self-check passes and it samples exactly what eager decoding samples."""
+    cfg = RolloutConfig(max_new_tokens=6, batch_size=8)
+    runs = {}
+    for compiled in (False, True):
+        engine = FoldedEngine(small_policy.eval(), max_new_tokens=6, static_cache=True, compile_step=compiled)
+        for _ in range(2):  # the second batch reuses the compiled step and its cache
+            with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _):
+                runs[compiled] = sample(sampler, toy_tok, ["xy", "hello"], 4, cfg, torch.Generator().manual_seed(3))
+        assert engine.sampler.fallback is None and engine.sampler.compiled == compiled
+    assert "decodes eagerly" not in capsys.readouterr().out
+    assert torch.equal(runs[True].completion_ids, runs[False].completion_ids)
+    torch.testing.assert_close(runs[True].sampler_logp, runs[False].sampler_logp, atol=1e-5, rtol=0)
 
 
 def test_static_cache_serves_several_batch_shapes_and_refuses_to_overflow(small_policy, toy_tok):
