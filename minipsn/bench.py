@@ -349,7 +349,7 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
             reps = 3 if spec.device == "cpu" and not quick else 1  # best of 3 on a (possibly shared) CPU
             for name in dict.fromkeys((*paths, *stepped)):
                 entry["engines"][name] = bench_engine(spec, name, work, sigma, steps, reps, name in stepped)
-            entry["trl"] = bench_trl(spec, work, sigma, 1) if trl else {"skipped": "--no-trl"}
+            entry["trl"] = bench_trl(spec, work, sigma, steps) if trl else {"skipped": "--no-trl"}
             entry["trl_ratio"] = {e: entry["trl"]["step_s"] / v["step"]["step_s"] for e, v in entry["engines"].items()
                                   if "step" in v and "step_s" in entry["trl"]}
             report["models"][spec.label] = entry

@@ -72,10 +72,12 @@ def markdown(summary: dict[str, dict], n: int) -> str:
     head = "| method | seeds | " + " | ".join(f"pass@{k}" for k in ks) + " | mean acc | maj acc |"
     lines = [head, "|" + "---|" * (len(ks) + 4)]
     for method, s in summary.items():
-        cells = [f"{100 * s['pass@k'][k][0]:.1f} ± {100 * s['pass@k'][k][1]:.1f}" for k in ks]
-        lines.append(f"| {method} | {s['seeds']} | " + " | ".join(cells)
-                     + f" | {100 * s['acc'][0]:.1f} ± {100 * s['acc'][1]:.1f}"
-                     + f" | {100 * s['maj'][0]:.1f} ± {100 * s['maj'][1]:.1f} |")
+        def cell(mean_std, spread=method != "base"):  # the base row is one evaluation: no spread to show
+            return f"{100 * mean_std[0]:.1f}" + (f" ± {100 * mean_std[1]:.1f}" if spread else "")
+
+        cells = [cell(s["pass@k"][k]) for k in ks] + [cell(s["acc"]), cell(s["maj"])]
+        name = "base (before RL)" if method == "base" else method
+        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -299,7 +299,7 @@ def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str |
     out = Path(out)
     torch.manual_seed(cfg.run.seed)
     model, tok = load_policy(cfg, adapter)
-    # the training rollout path (a folded copy on GPU: ~10x faster than NF4 + unmerged LoRA), with σ = 0
+    # the training rollout path (on GPU a folded copy: ~11x NF4 + unmerged LoRA in the DESIGN.md prototype), σ = 0
     clean = dataclasses.replace(cfg, rollout=eval_rollout_config(cfg.rollout, cfg.eval),
                                 noise=dataclasses.replace(cfg.noise, sigma=0.0))
     engine = make_engine(model, clean)

@@ -41,6 +41,6 @@ def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
 
 def test_psn_vs_grpo_example_writes_its_table(tmp_path):
     out = run_example("psn_vs_grpo_tiny.py", str(tmp_path / "cmp"), "1", "1", "4", "4")
-    assert "| base | 1 |" in out and "| grpo | 1 |" in out and "| psn-adaptive | 1 |" in out
+    assert "| base (before RL) | 1 |" in out and "| grpo | 1 |" in out and "| psn-adaptive | 1 |" in out
     for f in ("compare.md", "compare.json", "compare.png"):
         assert (tmp_path / "cmp" / f).is_file()
