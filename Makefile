@@ -2,7 +2,7 @@
 PY ?= python3
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow lint bench demo
+.PHONY: install test test-slow gpu-check lint bench demo
 
 install:
 	$(PY) -m pip install $(TORCH) && $(PY) -m pip install -r requirements.txt
@@ -10,8 +10,11 @@ install:
 test:
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests
 
-test-slow:  # also the tests that compile (torch.compile on the CPU, ~30 s more)
+test-slow:  # also the test that compiles the decode step (torch.compile on the CPU, ~20 s more)
 	MINIPSN_SLOW=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests
+
+gpu-check:  # on a CUDA machine: the GPU tests, then the benchmark with the 1.5B-shaped model
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m gpu tests && HF_HUB_OFFLINE=1 $(PY) cli.py bench --out bench
 
 lint:
 	$(PY) -m ruff check minipsn cli.py examples tests

@@ -3,9 +3,9 @@
 RL needs a policy that sometimes succeeds (with pass@1 = 0 every group has equal rewards and zero
 advantage) and that has something to learn. The warm start gives it both: next-token
 cross-entropy on (prompt → demonstration) pairs, loss on the demonstration tokens only, teaches
-the arithmetic well, but in a fraction `early_frac` of the demonstrations the writer stops after
-the first step and boxes that intermediate number: the habit of answering before the work is
-done. The warm-started model picks up both styles, so its pass@1 sits well between 0 and 1, and
+the arithmetic well, but in a fraction `early_frac` of the demonstrations the writer stops part
+way (after the first step, on the default two-step task) and boxes that intermediate number: the
+habit of answering before the work is done. The warm-started model picks up both styles, so its pass@1 sits well between 0 and 1, and
 a verifiable reward is the only signal that says finishing the computation pays.
 """
 from __future__ import annotations
