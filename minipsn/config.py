@@ -95,8 +95,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class NoiseConfig:
     # σ: std of the Gaussian noise added to LoRA A/B before sampling, the start value when a
-    # scheduler moves it (0 = noise off, plain GRPO; every scheduler then keeps it at 0)
-    sigma: float = 0.0
+    # scheduler moves it (0 = noise off, plain GRPO; every scheduler then keeps it at 0).
+    # 0.003 is a starting point for real models (watch noise/kl_proxy), not a measured optimum
+    sigma: float = 0.003
     # which adapters get noise: mlp (paper's best), attn, or all
     targets: str = "mlp"
     # step: one draw shared by all N rows (paper); group: one per prompt's G rows; rollout: one per row

@@ -11,6 +11,7 @@ pass@1 between 0 and 1 and a habit to unlearn) and cached on disk. It takes the 
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -166,7 +167,7 @@ def tiny_model_dir() -> Path:
     root = Path(os.environ.get("MINIPSN_CACHE", Path.home() / ".cache" / "minipsn"))
     folder = root / f"tiny-{TINY_VERSION}"
     if not (folder / "done").exists():
-        _build_tiny(folder)
+        build_tiny(folder)
     return folder
 
 
@@ -192,13 +193,17 @@ def _train_tokenizer(texts: list[str]):
                                    unk_token="<|endoftext|>", chat_template=TINY_CHAT_TEMPLATE)
 
 
-def _build_tiny(folder: Path) -> None:
+def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | None = None) -> Path:
+    """Build and warm-start a tiny model into `folder`: by default the `tiny` preset's model; other
+    synthetic-task settings (`data`) and warm-start lengths (`steps`) give variants to train with
+    `--model FOLDER` (the tiny preset's settings then come from `--set`)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from minipsn.data import format_prompt, synthetic_split
-    from minipsn.sft import warm_start
+    from minipsn.sft import WARM_STEPS, warm_start
 
-    records = synthetic_split(DataConfig(), "train", seed=0)
+    folder, data = Path(folder), data or DataConfig()
+    records = synthetic_split(data, "train", seed=0)
     tok = _train_tokenizer([r["problem"] + "\n" + r["solution"] for r in records[:5000]]
                            + [format_prompt(None, "x", "plain"), "user\nassistant\n"] * 50)
     tok.chat_template = TINY_CHAT_TEMPLATE
@@ -211,16 +216,18 @@ def _build_tiny(folder: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # the one sizeable CPU job here: use every core
     try:
-        warm_start(model, tok, records)
+        warm_start(model, tok, records, steps=steps or WARM_STEPS)
     finally:
         torch.set_num_threads(threads)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "done").write_text(json.dumps({"version": TINY_VERSION}))
+    (tmp / "done").write_text(json.dumps({"version": TINY_VERSION, "data": dataclasses.asdict(data),
+                                          "warm_steps": steps or WARM_STEPS}))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(folder)  # atomic: a concurrent builder that lost the race keeps its own copy out
     except OSError:
         if not (folder / "done").exists():
             raise
+    return folder

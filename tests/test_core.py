@@ -128,6 +128,9 @@ def test_build_config_layers_preset_method_and_sets(tmp_path):
     assert cfg.noise.sigma == 0.02 and cfg.run.steps == 9
     with pytest.raises(ValueError, match="unknown method"):
         C.build_config(model="tiny", method="psn-magic")
+    plain = C.build_config(model="qwen-1.5b")  # without --method a run is PSN-GRPO with the adaptive scheduler
+    assert (plain.noise.sigma, plain.noise.scheduler, plain.grpo.tis) == (0.003, "adaptive", True)
+    assert C.build_config(model="qwen-1.5b", method="grpo").noise.sigma == 0.0
 
 
 def test_one_update_raises_logprob_of_positive_advantage_rows(small_policy, toy_tok):

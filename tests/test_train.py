@@ -111,3 +111,21 @@ def test_simulated_oom_halves_the_rollout_batch_and_the_learner_budget(tmp_path,
     monkeypatch.setattr(T, "sample", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("always")))
     with pytest.raises(MemoryError, match="smallest batch"):
         tr.step(1)
+
+
+def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path):
+    """A tiny model for another synthetic task (2 warm-start steps here, to stay quick) loads by folder."""
+    from minipsn.config import DataConfig, build_config
+    from minipsn.models import build_tiny
+    from minipsn.train import Trainer
+
+    data = DataConfig(n_ops=3, ops="+-*", n_train=80, n_test=5)  # a warm-start batch takes 64
+    folder = build_tiny(tmp_path / "tiny3", data, steps=2)
+    done = json.loads((folder / "done").read_text())
+    assert done["data"]["n_ops"] == 3 and done["data"]["ops"] == "+-*" and done["warm_steps"] == 2
+    cfg = build_config(model=str(folder), sets={"run.out": str(tmp_path / "run"), "data.n_ops": "3", "data.ops": "+-*",
+                                                "data.n_train": "80", "grpo.prompts_per_step": "2",
+                                                "grpo.group_size": "4", "rollout.max_new_tokens": "8",
+                                                "model.gradient_checkpointing": "false"})
+    m = Trainer(cfg).step(0)
+    assert m["step"] == 1 and m["completion/len_mean"] > 0
