@@ -7,8 +7,8 @@
 
 Resumable at the grain of a run: a (method, seed) whose eval.json exists is not redone, one
 with a checkpoint resumes its training. Periodic evaluation during training is off in the grid
-(`eval.every` = 0 unless set): the final pass@k evaluation is the measurement. The std is over seeds (population std, so one seed
-shows 0: read it as "no spread measured", not "no spread").
+(`eval.every` = 0 unless set): the final pass@k evaluation is the measurement. The std is over
+seeds (population std, so one seed shows 0: read it as "no spread measured", not "no spread").
 """
 from __future__ import annotations
 

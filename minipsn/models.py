@@ -7,7 +7,8 @@ the attention and/or MLP projections. Only the adapters train, and only they get
 `tiny` is a small Qwen2-architecture model built from a config with a tokenizer trained in
 seconds by the `tokenizers` library, warm-started by a short supervised pass on the synthetic
 task (sft.py: worked solutions mixed with answers given after the first step, so RL starts with
-pass@1 between 0 and 1 and a habit to unlearn) and cached on disk. It takes the exact same loading path as a hub model afterwards.
+pass@1 between 0 and 1 and a habit to unlearn) and cached on disk. It takes the exact same
+loading path as a hub model afterwards.
 """
 from __future__ import annotations
 

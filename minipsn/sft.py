@@ -1,12 +1,13 @@
 """Supervised warm start of the tiny model on demonstrations of the synthetic task.
 
-RL needs a policy that sometimes succeeds (with pass@1 = 0 every group has equal rewards and zero
-advantage) and that has something to learn. The warm start gives it both: next-token
+RL needs a policy that sometimes succeeds (with pass@1 = 0 every group has equal rewards and
+zero advantage) and that has something to learn. The warm start gives it both: next-token
 cross-entropy on (prompt → demonstration) pairs, loss on the demonstration tokens only, teaches
 the arithmetic well, but in a fraction `early_frac` of the demonstrations the writer stops part
 way (after the first step, on the default two-step task) and boxes that intermediate number: the
-habit of answering before the work is done. The warm-started model picks up both styles, so its pass@1 sits well between 0 and 1, and
-a verifiable reward is the only signal that says finishing the computation pays.
+habit of answering before the work is done. The warm-started model picks up both styles, so its
+pass@1 sits well between 0 and 1, and a verifiable reward is the only signal that says finishing
+the computation pays.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def sft_batch(tok, problems: list[str], targets: list[str]) -> tuple[torch.Tenso
 def warm_start(model, tok, records: list[dict], steps: int = WARM_STEPS, lr: float = WARM_LR,
                batch: int = WARM_BATCH, seed: int = 0, early_frac: float = EARLY_FRAC) -> list[float]:
     """Train all weights of `model` in place for `steps` steps; returns the loss curve."""
+    if len(records) < batch:
+        raise ValueError(f"the warm start draws {batch} problems a step: give it at least {batch} (data.n_train)")
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)

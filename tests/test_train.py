@@ -129,3 +129,6 @@ def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path
                                                 "model.gradient_checkpointing": "false"})
     m = Trainer(cfg).step(0)
     assert m["step"] == 1 and m["completion/len_mean"] > 0
+    with pytest.raises(ValueError, match=r"draws 64 problems a step: give it at least 64 \(data.n_train\)"):
+        build_tiny(tmp_path / "too-few", DataConfig(n_train=10), steps=1)
+    assert not (tmp_path / "too-few").exists()
