@@ -61,7 +61,7 @@ def test_kl_to_the_base_is_zero_before_the_first_update_and_positive_after(tmp_p
 
 def test_grpo_raises_held_out_accuracy_on_the_tiny_task(tmp_path):
     """End to end on the real reward: the warm-started tiny model answers after the first step in
-    about half its samples (always wrong); GRPO learns to finish the computation, and held-out
+    about half its samples (almost always wrong); GRPO learns to finish the computation, and held-out
     accuracy of the clean policy rises within 20 steps."""
     cfg = build_config(model="tiny", method="grpo", sets={"run.out": str(tmp_path / "learn"), "grpo.lr": "1e-3",
                                                           "eval.problems": "32", "eval.n": "8"})
