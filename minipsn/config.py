@@ -94,9 +94,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    # σ: std of the Gaussian noise added to LoRA A/B before sampling, the start value when a
-    # scheduler moves it (0 = noise off, plain GRPO; every scheduler then keeps it at 0).
-    # 0.003 is a starting point for real models (watch noise/kl_proxy), not a measured optimum
+    # σ: std of the noise added to LoRA A/B before sampling; a scheduler's start value (0 = off, plain
+    # GRPO, and it stays 0). 0.003: a starting point for real models (watch noise/kl_proxy), not an optimum
     sigma: float = 0.003
     # which adapters get noise: mlp (paper's best), attn, or all
     targets: str = "mlp"
@@ -238,8 +237,7 @@ class EvalConfig:
     max_new_tokens: int = 512
     # held-out problems (0 = all)
     problems: int = 0
-    # evaluate during training every this many steps (0 = off); a run of at least this many
-    # steps also evaluates its starting policy, logged as step 0
+    # evaluate during training every this many steps (0 = off; a run this long also logs step 0)
     every: int = 0
 
     def __post_init__(self):
