@@ -47,6 +47,31 @@ def resolve(model, method, config, sets, **first_class):
     return build_config(model=model, method=method, file=config, sets=overrides)
 
 
+RESUMABLE = ("run.steps", "run.save_every", "run.threads", "eval.")  # settings a resumed run may change
+
+
+def resume_config(resume: str, ignored: list[str], steps, sets: list[str]):
+    """The run's own config (latest checkpoint, else config.json) with the few safe changes applied;
+    any option that would change what the run is fails, naming it."""
+    import json
+
+    from minipsn import checkpoint
+    from minipsn.config import apply_overrides, config_from_dict, parse_sets
+
+    run, ckpt = Path(resume), checkpoint.latest(Path(resume))
+    if ckpt is None and not (run / "config.json").is_file():
+        raise ValueError(f"{resume} is not a run folder (no config.json, no checkpoint); nothing to resume")
+    changes = {**({"run.steps": steps} if steps else {}), **parse_sets(sets)}
+    unsafe = ignored + [f"--set {k}" for k in changes if not k.startswith(RESUMABLE)]
+    if unsafe:
+        raise ValueError(f"--resume continues {resume} with its own settings; drop {', '.join(unsafe)} "
+                         f"(a resume may change only {', '.join(RESUMABLE)}*) or start a new run with --out")
+    saved = checkpoint.load_state(ckpt)["config"] if ckpt else json.loads((run / "config.json").read_text())
+    if changes:
+        print("resume applies " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    return apply_overrides(config_from_dict(saved), {**changes, "run.out": resume})
+
+
 @app.command()
 @friendly
 def train(
@@ -67,14 +92,9 @@ def train(
     from minipsn.train import train as run_train
 
     if resume is not None:
-        from minipsn import checkpoint
-        from minipsn.config import apply_overrides, config_from_dict, parse_sets
-
-        ckpt = checkpoint.latest(Path(resume))
-        if ckpt is None:
-            raise ValueError(f"{resume} is not a run folder with a checkpoint; nothing to resume")
-        cfg = config_from_dict(checkpoint.load_state(ckpt)["config"])
-        cfg = apply_overrides(cfg, {"run.out": resume, **({"run.steps": steps} if steps else {}), **parse_sets(set_)})
+        given = {"--model": model, "--method": method, "--sigma": sigma, "--seed": seed, "--out": out,
+                 "--dataset": dataset, "--data-dir": data_dir, "--config": config}
+        cfg = resume_config(resume, [flag for flag, v in given.items() if v is not None], steps, set_)
     else:
         cfg = resolve(model, method, config, set_, **{"run.steps": steps, "noise.sigma": sigma, "run.seed": seed,
                       "run.out": out, "data.dataset": dataset, "data.data_dir": data_dir})

@@ -41,8 +41,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, step: int, model, optimizer, scheduler, config: dict, keep: int = 1) -> Path:
-    """Write checkpoint `step` (the number of finished steps) and point `latest` at it."""
+def save(run_dir: Path, step: int, model, optimizer, scheduler, config: dict, keep: int = 1,
+         extra: dict | None = None) -> Path:
+    """Write checkpoint `step` (the number of finished steps) and point `latest` at it; `extra` is the
+    trainer's own state (skipped-step count, batch sizes halved after out-of-memory)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
@@ -50,7 +52,7 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, config: dict, ke
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp / "adapter")
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "config": config}, tmp / "state.pt")
+                "rng": rng_state(), "config": config, **(extra or {})}, tmp / "state.pt")
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -95,9 +97,29 @@ def save_final_adapter(run_dir: Path, model) -> Path:
     return final
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after `step` (they are recomputed on resume)."""
+def read_metrics(path: Path, note: bool = False) -> list[dict]:
+    """metrics.jsonl → one dict per line. The one reader of that file (train, plot, evaluate, resume):
+    a last line cut by a kill is dropped (with a one-line note when `note`); a bad line elsewhere is an
+    error naming it."""
     if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    _atomic_write(path, "".join(line + "\n" for line in keep))
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines):
+                raise ValueError(f"{path}:{i} is not valid JSON; fix or delete that line") from None
+            if note:
+                print(f"note: the last line of {path} was cut (a kill while writing it); dropped")
+    return rows
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines of steps up to `step` (later ones are recomputed on resume)."""
+    if path.is_file():
+        keep = [row for row in read_metrics(path, note=True) if row["step"] <= step]
+        _atomic_write(path, "".join(json.dumps(row) + "\n" for row in keep))

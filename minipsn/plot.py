@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+from minipsn.checkpoint import read_metrics
+
 TRAIN_KEYS = ("reward/mean", "reward/accuracy", "noise/sigma", "tis/clip_frac")
 OPTIONAL_KEYS = ("eval/pass@1",)  # drawn only when some run logged them
 
@@ -22,21 +24,6 @@ def _label(folder: Path) -> str:
     """A run's name: RUN for RUN/eval/eval.json and RUN/, the folder's name otherwise."""
     folder = folder.resolve()
     return folder.parent.name if folder.name == "eval" else folder.name
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl → list of dicts; a last line cut by a kill is ignored."""
-    lines = path.read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines):
-                raise ValueError(f"{path}:{i} is not valid JSON") from None
-    return rows
 
 
 def find_sources(paths: list[str]) -> tuple[list[tuple[str, dict]], list[tuple[str, list[dict]]]]:
@@ -55,7 +42,7 @@ def find_sources(paths: list[str]) -> tuple[list[tuple[str, dict]], list[tuple[s
                     found = True
                     break
             if (p / "metrics.jsonl").is_file():
-                runs.append((_label(p), read_metrics(p / "metrics.jsonl")))
+                runs.append((_label(p), read_metrics(p / "metrics.jsonl", note=True)))
                 found = True
             if not found:
                 raise ValueError(f"{p} holds neither eval.json, eval/eval.json nor metrics.jsonl")

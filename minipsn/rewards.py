@@ -54,11 +54,15 @@ def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
         for completion, record, cut in zip(completions, records, truncated):
             if "answer" not in record:
                 raise KeyError(f"reward record has no 'answer' field (keys: {sorted(record)})")
-            r = correctness_reward(completion, record["answer"], cut, truncated_reward,
-                                   timeout, last_number)
-            if format_weight:
-                r += format_weight * format_reward(completion)
-            rewards.append(r)
+            correct = correctness_reward(completion, record["answer"], cut, 0.0, timeout, last_number)
+            rewards.append(shaped_reward(correct, completion, cut, format_weight, truncated_reward))
         return rewards
 
     return reward_fn
+
+
+def shaped_reward(correct: float, completion: str, truncated: bool, format_weight: float = 0.0,
+                  truncated_reward: float = 0.0) -> float:
+    """The default reward of one completion from the verifier's verdict `correct` (0 or 1)."""
+    r = float(truncated_reward) if truncated else correct
+    return r + format_weight * format_reward(completion) if format_weight else r

@@ -67,11 +67,14 @@ class FixedSigma:
         certainty_norm = minmax_normalise(certainty, list(self.window))
         indicator = self.cfg.lam * diversity + (1.0 - self.cfg.lam) * (1.0 - certainty_norm)
         factor = self._factor(kl_proxy, indicator) if self.sigma > 0 else 1.0  # σ = 0: noise off, stays 0
+        before = self.sigma
         if self.sigma > 0:
             self.sigma = min(max(self.sigma * factor, self.noise.sigma_min), self.noise.sigma_max)
+        # direction is where σ went (after the clamp); clamped: the bounds held back the rule's move
         return {"noise/kl_proxy": kl_proxy, "noise/diversity": diversity, "noise/certainty": certainty,
                 "noise/certainty_norm": certainty_norm, "noise/indicator": indicator,
-                "noise/direction": float((factor > 1) - (factor < 1)), "noise/sigma_next": self.sigma}
+                "noise/direction": float((self.sigma > before) - (self.sigma < before)),
+                "noise/clamped": float(before > 0 and self.sigma != before * factor), "noise/sigma_next": self.sigma}
 
     def state_dict(self) -> dict:
         return {"scheduler": self.name, "sigma": self.sigma, "window": list(self.window)}

@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 
 from minipsn import algo, checkpoint
-from minipsn.config import Config, GRPOConfig
+from minipsn.config import Config, GRPOConfig, RewardConfig
 from minipsn.data import format_prompt, load_problems
 from minipsn.engine import make_engine
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, row_seeds
-from minipsn.rewards import build_reward_fn, correctness_reward
+from minipsn.rewards import correctness_reward, shaped_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.scheduler import make_scheduler
+from minipsn.verify import verify_stats
 
 
 @dataclass
@@ -73,7 +74,7 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
     """Clean-policy log-probs, TIS weights and the clipped loss over micro-batches; one optimizer step."""
     N = ro.completion_ids.shape[0]
     n_tokens = ro.n_tokens
-    totals = {"loss/policy": 0.0, "loss/kl": 0.0}
+    totals = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/total": 0.0}
     pooled, tis_w_sum, tis_clip, kl_proxy = [], 0.0, 0.0, 0.0
     for rows in micro_batches(ro, cfg.micro_batch_tokens):
         mask = ro.completion_mask[rows]
@@ -81,6 +82,7 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
         w, tis = algo.tis_weights(logp, ro.sampler_logp[rows], cfg.tis_cap, mask) if cfg.tis else (None, None)
         token_loss, _ = algo.policy_loss(logp, logp.detach(), advantages[rows], mask, w, cfg.clip_eps)
         loss = algo.aggregate(token_loss, mask, cfg.loss_agg, n_tokens, N, max_len)
+        totals["loss/policy"] += loss.item()
         if cfg.kl_beta > 0:
             with torch.no_grad(), model.disable_adapter():
                 ref_logp, _ = completion_logprobs(model, ro, rows, cfg.temperature)
@@ -88,7 +90,7 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
             loss = loss + cfg.kl_beta * kl
             totals["loss/kl"] += kl.item()
         loss.backward()
-        totals["loss/policy"] += loss.item()
+        totals["loss/total"] += loss.item()
         share = int(mask.sum()) / max(n_tokens, 1)
         if tis is not None:
             tis_w_sum += tis["tis/weight_mean"] * share
@@ -98,7 +100,7 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
     # a non-finite loss or gradient would poison the adapter and AdamW's moments: skip the update
-    skipped = not (math.isfinite(totals["loss/policy"]) and torch.isfinite(grad_norm))
+    skipped = not (math.isfinite(totals["loss/total"]) and torch.isfinite(grad_norm))
     if not skipped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -119,14 +121,19 @@ def step_records(records: list[dict], step: int, P: int, seed: int) -> list[dict
     return out
 
 
-def score(reward_fn, default_reward: bool, ro: Rollouts, recs: list[dict], timeout: float):
-    """Rewards (N,) and verifier accuracy (N,) of the rollouts."""
+def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig):
+    """Rewards (N,) and the verifier's correctness (N,) of the rollouts. Correctness is the verifier's
+    judgement alone (no format bonus, a truncated completion counts as wrong), whatever the reward;
+    the default reward is built from it, so each completion is verified once."""
     truncated = ro.truncated.tolist()
-    rewards = torch.tensor(reward_fn(ro.texts, recs, truncated), dtype=torch.float32)
-    if default_reward:
-        return rewards, rewards
-    correct = [correctness_reward(t, r["answer"], tr, timeout=timeout) for t, r, tr in zip(ro.texts, recs, truncated)]
-    return rewards, torch.tensor(correct)
+    correct = torch.tensor([correctness_reward(t, r["answer"], tr, 0.0, cfg.timeout, cfg.last_number)
+                            for t, r, tr in zip(ro.texts, recs, truncated)])
+    if reward_fn is None:
+        rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
+                   for c, t, tr in zip(correct.tolist(), ro.texts, truncated)]
+    else:
+        rewards = reward_fn(ro.texts, recs, truncated)
+    return torch.tensor(rewards, dtype=torch.float32), correct
 
 
 def status_line(m: dict, steps: int) -> str:
@@ -136,12 +143,13 @@ def status_line(m: dict, steps: int) -> str:
             f"tok/s {m['perf/tokens_per_s'] / 1e3:.1f}k | {m['perf/step_s']:.1f} s")
 
 
-def advantages(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
-    """(P, G) rewards → (P, G) advantages by the configured estimator."""
+def advantages(rewards: torch.Tensor, correct: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+    """(P, G) rewards and verifier correctness → (P, G) advantages by the configured estimator:
+    GRPO normalises the reward within groups; Pass@k training reads pass/fail from the verifier."""
     if cfg.advantage == "grpo":
         return algo.group_advantages(rewards, scale=cfg.scale_advantages)
     elif cfg.advantage == "passk":
-        return algo.passk_advantages(rewards, cfg.passk_k)
+        return algo.passk_advantages(correct, cfg.passk_k)
     else:
         raise ValueError(f"unknown advantage estimator {cfg.advantage!r}; use grpo or passk")
 
@@ -150,8 +158,8 @@ def prepare_run_dir(cfg: Config, resume: bool) -> Path:
     """Create (or, on resume, check) the run folder and write the resolved config."""
     run_dir = Path(cfg.run.out)
     if resume:
-        if checkpoint.latest(run_dir) is None:
-            raise ValueError(f"{run_dir} is not a run folder with a checkpoint; nothing to resume")
+        if checkpoint.latest(run_dir) is None and not (run_dir / "config.json").is_file():
+            raise ValueError(f"{run_dir} is not a run folder (no config.json, no checkpoint); nothing to resume")
     elif (run_dir / "metrics.jsonl").exists():
         raise ValueError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
     try:
@@ -175,9 +183,7 @@ class Trainer:
         self.model, self.tok = load_policy(cfg)
         self.device = next(self.model.parameters()).device
         self.engine = make_engine(self.model, cfg)  # where rollouts sample from: folded copy or the peft model
-        self.default_reward = reward_fn is None
-        self.reward_fn = reward_fn or build_reward_fn(cfg.reward.format_weight, cfg.reward.truncated_reward,
-                                                      cfg.reward.timeout, cfg.reward.last_number)
+        self.reward_fn = reward_fn  # None: the default, rewards.build_reward_fn's formula (see score)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay)
         self.scheduler = make_scheduler(cfg.noise, cfg.scheduler)
@@ -208,12 +214,26 @@ class Trainer:
 
     def _restore(self) -> None:
         ckpt = checkpoint.latest(self.run_dir)
+        if ckpt is None:  # it died before its first checkpoint: nothing to keep but the settings
+            checkpoint.truncate_metrics(self.run_dir / "metrics.jsonl", -1)
+            print(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): restarting from step 0")
+            return
         state = checkpoint.load_state(ckpt)
         checkpoint.load_adapter_weights(self.model, ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.start = state["step"]
+        trainer = state.get("trainer", {})  # checkpoints from before this field: the configured sizes, 0 skipped
+        self.skipped = trainer.get("skipped_steps", 0)
+        self.rollout_cfg = dataclasses.replace(self.rollout_cfg,
+                                               batch_size=trainer.get("rollout_batch_size", self.rollout_cfg.batch_size))
+        self.grpo_cfg = dataclasses.replace(self.grpo_cfg,
+                                            micro_batch_tokens=trainer.get("micro_batch_tokens", self.grpo_cfg.micro_batch_tokens))
+        for key, was in (("rollout.batch_size", self.cfg.rollout.batch_size), ("grpo.micro_batch_tokens", self.cfg.grpo.micro_batch_tokens)):
+            now = self.rollout_cfg.batch_size if key.startswith("rollout") else self.grpo_cfg.micro_batch_tokens
+            if now != was:
+                print(f"note: {key} stays at {now} (halved after out of memory earlier in this run)")
         checkpoint.truncate_metrics(self.run_dir / "metrics.jsonl", self.start)
         print(f"resumed {self.run_dir} at step {self.start}")
 
@@ -235,10 +255,12 @@ class Trainer:
 
         # 4. score with the verifier
         group_recs = [r for r in recs for _ in range(G)]  # prompt-major: row i → prompt i // G
-        rewards, correct = score(self.reward_fn, self.default_reward, ro, group_recs, cfg.reward.timeout)
+        verify_before = verify_stats()
+        rewards, correct = score(self.reward_fn, ro, group_recs, cfg.reward)
+        verify_after = verify_stats()
 
         # 5. group advantages
-        adv = advantages(rewards.view(P, G), cfg.grpo)  # (P, G)
+        adv = advantages(rewards.view(P, G), correct.view(P, G), cfg.grpo)  # (P, G)
         assert torch.equal(ro.prompt_ids[::G].repeat_interleave(G, 0), ro.prompt_ids), "rows must be prompt-major"
 
         # 6. learner log π_θ on the clean policy, TIS weights, clipped loss, one optimizer step
@@ -261,6 +283,8 @@ class Trainer:
         step_s = time.perf_counter() - t0
         return {"step": step + 1, "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
                 "reward/accuracy": correct.float().mean().item(),
+                "verify/timeouts": verify_after["timeouts"] - verify_before["timeouts"],
+                "verify/errors": verify_after["errors"] - verify_before["errors"],
                 "reward/zero_adv_frac": (adv == 0).all(1).float().mean().item(),
                 "completion/len_mean": ro.completion_mask.sum(1).float().mean().item(),
                 "completion/truncated_frac": ro.truncated.float().mean().item(),
@@ -295,7 +319,10 @@ class Trainer:
                               self.cfg.reward.timeout, self.cfg.reward.last_number)
 
     def save(self, step: int) -> None:
-        checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.cfg.to_dict())
+        trainer = {"skipped_steps": self.skipped, "rollout_batch_size": self.rollout_cfg.batch_size,
+                   "micro_batch_tokens": self.grpo_cfg.micro_batch_tokens}
+        checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.cfg.to_dict(),
+                        extra={"trainer": trainer})
 
     def run(self, on_step=None) -> Path:
         """The loop: a step, its metrics line and status line, a checkpoint every run.save_every steps."""
@@ -313,7 +340,7 @@ class Trainer:
 
     def _print_eval_summary(self) -> None:
         """One line comparing the first and last held-out evaluations of the run, when there are two."""
-        rows = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = checkpoint.read_metrics(self.run_dir / "metrics.jsonl")
         evals = [r for r in rows if "eval/pass@1" in r]
         if len(evals) >= 2:
             first, last = evals[0], evals[-1]

@@ -13,6 +13,33 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
+# Modules whose tests load the warm-started `tiny` model (some in subprocesses under a time limit).
+TINY_MODULES = {"test_bench", "test_core", "test_engine", "test_errors", "test_evaluate", "test_examples",
+                "test_methods", "test_noise", "test_resume", "test_run_integrity", "test_train", "test_verify"}
+TINY_BUILD_LIMIT_S = 3600  # about 3 min on 2 quiet cores; a slow, busy laptop gets twenty times that
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Build the tiny model once, before the first test that needs it, under a limit of its own, so
+    no test's own time limit includes the build."""
+    import subprocess
+    import sys
+
+    code = "from minipsn.models import tiny_model_dir; print(tiny_model_dir())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=TINY_BUILD_LIMIT_S)
+    if proc.returncode != 0:
+        pytest.fail(f"building the tiny model failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in TINY_MODULES:
+            item.add_marker(pytest.mark.usefixtures("tiny_model"))
+
+
 @pytest.fixture
 def small_policy():
     """A 2-layer Qwen2 with LoRA (rank 4) on all projections; B weights randomised so LoRA matters."""

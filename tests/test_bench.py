@@ -20,7 +20,7 @@ def test_cli_bench_writes_every_section(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "bench", "--out", str(out), "--model", "tiny",
                            "--quick", "--no-trl", "--steps", "1", "--paths", "lean,fast", "--step-engines", "fast",
                            "--prompts", "2", "--group", "2", "--tokens", "4", "--verifier-pairs", "5"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rollouts · tiny" in proc.stdout and "PSN-GRPO steps" in proc.stdout and "bench.json" in proc.stdout
     report = json.loads((out / "bench.json").read_text())

@@ -139,3 +139,13 @@ def test_load_rejects_other_scheduler_and_bad_signals():
         make("adaptive").update({"kl_proxy": 0.0, "diversity": 0.1})
     with pytest.raises(ValueError, match="finite"):
         make("kl").update(sig(kl=float("nan")))
+
+
+def test_direction_reports_where_sigma_went_when_the_clamp_holds_it():
+    s = make("kl", sigma=0.01, smin=0.009, smax=0.01, kl_alpha=1.1)
+    held = s.update(sig(kl=0.0))  # the rule wants more noise; σ is at σ_max already
+    assert s.sigma == 0.01 and held["noise/direction"] == 0 and held["noise/clamped"] == 1
+    down = s.update(sig(kl=1.0))  # inside the bounds: σ moves and nothing clamps
+    assert s.sigma < 0.01 and down["noise/direction"] == -1 and down["noise/clamped"] == 0
+    steady = s.update(sig(kl=0.003))  # inside the band: the rule holds, which is no clamp
+    assert steady["noise/direction"] == 0 and steady["noise/clamped"] == 0

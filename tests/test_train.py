@@ -14,7 +14,7 @@ KEYS = {"step", "reward/mean", "reward/accuracy", "loss/policy", "tis/weight_mea
         "noise/seed", "perf/step_s", "perf/tokens_per_s", "guard/skipped_steps"}
 
 
-def cli(*args, check=True, timeout=600):
+def cli(*args, check=True, timeout=1800):
     proc = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
