@@ -188,7 +188,11 @@ class GRPOConfig:
         _check(self.tis_cap > 0, f"grpo.tis_cap (C) must be > 0, got {self.tis_cap}")
         _check(self.kl_beta >= 0, "grpo.kl_beta (β) must be >= 0")
         _one_of("grpo.advantage", self.advantage, ("grpo", "passk"))
-        _check(1 <= self.passk_k <= self.group_size, "grpo.passk_k must be in [1, G]")
+        _check(self.passk_k >= 1, f"grpo.passk_k must be >= 1, got {self.passk_k}")
+        # k ≤ G only binds where Pass@k training reads it: a smaller G for GRPO must not trip on it
+        _check(self.advantage != "passk" or self.passk_k <= self.group_size,
+               f"grpo.passk_k={self.passk_k} must be in [1, grpo.group_size={self.group_size}] (G) "
+               f"with grpo.advantage='passk'; lower grpo.passk_k or raise grpo.group_size")
         _one_of("grpo.loss_agg", self.loss_agg, ("token-mean", "seq-mean", "dr-grpo"))
         _check(self.lr > 0 and self.micro_batch_tokens > 0, "grpo.lr and grpo.micro_batch_tokens must be > 0")
         _check(self.temperature > 0, "grpo.temperature must be > 0")

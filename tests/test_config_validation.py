@@ -1,0 +1,52 @@
+"""Config validation binds where a value is used: a field that only a feature not in use reads (passk_k
+without Pass@k training) cannot fail a run, while a nonsensical value (a count below 1) always does."""
+import pytest
+
+from minipsn import models
+from minipsn.config import METHODS, GRPOConfig, NoiseConfig, build_config
+
+
+@pytest.fixture(autouse=True)
+def no_model_build(monkeypatch):
+    """Building a config must never build or resolve the model (the tiny build takes minutes)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("config building touched the model")
+    monkeypatch.setattr(models, "tiny_model_dir", refuse)
+    monkeypatch.setattr(models, "resolve_name", refuse)
+
+
+@pytest.mark.parametrize("method", [None, *sorted(m for m in METHODS if METHODS[m].get("grpo.advantage") != "passk")])
+def test_small_group_without_passk_is_valid(method):
+    cfg = build_config(model="tiny", method=method, sets={"grpo.group_size": "2"})
+    assert cfg.grpo.group_size == 2 and cfg.grpo.passk_k > 2 and cfg.grpo.advantage == "grpo"
+
+
+@pytest.mark.parametrize("method", ["passk", "psn-passk"])
+def test_passk_k_above_group_size_fails_naming_the_fields(method):
+    with pytest.raises(ValueError) as err:
+        build_config(model="tiny", method=method, sets={"grpo.group_size": "2"})
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "grpo.passk_k=4" in msg and "grpo.group_size=2" in msg and "passk" in msg
+    with pytest.raises(ValueError, match=r"grpo\.passk_k=3 must be in \[1, grpo\.group_size=2\]"):
+        build_config(model="tiny", method="grpo", sets={"grpo.advantage": "passk", "grpo.group_size": "2",
+                                                        "grpo.passk_k": "3"})
+
+
+def test_passk_k_equal_to_group_size_is_valid():
+    cfg = build_config(model="tiny", method="passk", sets={"grpo.group_size": "2", "grpo.passk_k": "2"})
+    assert (cfg.grpo.group_size, cfg.grpo.passk_k, cfg.grpo.advantage) == (2, 2, "passk")
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "passk"])
+def test_passk_k_below_one_always_fails(advantage):
+    with pytest.raises(ValueError, match=r"grpo\.passk_k must be >= 1, got 0"):
+        GRPOConfig(advantage=advantage, passk_k=0)
+
+
+def test_sigma_bounds_still_bind_under_the_fixed_scheduler():
+    # kept on purpose: every scheduler, fixed included, clamps σ into [sigma_min, sigma_max] after a step,
+    # so a σ outside them would silently change after step 1
+    with pytest.raises(ValueError, match=r"noise\.sigma=0\.6 is outside"):
+        NoiseConfig(sigma=0.6, scheduler="fixed")
+    NoiseConfig(sigma=0.0, sigma_min=1e-3, scheduler="fixed")  # 0 = off is always allowed
