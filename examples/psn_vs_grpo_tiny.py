@@ -4,7 +4,7 @@
 
 Same as `python cli.py compare --methods grpo,psn,psn-adaptive --seeds 3 --model tiny`; edit
 METHODS and SETS to try other σ, granularities or task difficulties. Finished runs are reused,
-so an interrupted experiment picks up where it stopped. The measured table is in the README.
+so an interrupted experiment picks up where it stopped. The measured table is in docs/RESULTS.md.
 """
 import sys
 from pathlib import Path

@@ -133,7 +133,7 @@ class SchedulerConfig:
     beta: float = 1.02
     # adaptive: target of I. 0.25 = the mean of I measured over a fixed-σ run on the tiny task
     # (D ≈ 0.03, ŝ has mean ≈ 0.5 by its min-max construction), so σ rises when the groups
-    # collapse (low D, high certainty) and falls otherwise; see the README
+    # collapse (low D, high certainty) and falls otherwise; see docs/RESULTS.md
     target: float = 0.25
     # steps in the running min-max window of self-certainty (ŝ = 0.5 while it has no spread)
     window: int = 20
