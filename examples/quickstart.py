@@ -28,6 +28,7 @@ run_dir = train(cfg, resume=(out / "checkpoints" / "latest").exists())
 model, tok = load_policy(cfg, adapter=str(run_dir / "adapter"))
 problems = load_problems(cfg.data, "test")[:3]
 prompts = [format_prompt(tok, p["problem"], cfg.data.template) for p in problems]
-ro = sample(model, tok, prompts, G=1, cfg=cfg.rollout, gen=torch.Generator().manual_seed(0))
+gen = torch.Generator(next(model.parameters()).device).manual_seed(0)  # on the model's device (CUDA too)
+ro = sample(model, tok, prompts, G=1, cfg=cfg.rollout, gen=gen)
 for p, text in zip(problems, ro.texts):
     print(f"Q: {p['problem']}\nA: {text.strip()}\n(gold answer {p['answer']})\n")

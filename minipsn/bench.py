@@ -124,9 +124,10 @@ def shape_model_dir() -> Path:
 
 
 class NoEos:
-    """The tokenizer with no end token, so every row runs to max_new_tokens: fixed work for every path."""
+    """The tokenizer with no end token (nor the model's: `rollout.end_ids` reads `stop_ids`), so every row
+    runs to max_new_tokens: fixed work for every path."""
 
-    eos_token_id = -1
+    eos_token_id, stop_ids = -1, ()
 
     def __init__(self, tok):
         self._tok = tok

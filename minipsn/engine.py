@@ -89,6 +89,7 @@ def plain_copy(model, dtype: torch.dtype) -> torch.nn.Module:
         plain = type(base)(config)
     plain = plain.to(dtype).to_empty(device=device)
     plain.tie_weights()
+    plain.generation_config = copy.deepcopy(base.generation_config)  # its end ids (`rollout.end_ids`)
     with torch.no_grad():
         for name, p in plain.named_parameters():
             p.copy_(_dense(_source(base, name)))
@@ -272,6 +273,11 @@ class StaticDecoder(torch.nn.Module):
         self.tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
         self._checked, self._served, self._caches = set(), None, {}
         self._cache, self._width, self._cache_len = None, 0, 0
+
+    @property
+    def generation_config(self):
+        """The model's, so `rollout.end_ids` stops rows where the model would."""
+        return self.model.generation_config
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values, use_cache=True, logits_to_keep=0):
         if self.fallback is None and past_key_values is not self._served:

@@ -194,10 +194,11 @@ def _train_tokenizer(texts: list[str]):
                                    unk_token="<|endoftext|>", chat_template=TINY_CHAT_TEMPLATE)
 
 
-def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | None = None) -> Path:
+def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | None = None, seed: int = 0) -> Path:
     """Build and warm-start a tiny model into `folder`: by default the `tiny` preset's model; other
-    synthetic-task settings (`data`) and warm-start lengths (`steps`) give variants to train with
-    `--model FOLDER` (the tiny preset's settings then come from `--set`)."""
+    synthetic-task settings (`data`), warm-start lengths (`steps`) and seeds (of the init and the
+    warm-start order) give variants to train with `--model FOLDER` (the tiny preset's settings then
+    come from `--set`)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from minipsn.data import format_prompt, synthetic_split
@@ -208,7 +209,7 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     tok = _train_tokenizer([r["problem"] + "\n" + r["solution"] for r in records[:5000]]
                            + [format_prompt(None, "x", "plain"), "user\nassistant\n"] * 50)
     tok.chat_template = TINY_CHAT_TEMPLATE
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, **TINY_SHAPE)
     model = Qwen2ForCausalLM(config)
@@ -217,14 +218,14 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # the one sizeable CPU job here: use every core
     try:
-        warm_start(model, tok, records, steps=steps or WARM_STEPS)
+        warm_start(model, tok, records, steps=steps or WARM_STEPS, seed=seed)
     finally:
         torch.set_num_threads(threads)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "done").write_text(json.dumps({"version": TINY_VERSION, "data": dataclasses.asdict(data),
-                                          "warm_steps": steps or WARM_STEPS}))
+                                          "warm_steps": steps or WARM_STEPS, "seed": seed}))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(folder)  # atomic: a concurrent builder that lost the race keeps its own copy out

@@ -6,8 +6,9 @@ distribution it was actually drawn from (log π_θ̃ at the sampling temperature
 and the scheduler needs each row's self-certainty from the same logits: no extra pass.
 
 Rows are prompt-major (row i belongs to prompt i // G). Prompts are left-padded so every
-completion starts in one column; a row stops at the tokenizer's end-of-sequence token and
-the loop stops when every row has. A row that hits `max_new_tokens` is `truncated`.
+completion starts in one column; a row stops at any end id (`end_ids`: the tokenizer's eos and
+every eos the model's generation config declares, e.g. Qwen2.5-Instruct's <|im_end|> and
+<|endoftext|>) and the loop stops when every row has. A row that hits `max_new_tokens` is `truncated`.
 """
 from __future__ import annotations
 
@@ -59,14 +60,28 @@ def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen: torch.Generator) -> tup
     return token, logp.gather(-1, token[:, None]).squeeze(1)
 
 
+def end_ids(model, tok) -> list[int]:
+    """Ids that end a row: `tok.eos_token_id`, then each id in the generation config's `eos_token_id` (int or
+    list) of `model` (a peft model: its base); None skipped. A tokenizer with a `stop_ids` attribute
+    fixes the list itself (`bench.NoEos`: none, so every row runs `max_new_tokens`)."""
+    if hasattr(tok, "stop_ids"):
+        return list(tok.stop_ids)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    declared = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
+    declared = declared if isinstance(declared, (list, tuple)) else [declared]
+    ids = [int(i) for i in [tok.eos_token_id, *declared] if i is not None]
+    return list(dict.fromkeys(ids))  # unique, tokenizer's first
+
+
 @torch.no_grad()
-def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, eos_id: int, pad_id: int,
+def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, stop_ids: list[int], pad_id: int,
            gen: torch.Generator, max_new_tokens: int | None = None):
-    """Sample continuations of (B, Tp) left-padded prompts. Returns (ids, mask, logp, certainty) (B, T)."""
+    """Sample continuations of (B, Tp) left-padded prompts, a row ending at the first of `stop_ids` it
+    samples (kept in its mask). Returns (ids, mask, logp, certainty), each (B, T)."""
     from transformers import DynamicCache
 
     max_new = max_new_tokens or cfg.max_new_tokens
-    B = ids.shape[0]
+    B, stops = ids.shape[0], torch.tensor(stop_ids, dtype=torch.long, device=ids.device)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
@@ -78,7 +93,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, eos
         token, lp = _pick(logits, cfg, gen)
         token = token.masked_fill(done, pad_id)
         tokens.append(token), logps.append(lp), certs.append(token_self_certainty(logits)), valid.append(~done)
-        done = done | (token == eos_id)
+        done = done | torch.isin(token, stops)
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -105,13 +120,13 @@ def sample(model, tok, prompts: list[str], G: int, cfg: RolloutConfig, gen: torc
     ids, mask = ids.repeat_interleave(G, 0).to(device), mask.repeat_interleave(G, 0).to(device)  # (N, Tp)
     was_training = model.training
     model.eval()
-    parts = []
+    parts, stops = [], end_ids(model, tok)
     try:
         for s in range(0, ids.shape[0], cfg.batch_size):
             rows = torch.arange(s, min(s + cfg.batch_size, ids.shape[0]))
             if row_noise is not None:
                 row_noise.select(rows)
-            parts.append(decode(model, ids[rows], mask[rows], cfg, tok.eos_token_id, tok.pad_token_id, gen))
+            parts.append(decode(model, ids[rows], mask[rows], cfg, stops, tok.pad_token_id, gen))
     finally:
         model.train(was_training)
     width = max(p[0].shape[1] for p in parts)
@@ -119,7 +134,7 @@ def sample(model, tok, prompts: list[str], G: int, cfg: RolloutConfig, gen: torc
     cmask = torch.cat([_pad_cols(p[1], width, False) for p in parts])
     logp = torch.cat([_pad_cols(p[2], width, 0.0) for p in parts])
     cert = torch.cat([_pad_cols(p[3], width, 0.0) for p in parts])
-    ended = ((comp == tok.eos_token_id) & cmask).any(1)
+    ended = (torch.isin(comp, torch.tensor(stops, dtype=torch.long, device=comp.device)) & cmask).any(1)
     texts = tok.batch_decode(comp.masked_fill(~cmask, tok.pad_token_id), skip_special_tokens=True)
     return Rollouts(ids, mask, comp, cmask.long(), logp,
                     cert.sum(1) / cmask.sum(1).clamp(min=1), ~ended, texts)

@@ -271,3 +271,58 @@ def test_cuda_compiled_static_decoding_matches_the_perturbed_nf4_policy(nf4_fold
         logp, _ = completion_logprobs(model, ro, torch.arange(8), temperature=1.0)
     m = ro.completion_mask.bool()
     assert (ro.sampler_logp[m] - logp[m]).abs().max() < 0.1
+
+
+def test_end_ids_read_the_tokenizer_and_the_generation_config(small_policy, toy_tok, monkeypatch):
+    from minipsn.bench import NoEos
+    from minipsn.rollout import end_ids
+
+    gen_cfg = eng.base_of(small_policy).generation_config
+    assert end_ids(small_policy, toy_tok) == [1]  # none declared
+    for declared, want in ((5, [1, 5]), ([1, 7], [1, 7]), ([7, None, 1, 9], [1, 7, 9]), (None, [1])):
+        monkeypatch.setattr(gen_cfg, "eos_token_id", declared)
+        assert end_ids(small_policy, toy_tok) == want  # through peft to the base
+    monkeypatch.setattr(gen_cfg, "eos_token_id", [1, 7])
+    static = FoldedEngine(small_policy, max_new_tokens=4, static_cache=True, compile_step=False)
+    assert end_ids(static.plain, toy_tok) == end_ids(static.sampler, toy_tok) == [1, 7]  # the copy keeps them
+    assert end_ids(small_policy, NoEos(toy_tok)) == []  # the bench: every row runs max_new_tokens
+
+
+def _engine(kind, small_policy, nf4_policy):
+    if kind == "hf":
+        return small_policy, UnmergedEngine(small_policy.eval(), "hf")
+    elif kind == "lean":
+        return nf4_policy, UnmergedEngine(nf4_policy, "lean")
+    elif kind in ("fast", "fast-static"):
+        return small_policy, FoldedEngine(small_policy.eval(), 8, static_cache=kind == "fast-static", compile_step=False)
+    else:
+        raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["hf", "lean", "fast", "fast-static"])
+def test_every_engine_stops_a_row_at_a_second_declared_end_id(small_policy, nf4_policy, toy_tok, kind, monkeypatch):
+    """Qwen2.5-Instruct declares two eos ids: a row ending on the second must stop there, not run on."""
+    cfg = RolloutConfig(max_new_tokens=8, batch_size=4, temperature=1e-3)  # ≈ greedy: runs repeat exactly
+    model, _ = _engine(kind, small_policy, nf4_policy)
+    gen_cfg = eng.base_of(model).generation_config
+    monkeypatch.setattr(gen_cfg, "eos_token_id", None)
+
+    def run():
+        _, engine = _engine(kind, small_policy, nf4_policy)  # built after the config, as in training
+        with engine.policy(SIGMA, [SEED] * 4, "mlp") as (sampler, row_noise):
+            return sample(sampler, toy_tok, ["xy", "hello"], 2, cfg, torch.Generator().manual_seed(0), row_noise=row_noise)
+
+    ref = run()  # only the tokenizer's eos (1) ends a row
+    assert ref.truncated[0] and int(ref.completion_mask[0].sum()) == 8  # row 0 runs on to max_new_tokens
+    second = int(ref.completion_ids[0, 2])
+    assert second != toy_tok.eos_token_id
+    monkeypatch.setattr(gen_cfg, "eos_token_id", [toy_tok.eos_token_id, second])
+    got = run()
+    for i in range(4):
+        row = ref.completion_ids[i][ref.completion_mask[i].bool()].tolist()
+        hits = [t for t, x in enumerate(row) if x in (1, second)]
+        n = hits[0] + 1 if hits else len(row)
+        assert got.completion_ids[i, :n].tolist() == row[:n]
+        assert int(got.completion_mask[i].sum()) == n and bool(got.truncated[i]) == (not hits)
+        assert got.completion_mask[i, :n].all()  # the end token itself is in the mask, as for the eos
+    assert int(got.completion_mask[0].sum()) <= 3 and not got.truncated[0]

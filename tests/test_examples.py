@@ -9,7 +9,7 @@ from tests.test_train import ENV
 
 def run_example(name, *args):
     proc = subprocess.run([sys.executable, str(REPO / "examples" / name), *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -33,7 +33,7 @@ def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
     for name in ("qwen_gsm8k.py", "qwen_math.py"):
         out = tmp_path / name
         proc = subprocess.run([sys.executable, str(REPO / "examples" / name), "", str(out)], cwd=REPO, env=env_tiny,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "qwen_math.py" / "eval" / "eval.json").is_file()
@@ -44,3 +44,44 @@ def test_psn_vs_grpo_example_writes_its_table(tmp_path):
     assert "| base (before RL) | 1 |" in out and "| grpo | 1 |" in out and "| psn-adaptive | 1 |" in out
     for f in ("compare.md", "compare.json", "compare.png"):
         assert (tmp_path / "cmp" / f).is_file()
+
+
+def _generator_calls(path):
+    """([(line, device argument or None)] of every `torch.Generator(...)` call, {name: values assigned}) of a file."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    assigned, calls = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    assigned.setdefault(t.id, []).append(node.value)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.Generator":
+            arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "device"), None)
+            calls.append((node.lineno, arg))
+    return calls, assigned
+
+
+def _from_a_tensor(arg, assigned) -> bool:
+    """`x.device` (a parameter's, the model's, the trainer's), or a name only ever assigned one."""
+    import ast
+
+    if isinstance(arg, ast.Attribute) and arg.attr == "device":
+        return True
+    if isinstance(arg, ast.Name) and arg.id in assigned:
+        return all(_from_a_tensor(v, {}) for v in assigned[arg.id])
+    return False
+
+
+def test_every_generator_is_made_on_the_models_device():
+    """A bare `torch.Generator()` is a CPU generator: sampling on CUDA with it fails. Static check, so it
+    runs without a GPU: every call in examples/ and minipsn/ passes a device taken from a tensor."""
+    files = sorted((REPO / "examples").glob("*.py")) + sorted((REPO / "minipsn").glob("*.py"))
+    seen, bad = 0, []
+    for f in files:
+        calls, assigned = _generator_calls(f)
+        seen += len(calls)
+        bad += [f"{f.relative_to(REPO)}:{line}" for line, arg in calls if not _from_a_tensor(arg, assigned)]
+    assert seen >= 5  # quickstart, train, evaluate (2), noise, bench: the check sees them
+    assert not bad, f"torch.Generator without the model's device at {bad}"
