@@ -31,12 +31,21 @@ def run_one(model: str, method: str, seed: int, sets: dict, run_dir: Path, bench
     if report_path.is_file():
         print(f"{run_dir.name}: done, reusing {report_path}")
         return json.loads(report_path.read_text())
-    cfg = build_config(model=model, method=method, sets={**sets, "run.seed": seed, "run.out": str(run_dir)})
+    cfg = build_config(model=model, method=method, sets={**method_sets(method, sets), "run.seed": seed,
+                                                         "run.out": str(run_dir)})
     if not (run_dir / "adapter" / "adapter_config.json").is_file():
         print(f"── {run_dir.name}: training {method}, seed {seed}")
         train(cfg, resume=checkpoint.latest(run_dir) is not None)
     print(f"── {run_dir.name}: evaluating")
     return evaluate(cfg, benchmarks, run_dir / "eval", adapter=str(run_dir / "adapter"))
+
+
+def method_sets(method: str, sets: dict) -> dict:
+    """The grid's overrides for one method: noise.* settings (`--sigma`) reach only the methods with
+    noise, so a baseline (grpo, temperature, passk: σ = 0) stays one."""
+    if METHODS[method].get("noise.sigma") == 0.0:
+        return {k: v for k, v in sets.items() if not k.startswith("noise.")}
+    return sets
 
 
 def evaluate_base(model: str, sets: dict, out: Path, benchmarks: list[str]) -> dict:

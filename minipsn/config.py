@@ -307,6 +307,18 @@ METHODS: dict[str, dict[str, object]] = {
     "passk": {"noise.sigma": 0.0, "noise.scheduler": "fixed", "grpo.advantage": "passk"},
     "psn-passk": {"noise.scheduler": "adaptive", "grpo.advantage": "passk", "grpo.tis": True},
 }
+TUNABLE = {"temperature": {"rollout.temperature"}}  # a method's keys a user may still change
+
+
+def _check_method_keys(method: str, overrides: dict[str, object]) -> None:
+    """A method owns the keys that define it: an override that changes one would silently make it
+    another method (a `grpo` baseline with σ > 0 is PSN), so it is an error naming both."""
+    for key, fixed in METHODS[method].items():
+        if key in overrides and key not in TUNABLE.get(method, ()):
+            value = _parse_value(overrides[key], type(fixed), key)
+            if value != fixed:
+                raise ValueError(f"--method {method} fixes {key}={fixed}, but {key}={overrides[key]} was given; "
+                                 f"drop it, or choose a method that has it ({', '.join(METHODS)})")
 
 
 def _parse_value(raw: object, typ: type, key: str) -> object:
@@ -407,6 +419,7 @@ def build_config(model: str | None = None, method: str | None = None, file: str 
         if method not in METHODS:
             close = difflib.get_close_matches(method, METHODS, n=3)
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        _check_method_keys(method, overrides)
         cfg = apply_overrides(cfg, METHODS[method])
     return apply_overrides(cfg, overrides)
 

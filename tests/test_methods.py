@@ -62,15 +62,22 @@ def test_kl_to_the_base_is_zero_before_the_first_update_and_positive_after(tmp_p
 def test_grpo_raises_held_out_accuracy_on_the_tiny_task(tmp_path):
     """End to end on the real reward: the warm-started tiny model answers after the first step in
     about half its samples (almost always wrong); GRPO learns to finish the computation, and held-out
-    accuracy of the clean policy rises within 20 steps."""
+    accuracy of the clean policy rises within 20 steps.
+
+    Both evaluations draw with one sampling seed, so a policy that has not changed gains exactly 0.
+    Builds differ from machine to machine, so the margin comes from a measured spread, not one build
+    (docs/RESULTS.md, "Is the tiny build the same everywhere?"): over 5 seeds on one build the gain
+    was 0.07–0.17, over seed 0 of 3 builds (build seeds 0, 1, 2) MEASURED_BUILDS, and another machine's
+    build gained 0.066 (with separate eval seeds); accuracy before RL ranged 0.18–0.31. The test asks
+    for a gain of 0.03, below every measured one, and for a starting accuracy in (0.1, 0.45)."""
     cfg = build_config(model="tiny", method="grpo", sets={"run.out": str(tmp_path / "learn"), "grpo.lr": "1e-3",
                                                           "eval.problems": "32", "eval.n": "8"})
     tr = Trainer(cfg)
     before = tr.evaluate(0)["eval/accuracy"]
     for s in range(20):
         tr.step(s)
-    after = tr.evaluate(20)["eval/accuracy"]
-    assert 0.1 < before < 0.4 and after > before + 0.08, (before, after)
+    after = tr.evaluate(0)["eval/accuracy"]  # the same problems and sampling seed as `before`
+    assert 0.1 < before < 0.45 and after > before + 0.03, (before, after)
 
 
 def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path, capsys):
