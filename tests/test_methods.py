@@ -66,10 +66,11 @@ def test_grpo_raises_held_out_accuracy_on_the_tiny_task(tmp_path):
 
     Both evaluations draw with one sampling seed, so a policy that has not changed gains exactly 0.
     Builds differ from machine to machine, so the margin comes from a measured spread, not one build
-    (docs/RESULTS.md, "Is the tiny build the same everywhere?"): over 5 seeds on one build the gain
-    was 0.07–0.17, over seed 0 of 3 builds (build seeds 0, 1, 2) MEASURED_BUILDS, and another machine's
-    build gained 0.066 (with separate eval seeds); accuracy before RL ranged 0.18–0.31. The test asks
-    for a gain of 0.03, below every measured one, and for a starting accuracy in (0.1, 0.45)."""
+    (docs/RESULTS.md, "Is the tiny build the same everywhere?"): over 5 run seeds on one build the
+    gain was 0.074–0.172; over 3 builds (build seeds 0, 1, 2; run seed 0) 0.172, 0.121 and 0.051;
+    another machine's build gained 0.066 (with separate eval seeds). Accuracy before RL ranged
+    0.18–0.31. The test asks for a gain above 0.02, below every measured one, and a starting accuracy
+    in (0.1, 0.45): it checks that GRPO learns, not how fast, which varies with the build."""
     cfg = build_config(model="tiny", method="grpo", sets={"run.out": str(tmp_path / "learn"), "grpo.lr": "1e-3",
                                                           "eval.problems": "32", "eval.n": "8"})
     tr = Trainer(cfg)
@@ -77,7 +78,7 @@ def test_grpo_raises_held_out_accuracy_on_the_tiny_task(tmp_path):
     for s in range(20):
         tr.step(s)
     after = tr.evaluate(0)["eval/accuracy"]  # the same problems and sampling seed as `before`
-    assert 0.1 < before < 0.45 and after > before + 0.03, (before, after)
+    assert 0.1 < before < 0.45 and after > before + 0.02, (before, after)
 
 
 def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path, capsys):
