@@ -226,12 +226,12 @@ class Trainer:
         self.start = state["step"]
         trainer = state.get("trainer", {})  # checkpoints from before this field: the configured sizes, 0 skipped
         self.skipped = trainer.get("skipped_steps", 0)
-        self.rollout_cfg = dataclasses.replace(self.rollout_cfg,
-                                               batch_size=trainer.get("rollout_batch_size", self.rollout_cfg.batch_size))
-        self.grpo_cfg = dataclasses.replace(self.grpo_cfg,
-                                            micro_batch_tokens=trainer.get("micro_batch_tokens", self.grpo_cfg.micro_batch_tokens))
-        for key, was in (("rollout.batch_size", self.cfg.rollout.batch_size), ("grpo.micro_batch_tokens", self.cfg.grpo.micro_batch_tokens)):
-            now = self.rollout_cfg.batch_size if key.startswith("rollout") else self.grpo_cfg.micro_batch_tokens
+        batch = trainer.get("rollout_batch_size", self.rollout_cfg.batch_size)
+        budget = trainer.get("micro_batch_tokens", self.grpo_cfg.micro_batch_tokens)
+        self.rollout_cfg = dataclasses.replace(self.rollout_cfg, batch_size=batch)
+        self.grpo_cfg = dataclasses.replace(self.grpo_cfg, micro_batch_tokens=budget)
+        for key, now, was in (("rollout.batch_size", batch, self.cfg.rollout.batch_size),
+                              ("grpo.micro_batch_tokens", budget, self.cfg.grpo.micro_batch_tokens)):
             if now != was:
                 print(f"note: {key} stays at {now} (halved after out of memory earlier in this run)")
         checkpoint.truncate_metrics(self.run_dir / "metrics.jsonl", self.start)

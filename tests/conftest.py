@@ -34,10 +34,10 @@ def tiny_model():
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.module.__name__.rpartition(".")[2] in TINY_MODULES:
-            item.add_marker(pytest.mark.usefixtures("tiny_model"))
+@pytest.fixture(autouse=True)
+def _tiny_model_first(request):
+    if request.module.__name__.rpartition(".")[2] in TINY_MODULES:
+        request.getfixturevalue("tiny_model")
 
 
 @pytest.fixture

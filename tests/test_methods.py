@@ -57,6 +57,9 @@ def test_kl_to_the_base_is_zero_before_the_first_update_and_positive_after(tmp_p
     first, second = tr.step(0), tr.step(1)
     assert first["loss/grad_norm"] > 0 and first["loss/kl"] == pytest.approx(0.0, abs=1e-7)
     assert second["loss/kl"] > 1e-6
+    # loss/policy is the policy term alone; loss/total is what was back-propagated
+    assert second["loss/total"] == pytest.approx(second["loss/policy"] + 0.1 * second["loss/kl"], rel=1e-5)
+    assert second["loss/policy"] != pytest.approx(second["loss/total"], rel=1e-4)
 
 
 def test_grpo_raises_held_out_accuracy_on_the_tiny_task(tmp_path):
