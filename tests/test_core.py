@@ -123,9 +123,11 @@ def test_config_overrides_are_typed_and_unknown_keys_fail():
 def test_build_config_layers_preset_method_and_sets(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[noise]\nsigma = 0.02\n[run]\nsteps = 7\n")
-    cfg = C.build_config(model="tiny", method="grpo", file=str(f), sets={"run.steps": "9"})
+    cfg = C.build_config(model="tiny", method="psn", file=str(f), sets={"run.steps": "9"})
     assert cfg.model.name == "tiny" and cfg.lora.rank == C.PRESETS["tiny"]["lora.rank"]
-    assert cfg.noise.sigma == 0.02 and cfg.run.steps == 9
+    assert cfg.noise.sigma == 0.02 and cfg.run.steps == 9 and cfg.noise.scheduler == "fixed"
+    with pytest.raises(ValueError, match="--method grpo fixes noise.sigma"):  # a file can't make a baseline PSN
+        C.build_config(model="tiny", method="grpo", file=str(f))
     with pytest.raises(ValueError, match="unknown method"):
         C.build_config(model="tiny", method="psn-magic")
     plain = C.build_config(model="qwen-1.5b")  # without --method a run is PSN-GRPO with the adaptive scheduler
