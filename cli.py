@@ -3,6 +3,7 @@
     python cli.py train --model tiny
     python cli.py train --model qwen-1.5b --dataset math --data-dir ../shared/data --sigma 0.003
     python cli.py train --resume runs/latest
+    python cli.py calibrate --model qwen-1.5b --target-kl 0.003
 
 Bad input ends with one line saying what to change and exit code 2 (`--debug` shows the traceback).
 """
@@ -137,6 +138,33 @@ def eval_(
     report = ev.evaluate(cfg, names, out_dir, adapter_dir)
     ev.print_table(ev.results_table(report))
     typer.echo(f"eval: {out_dir / 'eval.json'}")
+
+
+@app.command("calibrate")
+@friendly
+def calibrate_(
+    model: Optional[str] = typer.Option(None, help="alias (tiny, qwen-1.5b, ...), hub id or local folder"),
+    sigmas: str = typer.Option("0,0.001,0.002,0.005,0.01,0.02,0.05,0.1", help="comma-separated σ grid (0 is always added)"),
+    target_kl: float = typer.Option(0.003, help="the noise KL per token to reach (the paper's variant-I target)"),
+    draws: int = typer.Option(2, help="noise draws averaged per σ"),
+    adapter: Optional[str] = typer.Option(None, help="calibrate around a trained adapter folder instead of a fresh one"),
+    out: str = typer.Option("runs/calibrate", help="folder for calibrate.json"),
+    config: Optional[str] = typer.Option(None, help="TOML/JSON config file"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (targets, rank, P, G, ...)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Noise in policy terms: per σ the noise's KL per token, accuracy, diversity, ‖ΔW‖/‖W‖; suggests σ for a target KL."""
+    from rich.console import Console
+
+    from minipsn.calibrate import calibrate, parse_sigmas, table
+
+    cfg = resolve(model, None, config, set_)
+    report = calibrate(cfg, parse_sigmas(sigmas), target_kl, draws, out, adapter)
+    Console().print(table(report))
+    best = report["suggested_sigma"]
+    typer.echo(f"suggested noise.sigma for kl_noise {target_kl:g}: {best:.3g} ({report['suggestion']})" if best is not None
+               else f"no σ suggested: {report['suggestion']}")
+    typer.echo(f"calibrate: {out}/calibrate.json ({report['seconds']:.0f} s)")
 
 
 @app.command("plot")

@@ -25,7 +25,7 @@ tiny = os.environ.get("TINY") == "1"
 sets = {
     "data.dataset": "synthetic" if tiny else "gsm8k", "data.data_dir": data_dir, "run.out": out,
     "grpo.group_size": 8, "grpo.prompts_per_step": 8, "grpo.tis_cap": 10.0, "grpo.lr": 1e-5,
-    "noise.sigma": 0.003, "noise.targets": "mlp", "noise.scheduler": "adaptive",
+    "noise.sigma": 0.003, "noise.targets": "mlp", "noise.control": "adaptive",
     "rollout.max_new_tokens": 512, "run.steps": 300, "run.save_every": 25,
     "eval.every": 50, "eval.n": 8, "eval.problems": 128,
 }

@@ -23,7 +23,7 @@ tiny = os.environ.get("TINY") == "1"
 sets = {
     "data.dataset": "synthetic" if tiny else "math", "data.data_dir": data_dir, "data.template": "plain",
     "run.out": out, "grpo.group_size": 8, "grpo.prompts_per_step": 8, "grpo.tis_cap": 10.0, "grpo.lr": 1e-5,
-    "noise.sigma": 0.003, "noise.targets": "mlp", "noise.scheduler": "adaptive",
+    "noise.sigma": 0.003, "noise.targets": "mlp", "noise.control": "adaptive",
     "rollout.max_new_tokens": 1024, "eval.max_new_tokens": 1024, "eval.n": 256, "run.steps": 500,
 }
 benchmarks = ["math500", "aime24"]

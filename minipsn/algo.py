@@ -110,9 +110,16 @@ def tis_weights(learner_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: flo
     w = torch.exp(log_ratio.clamp(LOG_RATIO_MIN, math.log(cap)))
     mask = torch.ones_like(w, dtype=torch.bool) if mask is None else mask.bool()
     stats = {"tis/weight_mean": masked_mean(w, mask).item(),
+             "tis/weight_sq_mean": masked_mean(w * w, mask).item(),
              "tis/clip_frac": masked_mean(clipped.float(), mask).item(),
-             "noise/kl_proxy": masked_mean(-log_ratio, mask).item()}
+             "tis/ratio_max": math.exp(min(float(log_ratio.masked_fill(~mask, -math.inf).max()), 50.0))
+             if mask.any() else 1.0}
     return w, stats
+
+
+def effective_sample_size(weight_mean: float, weight_sq_mean: float) -> float:
+    """Kish's ESS of token weights as a fraction of the tokens: (Σw)² / (n·Σw²) = E[w]² / E[w²], in (0, 1]."""
+    return weight_mean**2 / weight_sq_mean if weight_sq_mean > 0 else 1.0
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -215,7 +215,7 @@ def bench_steps(trainer, steps: int, device: str) -> dict:
     """Full PSN-GRPO steps (after one warm-up step): time, phases, PSN and scheduler overhead, peak memory."""
     sched = [0.0]
     _timed(trainer, "_diversity", sched)
-    _timed(trainer.scheduler, "update", sched)
+    _timed(trainer.controller, "update", sched)
     rows = []
     for s in range(steps + 1):
         sched[0] = 0.0

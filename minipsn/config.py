@@ -80,6 +80,9 @@ class DataConfig:
     ops: str = "+-"
     # synthetic task: operands are drawn from 1..max_operand
     max_operand: int = 9
+    # synthetic task: the start value is drawn from 1..max_start (0 = 1..max_operand); a large one makes
+    # the answer space large, so a guessed answer is rarely right
+    max_start: int = 0
     # synthetic task: size of the training and held-out sets
     n_train: int = 2000
     n_test: int = 200
@@ -88,21 +91,22 @@ class DataConfig:
         _one_of("data.template", self.template, ("chat", "plain"))
         _check(self.n_ops >= 1, "data.n_ops must be >= 1")
         _check(self.max_operand >= 2, "data.max_operand must be >= 2")
+        _check(self.max_start == 0 or self.max_start >= 2, "data.max_start must be 0 (= max_operand) or >= 2")
         _check(bool(self.ops) and set(self.ops) <= set("+-*"), f"data.ops must be made of + - *, got {self.ops!r}")
         _check(self.n_train >= 1 and self.n_test >= 1, "data.n_train and data.n_test must be >= 1")
 
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    # σ: std of the noise added to LoRA A/B before sampling; a scheduler's start value (0 = off, plain
-    # GRPO, and it stays 0). 0.003: a starting point for real models (watch noise/kl_proxy), not an optimum
+    # σ: std of the noise added to LoRA A/B before sampling; the σ controller's start value σ₀ (0 = off,
+    # plain GRPO, and it stays 0). `python cli.py calibrate --model M` suggests one (watch noise/kl_noise)
     sigma: float = 0.003
     # which adapters get noise: mlp (paper's best), attn, or all
     targets: str = "mlp"
     # step: one draw shared by all N rows (paper); group: one per prompt's G rows; rollout: one per row
     granularity: str = "step"
-    # how σ moves: fixed, kl (variant I), adaptive (variant II, the paper's, default for PSN)
-    scheduler: str = "adaptive"
+    # the σ controller, how σ moves: fixed, kl (variant I), adaptive (variant II, default for PSN)
+    control: str = "adaptive"
     # σ is clamped to [sigma_min, sigma_max] (when it is not 0)
     sigma_min: float = 1e-6
     sigma_max: float = 0.5
@@ -111,7 +115,7 @@ class NoiseConfig:
         _check(self.sigma >= 0.0, f"noise.sigma must be >= 0, got {self.sigma}")
         _one_of("noise.targets", self.targets, ("mlp", "attn", "all"))
         _one_of("noise.granularity", self.granularity, ("step", "group", "rollout"))
-        _one_of("noise.scheduler", self.scheduler, ("fixed", "kl", "adaptive"))
+        _one_of("noise.control", self.control, ("fixed", "kl", "adaptive"))
         _check(0.0 <= self.sigma_min <= self.sigma_max, "need 0 <= noise.sigma_min <= noise.sigma_max")
         _check(self.sigma == 0.0 or self.sigma_min <= self.sigma <= self.sigma_max,
                f"noise.sigma={self.sigma:g} is outside [noise.sigma_min, noise.sigma_max] = "
@@ -119,34 +123,37 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
-    # kl (variant I): target of the KL proxy d = mean over tokens of log π_θ̃ − log π_θ
+class ControlConfig:
+    """The σ controller's settings (`noise.control` picks which one; see sigma_control.py)."""
+    # kl (variant I): target of the noise's KL d = mean over tokens of log π_θ̃ − log π_clean
     kl_target: float = 0.003
     # kl: σ ← σ·α when d < target/band, σ ← σ/α when d > target·band (Plappert et al. 2018)
     kl_alpha: float = 1.01
     # kl: width of the dead band around the target, as a factor
     kl_band: float = 1.1
-    # adaptive (variant II): λ, weight of diversity D against 1 − ŝ (normalised self-certainty)
+    # adaptive (variant II): λ, weight of the diversity z-score against the certainty z-score in
+    # I = λ·z_D − (1 − λ)·z_s (z against the reference window)
     lam: float = 0.5
-    # adaptive: σ ← β·σ when the indicator I = λ·D + (1 − λ)·(1 − ŝ) is at or below target, σ/β otherwise
-    # (1.02: σ moves at most ×2.2 in 40 steps, so one noisy step cannot swing it)
-    beta: float = 1.02
-    # adaptive: target of I. 0.25 = the mean of I measured over a fixed-σ run on the tiny task
-    # (D ≈ 0.03, ŝ has mean ≈ 0.5 by its min-max construction), so σ rises when the groups
-    # collapse (low D, high certainty) and falls otherwise; see docs/RESULTS.md
-    target: float = 0.25
-    # steps in the running min-max window of self-certainty (ŝ = 0.5 while it has no spread)
+    # adaptive: I at which σ stays at its start value σ₀ (0 = as diverse and certain as the reference)
+    target: float = 0.0
+    # adaptive: set point log σ* = log σ₀ + gain·(target − I); 0.5: a collapse by 2 sd in both signals
+    # (I = −2) asks for σ₀·e ≈ 2.7·σ₀
+    gain: float = 0.5
+    # adaptive: log σ moves this fraction of the way to the set point each step (0.1: under stationary
+    # signals, log σ has sd ≈ 0.23·gain·sd(I), about ±8 % at the defaults)
+    rate: float = 0.1
+    # adaptive: steps at the start that hold σ at σ₀ and record the reference mean and sd of D and s
     window: int = 20
     # diversity measure D: hidden (cosine of mean-pooled hidden states) or ngram (distinct-n)
     diversity: str = "hidden"
 
     def __post_init__(self):
-        _check(self.kl_target > 0 and self.kl_alpha >= 1.0, "need scheduler.kl_target > 0, kl_alpha >= 1")
-        _check(self.kl_band >= 1.0, f"scheduler.kl_band must be >= 1, got {self.kl_band}")
-        _check(0.0 <= self.lam <= 1.0, "scheduler.lam must be in [0, 1]")
-        _check(self.beta >= 1.0, "scheduler.beta must be >= 1")
-        _check(self.window >= 2, "scheduler.window must be >= 2")
-        _one_of("scheduler.diversity", self.diversity, ("hidden", "ngram"))
+        _check(self.kl_target > 0 and self.kl_alpha >= 1.0, "need control.kl_target > 0, kl_alpha >= 1")
+        _check(self.kl_band >= 1.0, f"control.kl_band must be >= 1, got {self.kl_band}")
+        _check(0.0 <= self.lam <= 1.0, "control.lam must be in [0, 1]")
+        _check(self.gain >= 0.0 and 0.0 < self.rate <= 1.0, "need control.gain >= 0 and 0 < control.rate <= 1")
+        _check(self.window >= 2, "control.window must be >= 2")
+        _one_of("control.diversity", self.diversity, ("hidden", "ngram"))
 
 
 @dataclass(frozen=True)
@@ -274,7 +281,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -297,17 +304,21 @@ PRESETS: dict[str, dict[str, object]] = {
 
 # Methods: named overrides over the config (the baselines users compare).
 METHODS: dict[str, dict[str, object]] = {
-    "grpo": {"noise.sigma": 0.0, "noise.scheduler": "fixed"},
-    "psn": {"noise.scheduler": "fixed", "grpo.tis": True},
-    "psn-notis": {"noise.scheduler": "fixed", "grpo.tis": False},
-    "psn-kl": {"noise.scheduler": "kl", "grpo.tis": True},
-    "psn-adaptive": {"noise.scheduler": "adaptive", "grpo.tis": True},
+    "grpo": {"noise.sigma": 0.0, "noise.control": "fixed"},
+    "psn": {"noise.control": "fixed", "grpo.tis": True},
+    "psn-notis": {"noise.control": "fixed", "grpo.tis": False},
+    "psn-kl": {"noise.control": "kl", "grpo.tis": True},
+    "psn-adaptive": {"noise.control": "adaptive", "grpo.tis": True},
     # action-space noise: sample hotter than the policy, importance-corrected by TIS
-    "temperature": {"noise.sigma": 0.0, "noise.scheduler": "fixed", "rollout.temperature": 1.2, "grpo.tis": True},
-    "passk": {"noise.sigma": 0.0, "noise.scheduler": "fixed", "grpo.advantage": "passk"},
-    "psn-passk": {"noise.scheduler": "adaptive", "grpo.advantage": "passk", "grpo.tis": True},
+    "temperature": {"noise.sigma": 0.0, "noise.control": "fixed", "rollout.temperature": 1.2, "grpo.tis": True},
+    "passk": {"noise.sigma": 0.0, "noise.control": "fixed", "grpo.advantage": "passk"},
+    "psn-passk": {"noise.control": "adaptive", "grpo.advantage": "passk", "grpo.tis": True},
 }
 TUNABLE = {"temperature": {"rollout.temperature"}}  # a method's keys a user may still change
+
+
+# keys renamed since earlier versions: old name → new (old run folders are mapped, old --set fails naming the new)
+RENAMED = {"noise.scheduler": "noise.control", "scheduler": "control"}
 
 
 def _check_method_keys(method: str, overrides: dict[str, object]) -> None:
@@ -357,6 +368,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, object]) -> Config:
     changes: dict[str, dict[str, object]] = {}
     for key, raw in overrides.items():
         section, _, name = key.partition(".")
+        if key in RENAMED or section in RENAMED:
+            new = RENAMED.get(key) or f"{RENAMED[section]}.{name}"
+            raise ValueError(f"{key} is now {new} (the σ controller was renamed, apart from learning-rate schedules)")
         if section not in sections:
             close = difflib.get_close_matches(section, sections, n=3)
             raise ValueError(f"unknown config section {section!r} in {key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
@@ -425,5 +439,11 @@ def build_config(model: str | None = None, method: str | None = None, file: str 
 
 
 def config_from_dict(data: dict) -> Config:
-    """Rebuild a Config written by `Config.to_dict` (e.g. from a run folder)."""
-    return apply_overrides(Config(), flatten(data))
+    """Rebuild a Config written by `Config.to_dict` (e.g. from a run folder); a run written before the
+    σ controller's rename keeps working."""
+    flat = {}
+    for key, value in flatten(data).items():
+        section, _, name = key.partition(".")
+        flat[RENAMED.get(key) or (f"{RENAMED[section]}.{name}" if section in RENAMED else key)] = value
+    flat.pop("control.beta", None)  # the old bang-bang rule's factor has no counterpart
+    return apply_overrides(Config(), flat)

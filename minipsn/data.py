@@ -32,9 +32,10 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 _VERBS = {"+": "add", "-": "subtract", "*": "multiply by"}
 
 
-def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str = "+-") -> dict:
-    """One chain of `n_ops` operations drawn from `ops` on integers in 1..max_operand, left to right."""
-    value = rng.randint(1, max_operand)
+def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str = "+-", max_start: int = 0) -> dict:
+    """One chain of `n_ops` operations drawn from `ops` on integers in 1..max_operand, left to right,
+    from a start value in 1..max_start (0: 1..max_operand)."""
+    value = rng.randint(1, max_start or max_operand)
     words, lines = [f"Start at {value}"], []
     for _ in range(n_ops):
         sym = rng.choice(sorted(set(ops)))
@@ -53,13 +54,14 @@ def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
     """The seeded synthetic task; `test` never repeats a `train` problem."""
     if split not in ("train", "test"):
         raise ValueError(f"synthetic split must be train or test, got {split!r}")
-    rng = random.Random(f"synthetic-{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}")
+    start = f"-start{cfg.max_start}" if cfg.max_start else ""  # absent by default: the same problems as before it existed
+    rng = random.Random(f"synthetic-{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}{start}")
     seen: set[str] = set()
     records: dict[str, list[dict]] = {"train": [], "test": []}
     for name, size in (("train", cfg.n_train), ("test", cfg.n_test)):
         tries = 0
         while len(records[name]) < size:
-            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops)
+            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start)
             tries += 1
             if tries > 50 * size + 1000:
                 raise ValueError(f"synthetic task too small for n_{name}={size}: raise data.max_operand, data.n_ops or data.ops")

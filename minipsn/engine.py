@@ -3,7 +3,7 @@
     fast   a plain (non-peft) copy of the base in the compute dtype (bf16 on CUDA, fp32 on CPU),
            dequantized once from the 4-bit base. Each step every LoRA adapter is folded in,
                W' = W + s·(B + σ·ε_B)(A + σ·ε_A),   s = α/R,
-           ε from `noise.noise_for` (the very draw `noise.perturbed` adds; non-target adapters clean),
+           B + σ·ε_B and A + σ·ε_A from `noise.perturb`, the one function every noise path uses (non-target adapters clean),
            and taken out again by writing back W, re-dequantized: bit-exact, and no second copy kept.
            On CUDA the one-token decode step runs on a static KV cache under torch.compile; each new
            shape is first checked against an eager teacher-forced pass (else: eager, one printed line).
@@ -27,9 +27,10 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from minipsn import rollout
 from minipsn.config import Config
-from minipsn.models import lora_parameters
-from minipsn.noise import noise_context, noise_for
+from minipsn.models import dense_weight, lora_parameters
+from minipsn import noise
 
 # Rollout tokens/s, folded fp32 copy over NF4 base + unmerged LoRA, tiny model, 64 rows × 64 tokens, 1 thread,
 # 3 interleaved rounds on a shared AMD EPYC: 7611/4128, 7468/3893, 5751/2965 (one PSN-GRPO step: 1.7 vs 1.9-2.7 s).
@@ -39,22 +40,6 @@ CPU_SPEEDUP = 1.9
 HEADROOM_FRAC, HEADROOM_MIN = 0.2, 2 * 2**30
 # static cache lengths are rounded up to this, so a new prompt length rarely means a new compile
 CACHE_ROUND = 128
-
-
-def _dense(p: torch.Tensor) -> torch.Tensor:
-    """The full-precision value of a base weight: dequantized if it is a bitsandbytes 4-bit tensor."""
-    state = getattr(p, "quant_state", None)
-    if state is not None:
-        import bitsandbytes.functional as bnbf
-
-        if getattr(state, "packing_format_for_cpu", False):
-            raise ValueError("the 4-bit base was repacked for bitsandbytes' CPU inference kernel (bf16) by an "
-                             "eval forward before the fast engine was built; build the engine first or use "
-                             "rollout.engine=lean")
-        return bnbf.dequantize_4bit(p.data, state)
-    if not p.is_floating_point():
-        raise ValueError(f"cannot fold into a {p.dtype} base weight (8-bit?); use rollout.engine=lean")
-    return p.data
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -92,7 +77,7 @@ def plain_copy(model, dtype: torch.dtype) -> torch.nn.Module:
     plain.generation_config = copy.deepcopy(base.generation_config)  # its end ids (`rollout.end_ids`)
     with torch.no_grad():
         for name, p in plain.named_parameters():
-            p.copy_(_dense(_source(base, name)))
+            p.copy_(dense_weight(_source(base, name)))
         for name, _ in plain.named_buffers():
             module_name, _, leaf = name.rpartition(".")
             plain.get_submodule(module_name)._buffers[leaf] = _source(base, name).detach().clone()
@@ -148,19 +133,14 @@ def fold_plan(model, plain: torch.nn.Module) -> list[_Fold]:
     return plan
 
 
-def _noisy(p: torch.Tensor, name: str, sigma: float, seed: int) -> torch.Tensor:
-    """p + σ·ε(seed, name) by exactly the op `noise.perturbed` does, so bit-equal to the perturbed weight."""
-    return p.detach().clone().add_(noise_for(p, seed, name), alpha=sigma)
-
-
 @torch.no_grad()
 def fold(plan: list[_Fold], sigma: float, seed: int, noisy: set[str]) -> None:
     """W' = W + Σ_adapters s·B'A' into every target, B'/A' perturbed when their name is in `noisy`."""
     for f in plan:
-        w = _dense(f.source).to(torch.float32, copy=True)  # (out, in); fp32 so the small delta is not lost
+        w = dense_weight(f.source).to(torch.float32, copy=True)  # (out, in); fp32 so the small delta is not lost
         for name_a, a, name_b, b, scale in f.adapters:
-            a = _noisy(a, name_a, sigma, seed) if name_a in noisy else a
-            b = _noisy(b, name_b, sigma, seed) if name_b in noisy else b
+            a = noise.perturb(a, name_a, sigma, seed) if name_a in noisy else a
+            b = noise.perturb(b, name_b, sigma, seed) if name_b in noisy else b
             w.addmm_(b.float(), a.float(), alpha=scale)
         f.target.copy_(w)
 
@@ -169,7 +149,7 @@ def fold(plan: list[_Fold], sigma: float, seed: int, noisy: set[str]) -> None:
 def unfold(plan: list[_Fold]) -> None:
     """Write back the clean base weights: the same op as the copy's build, so bit-exact."""
     for f in plan:
-        f.target.copy_(_dense(f.source))
+        f.target.copy_(dense_weight(f.source))
 
 
 def keep_cpu_4bit_unpacked(model) -> None:
@@ -200,13 +180,17 @@ class UnmergedEngine:
         """Yields (model to sample from, row_noise for `rollout.sample`); clean again on exit."""
         device = next(self.model.parameters()).device
         t0 = time.perf_counter()
-        with noise_context(self.model, sigma, seeds, targets) as row_noise:
+        with noise.noise_context(self.model, sigma, seeds, targets) as row_noise:
             _sync(device)
             self.stats = {"noise_in_s": time.perf_counter() - t0}
             yield self.model, row_noise
             t1 = time.perf_counter()
         _sync(device)
         self.stats["noise_out_s"] = time.perf_counter() - t1
+
+    def rescore(self, ro, rcfg, targets: str, budget_tokens: int) -> torch.Tensor:
+        """(N, T) log π_clean of the sampled tokens: this engine's sampler without noise."""
+        return rollout.rescore(self.model, ro, rcfg, budget_tokens)
 
 
 class FoldedEngine:
@@ -254,6 +238,11 @@ class FoldedEngine:
             unfold(self.plan)
             _sync(self.device)
             self.stats["noise_out_s"] = time.perf_counter() - t1
+
+    def rescore(self, ro, rcfg, targets: str, budget_tokens: int) -> torch.Tensor:
+        """(N, T) log π_clean of the sampled tokens: the copy with the clean adapter folded in."""
+        with self.policy(0.0, [0], targets):
+            return rollout.rescore(self.plain, ro, rcfg, budget_tokens)
 
 
 class StaticDecoder(torch.nn.Module):

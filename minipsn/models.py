@@ -160,6 +160,22 @@ def lora_parameters(model, targets: str) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def dense_weight(p: torch.Tensor) -> torch.Tensor:
+    """The full-precision value of a base weight: dequantized if it is a bitsandbytes 4-bit tensor."""
+    state = getattr(p, "quant_state", None)
+    if state is not None:
+        import bitsandbytes.functional as bnbf
+
+        if getattr(state, "packing_format_for_cpu", False):
+            raise ValueError("the 4-bit base was repacked for bitsandbytes' CPU inference kernel (bf16) by an "
+                             "eval forward before the fast engine was built; build the engine first or use "
+                             "rollout.engine=lean")
+        return bnbf.dequantize_4bit(p.data, state)
+    if not p.is_floating_point():
+        raise ValueError(f"cannot fold into a {p.dtype} base weight (8-bit?); use rollout.engine=lean")
+    return p.data
+
+
 # ---------------------------------------------------------------- the tiny model
 
 

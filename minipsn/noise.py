@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from minipsn.models import lora_parameters
+from minipsn.models import dense_weight, lora_parameters
 
 _SEED_MOD = 2**63 - 1
 
@@ -38,6 +38,12 @@ def noise_for(param: torch.Tensor, seed: int, name: str) -> torch.Tensor:
     """ε for one tensor: standard normal, same shape/device/dtype, a function of (seed, name)."""
     gen = torch.Generator(device=param.device).manual_seed(derive_seed(seed, name))
     return torch.randn(param.shape, generator=gen, device=param.device, dtype=torch.float32).to(param.dtype)
+
+
+def perturb(p: torch.Tensor, name: str, sigma: float, seed: int) -> torch.Tensor:
+    """A new tensor p + σ·ε(seed, name): the one perturbation every path uses (in-place `perturbed`,
+    per-row `RowNoise`, the fast engine's fold), so they cannot differ by a bit."""
+    return p.detach().clone().add_(noise_for(p, seed, name), alpha=sigma)
 
 
 def row_seeds(step_seed: int, P: int, G: int, granularity: str) -> list[int]:
@@ -66,7 +72,7 @@ def perturbed(model, sigma: float, seed: int, targets: str = "mlp") -> Iterator[
     try:
         with torch.no_grad():
             for name, p in params.items():
-                p.add_(noise_for(p, seed, name), alpha=sigma)
+                p.copy_(perturb(p, name, sigma, seed))
         yield params
     finally:
         with torch.no_grad():
@@ -87,12 +93,49 @@ class _NoisyAdapter:
     B: torch.Tensor  # (U, out, R)
 
 
-def _noisy_stack(p: torch.Tensor, name: str, sigma: float, seeds: list[int]) -> torch.Tensor:
-    """(U, *p.shape): p + σ·ε(seed_u, name), by exactly the op `perturbed` does, so bit-equal to it."""
-    out = p.detach().unsqueeze(0).repeat(len(seeds), *([1] * p.dim()))
-    for u, seed in enumerate(seeds):
-        out[u].add_(noise_for(p, seed, name), alpha=sigma)
+def lora_pairs(model, targets: str) -> list[tuple[torch.nn.Module, str, tuple[str, torch.Tensor], tuple[str, torch.Tensor]]]:
+    """(LoRA layer, adapter, (name, A), (name, B)) of every adapter on the `targets` projections;
+    plain LoRA only (no lora_bias, no DoRA)."""
+    found: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
+    for name, p in lora_parameters(model, targets).items():
+        m = _LORA_NAME.match(name)
+        if m is None or m["kind"] == "bias":
+            raise ValueError(f"per-row noise supports plain LoRA A/B weights only, not {name!r} (lora_bias?)")
+        found.setdefault((m["module"], m["adapter"]), {})[m["ab"]] = (name, p)
+    out = []
+    for (module_name, adapter), ab in found.items():
+        module = model.get_submodule(module_name)
+        if set(ab) != {"A", "B"} or adapter in getattr(module, "lora_variant", {}):
+            raise ValueError(f"{module_name}: per-row noise needs plain LoRA (A and B, no DoRA) on adapter {adapter!r}")
+        out.append((module, adapter, ab["A"], ab["B"]))
     return out
+
+
+@torch.no_grad()
+def perturbation_size(model, sigma: float, seed: int, targets: str = "mlp") -> float:
+    """‖ΔW_noise‖_F / ‖W_base‖_F over the noised layers together, where ΔW_noise = s·(B̃Ã − BA) is
+    what the noise adds to each layer's effective weight (Ã, B̃ = `perturb` of A, B with `seed`) and
+    W_base the frozen base weight. ‖ΔW‖² is computed from 2R×2R Gram matrices, never out×in:
+    ΔW = s·X·Y with X = [B̃, −B], Y = [Ã; A], so ‖ΔW‖² = s²·Σ (XᵀX) ∘ (YYᵀ). The base norms are
+    dequantized once and cached on the model."""
+    if sigma == 0:
+        return 0.0
+    cache = model.__dict__.setdefault("_minipsn_base_sq_norms", {})
+    delta_sq = base_sq = 0.0
+    for module, adapter, (name_a, a), (name_b, b) in lora_pairs(model, targets):
+        x = torch.cat([perturb(b, name_b, sigma, seed), -b.detach()], dim=1).double()  # (out, 2R)
+        y = torch.cat([perturb(a, name_a, sigma, seed), a.detach()], dim=0).double()   # (2R, in)
+        delta_sq += float(module.scaling[adapter]) ** 2 * float(((x.T @ x) * (y @ y.T)).sum().clamp(min=0))
+        key = f"{id(module)}"
+        if key not in cache:
+            cache[key] = float(dense_weight(module.get_base_layer().weight).double().pow(2).sum())
+        base_sq += cache[key]
+    return (delta_sq / base_sq) ** 0.5 if base_sq > 0 else 0.0
+
+
+def _noisy_stack(p: torch.Tensor, name: str, sigma: float, seeds: list[int]) -> torch.Tensor:
+    """(U, *p.shape): `perturb(p, name, σ, seed_u)` for each seed."""
+    return torch.stack([perturb(p, name, sigma, seed) for seed in seeds])
 
 
 def _runs(idx: torch.Tensor) -> tuple[int, int, int] | None:
@@ -128,18 +171,8 @@ class RowNoise:
         self.select(torch.arange(len(self.seeds)))
 
     def _build(self, model, sigma: float, targets: str) -> dict:
-        found: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
-        for name, p in lora_parameters(model, targets).items():
-            m = _LORA_NAME.match(name)
-            if m is None or m["kind"] == "bias":
-                raise ValueError(f"per-row noise supports plain LoRA A/B weights only, not {name!r} (lora_bias?)")
-            found.setdefault((m["module"], m["adapter"]), {})[m["ab"]] = (name, p)
         layers: dict = {}
-        for (module_name, adapter), ab in found.items():
-            module = model.get_submodule(module_name)
-            if set(ab) != {"A", "B"} or adapter in getattr(module, "lora_variant", {}):
-                raise ValueError(f"{module_name}: per-row noise needs plain LoRA (A and B, no DoRA) on adapter {adapter!r}")
-            (name_a, a), (name_b, b) = ab["A"], ab["B"]
+        for module, adapter, (name_a, a), (name_b, b) in lora_pairs(model, targets):
             noisy = _NoisyAdapter(adapter, _noisy_stack(a, name_a, sigma, self.unique_seeds),
                                   _noisy_stack(b, name_b, sigma, self.unique_seeds))
             layers.setdefault(module, []).append(noisy)

@@ -31,6 +31,7 @@ class Rollouts:
     certainty: torch.Tensor        # (N,) mean self-certainty KL(U ‖ p) over the row's tokens
     truncated: torch.Tensor        # (N,) bool: no end token within max_new_tokens
     texts: list[str]               # N decoded completions
+    clean_logp: torch.Tensor | None = None  # (N, T) log π_clean: the sampler without noise (`rescore`), σ > 0
 
     @property
     def n_tokens(self) -> int:
@@ -48,16 +49,44 @@ def encode_prompts(tok, prompts: list[str], max_tokens: int) -> tuple[torch.Tens
     return enc["input_ids"], enc["attention_mask"]
 
 
-def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; return it and its log-prob under the sampling distribution."""
-    logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)  # (B, V)
+def sampling_logp(logits: torch.Tensor, cfg: RolloutConfig) -> torch.Tensor:
+    """(..., V) logits → log-probs of the distribution tokens are drawn from: temperature, then top-p."""
+    logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)
     if cfg.top_p < 1.0:
         sorted_lp, order = logp.sort(dim=-1, descending=True)
         outside = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() >= cfg.top_p  # keeps the top token
         logp = logp.scatter(-1, order, sorted_lp.masked_fill(outside, float("-inf")))
         logp = logp - logp.logsumexp(-1, keepdim=True)
+    return logp
+
+
+def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row; return it and its log-prob under the sampling distribution."""
+    logp = sampling_logp(logits, cfg)  # (B, V)
     token = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
     return token, logp.gather(-1, token[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def rescore(model, ro: "Rollouts", cfg: RolloutConfig, budget_tokens: int = 16384) -> torch.Tensor:
+    """(N, T) log-probs of the sampled tokens under `model`'s sampling distribution (same temperature
+    and top-p), by teacher-forced passes of at most `budget_tokens` padded tokens; 0 on padding.
+    With the sampler's clean weights this is log π_clean, the policy the noise was added to."""
+    Tp, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
+    out = torch.zeros_like(ro.sampler_logp)
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in torch.arange(ro.completion_ids.shape[0]).split(max(1, budget_tokens // (Tp + T))):
+            ids = torch.cat([ro.prompt_ids[rows], ro.completion_ids[rows]], dim=1)
+            mask = torch.cat([ro.prompt_mask[rows], ro.completion_mask[rows]], dim=1)
+            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=T + 1).logits
+            logp = sampling_logp(logits[:, :-1], cfg).gather(-1, ro.completion_ids[rows].unsqueeze(-1)).squeeze(-1)
+            out[rows] = logp.masked_fill(~ro.completion_mask[rows].bool(), 0.0).to(out.dtype)
+    finally:
+        model.train(was_training)
+    return out
 
 
 def end_ids(model, tok) -> list[int]:

@@ -28,10 +28,10 @@ from minipsn.config import Config, GRPOConfig, RewardConfig
 from minipsn.data import format_prompt, load_problems
 from minipsn.engine import make_engine
 from minipsn.models import load_policy
-from minipsn.noise import derive_seed, row_seeds
+from minipsn.noise import derive_seed, perturbation_size, row_seeds
 from minipsn.rewards import correctness_reward, shaped_reward
 from minipsn.rollout import Rollouts, sample
-from minipsn.scheduler import make_scheduler
+from minipsn.sigma_control import make_controller
 from minipsn.verify import verify_stats
 
 
@@ -75,7 +75,10 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
     N = ro.completion_ids.shape[0]
     n_tokens = ro.n_tokens
     totals = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/total": 0.0}
-    pooled, tis_w_sum, tis_clip, kl_proxy = [], 0.0, 0.0, 0.0
+    # token means over the batch, accumulated per micro-batch by its share of the tokens
+    means = {"tis/weight_mean": 0.0, "tis/weight_sq_mean": 0.0, "tis/clip_frac": 0.0,
+             "noise/kl_total": 0.0, "noise/kl_numerics": 0.0, "noise/kl_noise": 0.0}
+    pooled, ratio_max = [], 1.0
     for rows in micro_batches(ro, cfg.micro_batch_tokens):
         mask = ro.completion_mask[rows]
         logp, pool = completion_logprobs(model, ro, rows, cfg.temperature)
@@ -93,9 +96,15 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
         totals["loss/total"] += loss.item()
         share = int(mask.sum()) / max(n_tokens, 1)
         if tis is not None:
-            tis_w_sum += tis["tis/weight_mean"] * share
-            tis_clip += tis["tis/clip_frac"] * share
-        kl_proxy += algo.masked_mean(ro.sampler_logp[rows] - logp.detach(), mask).item() * share
+            for key in ("tis/weight_mean", "tis/weight_sq_mean", "tis/clip_frac"):
+                means[key] += tis[key] * share
+            ratio_max = max(ratio_max, tis["tis/ratio_max"])
+        learner = logp.detach()
+        clean = ro.sampler_logp[rows] if ro.clean_logp is None else ro.clean_logp[rows]  # σ = 0: the sampler is clean
+        means["noise/kl_total"] += algo.masked_mean(ro.sampler_logp[rows] - learner, mask).item() * share
+        means["noise/kl_numerics"] += algo.masked_mean(clean - learner, mask).item() * share
+        if ro.clean_logp is not None:  # k3 of KL(π_θ̃ ‖ π_clean) on tokens drawn from π_θ̃: ≥ 0, low variance
+            means["noise/kl_noise"] += algo.masked_mean(algo.kl_k3(ro.sampler_logp[rows], clean), mask).item() * share
         pooled.append(pool)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
@@ -104,8 +113,13 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
     if not skipped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    stats = {**totals, "loss/grad_norm": float(grad_norm), "tis/weight_mean": tis_w_sum if cfg.tis else 1.0,
-             "tis/clip_frac": tis_clip, "noise/kl_proxy": kl_proxy, "guard/skipped": float(skipped)}
+    if not cfg.tis:
+        means.update({"tis/weight_mean": 1.0, "tis/weight_sq_mean": 1.0})
+    stats = {**totals, "loss/grad_norm": float(grad_norm), "tis/weight_mean": means["tis/weight_mean"],
+             "tis/clip_frac": means["tis/clip_frac"], "tis/ratio_max": ratio_max,
+             "tis/ess": algo.effective_sample_size(means["tis/weight_mean"], means["tis/weight_sq_mean"]),
+             "noise/kl_total": means["noise/kl_total"], "noise/kl_numerics": means["noise/kl_numerics"],
+             "noise/kl_noise": means["noise/kl_noise"], "guard/skipped": float(skipped)}
     return LearnerOut(stats, torch.cat(pooled))
 
 
@@ -186,7 +200,7 @@ class Trainer:
         self.reward_fn = reward_fn  # None: the default, rewards.build_reward_fn's formula (see score)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay)
-        self.scheduler = make_scheduler(cfg.noise, cfg.scheduler)
+        self.controller = make_controller(cfg.noise, cfg.control)
         self.start, self.skipped, self.stop_requested = 0, 0, False
         # halved on out-of-memory; kept for the rest of the run
         self.rollout_cfg, self.grpo_cfg = cfg.rollout, cfg.grpo
@@ -221,7 +235,7 @@ class Trainer:
         state = checkpoint.load_state(ckpt)
         checkpoint.load_adapter_weights(self.model, ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.controller.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.start = state["step"]
         trainer = state.get("trainer", {})  # checkpoints from before this field: the configured sizes, 0 skipped
@@ -242,7 +256,7 @@ class Trainer:
         t0 = time.perf_counter()
         recs = step_records(self.records, step, P, cfg.run.seed)
         prompts = [format_prompt(self.tok, r["problem"], cfg.data.template) for r in recs]
-        sigma, noise_seed = self.scheduler.sigma, derive_seed(cfg.run.seed, "noise", step)
+        sigma, noise_seed = self.controller.sigma, derive_seed(cfg.run.seed, "noise", step)
         gen = torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
 
         # 1-3. perturb the LoRA weights, sample G completions per prompt with π_θ̃, restore θ
@@ -252,6 +266,14 @@ class Trainer:
             ro = self._on_oom_halve("rollout", lambda: sample(rollout_model, self.tok, prompts, G, self.rollout_cfg, gen,
                                                                 cfg.model.max_prompt_tokens, row_noise=row_noise))
         t_sample = time.perf_counter() - t0
+
+        # 3b. σ > 0: the clean sampler's log-probs of the same tokens, so the noise's own KL can be told
+        # apart from sampler/learner numerics; and the perturbation's size in weight terms
+        t_rescore, delta_w = time.perf_counter(), 0.0
+        if sigma > 0:
+            ro.clean_logp = self.engine.rescore(ro, self.rollout_cfg, cfg.noise.targets, self.grpo_cfg.micro_batch_tokens)
+            delta_w = perturbation_size(self.model, sigma, seeds[0], cfg.noise.targets)
+        t_rescore = time.perf_counter() - t_rescore
 
         # 4. score with the verifier
         group_recs = [r for r in recs for _ in range(G)]  # prompt-major: row i → prompt i // G
@@ -275,7 +297,7 @@ class Trainer:
         # 7. the scheduler reads diversity and self-certainty (no extra pass) and moves σ
         t2 = time.perf_counter()
         diversity = self._diversity(ro, out.pooled)
-        noise_stats = self.scheduler.update({"kl_proxy": out.stats["noise/kl_proxy"],
+        noise_stats = self.controller.update({"kl_noise": out.stats["noise/kl_noise"],
                                              "diversity": float(diversity.mean()),
                                              "certainty": float(ro.certainty.mean())})
         t_sched = time.perf_counter() - t2
@@ -288,24 +310,24 @@ class Trainer:
                 "reward/zero_adv_frac": (adv == 0).all(1).float().mean().item(),
                 "completion/len_mean": ro.completion_mask.sum(1).float().mean().item(),
                 "completion/truncated_frac": ro.truncated.float().mean().item(),
-                **out.stats, **noise_stats, "noise/sigma": sigma, "noise/seed": noise_seed,
+                **out.stats, **noise_stats, "noise/sigma": sigma, "noise/seed": noise_seed, "noise/delta_w_rel": delta_w,
                 "guard/skipped_steps": self.skipped,
                 **({"noise/row_seeds": seeds[::G] if cfg.noise.granularity == "group" else seeds}
                    if cfg.noise.granularity != "step" else {}),
                 "perf/step_s": step_s, "perf/sample_s": t_sample, "perf/learn_s": t_learn,
-                "perf/noise_sched_s": t_noise + t_sched, "perf/tokens_per_s": ro.n_tokens / max(t_sample, 1e-9),
+                "perf/noise_sched_s": t_noise + t_sched, "perf/rescore_s": t_rescore, "perf/tokens_per_s": ro.n_tokens / max(t_sample, 1e-9),
                 **({"perf/peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30} if self.device.type == "cuda" else {})}
 
     def _diversity(self, ro: Rollouts, pooled: torch.Tensor) -> torch.Tensor:
         """(P,) semantic diversity of each group: hidden-state cosine distance, or distinct n-grams."""
         G = self.cfg.grpo.group_size
-        if self.cfg.scheduler.diversity == "hidden":
+        if self.cfg.control.diversity == "hidden":
             return algo.group_diversity(pooled, G)
-        elif self.cfg.scheduler.diversity == "ngram":
+        elif self.cfg.control.diversity == "ngram":
             rows = [row[m.bool()].tolist() for row, m in zip(ro.completion_ids, ro.completion_mask)]
             return algo.ngram_diversity(rows, G)
         else:
-            raise ValueError(f"unknown scheduler.diversity {self.cfg.scheduler.diversity!r}; use hidden or ngram")
+            raise ValueError(f"unknown control.diversity {self.cfg.control.diversity!r}; use hidden or ngram")
 
     def evaluate(self, step: int) -> dict:
         """pass@k of the clean policy on held-out problems (eval.problems of them, eval.n samples each)."""
@@ -321,7 +343,7 @@ class Trainer:
     def save(self, step: int) -> None:
         trainer = {"skipped_steps": self.skipped, "rollout_batch_size": self.rollout_cfg.batch_size,
                    "micro_batch_tokens": self.grpo_cfg.micro_batch_tokens}
-        checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.cfg.to_dict(),
+        checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.controller, self.cfg.to_dict(),
                         extra={"trainer": trainer})
 
     def run(self, on_step=None) -> Path:

@@ -38,7 +38,17 @@ def test_tis_weights_exactly_one_when_policies_agree():
     logp = torch.randn(4, 7) - 3
     w, stats = algo.tis_weights(logp, logp.clone(), cap=10.0)
     assert torch.equal(w, torch.ones_like(w))
-    assert stats["tis/clip_frac"] == 0.0 and stats["noise/kl_proxy"] == 0.0
+    assert stats["tis/clip_frac"] == 0.0 and stats["tis/ratio_max"] == 1.0
+    assert algo.effective_sample_size(stats["tis/weight_mean"], stats["tis/weight_sq_mean"]) == 1.0
+
+
+def test_tis_ess_and_max_ratio():
+    learner = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]]))
+    sampler = torch.log(torch.tensor([[0.5, 0.5, 0.25, 0.05]]))  # ratios 1, 1, 2, 10
+    w, stats = algo.tis_weights(learner, sampler, cap=4.0, mask=torch.tensor([[1, 1, 1, 0]]))
+    assert stats["tis/ratio_max"] == pytest.approx(2.0)  # the masked token's ratio 10 does not count
+    # Kish: (1 + 1 + 2)² / (3 · (1 + 1 + 4)) = 16 / 18
+    assert algo.effective_sample_size(stats["tis/weight_mean"], stats["tis/weight_sq_mean"]) == pytest.approx(16 / 18)
 
 
 def test_tis_weights_do_not_overflow_and_are_detached():

@@ -9,7 +9,7 @@ BASELINES = {"grpo", "temperature", "passk"}
 
 
 @pytest.mark.parametrize("method,key,value", [("grpo", "noise.sigma", "0.01"), ("passk", "grpo.advantage", "grpo"),
-                                              ("psn-notis", "grpo.tis", "true"), ("psn-kl", "noise.scheduler", "adaptive"),
+                                              ("psn-notis", "grpo.tis", "true"), ("psn-kl", "noise.control", "adaptive"),
                                               ("temperature", "noise.sigma", "0.003")])
 def test_an_override_that_contradicts_the_method_fails_naming_both(method, key, value):
     with pytest.raises(ValueError, match=rf"--method {method} fixes {key}=.*{key}={value} was given"):

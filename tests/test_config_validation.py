@@ -48,5 +48,5 @@ def test_sigma_bounds_still_bind_under_the_fixed_scheduler():
     # kept on purpose: every scheduler, fixed included, clamps σ into [sigma_min, sigma_max] after a step,
     # so a σ outside them would silently change after step 1
     with pytest.raises(ValueError, match=r"noise\.sigma=0\.6 is outside"):
-        NoiseConfig(sigma=0.6, scheduler="fixed")
-    NoiseConfig(sigma=0.0, sigma_min=1e-3, scheduler="fixed")  # 0 = off is always allowed
+        NoiseConfig(sigma=0.6, control="fixed")
+    NoiseConfig(sigma=0.0, sigma_min=1e-3, control="fixed")  # 0 = off is always allowed

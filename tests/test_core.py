@@ -125,13 +125,13 @@ def test_build_config_layers_preset_method_and_sets(tmp_path):
     f.write_text("[noise]\nsigma = 0.02\n[run]\nsteps = 7\n")
     cfg = C.build_config(model="tiny", method="psn", file=str(f), sets={"run.steps": "9"})
     assert cfg.model.name == "tiny" and cfg.lora.rank == C.PRESETS["tiny"]["lora.rank"]
-    assert cfg.noise.sigma == 0.02 and cfg.run.steps == 9 and cfg.noise.scheduler == "fixed"
+    assert cfg.noise.sigma == 0.02 and cfg.run.steps == 9 and cfg.noise.control == "fixed"
     with pytest.raises(ValueError, match="--method grpo fixes noise.sigma"):  # a file can't make a baseline PSN
         C.build_config(model="tiny", method="grpo", file=str(f))
     with pytest.raises(ValueError, match="unknown method"):
         C.build_config(model="tiny", method="psn-magic")
     plain = C.build_config(model="qwen-1.5b")  # without --method a run is PSN-GRPO with the adaptive scheduler
-    assert (plain.noise.sigma, plain.noise.scheduler, plain.grpo.tis) == (0.003, "adaptive", True)
+    assert (plain.noise.sigma, plain.noise.control, plain.grpo.tis) == (0.003, "adaptive", True)
     assert C.build_config(model="qwen-1.5b", method="grpo").noise.sigma == 0.0
 
 

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 from tests.test_train import ENV, cli
 
 SETS = ["--set", "grpo.prompts_per_step=2", "--set", "grpo.group_size=4", "--set", "rollout.max_new_tokens=32",
-        "--set", "run.save_every=2", "--sigma", "0.02", "--set", "noise.scheduler=adaptive", "--set", "eval.every=0"]
+        "--set", "run.save_every=2", "--sigma", "0.02", "--set", "noise.control=adaptive", "--set", "eval.every=0"]
 COMPARED = ("reward/mean", "reward/accuracy", "loss/policy", "tis/weight_mean", "noise/sigma", "noise/seed",
             "completion/len_mean")
 

@@ -33,7 +33,7 @@ def tiny_cfg(out, **sets):
 def test_cli_train_tiny_writes_metrics_and_a_reloadable_adapter(tmp_path):
     out = tmp_path / "run"
     proc = cli("train", "--model", "tiny", "--steps", "3", "--sigma", "0.02", "--out", str(out),
-               "--set", "grpo.prompts_per_step=4", "--set", "run.save_every=2", "--set", "noise.scheduler=fixed")
+               "--set", "grpo.prompts_per_step=4", "--set", "run.save_every=2", "--set", "noise.control=fixed")
     assert "step 3/3" in proc.stdout and "σ" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]

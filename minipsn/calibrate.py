@@ -1,0 +1,146 @@
+"""`python cli.py calibrate`: what σ means for this model, in policy terms, before any training.
+
+For each σ of a grid: perturb the LoRA adapter (the run's own noise path, `engine.policy`), sample G
+completions for each of P training prompts, and measure against the clean policy on the same prompts
+and sampling seed
+
+    kl_noise      KL(π_θ̃ ‖ π_clean) per token (π_clean: the same sampler without noise), by the k3
+                  estimator exp(r) − 1 − r, r = log π_clean − log π_θ̃, on the sampled tokens (≥ 0 and
+                  of low variance, where the plain mean of −r swings around 0 at small σ); 0 at σ = 0
+    kl_numerics   mean of log π_clean − log π_θ (the learner): the part that is there at σ = 0
+                  (sampler vs learner precision, KV cache vs full pass, top-p)
+    accuracy      verifier accuracy of the perturbed samples (the σ = 0 row is the clean policy's)
+    diversity     mean group diversity D, as the adaptive controller measures it
+    delta_w_rel   ‖ΔW_noise‖ / ‖W_base‖ over the noised layers (`noise.perturbation_size`)
+
+averaged over `draws` noise draws, then suggests the σ whose kl_noise reaches `target_kl` (0.003, the
+paper's variant-I target) by log-log interpolation between the grid points around it. A freshly
+initialised adapter has B = 0, so the noise acts through σ·ε_B·A (and σ²·ε_B·ε_A) and the σ needed
+depends on the LoRA rank, scale and model: that is why it is measured, not guessed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from minipsn import algo
+from minipsn.config import Config
+from minipsn.data import format_prompt, load_problems
+from minipsn.engine import make_engine
+from minipsn.models import load_policy
+from minipsn.noise import derive_seed, perturbation_size
+from minipsn.rewards import correctness_reward
+from minipsn.rollout import rescore, sample
+from minipsn.train import completion_logprobs, micro_batches, step_records
+
+DEFAULT_SIGMAS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def parse_sigmas(text: str) -> list[float]:
+    """'0,0.01,0.1' → [0.0, 0.01, 0.1]: at least one σ > 0, none negative, sorted, σ = 0 added."""
+    try:
+        values = sorted({float(x) for x in text.split(",") if x.strip()} | {0.0})
+    except ValueError:
+        raise ValueError(f"--sigmas expects comma-separated numbers, got {text!r}") from None
+    if values[0] < 0 or len(values) < 2:
+        raise ValueError(f"--sigmas needs at least one σ > 0 and none below 0, got {text!r}")
+    return values
+
+
+def suggest(rows: list[dict], target: float) -> tuple[float | None, str]:
+    """The σ whose kl_noise reaches `target`, interpolated in log-log between the grid points that
+    bracket it; None with the reason when the grid does not reach it."""
+    pts = [(r["sigma"], r["kl_noise"]) for r in rows if r["sigma"] > 0]
+    for (s0, k0), (s1, k1) in zip(pts, pts[1:]):
+        if k0 <= target <= k1 and k1 > k0:
+            if k0 <= 0:  # σ² growth from 0 below the first point that shows any KL
+                return s1 * math.sqrt(target / k1), f"between σ = {s0:g} and {s1:g} (kl ∝ σ² below {s1:g})"
+            t = (math.log(target) - math.log(k0)) / (math.log(k1) - math.log(k0))
+            return math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))), f"between σ = {s0:g} and {s1:g}"
+    if pts and pts[-1][1] < target:
+        return None, f"the largest σ ({pts[-1][0]:g}) gives kl_noise {pts[-1][1]:.2g} < {target:g}: add larger --sigmas"
+    if pts and pts[0][1] > target:
+        return None, f"the smallest σ ({pts[0][0]:g}) gives kl_noise {pts[0][1]:.2g} > {target:g}: add smaller --sigmas"
+    return None, "kl_noise does not grow over the grid (too few prompts, or noise on layers that do not matter)"
+
+
+def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed: int, sample_seed: int) -> dict:
+    """One σ, one noise draw: sample, rescore clean, learner pass, verify."""
+    G, device = cfg.grpo.group_size, next(model.parameters()).device
+    gen = torch.Generator(device).manual_seed(sample_seed)
+    with engine.policy(sigma, [seed], cfg.noise.targets) as (sampler, row_noise):
+        ro = sample(sampler, tok, prompts, G, cfg.rollout, gen, cfg.model.max_prompt_tokens, row_noise=row_noise)
+    clean = engine.rescore(ro, cfg.rollout, cfg.noise.targets, cfg.grpo.micro_batch_tokens) if sigma > 0 else ro.sampler_logp
+    mask = ro.completion_mask.bool()
+    learner, pooled = [], []
+    with torch.no_grad():
+        for rows in micro_batches(ro, cfg.grpo.micro_batch_tokens):
+            logp, pool = completion_logprobs(model, ro, rows, cfg.grpo.temperature)
+            learner.append(logp)
+            pooled.append(pool)
+    learner = torch.cat(learner)
+    if cfg.control.diversity == "hidden":
+        div = algo.group_diversity(torch.cat(pooled), G)
+    else:
+        div = algo.ngram_diversity([r[m].tolist() for r, m in zip(ro.completion_ids, mask)], G)
+    correct = [correctness_reward(t, r["answer"], cut, 0.0, cfg.reward.timeout, cfg.reward.last_number)
+               for t, r, cut in zip(ro.texts, [r for r in recs for _ in range(G)], ro.truncated.tolist())]
+    return {"kl_noise": algo.masked_mean(algo.kl_k3(ro.sampler_logp, clean), mask).item(),
+            "kl_numerics": algo.masked_mean(clean - learner, mask).item(),
+            "accuracy": sum(correct) / len(correct), "diversity": float(div.mean()),
+            "delta_w_rel": perturbation_size(model, sigma, seed, cfg.noise.targets),
+            "len_mean": float(ro.completion_mask.sum(1).float().mean())}
+
+
+def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws: int = 2,
+              out: str | Path | None = None, adapter: str | None = None) -> dict:
+    """Measure every σ in `sigmas` (see the module docstring); write OUT/calibrate.json; return the report."""
+    if draws < 1 or target_kl <= 0:
+        raise ValueError(f"calibrate needs --draws >= 1 and --target-kl > 0, got {draws} and {target_kl}")
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    t0 = time.perf_counter()
+    P = cfg.grpo.prompts_per_step
+    records = load_problems(cfg.data, "train")
+    model, tok = load_policy(cfg, adapter)
+    model.eval()
+    engine = make_engine(model, cfg)
+    recs = step_records(records, 0, P, cfg.run.seed)  # the prompts of the run's first step
+    prompts = [format_prompt(tok, r["problem"], cfg.data.template) for r in recs]
+    rows = []
+    for sigma in sigmas:
+        runs = [_measure(model, engine, tok, prompts, recs, cfg, sigma, derive_seed(cfg.run.seed, "calibrate", d),
+                         derive_seed(cfg.run.seed, "calibrate-sample", d)) for d in range(draws if sigma > 0 else 1)]
+        rows.append({"sigma": sigma, **{k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}})
+    for r in rows:
+        r["accuracy_clean"] = rows[0]["accuracy"]
+    best, why = suggest(rows, target_kl)
+    report = {"model": cfg.model.name, "adapter": adapter, "targets": cfg.noise.targets, "lora_rank": cfg.lora.rank,
+              "lora_alpha": cfg.lora.alpha, "prompts": P, "group_size": cfg.grpo.group_size, "draws": draws,
+              "engine": engine.name, "target_kl": target_kl, "suggested_sigma": best, "suggestion": why,
+              "rows": rows, "seconds": time.perf_counter() - t0,
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "calibrate.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def table(report: dict):
+    """The report as a rich table."""
+    from rich.table import Table
+
+    t = Table(title=f"σ calibration: {report['model']}, noise on {report['targets']} LoRA (R = {report['lora_rank']}), "
+                    f"{report['prompts']} prompts × {report['group_size']}, {report['draws']} draws")
+    for col in ("σ", "kl_noise / token", "kl_numerics", "accuracy (clean)", "diversity D", "‖ΔW‖/‖W‖"):
+        t.add_column(col, justify="right")
+    for r in report["rows"]:
+        t.add_row(f"{r['sigma']:g}", f"{r['kl_noise']:.2e}", f"{r['kl_numerics']:.1e}",
+                  f"{r['accuracy']:.3f} ({r['accuracy_clean']:.3f})", f"{r['diversity']:.4f}", f"{r['delta_w_rel']:.2e}")
+    return t

@@ -1,0 +1,83 @@
+"""Noise in policy and weight terms: one perturbation function behind every noise path, the
+relative weight perturbation ‖ΔW‖/‖W‖ against a dense computation, and the teacher-forced rescore
+that gives log π_clean (so the noise's KL can be told apart from numerics)."""
+import pytest
+import torch
+
+from minipsn import algo, noise
+from minipsn.config import RolloutConfig
+from minipsn.engine import FoldedEngine, UnmergedEngine
+from minipsn.noise import lora_pairs, noise_context, perturbation_size, row_seeds
+from minipsn.rollout import rescore, sample
+from tests.test_noise import model  # noqa: F401  (the random-init Qwen2 + LoRA fixture, B ≠ 0)
+
+
+class _Tok:
+    """Just enough tokenizer for `rollout.sample` on integer prompts."""
+    eos_token_id, pad_token_id, stop_ids = 1, 0, [1]
+
+    def __call__(self, prompts, **kw):
+        ids = torch.tensor([[int(t) for t in p.split()] for p in prompts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def batch_decode(self, rows, **kw):
+        return [" ".join(map(str, r.tolist())) for r in rows]
+
+
+def test_every_noise_path_goes_through_noise_perturb(model, monkeypatch):  # noqa: F811
+    # replace the one perturbation by a marker: in-place, per-row and folded paths must all show it
+    calls = []
+
+    def marked(p, name, sigma, seed):
+        calls.append(name)
+        return p.detach().clone() + 0.5
+
+    monkeypatch.setattr(noise, "perturb", marked)
+    name, p = next(iter(noise.lora_parameters(model, "mlp").items()))
+    clean = p.detach().clone()
+    with noise.perturbed(model, 0.1, 3, "mlp"):
+        assert torch.equal(p, clean + 0.5)
+    with noise_context(model, 0.1, row_seeds(3, 2, 1, "rollout"), "mlp") as rn:
+        stacked = [n for layer in rn.layers.values() for n in layer]
+        assert torch.equal(stacked[0].A[0], dict(noise.lora_parameters(model, "mlp"))[lora_pairs(model, "mlp")[0][2][0]] + 0.5)
+    calls.clear()
+    engine = FoldedEngine(model, max_new_tokens=4, static_cache=False, compile_step=False)
+    with engine.policy(0.1, [3], "mlp"):
+        pass
+    assert set(calls) == set(noise.lora_parameters(model, "mlp"))  # the fold asked for every noised weight
+
+
+def test_perturbation_size_matches_a_dense_computation(model):  # noqa: F811
+    sigma, seed = 0.05, 11
+    delta_sq = base_sq = 0.0
+    for module, adapter, (na, a), (nb, b) in lora_pairs(model, "mlp"):
+        s = module.scaling[adapter]
+        dw = s * (noise.perturb(b, nb, sigma, seed) @ noise.perturb(a, na, sigma, seed) - b @ a)
+        delta_sq += float(dw.detach().double().pow(2).sum())
+        base_sq += float(module.get_base_layer().weight.double().pow(2).sum())
+    got = perturbation_size(model, sigma, seed, "mlp")
+    assert got == pytest.approx((delta_sq / base_sq) ** 0.5, rel=1e-6)
+    assert perturbation_size(model, 0.0, seed, "mlp") == 0.0
+    assert perturbation_size(model, 2 * sigma, seed, "mlp") > got  # more σ, larger ΔW
+
+
+@pytest.mark.parametrize("engine_name", ["lean", "fast"])
+def test_rescore_gives_the_samplers_own_logp_at_sigma_zero_and_the_clean_logp_under_noise(model, engine_name):  # noqa: F811
+    cfg = RolloutConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, batch_size=8)
+    engine = (UnmergedEngine(model) if engine_name == "lean"
+              else FoldedEngine(model, max_new_tokens=6, static_cache=False, compile_step=False))
+    prompts = ["5 9 13", "7 2 40"]
+    with engine.policy(0.0, [0], "mlp") as (m, rn):
+        ro = sample(m, _Tok(), prompts, 4, cfg, torch.Generator().manual_seed(0), row_noise=rn)
+    again = engine.rescore(ro, cfg, "mlp", budget_tokens=20)  # several chunks
+    mask = ro.completion_mask.bool()
+    assert torch.allclose(again[mask], ro.sampler_logp[mask], atol=2e-5)  # cached decode = full pass, top-p included
+    with engine.policy(0.2, [5], "mlp") as (m, rn):
+        noisy = sample(m, _Tok(), prompts, 4, cfg, torch.Generator().manual_seed(0), row_noise=rn)
+    clean = engine.rescore(noisy, cfg, "mlp", budget_tokens=1000)
+    kl = algo.masked_mean(algo.kl_k3(noisy.sampler_logp, clean), noisy.completion_mask).item()
+    assert kl > 1e-3  # σ = 0.2 on this model moves the policy; rescore saw the clean weights, not the noisy ones
+    with engine.policy(0.2, [5], "mlp") as (m, rn):  # and with the noisy weights the rescore reproduces the sampler
+        noisy_again = rescore(m if engine_name == "lean" else engine.plain, noisy, cfg)
+    nmask = noisy.completion_mask.bool()
+    assert torch.allclose(noisy_again[nmask], noisy.sampler_logp[nmask], atol=2e-5)
