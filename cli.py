@@ -167,6 +167,29 @@ def calibrate_(
     typer.echo(f"calibrate: {out}/calibrate.json ({report['seconds']:.0f} s)")
 
 
+@app.command("headroom")
+@friendly
+def headroom_(
+    model: str = typer.Option("testbed", help="a model trained on the synthetic task (testbed, tiny, a folder)"),
+    n: int = typer.Option(256, help="samples per held-out problem (pass@k up to k = n)"),
+    problems: int = typer.Option(100, help="held-out problems"),
+    out: str = typer.Option("runs/headroom", help="folder for headroom.json, eval.json and the samples"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """pass@k of the starting policy up to k = n next to what guessing alone would give."""
+    from rich.console import Console
+
+    from minipsn.headroom import headroom, table
+
+    cfg = resolve(model, None, None, [*set_, f"eval.n={n}", f"eval.problems={problems}"])
+    result = headroom(cfg, out)
+    Console().print(table(result))
+    g = result["guess"]
+    typer.echo(f"guess per sample: mode {g['mode']:.2g}, shuffled policy {g['shuffled']:.2g}, uniform {g['uniform']:.2g}")
+    typer.echo(f"headroom: {out}/headroom.json ({result['seconds']:.0f} s)")
+
+
 @app.command("plot")
 @friendly
 def plot_(

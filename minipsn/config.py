@@ -74,8 +74,11 @@ class DataConfig:
     template: str = "chat"
     # skip (and count) malformed rows instead of failing on the first one
     skip_bad_rows: bool = False
-    # synthetic task: number of arithmetic operations per problem
+    # synthetic task: number of arithmetic operations per problem (the most, when min_ops is set)
     n_ops: int = 2
+    # synthetic task: > 0 draws each problem's number of operations uniformly from min_ops..n_ops, so
+    # short problems sit next to long ones (0 = every problem has n_ops)
+    min_ops: int = 0
     # synthetic task: operations to draw from, any of + - *
     ops: str = "+-"
     # synthetic task: operands are drawn from 1..max_operand
@@ -90,6 +93,7 @@ class DataConfig:
     def __post_init__(self):
         _one_of("data.template", self.template, ("chat", "plain"))
         _check(self.n_ops >= 1, "data.n_ops must be >= 1")
+        _check(0 <= self.min_ops <= self.n_ops, "data.min_ops must be in 0..data.n_ops (0 = every problem has n_ops)")
         _check(self.max_operand >= 2, "data.max_operand must be >= 2")
         _check(self.max_start == 0 or self.max_start >= 2, "data.max_start must be 0 (= max_operand) or >= 2")
         _check(bool(self.ops) and set(self.ops) <= set("+-*"), f"data.ops must be made of + - *, got {self.ops!r}")
@@ -250,11 +254,15 @@ class EvalConfig:
     problems: int = 0
     # evaluate during training every this many steps (0 = off; a run this long also logs step 0)
     every: int = 0
+    # rows per sampling call in evaluation (0 = rollout.batch_size); at >= 2·n several problems share a
+    # call, each with its own generator (large batches sample much faster on a CPU)
+    batch_size: int = 0
 
     def __post_init__(self):
         _check(1 <= self.n <= 4096, "eval.n must be in [1, 4096]")
         _check(self.temperature > 0 and self.max_new_tokens >= 1, "eval.temperature > 0, eval.max_new_tokens >= 1")
-        _check(self.problems >= 0 and self.every >= 0, "eval.problems and eval.every must be >= 0")
+        _check(self.problems >= 0 and self.every >= 0 and self.batch_size >= 0,
+               "eval.problems, eval.every and eval.batch_size must be >= 0")
 
 
 @dataclass(frozen=True)

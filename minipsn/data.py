@@ -32,9 +32,12 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 _VERBS = {"+": "add", "-": "subtract", "*": "multiply by"}
 
 
-def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str = "+-", max_start: int = 0) -> dict:
-    """One chain of `n_ops` operations drawn from `ops` on integers in 1..max_operand, left to right,
-    from a start value in 1..max_start (0: 1..max_operand)."""
+def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str = "+-", max_start: int = 0,
+                      min_ops: int = 0) -> dict:
+    """One chain of `n_ops` operations (min_ops > 0: a uniform number in min_ops..n_ops) drawn from `ops`
+    on integers in 1..max_operand, left to right, from a start value in 1..max_start (0: 1..max_operand)."""
+    if min_ops:
+        n_ops = rng.randint(min_ops, n_ops)
     value = rng.randint(1, max_start or max_operand)
     words, lines = [f"Start at {value}"], []
     for _ in range(n_ops):
@@ -54,14 +57,15 @@ def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
     """The seeded synthetic task; `test` never repeats a `train` problem."""
     if split not in ("train", "test"):
         raise ValueError(f"synthetic split must be train or test, got {split!r}")
-    start = f"-start{cfg.max_start}" if cfg.max_start else ""  # absent by default: the same problems as before it existed
+    # absent by default: the same problems as before these knobs existed
+    start = (f"-start{cfg.max_start}" if cfg.max_start else "") + (f"-min{cfg.min_ops}" if cfg.min_ops else "")
     rng = random.Random(f"synthetic-{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}{start}")
     seen: set[str] = set()
     records: dict[str, list[dict]] = {"train": [], "test": []}
     for name, size in (("train", cfg.n_train), ("test", cfg.n_test)):
         tries = 0
         while len(records[name]) < size:
-            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start)
+            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops)
             tries += 1
             if tries > 50 * size + 1000:
                 raise ValueError(f"synthetic task too small for n_{name}={size}: raise data.max_operand, data.n_ops or data.ops")

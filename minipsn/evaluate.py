@@ -106,8 +106,9 @@ def average(results: dict[str, dict]) -> dict:
 
 
 def eval_rollout_config(rollout: RolloutConfig, ev: EvalConfig) -> RolloutConfig:
-    """The rollout settings of evaluation: EvalConfig's temperature and length, the rest as in training."""
-    return dataclasses.replace(rollout, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens)
+    """The rollout settings of evaluation: EvalConfig's temperature, length and batch, the rest as in training."""
+    return dataclasses.replace(rollout, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens,
+                               batch_size=ev.batch_size or rollout.batch_size)
 
 
 def score_rows(texts: list[str], truncated: list[bool], lengths: list[int], answer: str,
@@ -119,15 +120,17 @@ def score_rows(texts: list[str], truncated: list[bool], lengths: list[int], answ
             "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated]}
 
 
-def sample_problem(model, tok, record: dict, benchmark: str, cfg: Config, rcfg: RolloutConfig) -> dict:
-    """n completions of one problem from a generator seeded by (seed, benchmark, id), scored."""
+def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config, rcfg: RolloutConfig) -> list[dict]:
+    """n completions of each problem, scored; problems share sampling calls, but each draws from its own
+    generator seeded by (seed, benchmark, id), so its samples do not depend on its neighbours."""
     device = next(model.parameters()).device
-    prompt = format_prompt(tok, record["problem"], cfg.data.template)
-    gen = torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "eval", benchmark, record["id"]))
-    ro = sample(model, tok, [prompt], cfg.eval.n, rcfg, gen, cfg.model.max_prompt_tokens)
-    row = score_rows(ro.texts, ro.truncated.tolist(), ro.completion_mask.sum(1).tolist(), record["answer"],
-                     cfg.reward.timeout, cfg.reward.last_number)
-    return {"id": record["id"], **row}
+    prompts = [format_prompt(tok, r["problem"], cfg.data.template) for r in records]
+    gens = [torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "eval", benchmark, r["id"])) for r in records]
+    ro = sample(model, tok, prompts, cfg.eval.n, rcfg, gens, cfg.model.max_prompt_tokens)
+    n, lengths, cut = cfg.eval.n, ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
+    return [{"id": r["id"], **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
+                                         r["answer"], cfg.reward.timeout, cfg.reward.last_number)}
+            for j, r in enumerate(records)]
 
 
 def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cfg: RolloutConfig,
@@ -219,14 +222,15 @@ def evaluate_benchmark(model, tok, name: str, records: list[dict], cfg: Config, 
     todo = [r for r in records if r["id"] not in done]
     rcfg = eval_rollout_config(cfg.rollout, cfg.eval)
     task = progress.add_task(name, total=len(records), completed=len(records) - len(todo)) if progress else None
+    per_call = max(1, rcfg.batch_size // cfg.eval.n)  # problems per sampling call (eval.batch_size rows)
     with open(samples, "a") as f:
-        for rec in todo:
-            row = sample_problem(model, tok, rec, name, cfg, rcfg)
-            f.write(json.dumps(row) + "\n")
-            f.flush()  # a kill loses at most the problem being sampled
-            done[rec["id"]] = row
-            if progress is not None:
-                progress.advance(task)
+        for s in range(0, len(todo), per_call):
+            for row in sample_problems(model, tok, todo[s : s + per_call], name, cfg, rcfg):
+                f.write(json.dumps(row) + "\n")
+                f.flush()  # a kill loses at most the problems being sampled
+                done[row["id"]] = row
+                if progress is not None:
+                    progress.advance(task)
     return summarize([done[i] for i in ids])
 
 

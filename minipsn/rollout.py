@@ -60,11 +60,22 @@ def sampling_logp(logits: torch.Tensor, cfg: RolloutConfig) -> torch.Tensor:
     return logp
 
 
-def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; return it and its log-prob under the sampling distribution."""
+def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row; return it and its log-prob under the sampling distribution. `gen` is a
+    generator, or a list of (generator, first row, end row) blocks that each draw their own rows."""
     logp = sampling_logp(logits, cfg)  # (B, V)
-    token = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+    probs = logp.exp()
+    if isinstance(gen, torch.Generator):
+        token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    else:
+        token = torch.cat([torch.multinomial(probs[a:b], 1, generator=g).squeeze(1) for g, a, b in gen])
     return token, logp.gather(-1, token[:, None]).squeeze(1)
+
+
+def _blocks(gens: list[torch.Generator], owner: torch.Tensor) -> list[tuple[torch.Generator, int, int]]:
+    """(generator, first, end) for each run of rows of one prompt in `owner` (the rows' prompt ids)."""
+    change = [0, *((owner[1:] != owner[:-1]).nonzero().flatten() + 1).tolist(), owner.numel()]
+    return [(gens[int(owner[a])], a, b) for a, b in zip(change, change[1:])]
 
 
 @torch.no_grad()
@@ -104,7 +115,7 @@ def end_ids(model, tok) -> list[int]:
 
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, stop_ids: list[int], pad_id: int,
-           gen: torch.Generator, max_new_tokens: int | None = None):
+           gen, max_new_tokens: int | None = None):
     """Sample continuations of (B, Tp) left-padded prompts, a row ending at the first of `stop_ids` it
     samples (kept in its mask). Returns (ids, mask, logp, certainty), each (B, T)."""
     from transformers import DynamicCache
@@ -138,12 +149,16 @@ def _pad_cols(x: torch.Tensor, width: int, value) -> torch.Tensor:
     return F.pad(x, (0, width - x.shape[1]), value=value)
 
 
-def sample(model, tok, prompts: list[str], G: int, cfg: RolloutConfig, gen: torch.Generator,
+def sample(model, tok, prompts: list[str], G: int, cfg: RolloutConfig, gen: torch.Generator | list[torch.Generator],
            max_prompt_tokens: int = 4096, row_noise=None) -> Rollouts:
     """G completions for each prompt, prompt-major, in sub-batches of `cfg.batch_size` rows.
 
+    `gen` is one generator for all rows, or one per prompt: then a prompt's completions depend only on
+    its own generator (and the sub-batch size), not on the prompts batched with it.
     `row_noise`, when given, is told which rows each sub-batch holds (`row_noise.select(rows)`),
     so per-group or per-rollout noise can apply each row's own perturbed adapter."""
+    if not isinstance(gen, torch.Generator) and len(gen) != len(prompts):
+        raise ValueError(f"sample got {len(gen)} generators for {len(prompts)} prompts; give one, or one per prompt")
     device = next(model.parameters()).device
     ids, mask = encode_prompts(tok, prompts, max_prompt_tokens)
     ids, mask = ids.repeat_interleave(G, 0).to(device), mask.repeat_interleave(G, 0).to(device)  # (N, Tp)
@@ -155,7 +170,8 @@ def sample(model, tok, prompts: list[str], G: int, cfg: RolloutConfig, gen: torc
             rows = torch.arange(s, min(s + cfg.batch_size, ids.shape[0]))
             if row_noise is not None:
                 row_noise.select(rows)
-            parts.append(decode(model, ids[rows], mask[rows], cfg, stops, tok.pad_token_id, gen))
+            g = gen if isinstance(gen, torch.Generator) else _blocks(gen, rows // G)
+            parts.append(decode(model, ids[rows], mask[rows], cfg, stops, tok.pad_token_id, g))
     finally:
         model.train(was_training)
     width = max(p[0].shape[1] for p in parts)

@@ -268,3 +268,18 @@ def test_cli_eval_and_plot_on_tiny_model(tmp_path):
     assert res.exit_code == 0, res.output
     for name in ("passk.png", "training.png"):
         _png_ok(run / "plots" / name)
+
+
+def test_problems_batched_into_one_call_sample_as_they_would_alone(small_policy, toy_tok, tmp_path, monkeypatch):
+    # eval.batch_size = 3·n: three problems per sampling call, each from its own generator
+    recs = [{"id": f"p{i}", "problem": f"Start at {d}, add {d}. What number do you get?", "answer": str(2 * d)}
+            for i, d in enumerate((3, 5, 7))]  # one length: no padding differs between the batched and lone calls
+    cfg = _small_cfg(**{"eval.batch_size": 12})
+    calls = _counting(monkeypatch)
+    batched = tmp_path / "batched.jsonl"
+    ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", recs, cfg, batched)
+    assert len(calls) == 1  # one call for all three
+    for i, rec in enumerate(recs):
+        alone = tmp_path / f"alone{i}.jsonl"
+        ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", [rec], cfg, alone)
+        assert alone.read_text().splitlines()[1] == batched.read_text().splitlines()[i + 1]

@@ -1,0 +1,82 @@
+"""Is there room at large k, and is it reasoning or luck? `python cli.py headroom --model testbed`.
+
+Evaluates the clean starting policy at n samples per held-out problem (pass@k up to k = n) and
+measures how often a *guess* is right, per sample:
+
+    mode       always answer the most frequent gold answer of the training split
+    shuffled   answer what the policy answered on another problem: for problem i, every sample of
+               every problem j ≠ i scored against i's gold answer (answers of the right form and of
+               the policy's own distribution, with the reasoning for i removed)
+    uniform    a uniformly random integer from the range of the gold answers (analytic: the share of
+               problems whose answer lies in the range, over the range's size)
+
+If a guess succeeded with probability g per sample, it would alone give pass@k ≈ 1 − (1 − g)^k; the
+report prints that next to the policy's pass@k, so the headroom can be read as reasoning.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import time
+from pathlib import Path
+
+from minipsn.config import Config
+from minipsn.data import load_problems
+
+
+def guess_rates(test: list[dict], rows: list[dict], train: list[dict]) -> dict[str, float]:
+    """Per-sample success of the three guesses (see the module docstring); `rows[i]["answers"]` are the
+    policy's extracted answers for `test[i]`."""
+    if len(test) != len(rows) or len(test) < 2:
+        raise ValueError("guess_rates needs one row of samples per problem, and at least two problems")
+    mode = collections.Counter(r["answer"] for r in train).most_common(1)[0][0]
+    counts = [collections.Counter(a for a in row["answers"] if a is not None) for row in rows]
+    total = collections.Counter()
+    for c in counts:
+        total.update(c)
+    n_other = sum(len(row["answers"]) for row in rows)
+    hits = sum(total[rec["answer"]] - counts[i][rec["answer"]] for i, rec in enumerate(test))
+    others = sum(n_other - len(row["answers"]) for row in rows)
+    values = [int(r["answer"]) for r in train + test if r["answer"].lstrip("-").isdigit()]
+    lo, hi = min(values), max(values)
+    in_range = sum(1 for r in test if r["answer"].lstrip("-").isdigit() and lo <= int(r["answer"]) <= hi)
+    return {"mode": sum(r["answer"] == mode for r in test) / len(test), "shuffled": hits / others,
+            "uniform": in_range / len(test) / (hi - lo + 1), "mode_answer": mode, "range": [lo, hi]}
+
+
+def headroom(cfg: Config, out: str | Path) -> dict:
+    """Evaluate the starting policy on the synthetic test split (cfg.eval: n, problems, temperature) and
+    measure the guess rates; write OUT/headroom.json (and OUT/eval.json, OUT/samples/)."""
+    from minipsn.evaluate import evaluate
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    report = evaluate(cfg, ["synthetic"], out)
+    lines = (out / "samples" / "synthetic.jsonl").read_text().splitlines()[1:]
+    by_id = {row["id"]: row for row in map(json.loads, lines)}
+    test = load_problems(cfg.data, "test")
+    test = test[: cfg.eval.problems] if cfg.eval.problems else test
+    rows = [by_id[r["id"]] for r in test]
+    guesses = guess_rates(test, rows, load_problems(cfg.data, "train"))
+    g = max(guesses["mode"], guesses["shuffled"], guesses["uniform"])
+    bench = report["benchmarks"]["synthetic"]
+    result = {"model": cfg.model.name, "n": cfg.eval.n, "problems": len(test), "temperature": cfg.eval.temperature,
+              "pass@k": bench["pass@k"], "mean_len": bench["mean_len"], "guess": guesses,
+              "guess_pass@k": {k: 1 - (1 - g) ** int(k) for k in bench["pass@k"]},
+              "seconds": time.perf_counter() - t0}
+    (out / "headroom.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def table(result: dict):
+    from rich.table import Table
+
+    t = Table(title=f"headroom: {result['model']}, {result['problems']} held-out problems × {result['n']} samples, "
+                    f"T = {result['temperature']:g}")
+    ks = list(result["pass@k"])
+    t.add_column("")
+    for k in ks:
+        t.add_column(f"@{k}", justify="right")
+    t.add_row("policy pass@k %", *[f"{100 * result['pass@k'][k]:.1f}" for k in ks])
+    t.add_row("best guess pass@k %", *[f"{100 * result['guess_pass@k'][k]:.2f}" for k in ks])
+    return t
