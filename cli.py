@@ -247,6 +247,7 @@ def compare(
     benchmarks: str = typer.Option("synthetic", help="comma-separated benchmarks to evaluate on"),
     n: Optional[int] = typer.Option(None, help="samples per problem (eval.n)"),
     out: str = typer.Option("runs/compare", help="folder of the grid; finished runs are reused"),
+    workers: int = typer.Option(1, help="(method, seed) jobs at once, one process and torch thread each"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (applies to every run)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
@@ -257,7 +258,7 @@ def compare(
     sets = {k: v for k, v in {"run.steps": steps, "noise.sigma": sigma, "eval.n": n}.items() if v is not None}
     sets.update(parse_sets(set_))
     result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,
-                         tuple(b.strip() for b in benchmarks.split(",") if b.strip()))
+                         tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers)
     typer.echo((Path(out) / "compare.md").read_text())
     typer.echo(f"wrote {out}/compare.md, compare.json, compare.png ({len(result['methods'])} methods × {seeds} seeds)")
 

@@ -3,10 +3,10 @@
     python examples/qwen_gsm8k.py [DATA_DIR] [OUT]
 
 The paper's settings scaled to one consumer GPU: G = 8 rollouts per prompt, TIS cap C = 10, noise on
-the MLP adapters with the adaptive scheduler, completions up to 512 tokens (GSM8K solutions are
-short). σ is absolute on the LoRA A/B weights; 0.003 is a starting point, not a measured optimum:
-watch `noise/kl_proxy` in the first steps (the paper's KL controller aims at 0.003) and the adaptive
-scheduler's `noise/indicator` (set `scheduler.target` near its mean, see the README). With DATA_DIR the GSM8K JSON Lines load
+the MLP adapters with the adaptive σ controller, completions up to 512 tokens (GSM8K solutions are
+short). σ is absolute on the LoRA A/B weights, so its effect depends on the model and the adapter:
+the recipe first runs `calibrate` (a minute on a GPU) and starts from the σ whose noise KL per token
+is the paper's 0.003 (OUT/calibrate/calibrate.json says which). With DATA_DIR the GSM8K JSON Lines load
 from disk (layout of ../shared/data), otherwise from the Hugging Face hub. `TINY=1` runs the same
 recipe on the tiny model with a synthetic task, for a dry run on a laptop.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
 import os
 
+from minipsn.calibrate import calibrate, parse_sigmas
 from minipsn.config import build_config
 from minipsn.train import train
 
@@ -25,10 +26,17 @@ tiny = os.environ.get("TINY") == "1"
 sets = {
     "data.dataset": "synthetic" if tiny else "gsm8k", "data.data_dir": data_dir, "run.out": out,
     "grpo.group_size": 8, "grpo.prompts_per_step": 8, "grpo.tis_cap": 10.0, "grpo.lr": 1e-5,
-    "noise.sigma": 0.003, "noise.targets": "mlp", "noise.control": "adaptive",
+    "noise.targets": "mlp", "noise.control": "adaptive",
     "rollout.max_new_tokens": 512, "run.steps": 300, "run.save_every": 25,
     "eval.every": 50, "eval.n": 8, "eval.problems": 128,
 }
+grid = "0.001,0.002,0.005,0.01,0.02,0.05"
 if tiny:
-    sets.update({"rollout.max_new_tokens": 48, "run.steps": 2, "eval.every": 0, "grpo.lr": 1e-4, "noise.sigma": 0.02})
-train(build_config(model="tiny" if tiny else "qwen-1.5b", sets=sets))
+    sets.update({"rollout.max_new_tokens": 48, "run.steps": 2, "eval.every": 0, "grpo.lr": 1e-4})
+    grid = "0.005,0.02,0.08"
+model = "tiny" if tiny else "qwen-1.5b"
+report = calibrate(build_config(model=model, sets=sets), parse_sigmas(grid), target_kl=0.003, draws=1, out=f"{out}/calibrate")
+if report["suggested_sigma"] is None:
+    raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
+print(f"σ from calibrate: {report['suggested_sigma']:.3g} ({report['suggestion']})")
+train(build_config(model=model, sets={**sets, "noise.sigma": report["suggested_sigma"]}))

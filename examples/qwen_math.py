@@ -2,7 +2,8 @@
 
     python examples/qwen_math.py [DATA_DIR] [OUT]
 
-Paper settings scaled down: G = 8, TIS C = 10, MLP-adapter noise with the adaptive scheduler,
+Paper settings scaled down: G = 8, TIS C = 10, MLP-adapter noise with the adaptive σ controller
+starting from the σ that `calibrate` finds for a noise KL of 0.003 per token (OUT/calibrate),
 completions up to 1024 tokens, LoRA learning rate 1e-5, base-model (plain) prompt template as
 Qwen2.5-Math is a base model. The evaluation samples n = 256 per problem from the clean policy, as
 the paper does, to read pass@k at large k. `TINY=1` runs the same recipe on the tiny model.
@@ -13,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
 import os
 
+from minipsn.calibrate import calibrate, parse_sigmas
 from minipsn.config import build_config
 from minipsn.evaluate import evaluate
 from minipsn.train import train
@@ -23,15 +25,20 @@ tiny = os.environ.get("TINY") == "1"
 sets = {
     "data.dataset": "synthetic" if tiny else "math", "data.data_dir": data_dir, "data.template": "plain",
     "run.out": out, "grpo.group_size": 8, "grpo.prompts_per_step": 8, "grpo.tis_cap": 10.0, "grpo.lr": 1e-5,
-    "noise.sigma": 0.003, "noise.targets": "mlp", "noise.control": "adaptive",
+    "noise.targets": "mlp", "noise.control": "adaptive",
     "rollout.max_new_tokens": 1024, "eval.max_new_tokens": 1024, "eval.n": 256, "run.steps": 500,
 }
-benchmarks = ["math500", "aime24"]
+benchmarks, grid = ["math500", "aime24"], "0.001,0.002,0.005,0.01,0.02,0.05"
 if tiny:
     sets.update({"rollout.max_new_tokens": 48, "eval.max_new_tokens": 48, "eval.n": 4, "eval.problems": 4,
-                 "run.steps": 2, "grpo.lr": 1e-4, "noise.sigma": 0.02, "data.template": "chat"})
-    benchmarks = ["synthetic"]
-cfg = build_config(model="tiny" if tiny else "qwen-math-1.5b", sets=sets)
+                 "run.steps": 2, "grpo.lr": 1e-4, "data.template": "chat"})
+    benchmarks, grid = ["synthetic"], "0.005,0.02,0.08"
+model = "tiny" if tiny else "qwen-math-1.5b"
+report = calibrate(build_config(model=model, sets=sets), parse_sigmas(grid), target_kl=0.003, draws=1, out=f"{out}/calibrate")
+if report["suggested_sigma"] is None:
+    raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
+print(f"σ from calibrate: {report['suggested_sigma']:.3g} ({report['suggestion']})")
+cfg = build_config(model=model, sets={**sets, "noise.sigma": report["suggested_sigma"]})
 run_dir = train(cfg)
 evaluate(cfg, benchmarks, run_dir / "eval", adapter=str(run_dir / "adapter"))
 print(f"pass@k table: {run_dir / 'eval' / 'eval.json'}; plot it with: python cli.py plot {run_dir}")

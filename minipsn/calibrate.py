@@ -35,7 +35,7 @@ from minipsn.engine import make_engine
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size
 from minipsn.rewards import correctness_reward
-from minipsn.rollout import rescore, sample
+from minipsn.rollout import sample
 from minipsn.train import completion_logprobs, micro_batches, step_records
 
 DEFAULT_SIGMAS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)

@@ -304,7 +304,9 @@ class Config:
 PRESETS: dict[str, dict[str, object]] = {
     "tiny": {
         "lora.rank": 8, "grpo.lr": 2e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
-        "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "noise.sigma": 0.01,
+        "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "control.window": 10,
+        # σ from `python cli.py calibrate --model tiny` (noise KL 0.003 per token; docs/RESULTS.md)
+        "noise.sigma": 0.024,
         "eval.n": 16, "eval.problems": 64, "eval.every": 20, "model.max_prompt_tokens": 1024,
     },
     "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},

@@ -27,10 +27,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from minipsn import rollout
+from minipsn import noise, rollout
 from minipsn.config import Config
 from minipsn.models import dense_weight, lora_parameters
-from minipsn import noise
 
 # Rollout tokens/s, folded fp32 copy over NF4 base + unmerged LoRA, tiny model, 64 rows × 64 tokens, 1 thread,
 # 3 interleaved rounds on a shared AMD EPYC: 7611/4128, 7468/3893, 5751/2965 (one PSN-GRPO step: 1.7 vs 1.9-2.7 s).

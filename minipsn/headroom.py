@@ -60,9 +60,10 @@ def headroom(cfg: Config, out: str | Path) -> dict:
     guesses = guess_rates(test, rows, load_problems(cfg.data, "train"))
     g = max(guesses["mode"], guesses["shuffled"], guesses["uniform"])
     bench = report["benchmarks"]["synthetic"]
+    passk = {str(k): v for k, v in bench["pass@k"].items()}  # as in eval.json
     result = {"model": cfg.model.name, "n": cfg.eval.n, "problems": len(test), "temperature": cfg.eval.temperature,
-              "pass@k": bench["pass@k"], "mean_len": bench["mean_len"], "guess": guesses,
-              "guess_pass@k": {k: 1 - (1 - g) ** int(k) for k in bench["pass@k"]},
+              "pass@k": passk, "mean_len": bench["mean_len"], "guess": guesses,
+              "guess_pass@k": {k: 1 - (1 - g) ** int(k) for k in passk},
               "seconds": time.perf_counter() - t0}
     (out / "headroom.json").write_text(json.dumps(result, indent=2))
     return result

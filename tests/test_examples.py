@@ -36,6 +36,9 @@ def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
                               capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+        # the recipe's σ is the one calibrate suggested for the paper's noise KL of 0.003
+        suggested = json.loads((out / "calibrate" / "calibrate.json").read_text())["suggested_sigma"]
+        assert json.loads((out / "config.json").read_text())["noise"]["sigma"] == suggested
     assert (tmp_path / "qwen_math.py" / "eval" / "eval.json").is_file()
 
 

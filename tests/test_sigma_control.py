@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minipsn.config import ControlConfig, NoiseConfig, apply_overrides, config_from_dict, Config
+from minipsn.config import Config, ControlConfig, NoiseConfig, apply_overrides, config_from_dict
 from minipsn.sigma_control import AdaptiveSigma, FixedSigma, KLSigma, make_controller, standardise
 
 

@@ -1,0 +1,39 @@
+"""The exploration experiment: does parameter-space noise widen what GRPO reaches at large k?
+
+    python examples/exploration_testbed.py [OUT] [STEPS] [SEEDS] [PROBLEMS] [N] [WORKERS]
+
+On the `testbed` model (built and cached locally like `tiny`; a guessed answer is right about once in
+10⁴ samples, see `python cli.py headroom`): 1. `calibrate` σ for a noise KL of 0.003 per token;
+2. `compare` the model before RL, grpo, psn (that σ), psn-adaptive (starting there) and psn-kl:
+SEEDS seeds each, pass@k for k = 1 … N on PROBLEMS held-out problems, WORKERS jobs at once.
+Defaults: 60 steps, 3 seeds, 100 problems, n = 256, 2 workers (docs/RESULTS.md has the measured
+table, plot and time). Finished runs are reused, so an interrupted experiment picks up where it stopped.
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
+
+from minipsn.calibrate import calibrate, parse_sigmas
+from minipsn.compare import compare
+from minipsn.config import build_config
+
+args = sys.argv[1:] + [None] * 6
+out = Path(args[0] or "runs/exploration-testbed")
+steps, seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[1:6], (60, 3, 100, 256, 2)))
+METHODS = ["grpo", "psn", "psn-adaptive", "psn-kl"]
+
+cal_path = out / "calibrate" / "calibrate.json"
+if cal_path.is_file():  # one σ for the whole grid, also when the experiment is resumed
+    report = json.loads(cal_path.read_text())
+else:
+    report = calibrate(build_config(model="testbed"), parse_sigmas("0.005,0.01,0.02,0.04,0.08"), target_kl=0.003,
+                       draws=2, out=out / "calibrate")
+sigma = report["suggested_sigma"]
+if sigma is None:
+    raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
+print(f"σ from calibrate: {sigma:.3g} ({report['suggestion']})")
+SETS = {"run.steps": steps, "noise.sigma": round(sigma, 4), "eval.n": n, "eval.problems": problems}
+result = compare("testbed", METHODS, seeds, out, SETS, workers=workers)
+print((out / "compare.md").read_text())
