@@ -71,7 +71,8 @@ def suggest(rows: list[dict], target: float) -> tuple[float | None, str]:
 
 def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed: int, sample_seed: int) -> dict:
     """One σ, one noise draw: sample, rescore clean, learner pass, verify."""
-    G, device = cfg.grpo.group_size, next(model.parameters()).device
+    G = cfg.grpo.group_size
+    device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(sample_seed)
     with engine.policy(sigma, [seed], cfg.noise.targets) as (sampler, row_noise):
         ro = sample(sampler, tok, prompts, G, cfg.rollout, gen, cfg.model.max_prompt_tokens, row_noise=row_noise)
