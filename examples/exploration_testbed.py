@@ -19,21 +19,27 @@ from minipsn.calibrate import calibrate, parse_sigmas
 from minipsn.compare import compare
 from minipsn.config import build_config
 
-args = sys.argv[1:] + [None] * 6
-out = Path(args[0] or "runs/exploration-testbed")
-steps, seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[1:6], (60, 3, 100, 256, 2)))
-METHODS = ["grpo", "psn", "psn-adaptive", "psn-kl"]
 
-cal_path = out / "calibrate" / "calibrate.json"
-if cal_path.is_file():  # one σ for the whole grid, also when the experiment is resumed
-    report = json.loads(cal_path.read_text())
-else:
-    report = calibrate(build_config(model="testbed"), parse_sigmas("0.005,0.01,0.02,0.04,0.08"), target_kl=0.003,
-                       draws=2, out=out / "calibrate")
-sigma = report["suggested_sigma"]
-if sigma is None:
-    raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
-print(f"σ from calibrate: {sigma:.3g} ({report['suggestion']})")
-SETS = {"run.steps": steps, "noise.sigma": round(sigma, 4), "eval.n": n, "eval.problems": problems}
-result = compare("testbed", METHODS, seeds, out, SETS, workers=workers)
-print((out / "compare.md").read_text())
+def main() -> None:
+    args = sys.argv[1:] + [None] * 6
+    out = Path(args[0] or "runs/exploration-testbed")
+    steps, seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[1:6], (60, 3, 100, 256, 2)))
+    METHODS = ["grpo", "psn", "psn-adaptive", "psn-kl"]
+
+    cal_path = out / "calibrate" / "calibrate.json"
+    if cal_path.is_file():  # one σ for the whole grid, also when the experiment is resumed
+        report = json.loads(cal_path.read_text())
+    else:
+        report = calibrate(build_config(model="testbed"), parse_sigmas("0.005,0.01,0.02,0.04,0.08"), target_kl=0.003,
+                           draws=2, out=out / "calibrate")
+    sigma = report["suggested_sigma"]
+    if sigma is None:
+        raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
+    print(f"σ from calibrate: {sigma:.3g} ({report['suggestion']})")
+    SETS = {"run.steps": steps, "noise.sigma": round(sigma, 4), "eval.n": n, "eval.problems": problems}
+    compare("testbed", METHODS, seeds, out, SETS, workers=workers)
+    print((out / "compare.md").read_text())
+
+
+if __name__ == "__main__":  # compare's workers are spawned processes: they import this file without running it
+    main()

@@ -2,7 +2,11 @@
 
 Numbers compare exactly unless either answer is written with decimals (then within RTOL);
 expressions with free symbols by evaluating both at seeded random rational points; equations up to
-a constant factor; sets and bare lists without order, tuples, matrices and intervals with it.
+a constant factor; sets (repeats ignored) and bare lists (repeats kept) without order, tuples,
+matrices (a row vector is a column vector) and intervals with it; (a, b) is a point or an open
+interval. A relation in one symbol with a numeric slope bounded by numbers is read as an interval
+(-x > -1 is (-oo, 1); -793 < a < 10 is (-793, 10); its variable's name is not compared), other
+relations structurally or up to a positive factor (2x+2y > 2 is x+y > 1). For "A ≈ B" see _forms.py.
 Imported only inside the verifier's worker process (see verify.py).
 """
 
@@ -13,6 +17,7 @@ from sympy import Rational, Symbol, nan, oo, zoo
 from sympy.core.evalf import PrecisionExhausted
 from sympy.matrices import MatrixBase
 
+from minipsn._forms import pick_approx
 from minipsn._latex import _DECIMAL, _FLIP, LatexError, parse_answer
 
 RTOL = Rational(1, 10**6)  # relative tolerance when either answer is written with decimals
@@ -29,8 +34,11 @@ def symbolic_equal(pred: str, gold: str) -> bool:
     """True when two normalised answers mean the same; raises LatexError/TooLarge on bad input.
     Numbers compare exactly unless either answer is written with decimals (0.5, 8.7e8):
     3986729 != 3986730 and 1/2004! != 1/2006!, but 0.866025 == \\sqrt3/2 within RTOL."""
+    # A ≈ B: B against a decimal answer, else A (_forms.py)
+    pred, gold = pick_approx(pred, bool(_DECIMAL.search(gold))), pick_approx(gold, bool(_DECIMAL.search(pred)))
     decimal = _DECIMAL.search(pred) or _DECIMAL.search(gold)
-    return _Compare(RTOL if decimal else 0).same(parse_answer(pred), parse_answer(gold))
+    a, b = (_rel_as_interval(x) for x in (parse_answer(pred), parse_answer(gold)))
+    return _Compare(RTOL if decimal else 0).same(a, b)
 
 
 class _Compare:
@@ -41,6 +49,7 @@ class _Compare:
 
     def same(self, a, b) -> bool:
         ka, kb, same = _kind(a), _kind(b), self.same
+        a, b = (("set", self.distinct(x[1])) if k == "set" else x for x, k in ((a, ka), (b, kb)))
         if ka in ("set", "list") and len(a[1]) == 1:
             return same(a[1][0], b)
         if kb in ("set", "list") and len(b[1]) == 1:
@@ -52,20 +61,34 @@ class _Compare:
         if ka == kb == "eq":
             return (same(a[1], b[1]) and same(a[2], b[2])) or self.proportional(
                 a[1] - a[2], b[1] - b[2])
-        if {ka, kb} <= {"set", "list"} or ka == kb == "union":
+        if {ka, kb} <= {"set", "list"} and "set" in (ka, kb):  # {1,2} answers 1,1,2 too
+            xs, ys = (list(self.distinct(x[1]) if k == "list" else x[1]) for x, k in ((a, ka), (b, kb)))
+            return self.unordered(xs, ys)
+        if {ka, kb} <= {"set", "list"} or {ka, kb} <= {"union", "list"}:  # x<1 or x>3 is a union
             return self.unordered(list(a[1]), list(b[1]))
+        if {ka, kb} == {"interval", "tuple"}:  # (a, b) is also the open interval a < x < b
+            iv, tup = (a, b) if ka == "interval" else (b, a)
+            return len(tup[1]) == 2 and not (iv[1] or iv[4]) and same(iv[2], tup[1][0]) and same(
+                iv[3], tup[1][1])
         if {ka, kb} <= {"tuple", "list", "matrix"}:
-            if ka == kb == "matrix" and a.shape != b.shape:
-                return False
+            if ka == kb == "matrix" and a.shape != b.shape and not (1 in a.shape and 1 in b.shape):
+                return False  # a row vector answers a column vector, a 2x3 matrix is no 3x2 one
             xs, ys = (list(x[1]) if isinstance(x, tuple) else list(x) for x in (a, b))
             return len(xs) == len(ys) and all(same(x, y) for x, y in zip(xs, ys))
         if ka == kb == "rel":  # x > 2 is 2 < x
             flipped = (tuple(_FLIP[o] for o in reversed(b[1])), b[2][::-1])
             return any(a[1] == ops and all(same(x, y) for x, y in zip(a[2], sides))
-                       for ops, sides in ((b[1], b[2]), flipped))
+                       for ops, sides in ((b[1], b[2]), flipped)) or self.scaled_rel(a, b)
         if ka == kb == "interval":
             return a[1] == b[1] and a[4] == b[4] and same(a[2], b[2]) and same(a[3], b[3])
         return ka == kb == "expr" and self.expr(a, b)
+
+    def distinct(self, xs) -> tuple:
+        out = []
+        for x in xs:
+            if not any(self.same(x, y) for y in out):
+                out.append(x)
+        return tuple(out)
 
     def unordered(self, xs: list, ys: list) -> bool:
         if len(xs) != len(ys):
@@ -109,13 +132,28 @@ class _Compare:
 
     def proportional(self, d1, d2) -> bool:
         """Equations d1 = 0 and d2 = 0 are the same when d1/d2 is a nonzero constant."""
-        if isinstance(d1, MatrixBase) or isinstance(d2, MatrixBase):
+        ratio = self.ratio(d1, d2)
+        return ratio is not None and ratio != 0
+
+    def scaled_rel(self, a, b) -> bool:
+        """2x + 2y > 2 is x + y > 1: one relation each, d = big side - small side, d1/d2 > 0."""
+        if len(a[1]) != 1 or len(b[1]) != 1 or "≠" in a[1] + b[1] or (a[1][0] in "≤≥") != (b[1][0] in "≤≥"):
             return False
+        d1, d2 = ((r[2][0] - r[2][1]) * (1 if r[1][0] in ">≥" else -1) for r in (a, b))
+        if not (d1.free_symbols and d2.free_symbols):  # 2 > 1 and 3 > 1 are no answers
+            return False
+        ratio = self.ratio(d1, d2)
+        return ratio is not None and bool(ratio.is_positive)
+
+    def ratio(self, d1, d2):
+        """The constant d1/d2 at the sampled points, or None when it is not constant."""
+        if isinstance(d1, MatrixBase) or isinstance(d2, MatrixBase):
+            return None
         points = _points(sorted(d1.free_symbols | d2.free_symbols, key=str))
         ratios = [(v1 / v2).evalf(DPS) for v1, v2 in ((_value(d1, p), _value(d2, p)) for p in points)
                   if v1 is not None and v2 is not None and v2 != 0]
-        return len(ratios) >= 2 and ratios[0] != 0 and all(
-            self.close(r, ratios[0], SAMPLE_ATOL) for r in ratios)
+        same = len(ratios) >= 2 and all(self.close(r, ratios[0], SAMPLE_ATOL) for r in ratios)
+        return ratios[0] if same else None
 
 
 def _value(x, point: dict | None = None):
@@ -131,3 +169,36 @@ def _points(symbols: list, n: int = 4) -> list[dict]:
     # seeded so a verdict is reproducible; rationals in [0.3, 3.2] avoid 0, 1 and branch cuts
     rng = random.Random(0)
     return [{s: Rational(rng.randint(30, 310), 97) for s in symbols} for _ in range(n)]
+
+
+def _rel_as_interval(a):
+    """x > 2 -> (2, oo); -x ≥ -1 -> (-oo, 1]; -793 < a < 10 -> (-793, 10): a relation in one
+    symbol, linear with a numeric slope, bounding it by numbers. Anything else is left as it is."""
+    if _kind(a) in ("set", "list", "tuple", "union"):
+        return (a[0], tuple(_rel_as_interval(x) for x in a[1]))
+    if _kind(a) != "rel" or "≠" in a[1] or not 2 <= len(a[2]) <= 3:
+        return a
+    sides = [s for s in a[2] if not isinstance(s, MatrixBase)]
+    symbols = set().union(*(s.free_symbols for s in sides)) if len(sides) == len(a[2]) else set()
+    if len(symbols) != 1:
+        return a
+    x, = symbols
+    if len(a[2]) == 3:  # lo < x < hi, both relations pointing the same way
+        lo, mid, hi = a[2]
+        if mid != x or lo.free_symbols or hi.free_symbols or (a[1][0] in "<≤") != (a[1][1] in "<≤"):
+            return a
+        lo_op, hi_op = a[1] if a[1][0] in "<≤" else a[1][::-1]
+        if a[1][0] in ">≥":  # 10 ≥ a > -793
+            lo, hi = hi, lo
+        return ("interval", lo_op in "≤≥", lo, hi, hi_op in "≤≥")
+    d = a[2][0] - a[2][1]  # d op 0
+    slope = sympy.diff(d, x)
+    if slope.free_symbols or not slope.is_number or not slope.is_real or slope == 0 or slope.is_negative is None:
+        return a
+    bound, op = -(d - slope * x) / slope, a[1][0]
+    if (d - slope * x).free_symbols:
+        return a
+    if slope.is_negative:
+        op = _FLIP[op]
+    closed = op in "≤≥"
+    return ("interval", closed, bound, oo, False) if op in ">≥" else ("interval", False, -oo, bound, closed)

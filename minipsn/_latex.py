@@ -6,8 +6,9 @@ Before sympy evaluates a power, factorial or binomial, a size guard raises TooLa
 result would exceed ~MAX_BITS bits (10^{10^{10}}, 1000000!), so such answers are "not equivalent"
 at once instead of hanging the worker. parse_answer() also reads the structure around expressions:
 sets \\{a,b\\} and bare lists a,b (unordered), tuples (a,b) (ordered), intervals [a,b), unions,
-equations, inequalities, matrices, and ± (two answers). symbolic_equal() compares two structures:
-numbers exactly (relative RTOL when either side is written with decimals: 0.5, 8.7e8),
+equations (a chain x = 5+6 = 11 and a labelled (p,q) = (3,2) stand for their last side),
+inequalities, matrices (pmatrix, bmatrix, array, ...), and ± (two answers). symbolic_equal()
+compares two structures: numbers exactly (relative RTOL when either side is written with decimals: 0.5, 8.7e8),
 expressions by evaluating both at seeded random points, equations up to a constant factor
 (symbolic_equal lives in _compare.py). Imported only inside the verifier's worker process.
 """
@@ -38,12 +39,13 @@ _VALUES = {"pi": pi, "infty": oo, "infinity": oo}
 _WRAPS = {"text", "textnormal", "mathrm", "mathbf", "textbf", "mathit", "mbox", "textrm", "operatorname"}
 _STARTERS = _SYMBOLS | set(_VALUES) | _WRAPS | {
     "frac", "dfrac", "tfrac", "cfrac", "sqrt", "binom", "dbinom", "tbinom", "lfloor", "lceil", "begin"}
-_FLIP = {"<": ">", ">": "<", "≤": "≥", "≥": "≤"}
+_FLIP = {"<": ">", ">": "<", "≤": "≥", "≥": "≤", "≠": "≠"}
 _MULT = {"*", "\\cdot", "\\times", "\\ast"}
 _SKIP = {"\\left", "\\right", "\\big", "\\Big", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr",
          "\\displaystyle", "\\,", "\\!", "\\;", "\\:", "\\ ", "\\quad", "\\qquad"}
-_MATRICES = {"pmatrix", "bmatrix", "Bmatrix", "matrix", "smallmatrix", "vmatrix"}
+_MATRICES = {"pmatrix", "bmatrix", "Bmatrix", "matrix", "smallmatrix", "vmatrix", "array"}
 _DECIMAL = re.compile(r"\d?\.\d|\d[eE]-?\d")
+_LABELS = re.compile(r"\((?:[a-zA-Z](?:_\{?\w+\}?)?,)+[a-zA-Z](?:_\{?\w+\}?)?\)")  # (p,q) in (p,q)=
 _PM = re.compile(r"\\(?:pm|mp)(?![a-zA-Z])")
 # e-notation takes no "+": 2e+1 is 2e + 1, while 8.7e8 and 1e-5 are numbers
 _TOKEN = re.compile(r"(\d+(?:\.\d*)?(?:[eE]-?\d+)?|\.\d+(?:[eE]-?\d+)?)|(\\(?:[a-zA-Z]+|.))"
@@ -291,6 +293,8 @@ class _Parser:
     def matrix(self):
         if (env := self.raw_arg()) not in _MATRICES:
             raise LatexError(f"unsupported environment {env}")
+        if env == "array":
+            self.raw_arg()  # the column spec {cc}
         rows, row = [], []
         while True:
             row.append(self.expr())
@@ -375,8 +379,8 @@ def parse_answer(text: str):
     if len(_split_top(text, (",",))) > 1:
         return ("list", _items(text))
     if len(sides := _split_top(text, ("=",))) > 1:
-        if len(sides) > 2:
-            raise LatexError("more than one '='")
+        if len(sides) > 2 or _LABELS.fullmatch(sides[0]):  # x = 5+5+1 = 11 and (p,q)=(3,2): the last
+            return parse_answer(sides[-1])
         return ("eq", parse_expr(sides[0]), parse_expr(sides[1]))
     ops: list[str] = []
     sides = _split_top(text, tuple(_FLIP), ops)

@@ -10,7 +10,7 @@ Every path does the same work: P prompts × G rollouts × T new tokens with the 
 row stops early (minipsn: a tokenizer view without an end token; TRL: `min_new_tokens = T`). Each model is
 loaded afresh per engine (4-bit NF4 + LoRA, method psn-adaptive), timed after a warm-up (compile, caches),
 best of the repeats. Memory is the CUDA peak, or the process's peak RSS on CPU (monotone over the whole
-run). PSN overhead = perturb/fold + restore/unfold; scheduler overhead = diversity + σ update; both as a
+run). PSN overhead = perturb/fold + restore/unfold; σ-controller overhead = diversity + σ update; both as a
 share of the step. A number that could not be measured is recorded with the reason, never estimated.
 """
 from __future__ import annotations
@@ -212,7 +212,7 @@ def bench_rollouts(trainer, spec: Spec, T: int, reps: int, sigma: float) -> dict
 
 
 def bench_steps(trainer, steps: int, device: str) -> dict:
-    """Full PSN-GRPO steps (after one warm-up step): time, phases, PSN and scheduler overhead, peak memory."""
+    """Full PSN-GRPO steps (after one warm-up step): time, phases, PSN and σ-controller overhead, peak memory."""
     sched = [0.0]
     _timed(trainer, "_diversity", sched)
     _timed(trainer.controller, "update", sched)

@@ -108,6 +108,7 @@ def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws:
     t0 = time.perf_counter()
     P = cfg.grpo.prompts_per_step
     records = load_problems(cfg.data, "train")
+    torch.manual_seed(cfg.run.seed)  # as the trainer does: the fresh adapter's A is the one run.seed starts with
     model, tok = load_policy(cfg, adapter)
     model.eval()
     engine = make_engine(model, cfg)

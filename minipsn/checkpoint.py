@@ -3,7 +3,7 @@
 Layout of a run folder:
     config.json                  resolved config (also inside every checkpoint)
     metrics.jsonl                one JSON object per step
-    checkpoints/step-000050/     adapter/ (peft format) + state.pt (optimizer, σ scheduler, RNGs, step)
+    checkpoints/step-000050/     adapter/ (peft format) + state.pt (optimizer, σ controller, RNGs, step)
     checkpoints/latest           name of the newest complete checkpoint
     adapter/                     the final adapter (PeftModel.from_pretrained loads it)
 
@@ -41,7 +41,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, step: int, model, optimizer, scheduler, config: dict, keep: int = 1,
+def save(run_dir: Path, step: int, model, optimizer, controller, config: dict, keep: int = 1,
          extra: dict | None = None) -> Path:
     """Write checkpoint `step` (the number of finished steps) and point `latest` at it; `extra` is the
     trainer's own state (skipped-step count, batch sizes halved after out-of-memory)."""
@@ -51,7 +51,7 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, config: dict, ke
     tmp = root / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp / "adapter")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "sigma_control": controller.state_dict(),
                 "rng": rng_state(), "config": config, **(extra or {})}, tmp / "state.pt")
     final = root / name
     shutil.rmtree(final, ignore_errors=True)

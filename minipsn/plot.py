@@ -126,7 +126,7 @@ def plot_training(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         elif key == "noise/sigma" and positive:
-            ax.set_yscale("log")  # σ moves multiplicatively under the schedulers
+            ax.set_yscale("log")  # σ moves multiplicatively under the σ controllers
         ax.set(title=key, xlabel="step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -1,9 +1,9 @@
-"""Sampling G completions per prompt, keeping what the learner and the scheduler need.
+"""Sampling G completions per prompt, keeping what the learner and the σ controller need.
 
 A hand-written decode loop (prefill, then one token at a time with a KV cache) instead of
 `generate`, because the learner needs, for every sampled token, its log-prob under the
 distribution it was actually drawn from (log π_θ̃ at the sampling temperature, after top-p),
-and the scheduler needs each row's self-certainty from the same logits: no extra pass.
+and the σ controller needs each row's self-certainty from the same logits: no extra pass.
 
 Rows are prompt-major (row i belongs to prompt i // G). Prompts are left-padded so every
 completion starts in one column; a row stops at any end id (`end_ids`: the tokenizer's eos and

@@ -3,7 +3,7 @@
     perturb LoRA by σ·ε → sample G completions per prompt with π_θ̃ → restore θ bit-exactly
     → score → group advantages → learner log π_θ on the clean policy, TIS weights
     w = min(π_θ/π_θ̃, C) → clipped surrogate × w, backward over micro-batches, AdamW step
-    → scheduler moves σ → status line, metrics.jsonl, checkpoint
+    → the σ controller moves σ → status line, metrics.jsonl, checkpoint
 
 (arXiv 2602.02555, Alg. 1). Deviations: noise only on LoRA adapters of a 4-bit base; one
 optimizer step per batch (on-policy, so the PPO ratio is 1 and its clip never binds; it is kept
@@ -235,7 +235,7 @@ class Trainer:
         state = checkpoint.load_state(ckpt)
         checkpoint.load_adapter_weights(self.model, ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.controller.load_state_dict(state["scheduler"])
+        self.controller.load_state_dict(state.get("sigma_control", state.get("scheduler")))  # older: "scheduler"
         checkpoint.set_rng_state(state["rng"])
         self.start = state["step"]
         trainer = state.get("trainer", {})  # checkpoints from before this field: the configured sizes, 0 skipped
@@ -294,7 +294,7 @@ class Trainer:
             print(f"warning: non-finite loss or gradient at step {step + 1}: update skipped (counted in guard/skipped_steps)")
         t_learn = time.perf_counter() - t1
 
-        # 7. the scheduler reads diversity and self-certainty (no extra pass) and moves σ
+        # 7. the σ controller reads the noise KL, diversity and self-certainty (no extra pass) and moves σ
         t2 = time.perf_counter()
         diversity = self._diversity(ro, out.pooled)
         noise_stats = self.controller.update({"kl_noise": out.stats["noise/kl_noise"],

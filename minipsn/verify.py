@@ -1,11 +1,13 @@
 """Answer extraction and a bounded, safe equivalence check: the ground truth of the reward.
 
-extract_answer() takes the last \\boxed{...} / \\fbox{...} / \\boxed x, else "#### N", else "the
-answer is ...", else (optionally) the last number. is_equivalent(pred, gold) decides in stages,
-cheapest first: normalise both strings (\\dfrac, \\left, \\text{}, units, degrees, \\%, thousands
-separators, $, spacing, "x = 5"), exact match, multiple-choice letter, word answers, plain numbers
-(exact, or within relative 1e-6 when either is written with decimals; no percent rescaling, so
-50 != 0.5), then the sympy stage: _latex.py parses safely, _compare.py compares (sets/tuples/intervals/equations).
+extract_answer() takes the last \\boxed{...} / \\fbox{...} / \\boxed x (with the boxes just before it
+when only "," ";" lie between), else "#### N", else "the answer is ...", else (optionally) the last
+number. is_equivalent(pred, gold) decides in stages, cheapest first: normalise both strings (\\dfrac,
+\\left, \\text{}, units, degrees, \\%, thousands separators vs list commas, "and"/"or"/";" lists,
+\\( \\) delimiters, $, spacing, "x = 5", "(p,q) ="; rules in _forms.py), exact match, multiple-choice
+letter, word answers, plain numbers (exact, or within relative 1e-6 when either is written with
+decimals; no percent rescaling, so 50 != 0.5), then the sympy stage: _latex.py parses safely,
+_compare.py compares (sets, tuples, matrices, intervals, inequalities, equations, ≈).
 The sympy stage runs in a persistent worker process, a fresh interpreter (like "spawn", so safe
 next to torch/CUDA); a check that exceeds its time limit kills the worker, counts a timeout and
 returns False. This works from any thread or process, unlike signal.alarm. verify_stats()
@@ -22,6 +24,8 @@ import threading
 import time
 from fractions import Fraction
 from multiprocessing.connection import Connection
+
+from minipsn._forms import LIST_SEP, THOUSANDS, box_spans, decimal_comma, join_boxes, prepare
 
 _MAX_CHARS = 2000  # longer answers are compared by exact match only
 _MAX_DIGITS = 400  # number literals the fast path converts exactly
@@ -51,15 +55,16 @@ _UNIT_RE = re.compile(rf"(?<=\S)\s+(?:square |cubic |sq )?(?:{_LONG_UNITS}){_POW
 _WRAP_RE = re.compile(r"\\(?:text|textnormal|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|boxed|fbox)\s*\{")
 _RELATIONS = [(re.compile(p), rel) for p, rel in (
     (r"<=|\\le(?:q|qslant)?(?![a-zA-Z])", "≤"), (r">=|\\ge(?:q|qslant)?(?![a-zA-Z])", "≥"),
-    (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"))]
+    (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"), (r"!=|\\neq?(?![a-zA-Z])|≠", "≠"),
+    (r"\\approx(?![a-zA-Z])", "≈"))]
 _DECIMAL = re.compile(r"\d?\.\d|\d[eE]-?\d")
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"
 _SCI = re.compile(rf"({_NUMBER})(?:[eE](-?\d+)|(?:\\times|\\cdot|\*)10\^(?:\{{([+-]?\d+)\}}|(\d)))?")
 _FRAC = re.compile(r"([+-]?)\\frac(?:\{([+-]?\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
 _SLASH = re.compile(r"([+-]?\d+)/(\d+)")
-_VAR_EQ = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\([a-z]\))?=(?!.*=)")
+_NAME = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?"
+_VAR_EQ = re.compile(rf"^(?:{_NAME}(?:\([a-z]\))?|\((?:{_NAME},)+{_NAME}\))=(?!.*=)")  # x=, f(x)=, (p,q)=
 _CHOICE = re.compile(r"\(?([A-E])\)?")
-_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _ANSWER_IS = re.compile(r"(?i)\banswer\s*(?:is|:)\s*:?")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _LAST_NUMBER = re.compile(r"(?<![\w)\]}])-?(?:\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|\.\d+)")
@@ -68,40 +73,23 @@ _LAST_NUMBER = re.compile(r"(?<![\w)\]}])-?(?:\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|
 # ---------------------------------------------------------------- extraction
 
 
-def _brace_matches(text: str) -> dict[int, int]:
-    """Index of each "{" -> index of its "}" in one pass (unclosed braces are absent)."""
-    stack, match = [], {}
-    for i, c in enumerate(text):
-        if c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            match[stack.pop()] = i
-    return match
-
-
 def boxed_contents(text: str) -> list[str | None]:
     """Content of every \\boxed/\\fbox in order; None for an unclosed or empty one."""
-    match, out = _brace_matches(text), []
-    for m in _BOX.finditer(text):
-        j = m.end()
-        while j < len(text) and text[j] == " ":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            content = text[j + 1:match[j]].strip() if j in match else ""
-        else:  # "\boxed 5": up to the closing $ or end of line, as in the MATH reference code
-            content = re.split(r"[$\n]", text[j:], maxsplit=1)[0].strip()
-        out.append(content or None)
-    return out
+    return [content for _, _, content in box_spans(text)]
 
 
-def extract_answer(text: str, last_number: bool = True) -> str | None:
-    """Final answer in a completion: last \\boxed{} (or \\fbox{}, \\boxed x), else "#### N", else
-    "the answer is ...", else the last number when last_number; None when nothing fits."""
+def extract_answer(text: str, last_number: bool = True, unboxed: bool = True) -> str | None:
+    """Final answer in a completion: last \\boxed{} (or \\fbox{}, \\boxed x; boxes joined only by
+    separators, "\\boxed{2}, \\boxed{3}", are one list), else (when unboxed) "#### N", else "the
+    answer is ..." / "final answer: ...", else the last number when last_number; None when nothing
+    fits. unboxed=False insists on a box: nothing else is an answer."""
     if not isinstance(text, str):
         raise TypeError(f"extract_answer expects str, got {type(text).__name__}")
-    boxes = boxed_contents(text)
+    boxes = box_spans(text)
     if boxes:  # a completion that boxes is graded by its boxes only: \boxed{} answers nothing
-        return next((b for b in reversed(boxes) if b), None)
+        return join_boxes(text, boxes)
+    if not unboxed:
+        return None
     if "####" in text:
         tail = text.rsplit("####", 1)[1].strip().split("\n")[0].strip().strip("$").rstrip(".")
         if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", tail):
@@ -111,9 +99,10 @@ def extract_answer(text: str, last_number: bool = True) -> str | None:
     said = list(_ANSWER_IS.finditer(text))
     if said:
         tail = text[said[-1].end():].split("\n")[0].strip().strip("*").strip()
-        inline = re.match(r"\$+([^$]+)\$", tail)  # "the answer is $5$ apples" -> 5
+        inline = re.match(r"\$+([^$]+)\$|\\[(\[](.+?)\\[)\]]", tail)  # "the answer is $5$ apples" -> 5
         number = re.match(r"-?[\d.,/]*\d(?=\s+[a-zA-Z])", tail)  # "is 5 because ..." -> 5
-        tail = inline[1] if inline else number[0] if number else _SENTENCE_END.split(tail, maxsplit=1)[0]
+        tail = (inline[1] or inline[2]) if inline else number[0] if number else _SENTENCE_END.split(
+            tail, maxsplit=1)[0]
         if tail.strip():
             return tail.strip()
     numbers = _LAST_NUMBER.findall(text) if last_number else []
@@ -145,7 +134,7 @@ def normalise(s: str) -> str:
         s = s.replace(old, new)
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?", "", s)
-    s = _unwrap(_TEXT_NOTE_RE.sub("", _TEXT_UNIT_RE.sub("", s)))
+    s = prepare(_unwrap(_TEXT_NOTE_RE.sub("", _TEXT_UNIT_RE.sub("", s))))  # before spacing goes
     s = re.sub(r"\\[dtc]frac", r"\\frac", s)
     for pattern, rel in _RELATIONS:
         s = pattern.sub(rel, s)
@@ -155,8 +144,8 @@ def normalise(s: str) -> str:
     s = _UNIT_RE.sub("", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"(?<![A-Za-z]) | (?![A-Za-z])", "", s)  # keep only spaces between letters
-    s = re.sub(r"^[a-zA-Z]\\in(?![a-zA-Z])", "", s).rstrip(".,;:")
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
+    s = re.sub(r"^[a-zA-Z]\\in(?![a-zA-Z])", "", s).rstrip(".,;:" + LIST_SEP)
+    if THOUSANDS.fullmatch(s):  # 32,349 (32, 349 is a list: see _forms.py)
         s = s.replace(",", "")
     s = re.sub(r"\{(-?\d{1,3}(?:,\d{3})+)\}", lambda m: "{" + m[1].replace(",", "") + "}", s)
     s = re.sub(r"^(-?\d+)_\{?\d+\}?$", r"\1", s)  # 52_8: the base is implied by the question
@@ -164,7 +153,7 @@ def normalise(s: str) -> str:
     if mixed and int(mixed[3]) < int(mixed[4]):  # 1\frac{4}{5} is the mixed number 9/5
         sign, whole, num, den = mixed[1], int(mixed[2]), int(mixed[3]), int(mixed[4])
         s = f"{sign}\\frac{{{whole * den + num}}}{{{den}}}"
-    return s
+    return s.replace(LIST_SEP, ",")
 
 
 def _as_fraction(s: str) -> Fraction | None:
@@ -198,6 +187,7 @@ def _cheap_verdict(pred: str, gold: str) -> tuple[bool | None, str, str]:
     if len(pred) > _MAX_CHARS or len(gold) > _MAX_CHARS:
         return False, pred, gold
     p, g = normalise(pred), normalise(gold)
+    p = decimal_comma(p, g)  # a prediction's 1000,99 may be 1000.99; a gold's comma never is
     if ("=" in p) != ("=" in g):  # "x = 5" answers "5"
         p, g = _VAR_EQ.sub("", p, count=1), _VAR_EQ.sub("", g, count=1)
     if not p or not g:

@@ -100,3 +100,14 @@ def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path, capsys):
     assert 0.0 <= rows[2]["eval/pass@1"] <= rows[2]["eval/pass@2"] <= 1.0
     assert (f"held-out pass@1: {rows[0]['eval/pass@1']:.3f} at step 0 → {rows[2]['eval/pass@1']:.3f} at step 2 "
             "(3 problems × 2 samples)") in capsys.readouterr().out
+
+
+def test_compare_with_two_workers_gives_the_same_grid_as_one(tmp_path):
+    from minipsn.compare import compare
+
+    sets = {"run.steps": 1, "grpo.prompts_per_step": 2, "grpo.group_size": 4, "rollout.max_new_tokens": 16,
+            "eval.n": 4, "eval.problems": 3, "eval.max_new_tokens": 16}
+    one = compare("tiny", ["grpo", "psn"], 1, tmp_path / "one", sets, workers=1)
+    two = compare("tiny", ["grpo", "psn"], 1, tmp_path / "two", sets, workers=2)
+    assert one["summary"] == two["summary"]  # each job is seeded by itself, so where it ran does not matter
+    assert (tmp_path / "two" / "psn-s0" / "eval" / "eval.json").is_file()

@@ -8,6 +8,7 @@ import pytest
 
 from minipsn.calibrate import calibrate, parse_sigmas, suggest
 from minipsn.config import build_config
+from minipsn.noise import derive_seed, perturbation_size
 from minipsn.train import Trainer
 
 NEW_KEYS = {"noise/kl_total", "noise/kl_numerics", "noise/kl_noise", "noise/delta_w_rel", "tis/ess", "tis/ratio_max",
@@ -66,3 +67,16 @@ def test_suggest_interpolates_in_log_log_and_says_when_the_grid_misses():
         parse_sigmas("0,abc")
     with pytest.raises(ValueError, match="at least one"):
         parse_sigmas("0")
+
+
+def test_calibrate_measures_the_adapter_the_run_starts_with(tmp_path):
+    # the fresh adapter's A comes from torch's RNG: calibrate seeds it as the trainer does, so two calls
+    # (and the run with the same seed) see the same A, and the same numbers
+    cfg = tiny(tmp_path / "unused", **{"grpo.prompts_per_step": 4, "grpo.group_size": 4})
+    a = calibrate(cfg, parse_sigmas("0.02"), draws=1)
+    b = calibrate(cfg, parse_sigmas("0.02"), draws=1)
+    assert a["rows"] == b["rows"]
+    # ‖ΔW‖ depends on A (B = 0 at the start): the trainer's adapter gives calibrate's number exactly
+    trainer = Trainer(tiny(tmp_path / "run", **{"grpo.prompts_per_step": 4, "grpo.group_size": 4}))
+    expected = perturbation_size(trainer.model, 0.02, derive_seed(0, "calibrate", 0), "mlp")
+    assert a["rows"][1]["delta_w_rel"] == pytest.approx(expected, rel=1e-9)
