@@ -19,6 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minipsn.presets import METHODS, PRESETS, RENAMED, TUNABLE  # noqa: F401  (re-exported: config.METHODS)
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -298,44 +300,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# Per-model presets: overrides applied before anything the user sets.
-PRESETS: dict[str, dict[str, object]] = {
-    "tiny": {
-        "lora.rank": 8, "grpo.lr": 2e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8, "rollout.max_new_tokens": 48,
-        "eval.max_new_tokens": 48, "run.steps": 40, "run.save_every": 10, "control.window": 10,
-        # σ from `python cli.py calibrate --model tiny` (noise KL 0.003 per token; docs/RESULTS.md)
-        "noise.sigma": 0.021,
-        "eval.n": 16, "eval.problems": 64, "eval.every": 20, "model.max_prompt_tokens": 1024,
-    },
-    # the exploration testbed (models.LOCAL_MODELS): the tiny recipe on three operations from a four-digit start
-    "testbed": {
-        "lora.rank": 8, "grpo.lr": 5e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8,
-        "data.n_ops": 3, "data.max_start": 9999, "data.n_train": 4000, "rollout.max_new_tokens": 80,
-        "eval.max_new_tokens": 80, "eval.batch_size": 1024, "run.steps": 60, "run.save_every": 20, "control.window": 10,
-        "noise.sigma": 0.018, "eval.n": 16, "eval.problems": 100, "model.max_prompt_tokens": 1024,  # σ: calibrate
-    },
-    "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},
-}
-
-# Methods: named overrides over the config (the baselines users compare).
-METHODS: dict[str, dict[str, object]] = {
-    "grpo": {"noise.sigma": 0.0, "noise.control": "fixed"},
-    "psn": {"noise.control": "fixed", "grpo.tis": True},
-    "psn-notis": {"noise.control": "fixed", "grpo.tis": False},
-    "psn-kl": {"noise.control": "kl", "grpo.tis": True},
-    "psn-adaptive": {"noise.control": "adaptive", "grpo.tis": True},
-    # action-space noise: sample hotter than the policy, importance-corrected by TIS
-    "temperature": {"noise.sigma": 0.0, "noise.control": "fixed", "rollout.temperature": 1.2, "grpo.tis": True},
-    "passk": {"noise.sigma": 0.0, "noise.control": "fixed", "grpo.advantage": "passk"},
-    "psn-passk": {"noise.control": "adaptive", "grpo.advantage": "passk", "grpo.tis": True},
-}
-TUNABLE = {"temperature": {"rollout.temperature"}}  # a method's keys a user may still change
-
-
-# keys renamed since earlier versions: old name → new (old run folders are mapped, old --set fails naming the new)
-RENAMED = {"noise.scheduler": "noise.control", "scheduler": "control"}
 
 
 def _check_method_keys(method: str, overrides: dict[str, object]) -> None:

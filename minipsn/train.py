@@ -267,12 +267,8 @@ class Trainer:
                                                                 cfg.model.max_prompt_tokens, row_noise=row_noise))
         t_sample = time.perf_counter() - t0
 
-        # 3b. σ > 0: the clean sampler's log-probs of the same tokens, so the noise's own KL can be told
-        # apart from sampler/learner numerics; and the perturbation's size in weight terms
-        t_rescore, delta_w = time.perf_counter(), 0.0
-        if sigma > 0:
-            ro.clean_logp = self.engine.rescore(ro, self.rollout_cfg, cfg.noise.targets, self.grpo_cfg.micro_batch_tokens)
-            delta_w = perturbation_size(self.model, sigma, seeds[0], cfg.noise.targets)
+        t_rescore = time.perf_counter()
+        delta_w = self._measure_noise(ro, sigma, seeds[0])
         t_rescore = time.perf_counter() - t_rescore
 
         # 4. score with the verifier
@@ -317,6 +313,15 @@ class Trainer:
                 "perf/step_s": step_s, "perf/sample_s": t_sample, "perf/learn_s": t_learn,
                 "perf/noise_sched_s": t_noise + t_sched, "perf/rescore_s": t_rescore, "perf/tokens_per_s": ro.n_tokens / max(t_sample, 1e-9),
                 **({"perf/peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30} if self.device.type == "cuda" else {})}
+
+    def _measure_noise(self, ro: Rollouts, sigma: float, seed: int) -> float:
+        """σ > 0: the clean sampler's log-probs of the sampled tokens into `ro.clean_logp` (so the noise's
+        own KL is told apart from sampler/learner numerics); returns ‖ΔW_noise‖/‖W‖ (0 at σ = 0)."""
+        if sigma == 0:
+            return 0.0
+        targets = self.cfg.noise.targets
+        ro.clean_logp = self.engine.rescore(ro, self.rollout_cfg, targets, self.grpo_cfg.micro_batch_tokens)
+        return perturbation_size(self.model, sigma, seed, targets)
 
     def _diversity(self, ro: Rollouts, pooled: torch.Tensor) -> torch.Tensor:
         """(P,) semantic diversity of each group: hidden-state cosine distance, or distinct n-grams."""
