@@ -239,6 +239,9 @@ class RewardConfig:
     truncated_reward: float = 0.0
     # fall back to the last number when there is no \boxed{}, ####, or "the answer is"
     last_number: bool = True
+    # accept an unboxed answer (####, "the answer is", "final answer", the last number); false insists
+    # on \boxed{} (then last_number has no effect)
+    unboxed_answer: bool = True
     # hard time limit of one equivalence check, seconds
     timeout: float = 3.0
 

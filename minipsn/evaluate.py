@@ -112,10 +112,10 @@ def eval_rollout_config(rollout: RolloutConfig, ev: EvalConfig) -> RolloutConfig
 
 
 def score_rows(texts: list[str], truncated: list[bool], lengths: list[int], answer: str,
-               timeout: float = 3.0, last_number: bool = True) -> dict:
+               timeout: float = 3.0, last_number: bool = True, unboxed: bool = True) -> dict:
     """One problem's completions → {answers, correct, lengths, truncated}, scored like training rewards."""
-    answers = [extract_answer(t, last_number=last_number) for t in texts]
-    correct = [int(correctness_reward(t, answer, cut, 0.0, timeout, last_number)) for t, cut in zip(texts, truncated)]
+    answers = [extract_answer(t, last_number=last_number, unboxed=unboxed) for t in texts]
+    correct = [int(correctness_reward(t, answer, cut, 0.0, timeout, last_number, unboxed)) for t, cut in zip(texts, truncated)]
     return {"answers": [a[:_ANSWER_CHARS] if a else None for a in answers], "correct": correct,
             "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated]}
 
@@ -129,13 +129,14 @@ def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config
     ro = sample(model, tok, prompts, cfg.eval.n, rcfg, gens, cfg.model.max_prompt_tokens)
     n, lengths, cut = cfg.eval.n, ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
     return [{"id": r["id"], **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
-                                         r["answer"], cfg.reward.timeout, cfg.reward.last_number)}
+                                         r["answer"], cfg.reward.timeout, cfg.reward.last_number,
+                                         cfg.reward.unboxed_answer)}
             for j, r in enumerate(records)]
 
 
 def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cfg: RolloutConfig,
                template: str, seed: int, max_prompt_tokens: int = 4096, timeout: float = 3.0,
-               last_number: bool = True) -> dict:
+               last_number: bool = True, unboxed: bool = True) -> dict:
     """Small-n evaluation during training on held-out `records` (the first eval_cfg.problems, 0 = all).
 
     Call it on the clean policy (outside `perturbed`). Unlike `evaluate`, several problems share one
@@ -154,7 +155,8 @@ def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cf
         lengths, cut = ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
         for j, rec in enumerate(chunk):  # prompt-major: rows j·n … (j+1)·n − 1 belong to problem j
             part = slice(j * n, (j + 1) * n)
-            rows.append(score_rows(ro.texts[part], cut[part], lengths[part], rec["answer"], timeout, last_number))
+            rows.append(score_rows(ro.texts[part], cut[part], lengths[part], rec["answer"], timeout, last_number,
+                                  unboxed))
     s = summarize(rows)
     return {**{f"eval/pass@{k}": v for k, v in s["pass@k"].items()}, "eval/accuracy": s["mean_acc"],
             "eval/maj_accuracy": s["maj_acc"], "eval/truncated_frac": s["trunc_rate"]}
@@ -169,7 +171,8 @@ def sampling_meta(cfg: Config, benchmark: str, adapter: str | None, engine: str 
     return {"benchmark": benchmark, "model": cfg.model.name, "quantize": cfg.model.quantize,
             "adapter": adapter_fingerprint(adapter), "engine": engine, "n": cfg.eval.n, "seed": cfg.run.seed,
             "temperature": rcfg.temperature, "top_p": rcfg.top_p, "max_new_tokens": rcfg.max_new_tokens,
-            "batch_size": rcfg.batch_size, "template": cfg.data.template, "last_number": cfg.reward.last_number}
+            "batch_size": rcfg.batch_size, "template": cfg.data.template, "last_number": cfg.reward.last_number,
+            **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False})}
 
 
 def adapter_fingerprint(adapter: str | None) -> str | None:

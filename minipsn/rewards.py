@@ -22,12 +22,13 @@ RewardFn = Callable[[list[str], list[dict], list[bool]], list[float]]
 
 def correctness_reward(completion: str, answer: str, truncated: bool,
                        truncated_reward: float = 0.0, timeout: float = 3.0,
-                       last_number: bool = True) -> float:
+                       last_number: bool = True, unboxed: bool = True) -> float:
     """1.0 if the answer extracted from completion is equivalent to `answer`, else 0.0;
-    `truncated_reward` when the completion hit the length limit (truncated=True)."""
+    `truncated_reward` when the completion hit the length limit (truncated=True). unboxed=False
+    insists on a \\boxed{} answer (`verify.extract_answer`)."""
     if truncated:
         return float(truncated_reward)
-    pred = extract_answer(completion, last_number=last_number)
+    pred = extract_answer(completion, last_number=last_number, unboxed=unboxed)
     if pred is None:
         return 0.0
     return 1.0 if is_equivalent(pred, answer, timeout=timeout) else 0.0
@@ -42,7 +43,7 @@ def format_reward(completion: str) -> float:
 
 
 def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
-                    timeout: float = 3.0, last_number: bool = True) -> RewardFn:
+                    timeout: float = 3.0, last_number: bool = True, unboxed: bool = True) -> RewardFn:
     """The default RewardFn: correctness_reward + format_weight * format_reward per completion."""
 
     def reward_fn(completions: list[str], records: list[dict],
@@ -54,7 +55,7 @@ def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
         for completion, record, cut in zip(completions, records, truncated):
             if "answer" not in record:
                 raise KeyError(f"reward record has no 'answer' field (keys: {sorted(record)})")
-            correct = correctness_reward(completion, record["answer"], cut, 0.0, timeout, last_number)
+            correct = correctness_reward(completion, record["answer"], cut, 0.0, timeout, last_number, unboxed)
             rewards.append(shaped_reward(correct, completion, cut, format_weight, truncated_reward))
         return rewards
 

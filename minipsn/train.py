@@ -140,7 +140,7 @@ def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig):
     judgement alone (no format bonus, a truncated completion counts as wrong), whatever the reward;
     the default reward is built from it, so each completion is verified once."""
     truncated = ro.truncated.tolist()
-    correct = torch.tensor([correctness_reward(t, r["answer"], tr, 0.0, cfg.timeout, cfg.last_number)
+    correct = torch.tensor([correctness_reward(t, r["answer"], tr, 0.0, cfg.timeout, cfg.last_number, cfg.unboxed_answer)
                             for t, r, tr in zip(ro.texts, recs, truncated)])
     if reward_fn is None:
         rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
@@ -343,7 +343,7 @@ class Trainer:
         with self.engine.policy(0.0, [0], self.cfg.noise.targets) as (clean, _):
             return quick_eval(clean, self.tok, self.test_records, self.cfg.eval, self.rollout_cfg, self.cfg.data.template,
                               derive_seed(self.cfg.run.seed, "eval", step), self.cfg.model.max_prompt_tokens,
-                              self.cfg.reward.timeout, self.cfg.reward.last_number)
+                              self.cfg.reward.timeout, self.cfg.reward.last_number, self.cfg.reward.unboxed_answer)
 
     def save(self, step: int) -> None:
         trainer = {"skipped_steps": self.skipped, "rollout_batch_size": self.rollout_cfg.batch_size,

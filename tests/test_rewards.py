@@ -68,3 +68,20 @@ def test_reward_fn_checks_its_inputs():
         fn([GOOD, WRONG], [{"answer": "1"}], [False, False])
     with pytest.raises(KeyError, match="answer"):
         fn([GOOD], [{"final": "1"}], [False])
+
+
+def test_reward_unboxed_answer_false_insists_on_a_box():
+    from minipsn.config import build_config
+    from minipsn.evaluate import score_rows
+    from minipsn.rewards import build_reward_fn, correctness_reward
+
+    unboxed = ["The answer is 5.", "#### 5", "so 2 + 3 = 5"]
+    for text in unboxed:
+        assert correctness_reward(text, "5", False) == 1.0  # the default reads them
+        assert correctness_reward(text, "5", False, unboxed=False) == 0.0
+    assert correctness_reward("so \\boxed{5}", "5", False, unboxed=False) == 1.0
+    strict = build_reward_fn(unboxed=False)
+    assert strict(["The answer is 5.", "\\boxed{5}"], [{"answer": "5"}] * 2, [False, False]) == [0.0, 1.0]
+    rows = score_rows(["The answer is 5.", "\\boxed{5}"], [False, False], [4, 4], "5", unboxed=False)
+    assert rows["correct"] == [0, 1] and rows["answers"] == [None, "5"]
+    assert build_config(model="tiny", sets={"reward.unboxed_answer": "false"}).reward.unboxed_answer is False
