@@ -132,3 +132,14 @@ def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path
     with pytest.raises(ValueError, match=r"draws 64 problems a step: give it at least 64 \(data.n_train\)"):
         build_tiny(tmp_path / "too-few", DataConfig(n_train=10), steps=1)
     assert not (tmp_path / "too-few").exists()
+
+
+def test_cli_headroom_reports_pass_at_k_next_to_guessing(tmp_path):
+    proc = cli("headroom", "--model", "tiny", "--n", "8", "--problems", "4", "--out", str(tmp_path / "hr"))
+    assert "best guess pass@k" in proc.stdout
+    result = json.loads((tmp_path / "hr" / "headroom.json").read_text())
+    assert set(result["pass@k"]) == {"1", "2", "4", "8"} and result["problems"] == 4
+    # the tiny task's answers are small integers: a uniform guess over their range is often right
+    lo, hi = result["guess"]["range"]
+    assert hi - lo < 100 and result["guess"]["uniform"] > 0.01
+    assert result["guess_pass@k"]["8"] == pytest.approx(1 - (1 - max(result["guess"][k] for k in ("mode", "shuffled", "uniform"))) ** 8)
