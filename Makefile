@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 .PHONY: install test test-slow gpu-check lint bench demo
 
 install:
-	$(PY) -m pip install $(TORCH) && $(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install $(TORCH) && $(PY) -m pip install -r requirements.txt -r requirements-dev.txt && $(PY) -m pip install --no-deps -e .
 
 test:
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests

@@ -39,6 +39,15 @@ def friendly(fn):
     return wrapper
 
 
+def one_process(command: str, instead: str = "") -> None:
+    """Commands that write their files from one process refuse to start under torchrun (each rank would
+    write the same files); `train` and `eval` split their work over the ranks instead."""
+    from minipsn import distributed as dist
+
+    if dist.launched():
+        raise ValueError(f"{command} runs on one process only; run it without torchrun{instead}")
+
+
 def resolve(model, method, config, sets, **first_class):
     """Options → Config: first-class flags are --set shortcuts; explicit --set wins over them."""
     from minipsn.config import build_config, parse_sets
@@ -48,7 +57,7 @@ def resolve(model, method, config, sets, **first_class):
     return build_config(model=model, method=method, file=config, sets=overrides)
 
 
-RESUMABLE = ("run.steps", "run.save_every", "run.threads", "eval.")  # settings a resumed run may change
+RESUMABLE = ("run.steps", "run.save_every", "run.threads", "run.log_to", "run.log_samples", "eval.")  # a resume may change
 
 
 def resume_config(resume: str, ignored: list[str], steps, sets: list[str]):
@@ -101,6 +110,33 @@ def train(
                       "run.out": out, "data.dataset": dataset, "data.data_dir": data_dir})
     run_dir = run_train(cfg, resume=resume is not None)
     typer.echo(f"run folder: {run_dir}")
+
+
+@app.command("config")
+@friendly
+def config_(
+    model: Optional[str] = typer.Option(None, help="alias (tiny, qwen-1.5b, ...), hub id or local folder"),
+    method: Optional[str] = typer.Option(None, help="grpo, psn, psn-notis, psn-kl, psn-adaptive, temperature, passk, psn-passk"),
+    config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """The resolved config: every field's value (bold where it is not the default) and its help."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from minipsn.config import Config, field_help, flatten
+
+    values, defaults = flatten(resolve(model, method, config, set_).to_dict()), flatten(Config().to_dict())
+    shown = lambda v: str(v).lower() if isinstance(v, bool) else ",".join(v) if isinstance(v, (list, tuple)) else str(v)
+    table = Table("key", "value", "help", title="resolved config (bold: not the default; change one with --set key=value)")
+    section = None
+    for key, text in field_help().items():
+        if section is not None and key.partition(".")[0] != section:
+            table.add_section()
+        section = key.partition(".")[0]
+        table.add_row(key, shown(values[key]), text, style="bold" if values[key] != defaults[key] else None)
+    Console().print(table)
 
 
 @app.command("eval")
@@ -158,6 +194,7 @@ def calibrate_(
 
     from minipsn.calibrate import calibrate, parse_sigmas, table
 
+    one_process("calibrate")
     cfg = resolve(model, None, config, set_)
     report = calibrate(cfg, parse_sigmas(sigmas), target_kl, draws, out, adapter)
     Console().print(table(report))
@@ -182,6 +219,7 @@ def headroom_(
 
     from minipsn.headroom import headroom, table
 
+    one_process("headroom")
     cfg = resolve(model, None, None, [*set_, f"eval.n={n}", f"eval.problems={problems}"])
     result = headroom(cfg, out)
     Console().print(table(result))
@@ -200,6 +238,7 @@ def plot_(
     """pass@k curves (eval.json) and training curves (metrics.jsonl) as PNG files."""
     from minipsn.plot import plot
 
+    one_process("plot")
     for path in plot(sources, out):
         typer.echo(str(path))
 
@@ -227,6 +266,7 @@ def bench_(
 
     from minipsn.bench import run_bench, tables
 
+    one_process("bench")
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     report = run_bench(out, model, steps, quick, trl, split(paths), split(step_engines), sigma, verifier_pairs, data_dir,
                        (prompts, group, tokens))
@@ -255,6 +295,7 @@ def compare(
     from minipsn.compare import compare as run_compare
     from minipsn.config import parse_sets
 
+    one_process("compare", " (--workers N runs N of its jobs at once)")
     sets = {k: v for k, v in {"run.steps": steps, "noise.sigma": sigma, "eval.n": n}.items() if v is not None}
     sets.update(parse_sets(set_))
     result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,
@@ -263,8 +304,13 @@ def compare(
     typer.echo(f"wrote {out}/compare.md, compare.json, compare.png ({len(result['methods'])} methods × {seeds} seeds)")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`python cli.py ...` and the `minipsn` console script (pyproject.toml) run this."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft still calls a transformers method renamed in 5.x; the warning says nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     app()
+
+
+if __name__ == "__main__":
+    main()

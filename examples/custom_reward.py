@@ -9,8 +9,6 @@ verifier accuracy, so shaped rewards can be compared honestly.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
-
 from minipsn.config import build_config
 from minipsn.rewards import correctness_reward, format_reward
 from minipsn.train import train

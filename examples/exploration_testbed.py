@@ -2,8 +2,8 @@
 
     python examples/exploration_testbed.py [OUT] [STEPS] [SEEDS] [PROBLEMS] [N] [WORKERS]
 
-On the `testbed` model (built and cached locally like `tiny`; a guessed answer is right about once in
-10⁴ samples, see `python cli.py headroom`): 1. `calibrate` σ for a noise KL of 0.003 per token;
+On the `testbed` model (built and cached locally like `tiny`; before RL pass@1 ≈ 10 %, pass@256 ≈ 47 %,
+and a guess is right below once in 10⁴ samples, see `python cli.py headroom`): 1. `calibrate` σ for a noise KL of 0.003 per token;
 2. `compare` the model before RL, grpo, psn (that σ), psn-adaptive (starting there) and psn-kl:
 SEEDS seeds each, pass@k for k = 1 … N on PROBLEMS held-out problems, WORKERS jobs at once.
 Defaults: 60 steps, 3 seeds, 100 problems, n = 256, 2 workers (docs/RESULTS.md has the measured
@@ -12,8 +12,6 @@ table, plot and time). Finished runs are reused, so an interrupted experiment pi
 import json
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
 
 from minipsn.calibrate import calibrate, parse_sigmas
 from minipsn.compare import compare

@@ -7,9 +7,6 @@ METHODS and SETS to try other σ, granularities or task difficulties. Finished r
 so an interrupted experiment picks up where it stopped. The measured table is in docs/RESULTS.md.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
 
 from minipsn.compare import compare
 

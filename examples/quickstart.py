@@ -8,8 +8,6 @@ Running it again on the same RUN_DIR resumes that run.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
-
 import torch
 
 from minipsn.config import build_config

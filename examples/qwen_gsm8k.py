@@ -10,11 +10,8 @@ is the paper's 0.003 (OUT/calibrate/calibrate.json says which). With DATA_DIR th
 from disk (layout of ../shared/data), otherwise from the Hugging Face hub. `TINY=1` runs the same
 recipe on the tiny model with a synthetic task, for a dry run on a laptop.
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
 import os
+import sys
 
 from minipsn.calibrate import calibrate, parse_sigmas
 from minipsn.config import build_config

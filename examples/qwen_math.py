@@ -8,11 +8,8 @@ completions up to 1024 tokens, LoRA learning rate 1e-5, base-model (plain) promp
 Qwen2.5-Math is a base model. The evaluation samples n = 256 per problem from the clean policy, as
 the paper does, to read pass@k at large k. `TINY=1` runs the same recipe on the tiny model.
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: find minipsn/
 import os
+import sys
 
 from minipsn.calibrate import calibrate, parse_sigmas
 from minipsn.config import build_config
@@ -27,11 +24,22 @@ sets = {
     "run.out": out, "grpo.group_size": 8, "grpo.prompts_per_step": 8, "grpo.tis_cap": 10.0, "grpo.lr": 1e-5,
     "noise.targets": "mlp", "noise.control": "adaptive",
     "rollout.max_new_tokens": 1024, "eval.max_new_tokens": 1024, "eval.n": 256, "run.steps": 500,
+    # 64 rollouts of up to 1024 tokens make sampling most of a step: learn from each batch twice (μ = 2),
+    # in 2 mini-batches of 4 whole groups, so 4 updates share one sampling phase; ρ = π_θ/π_θold is clipped
+    # to [0.8, 1.28] (DAPO's clip-higher lets unlikely tokens grow, against entropy collapse: watch
+    # policy/entropy and loss/clip_*_frac) and TIS stays min(π_θold/π_θ̃, C)
+    "grpo.epochs": 2, "grpo.mini_batches": 2, "grpo.clip_eps_high": 0.28,
+    # a fresh adapter and AdamW's empty moments take the largest steps: warm up over 10 steps, then cosine to 0
+    "grpo.lr_schedule": "cosine", "grpo.warmup_steps": 10,
+    # MATH solutions that reach 1024 tokens are cut and score 0; DAPO's soft penalty over the last 256
+    # tokens makes length cost something before the cut, a signal toward finishing
+    "reward.overlong": "soft", "reward.overlong_window": 256,
 }
 benchmarks, grid = ["math500", "aime24"], "0.001,0.002,0.005,0.01,0.02,0.05"
 if tiny:
     sets.update({"rollout.max_new_tokens": 48, "eval.max_new_tokens": 48, "eval.n": 4, "eval.problems": 4,
-                 "run.steps": 2, "grpo.lr": 1e-4, "data.template": "chat"})
+                 "run.steps": 2, "grpo.lr": 1e-4, "data.template": "chat", "reward.overlong_window": 12,
+                 "grpo.warmup_steps": 1})
     benchmarks, grid = ["synthetic"], "0.005,0.02,0.08"
 model = "tiny" if tiny else "qwen-math-1.5b"
 report = calibrate(build_config(model=model, sets=sets), parse_sigmas(grid), target_kl=0.003, draws=1, out=f"{out}/calibrate")

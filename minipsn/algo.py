@@ -4,11 +4,12 @@ Shapes: P prompts, G completions each, N = P·G rows laid out prompt-major (row 
 prompt i // G), T completion tokens, V vocabulary.
 
     advantage   A_i   = (r_i − mean_g r) / (std_g r + eps)               (group_advantages)
-    TIS weight  w_t   = min(π_θ(a_t) / π_θ̃(a_t), C), detached           (tis_weights)
-    token loss  l_t   = −w_t · min(ρ_t A, clip(ρ_t, 1−ε, 1+ε) A) [+ β k3]  (policy_loss)
+    TIS weight  w_t   = min(π_θold(a_t) / π_θ̃(a_t), C), detached        (tis_weights)
+    token loss  l_t   = −w_t · min(ρ_t A, clip(ρ_t, 1−ε, 1+ε_high) A) [+ β k3]  (policy_loss)
 
 π_θ̃ is the policy with parameter-space noise that sampled the rollouts, π_θ the clean policy
-that learns (arXiv 2602.02555, Sec. 3); ρ_t = π_θ/π_θ_old is the usual PPO ratio. Ratios are
+that learns (arXiv 2602.02555, Sec. 3), π_θold the clean policy before the batch's first update
+(= π_θ with one update per batch); ρ_t = π_θ/π_θold is the usual PPO ratio. Ratios are
 formed in log space and the log-ratio is clamped before exp, so a token that the noisy policy
 found very unlikely cannot overflow.
 """
@@ -60,23 +61,35 @@ def passk_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
 def _chunk_logp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
     # k-bit training keeps the head in fp32 while the body runs in bf16: compute in the head's dtype
     logits = (hidden.to(weight.dtype) @ weight.T).float() / temperature  # (B, t, V), one chunk at a time
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, t)
+    with torch.no_grad():  # entropy H = logsumexp(z) − Σ p·z is a metric: no gradient
+        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, entropy
+
+
+def token_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               temperature: float = 1.0, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) log π(targets) and (B, T) entropy of π (detached), both at `temperature`, from final hidden
+    states (B, T, H) and the LM head (V, H), from the same logits.
+
+    Works in chunks of `chunk` positions and recomputes each chunk's logits in backward, so a
+    float32 (B, T, V) tensor never exists."""
+    logps, entropies = [], []
+    for s in range(0, hidden.shape[1], chunk):
+        h, t = hidden[:, s : s + chunk], targets[:, s : s + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            logp, entropy = checkpoint(_chunk_logp, h, weight, t, temperature, use_reentrant=False)
+        else:
+            logp, entropy = _chunk_logp(h, weight, t, temperature)
+        logps.append(logp)
+        entropies.append(entropy)
+    return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                    temperature: float = 1.0, chunk: int = 128) -> torch.Tensor:
-    """(B, T) log π(targets) at `temperature` from final hidden states (B, T, H) and the LM head (V, H).
-
-    Works in chunks of `chunk` positions and recomputes each chunk's logits in backward, so a
-    float32 (B, T, V) tensor never exists."""
-    logps = []
-    for s in range(0, hidden.shape[1], chunk):
-        h, t = hidden[:, s : s + chunk], targets[:, s : s + chunk]
-        if torch.is_grad_enabled() and h.requires_grad:
-            logps.append(checkpoint(_chunk_logp, h, weight, t, temperature, use_reentrant=False))
-        else:
-            logps.append(_chunk_logp(h, weight, t, temperature))
-    return torch.cat(logps, dim=1)
+    """(B, T) log π(targets) at `temperature`: `token_logprobs_and_entropy` without the entropy."""
+    return token_logprobs_and_entropy(hidden, weight, targets, temperature, chunk)[0]
 
 
 def token_self_certainty(logits: torch.Tensor) -> torch.Tensor:
@@ -146,16 +159,40 @@ def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, agg: str, n_tokens: 
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                tis_w: torch.Tensor | None, clip_eps: float) -> tuple[torch.Tensor, dict]:
-    """(n, T) per-token clipped surrogate loss −w·min(ρA, clip(ρ)A) and stats (not yet aggregated).
+                tis_w: torch.Tensor | None, clip_eps: float,
+                clip_eps_high: float | None = None) -> tuple[torch.Tensor, dict]:
+    """(n, T) per-token clipped surrogate loss −w·min(ρA, clip(ρ, 1−ε, 1+ε_high)A) (not yet aggregated)
+    and token sums over `mask`: where each clip bound binds, and k3 of KL(π_old ‖ π), (ρ − 1) − log ρ.
 
-    `advantages` is (n,), broadcast over tokens; `tis_w` is None when TIS is off."""
-    ratio = torch.exp((logp - old_logp).clamp(LOG_RATIO_MIN, -LOG_RATIO_MIN))
-    adv = advantages.unsqueeze(1).to(logp.dtype)
-    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    `advantages` is (n,), broadcast over tokens; `tis_w` is None when TIS is off; ε_high None = ε.
+    A bound binds where the min takes its clipped branch, A > 0 with ρ > 1 + ε_high (high) or A < 0
+    with ρ < 1 − ε (low): there the token's gradient is zero."""
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    ratio = torch.exp((logp - old_logp).clamp(LOG_RATIO_MIN, -LOG_RATIO_MIN))  # (n, T)
+    adv = advantages.unsqueeze(1).to(logp.dtype)  # (n, 1)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + high) * adv)
     loss = -surrogate if tis_w is None else -tis_w * surrogate
-    clipped = ((ratio - 1).abs() > clip_eps).float()
-    return loss, {"loss/clip_frac_sum": (clipped * mask).sum().item()}
+    r, m = ratio.detach(), mask.to(logp.dtype)
+    return loss, {"clip_low": (((r < 1 - clip_eps) & (adv < 0)) * m).sum().item(),
+                  "clip_high": (((r > 1 + high) & (adv > 0)) * m).sum().item(),
+                  "kl_old": (kl_k3(old_logp.detach(), logp.detach()) * m).sum().item()}
+
+
+def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
+    """Learning-rate multiplier of 0-based step `step` of `total`: linear warm-up from 0 (step / warmup)
+    for the first `warmup` steps, then 1 (constant) or a decay that reaches 0 at `total`: linear
+    1 − p, cosine (1 + cos πp)/2, p = (step − warmup)/(total − warmup). transformers' convention."""
+    if step < warmup:
+        return step / warmup
+    p = min((step - warmup) / max(total - warmup, 1), 1.0)
+    if schedule == "constant":
+        return 1.0
+    elif schedule == "linear":
+        return 1.0 - p
+    elif schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    else:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; use constant, linear or cosine")
 
 
 def group_diversity(pooled: torch.Tensor, G: int) -> torch.Tensor:

@@ -56,6 +56,7 @@ class LoraConfig:
     rank: int = 16
     # LoRA scale is alpha / R
     alpha: float = 32.0
+    # dropout on the adapter's input in training (0 keeps sampler and learner the same function)
     dropout: float = 0.0
     # which projections get adapters: attn, mlp, or all (attention + MLP)
     targets: str = "all"
@@ -88,12 +89,17 @@ class DataConfig:
     # synthetic task: the start value is drawn from 1..max_start (0 = 1..max_operand); a large one makes
     # the answer space large, so a guessed answer is rarely right
     max_start: int = 0
-    # synthetic task: size of the training and held-out sets
+    # synthetic task: what is asked, final (the last value) or steps (the tuple of every value on the way,
+    # in order: a large answer space with single-digit arithmetic)
+    answer: str = "final"
+    # synthetic task: size of the training set
     n_train: int = 2000
+    # synthetic task: size of the held-out set
     n_test: int = 200
 
     def __post_init__(self):
         _one_of("data.template", self.template, ("chat", "plain"))
+        _one_of("data.answer", self.answer, ("final", "steps"))
         _check(self.n_ops >= 1, "data.n_ops must be >= 1")
         _check(0 <= self.min_ops <= self.n_ops, "data.min_ops must be in 0..data.n_ops (0 = every problem has n_ops)")
         _check(self.max_operand >= 2, "data.max_operand must be >= 2")
@@ -113,8 +119,9 @@ class NoiseConfig:
     granularity: str = "step"
     # the σ controller, how σ moves: fixed, kl (variant I), adaptive (variant II, default for PSN)
     control: str = "adaptive"
-    # σ is clamped to [sigma_min, sigma_max] (when it is not 0)
+    # σ is clamped to [sigma_min, sigma_max] (when it is not 0): the lower bound
     sigma_min: float = 1e-6
+    # the upper bound of σ (see sigma_min)
     sigma_max: float = 0.5
 
     def __post_init__(self):
@@ -168,9 +175,15 @@ class GRPOConfig:
     prompts_per_step: int = 8
     # G: completions per prompt
     group_size: int = 8
-    # ε: PPO clip range
+    # ε: PPO clip range, ρ = π_θ/π_θold kept in [1 − ε, 1 + ε_high]; binds only with several updates per batch
     clip_eps: float = 0.2
-    # truncated importance sampling w = min(π_θ/π_θ̃, C) on or off
+    # ε_high: upper clip range (DAPO's clip-higher, e.g. 0.28); 0 = the same as clip_eps
+    clip_eps_high: float = 0.0
+    # μ: passes over each batch (TRL's num_iterations); 1 = on-policy, π_θold = π_θ and ρ ≡ 1
+    epochs: int = 1
+    # M: optimizer steps per pass, one per contiguous block of rows (a batch takes μ·M steps)
+    mini_batches: int = 1
+    # truncated importance sampling w = min(π_θold/π_θ̃, C) on or off (π_θold = π_θ with one update per batch)
     tis: bool = True
     # C: TIS cap
     tis_cap: float = 10.0
@@ -184,8 +197,13 @@ class GRPOConfig:
     passk_k: int = 4
     # token-mean, seq-mean (original GRPO) or dr-grpo (constant normaliser)
     loss_agg: str = "token-mean"
-    # AdamW learning rate of the LoRA weights
+    # AdamW learning rate of the LoRA weights (the peak, under a schedule)
     lr: float = 1e-5
+    # per step, shared by its μ·M updates: constant, or linear / cosine decay reaching 0 at run.steps
+    lr_schedule: str = "constant"
+    # linear warm-up from 0: lr·step/warmup_steps for the first warmup_steps steps (0 = none)
+    warmup_steps: int = 0
+    # AdamW weight decay of the LoRA weights
     weight_decay: float = 0.0
     # gradient norm clip (0 = off)
     max_grad_norm: float = 1.0
@@ -198,6 +216,12 @@ class GRPOConfig:
         _check(self.prompts_per_step >= 1, "grpo.prompts_per_step (P) must be >= 1")
         _check(self.group_size >= 2, f"grpo.group_size (G) must be >= 2, got {self.group_size}")
         _check(self.clip_eps > 0, "grpo.clip_eps (ε) must be > 0")
+        _check(self.clip_eps_high >= 0, "grpo.clip_eps_high (ε_high) must be >= 0 (0 = grpo.clip_eps)")
+        _check(self.epochs >= 1, f"grpo.epochs (μ) must be >= 1, got {self.epochs}")
+        _check(1 <= self.mini_batches <= self.prompts_per_step * self.group_size,
+               f"grpo.mini_batches (M) must be in [1, P·G = {self.prompts_per_step * self.group_size}], got {self.mini_batches}")
+        _one_of("grpo.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"))
+        _check(self.warmup_steps >= 0, f"grpo.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.tis_cap > 0, f"grpo.tis_cap (C) must be > 0, got {self.tis_cap}")
         _check(self.kl_beta >= 0, "grpo.kl_beta (β) must be >= 0")
         _one_of("grpo.advantage", self.advantage, ("grpo", "passk"))
@@ -217,14 +241,19 @@ class RolloutConfig:
     max_new_tokens: int = 512
     # sampling temperature of π_θ̃
     temperature: float = 1.0
+    # nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p (1 = off)
     top_p: float = 1.0
     # rows sampled at once (halved on out-of-memory)
     batch_size: int = 64
     # auto, fast (folded copy: bf16 on CUDA, fp32 on CPU), lean (4-bit base + unmerged adapter), hf (unmerged)
     engine: str = "auto"
+    # sampling generators: batch (one per step for all rows), prompt (one per prompt, seeded by its index in
+    # the step: the same rollouts whatever the number of processes), auto (batch, prompt under torchrun)
+    rng: str = "auto"
 
     def __post_init__(self):
         _check(self.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+        _one_of("rollout.rng", self.rng, ("auto", "batch", "prompt"))
         _check(self.temperature > 0, "rollout.temperature must be > 0")
         _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
         _check(self.batch_size >= 1, "rollout.batch_size must be >= 1")
@@ -244,16 +273,25 @@ class RewardConfig:
     unboxed_answer: bool = True
     # hard time limit of one equivalence check, seconds
     timeout: float = 3.0
+    # completions near rollout.max_new_tokens: none; soft (DAPO: add 0 … −1 over the last overlong_window
+    # tokens, see rewards.overlong_penalty); mask (truncated rows leave the loss, still in rewards and baselines)
+    overlong: str = "none"
+    # soft: tokens over which the penalty falls from 0 to −1 (DAPO's L_cache); at most rollout.max_new_tokens
+    overlong_window: int = 64
 
     def __post_init__(self):
         _check(self.timeout > 0, "reward.timeout must be > 0")
+        _one_of("reward.overlong", self.overlong, ("none", "soft", "mask"))
+        _check(self.overlong_window >= 1, f"reward.overlong_window must be >= 1, got {self.overlong_window}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     # completions per problem (pass@k for k = 1, 2, 4, ... <= n)
     n: int = 16
+    # sampling temperature of the evaluated (clean) policy
     temperature: float = 1.0
+    # completion length cap in evaluation; a truncated completion counts as wrong
     max_new_tokens: int = 512
     # held-out problems (0 = all)
     problems: int = 0
@@ -270,22 +308,33 @@ class EvalConfig:
                "eval.problems, eval.every and eval.batch_size must be >= 0")
 
 
+LOG_SINKS = ("jsonl", "tensorboard", "wandb")  # run.log_to; minipsn/trackers.py writes each
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    # optimizer steps
+    # training steps, a batch each (a step takes grpo.epochs × grpo.mini_batches optimizer steps)
     steps: int = 200
+    # seed of the data order, the noise draws, sampling and the adapter's initialisation
     seed: int = 0
-    # run folder (metrics.jsonl, config.json, checkpoints, adapter)
+    # run folder (metrics.jsonl, samples.jsonl, config.json, checkpoints, adapter)
     out: str = "runs/latest"
     # checkpoint every this many steps (and always at the end)
     save_every: int = 25
     # CPU threads for torch (0 = torch's default); tiny matrices run faster on one
     threads: int = 0
+    # where metrics go: jsonl (metrics.jsonl, always on), tensorboard (RUN/tensorboard), wandb; comma-separated
+    log_to: tuple[str, ...] = ("jsonl",)
+    # completions per step written to samples.jsonl, spread over the step's prompts (0 = off)
+    log_samples: int = 4
 
     def __post_init__(self):
         _check(self.steps >= 1, f"run.steps must be >= 1, got {self.steps}")
         _check(self.save_every >= 1, "run.save_every must be >= 1")
         _check(self.threads >= 0, "run.threads must be >= 0 (0 = torch's default)")
+        bad = [name for name in self.log_to if name not in LOG_SINKS]
+        _check(not bad, f"run.log_to has {', '.join(map(repr, bad))}; choose from {', '.join(LOG_SINKS)}")
+        _check(self.log_samples >= 0, "run.log_samples must be >= 0 (0 = no samples.jsonl)")
 
 
 @dataclass(frozen=True)
@@ -300,6 +349,11 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):  # checks across sections
+        _check(self.reward.overlong != "soft" or self.reward.overlong_window <= self.rollout.max_new_tokens,
+               f"reward.overlong_window={self.reward.overlong_window} must be <= rollout.max_new_tokens="
+               f"{self.rollout.max_new_tokens} with reward.overlong=soft; lower the window")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -338,6 +392,11 @@ def _parse_value(raw: object, typ: type, key: str) -> object:
         if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
             raise ValueError(f"{key} expects text, got {raw!r}")
         return str(raw)
+    if typing.get_origin(typ) is tuple:  # a list of names: "a,b" from the CLI, a list from TOML/JSON
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise ValueError(f"{key} expects comma-separated names, got {raw!r}")
+        return tuple(x.strip() for x in items if x.strip())
     raise TypeError(f"unsupported field type {typ} for {key}")
 
 
@@ -431,3 +490,25 @@ def config_from_dict(data: dict) -> Config:
         flat[RENAMED.get(key) or (f"{RENAMED[section]}.{name}" if section in RENAMED else key)] = value
     flat.pop("control.beta", None)  # the old bang-bang rule's factor has no counterpart
     return apply_overrides(Config(), flat)
+
+
+def field_help() -> dict[str, str]:
+    """`{"section.key": help}`: the comment lines right above each field in this file, the one copy of a
+    field's documentation (`python cli.py config` prints them next to the resolved values)."""
+    import ast
+    import inspect
+    import sys
+
+    source = inspect.getsource(sys.modules[__name__])
+    lines = source.splitlines()
+    classes = {node.name: node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+    out = {}
+    for section in dataclasses.fields(Config):
+        for node in classes[section.default_factory.__name__].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                above, i = [], node.lineno - 2  # lineno is 1-based: the line above the field is lineno - 2
+                while i >= 0 and lines[i].strip().startswith("#"):
+                    above.insert(0, lines[i].strip().lstrip("#").strip())
+                    i -= 1
+                out[f"{section.name}.{node.target.id}"] = " ".join(above)
+    return out

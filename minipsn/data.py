@@ -33,9 +33,10 @@ _VERBS = {"+": "add", "-": "subtract", "*": "multiply by"}
 
 
 def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str = "+-", max_start: int = 0,
-                      min_ops: int = 0) -> dict:
+                      min_ops: int = 0, answer: str = "final") -> dict:
     """One chain of `n_ops` operations (min_ops > 0: a uniform number in min_ops..n_ops) drawn from `ops`
-    on integers in 1..max_operand, left to right, from a start value in 1..max_start (0: 1..max_operand)."""
+    on integers in 1..max_operand, left to right, from a start value in 1..max_start (0: 1..max_operand).
+    answer="final" asks for the last value; "steps" for the tuple of every value on the way, in order."""
     if min_ops:
         n_ops = rng.randint(min_ops, n_ops)
     value = rng.randint(1, max_start or max_operand)
@@ -48,9 +49,13 @@ def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str
         words.append(f"{verb} {x}")
         lines.append(f"{value} {sym} {x} = {new}")
         value = new
-    problem = ", ".join(words) + ". What number do you get?"
-    solution = "\n".join(lines) + f"\nThe answer is \\boxed{{{value}}}."
-    return {"problem": problem, "answer": str(value), "solution": solution}
+    if answer == "steps":
+        gold = "(" + ", ".join(line.split("= ")[-1] for line in lines) + ")"
+        problem = ", ".join(words) + ". What number do you get after each step?"
+    else:
+        gold, problem = str(value), ", ".join(words) + ". What number do you get?"
+    solution = "\n".join(lines) + f"\nThe answer is \\boxed{{{gold}}}."
+    return {"problem": problem, "answer": gold, "solution": solution}
 
 
 def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
@@ -58,14 +63,15 @@ def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
     if split not in ("train", "test"):
         raise ValueError(f"synthetic split must be train or test, got {split!r}")
     # absent by default: the same problems as before these knobs existed
-    start = (f"-start{cfg.max_start}" if cfg.max_start else "") + (f"-min{cfg.min_ops}" if cfg.min_ops else "")
+    start = (f"-start{cfg.max_start}" if cfg.max_start else "") + (f"-min{cfg.min_ops}" if cfg.min_ops else "") + (
+        f"-{cfg.answer}" if cfg.answer != "final" else "")
     rng = random.Random(f"synthetic-{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}{start}")
     seen: set[str] = set()
     records: dict[str, list[dict]] = {"train": [], "test": []}
     for name, size in (("train", cfg.n_train), ("test", cfg.n_test)):
         tries = 0
         while len(records[name]) < size:
-            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops)
+            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops, cfg.answer)
             tries += 1
             if tries > 50 * size + 1000:
                 raise ValueError(f"synthetic task too small for n_{name}={size}: raise data.max_operand, data.n_ops or data.ops")

@@ -11,7 +11,8 @@ result does not depend on which other problems are evaluated, and one JSON line 
 extracted answers, correctness, lengths, truncation flags; no texts) is appended as soon as it is
 scored: an interrupted evaluation resumes at the first unfinished problem and reproduces exactly
 what an uninterrupted one would have. The first line of a samples file records the sampling
-settings; resuming with other settings is an error, not a silent mix.
+settings; resuming with other settings is an error, not a silent mix. Under torchrun the problems
+are split over the ranks and rank 0 writes the same files one process would (`_sample_split`).
 
 Truncated completions count as wrong and do not vote, as in training (rewards.py). Majority vote
 groups all correct answers as one (each is equivalent to the gold answer) and wrong ones by the
@@ -19,6 +20,7 @@ verifier's normalised spelling; a tie scores the chance a random tie-break picks
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from minipsn import distributed as dist
 from minipsn.config import Config, EvalConfig, RolloutConfig
 from minipsn.data import format_prompt, load_benchmark, load_problems
 from minipsn.noise import derive_seed
@@ -136,20 +139,26 @@ def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config
 
 def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cfg: RolloutConfig,
                template: str, seed: int, max_prompt_tokens: int = 4096, timeout: float = 3.0,
-               last_number: bool = True, unboxed: bool = True) -> dict:
+               last_number: bool = True, unboxed: bool = True, per_problem: bool = False) -> dict:
     """Small-n evaluation during training on held-out `records` (the first eval_cfg.problems, 0 = all).
 
     Call it on the clean policy (outside `perturbed`). Unlike `evaluate`, several problems share one
     sampling call (batch_size // n per call) for speed, with one generator seeded from `seed`; there is
-    no progress bar, so it can run under the trainer's. Returns {"eval/pass@k" for k <= n,
+    no progress bar, so it can run under the trainer's. `per_problem`: one generator per problem, seeded
+    by (`seed`, its index), and under torchrun each rank samples its share of the problems and the
+    scored rows are gathered before pass@k (the same result whatever the number of processes). Returns {"eval/pass@k" for k <= n,
     "eval/accuracy", "eval/maj_accuracy", "eval/truncated_frac"}."""
     n = eval_cfg.n
     records = records[: eval_cfg.problems] if eval_cfg.problems else records
     rcfg = eval_rollout_config(rollout_cfg, eval_cfg)
-    gen = torch.Generator(next(model.parameters()).device).manual_seed(derive_seed(seed, "quick_eval"))
+    device = next(model.parameters()).device
+    gen = torch.Generator(device).manual_seed(derive_seed(seed, "quick_eval"))
+    lo, hi = dist.shard(len(records)) if per_problem else (0, len(records))
     per_call, rows = max(1, rcfg.batch_size // n), []
-    for s in range(0, len(records), per_call):
-        chunk = records[s : s + per_call]
+    for s in range(lo, hi, per_call):
+        chunk = records[s : min(s + per_call, hi)]
+        if per_problem:
+            gen = [torch.Generator(device).manual_seed(derive_seed(seed, "quick_eval", i)) for i in range(s, s + len(chunk))]
         ro = sample(model, tok, [format_prompt(tok, r["problem"], template) for r in chunk], n, rcfg, gen,
                     max_prompt_tokens)
         lengths, cut = ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
@@ -157,6 +166,8 @@ def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cf
             part = slice(j * n, (j + 1) * n)
             rows.append(score_rows(ro.texts[part], cut[part], lengths[part], rec["answer"], timeout, last_number,
                                   unboxed))
+    if per_problem:  # every rank's rows, in problem order (the rank's own on one process)
+        rows = [row for part in dist.gather(rows) for row in part]
     s = summarize(rows)
     return {**{f"eval/pass@{k}": v for k, v in s["pass@k"].items()}, "eval/accuracy": s["mean_acc"],
             "eval/maj_accuracy": s["maj_acc"], "eval/truncated_frac": s["trunc_rate"]}
@@ -221,11 +232,15 @@ def evaluate_benchmark(model, tok, name: str, records: list[dict], cfg: Config, 
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{name} has duplicate problem ids; resumable evaluation keys on them")
-    done = read_samples(samples, sampling_meta(cfg, name, adapter, engine))
+    meta = sampling_meta(cfg, name, adapter, engine)
+    done = _read_samples_on_rank0(samples, meta) if dist.active() else read_samples(samples, meta)
     todo = [r for r in records if r["id"] not in done]
     rcfg = eval_rollout_config(cfg.rollout, cfg.eval)
     task = progress.add_task(name, total=len(records), completed=len(records) - len(todo)) if progress else None
     per_call = max(1, rcfg.batch_size // cfg.eval.n)  # problems per sampling call (eval.batch_size rows)
+    if dist.active():
+        _sample_split(model, tok, name, todo, cfg, rcfg, per_call, samples, done, progress, task)
+        return summarize([done[i] for i in ids])
     with open(samples, "a") as f:
         for s in range(0, len(todo), per_call):
             for row in sample_problems(model, tok, todo[s : s + per_call], name, cfg, rcfg):
@@ -235,6 +250,42 @@ def evaluate_benchmark(model, tok, name: str, records: list[dict], cfg: Config, 
                 if progress is not None:
                     progress.advance(task)
     return summarize([done[i] for i in ids])
+
+
+def _read_samples_on_rank0(path: Path, meta: dict) -> dict[str, dict]:
+    """torchrun: rank 0 reads (or creates) the samples file and sends every rank its finished problems;
+    its error (a file sampled with other settings) is raised on every rank, so none waits for it."""
+    done, error = {}, None
+    if dist.is_main():
+        try:
+            done = read_samples(path, meta)
+        except ValueError as e:
+            error = str(e)
+    done, error = dist.gather((done, error))[0]
+    if error is not None:
+        raise ValueError(error)
+    return done
+
+
+def _sample_split(model, tok, name: str, todo: list[dict], cfg: Config, rcfg: RolloutConfig, per_call: int,
+                  samples: Path, done: dict, progress, task) -> None:
+    """torchrun: `todo` in rounds of K·per_call problems, rank r sampling the round's r-th contiguous
+    share of per_call. These are the sampling calls one process makes (the same problems batched, so
+    the same padding and the same samples bit for bit, whatever K); after each round rank 0 appends
+    every rank's rows in problem order, so a kill loses at most one round and the file is the
+    one-process file."""
+    K, r = dist.world(), dist.rank()
+    with open(samples, "a") if dist.is_main() else contextlib.nullcontext() as f:
+        for s in range(0, len(todo), K * per_call):
+            mine = todo[s + r * per_call : s + (r + 1) * per_call]
+            rows = sample_problems(model, tok, mine, name, cfg, rcfg) if mine else []
+            for row in (row for part in dist.gather(rows) for row in part):
+                if f is not None:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                done[row["id"]] = row
+                if progress is not None:
+                    progress.advance(task)
 
 
 # ---------------------------------------------------------------- the evaluation run
@@ -294,7 +345,8 @@ def default_out(model: str, adapter: str | None, run_dir: Path | None) -> Path:
 
 def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str | None = None) -> dict:
     """Evaluate the clean policy (base + `adapter`) on `benchmarks`; write OUT/eval.json and
-    OUT/samples/<benchmark>.jsonl; return the report."""
+    OUT/samples/<benchmark>.jsonl; return the report. Under torchrun every rank runs this, samples its
+    share of the problems and returns the report; rank 0 writes the files."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from minipsn.engine import make_engine
@@ -304,6 +356,7 @@ def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str |
         raise ValueError("no benchmarks given")
     records = {name: benchmark_records(name, cfg) for name in benchmarks}  # fail on data before loading a model
     out = Path(out)
+    joined = not dist.active() and dist.init()  # torchrun: the problems are split over the ranks (_sample_split)
     torch.manual_seed(cfg.run.seed)
     model, tok = load_policy(cfg, adapter)
     # the training rollout path (on GPU a folded copy: ~11x NF4 + unmerged LoRA in the DESIGN.md prototype), σ = 0
@@ -312,16 +365,20 @@ def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str |
     engine = make_engine(model, clean)
     results = {}
     columns = (TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with engine.policy(0.0, [0], cfg.noise.targets) as (sampler, _), Progress(*columns, transient=True) as bar:
+    with (engine.policy(0.0, [0], cfg.noise.targets) as (sampler, _),
+          Progress(*columns, transient=True, disable=not dist.is_main()) as bar):
         for name, recs in records.items():
             results[name] = evaluate_benchmark(sampler, tok, name, recs, cfg, out / "samples" / f"{name}.jsonl",
                                                adapter, bar, engine.name)
     report = {"model": cfg.model.name, "adapter": None if adapter is None else str(Path(adapter).resolve()),
               "n": cfg.eval.n, "seed": cfg.run.seed, "benchmarks": results, "average": average(results),
               "config": cfg.to_dict()}
-    tmp = out / f".eval.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / "eval.json")
+    if dist.is_main():  # every rank holds the report; rank 0 writes it
+        tmp = out / f".eval.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, out / "eval.json")
+    if joined:
+        dist.close()
     return report
 
 

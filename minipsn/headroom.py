@@ -7,8 +7,9 @@ measures how often a *guess* is right, per sample:
     shuffled   answer what the policy answered on another problem: for problem i, every sample of
                every problem j ≠ i scored against i's gold answer (answers of the right form and of
                the policy's own distribution, with the reasoning for i removed)
-    uniform    a uniformly random integer from the range of the gold answers (analytic: the share of
-               problems whose answer lies in the range, over the range's size)
+    uniform    a uniformly random integer from the range of the gold answers, or for tuple answers
+               ("(12, 9, 13)") one per position from that position's range (analytic: the share of
+               problems whose answer lies in the box, over the box's size)
 
 If a guess succeeded with probability g per sample, it would alone give pass@k ≈ 1 − (1 − g)^k; the
 report prints that next to the policy's pass@k, so the headroom can be read as reasoning.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import time
 from pathlib import Path
 
@@ -37,11 +39,24 @@ def guess_rates(test: list[dict], rows: list[dict], train: list[dict]) -> dict[s
     n_other = sum(len(row["answers"]) for row in rows)
     hits = sum(total[rec["answer"]] - counts[i][rec["answer"]] for i, rec in enumerate(test))
     others = sum(n_other - len(row["answers"]) for row in rows)
-    values = [int(r["answer"]) for r in train + test if r["answer"].lstrip("-").isdigit()]
-    lo, hi = min(values), max(values)
-    in_range = sum(1 for r in test if r["answer"].lstrip("-").isdigit() and lo <= int(r["answer"]) <= hi)
+    values = [v for v in map(_integers, (r["answer"] for r in train + test)) if v is not None]
+    width = collections.Counter(map(len, values)).most_common(1)[0][0]
+    box = [(min(v[j] for v in values if len(v) == width), max(v[j] for v in values if len(v) == width))
+           for j in range(width)]
+    size = math.prod(hi - lo + 1 for lo, hi in box)
+    inside = lambda v: v is not None and len(v) == width and all(lo <= x <= hi for x, (lo, hi) in zip(v, box))
+    in_range = sum(inside(_integers(r["answer"])) for r in test)
     return {"mode": sum(r["answer"] == mode for r in test) / len(test), "shuffled": hits / others,
-            "uniform": in_range / len(test) / (hi - lo + 1), "mode_answer": mode, "range": [lo, hi]}
+            "uniform": in_range / len(test) / size, "mode_answer": mode, "range": [list(b) for b in box]}
+
+
+def _integers(answer: str) -> tuple[int, ...] | None:
+    """"-7" → (-7,); "(12, 9, 13)" → (12, 9, 13); anything else → None."""
+    parts = answer.strip().removeprefix("(").removesuffix(")").split(",")
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        return None
 
 
 def headroom(cfg: Config, out: str | Path) -> dict:

@@ -13,12 +13,12 @@ PRESETS: dict[str, dict[str, object]] = {
         "noise.sigma": 0.021,
         "eval.n": 16, "eval.problems": 64, "eval.every": 20, "model.max_prompt_tokens": 1024,
     },
-    # the exploration testbed (models.LOCAL_MODELS): the tiny recipe on three operations from a four-digit start
+    # the exploration testbed (models.LOCAL_MODELS): the tiny recipe on three operations, every value asked for
     "testbed": {
         "lora.rank": 8, "grpo.lr": 5e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8,
-        "data.n_ops": 3, "data.max_start": 9999, "data.n_train": 4000, "rollout.max_new_tokens": 80,
-        "eval.max_new_tokens": 80, "eval.batch_size": 1024, "run.steps": 60, "run.save_every": 20, "control.window": 10,
-        "noise.sigma": 0.018, "eval.n": 16, "eval.problems": 100, "model.max_prompt_tokens": 1024,  # σ: calibrate
+        "data.n_ops": 3, "data.answer": "steps", "data.n_train": 4000, "rollout.max_new_tokens": 64,
+        "eval.max_new_tokens": 64, "eval.batch_size": 1024, "run.steps": 60, "run.save_every": 20, "control.window": 10,
+        "noise.sigma": 0.019, "eval.n": 16, "eval.problems": 100, "model.max_prompt_tokens": 1024,  # σ: calibrate
     },
     "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},
 }

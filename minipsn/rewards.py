@@ -8,7 +8,9 @@ equivalent to the record's gold `answer` (minipsn.verify.is_equivalent, bounded 
 A completion cut off at the generation limit gets `truncated_reward` instead of being graded: its
 last number is usually an intermediate value, and rewarding it would favour rambling.
 To change the reward, write a function with the RewardFn signature and pass it to the trainer;
-build_reward_fn() is the default one.
+build_reward_fn() is the default one. With `reward.overlong=soft` the trainer adds
+overlong_penalty (DAPO: 0 … −1 over the last `reward.overlong_window` tokens before the limit) to
+whatever the reward function returned.
 """
 
 import re
@@ -60,6 +62,16 @@ def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
         return rewards
 
     return reward_fn
+
+
+def overlong_penalty(lengths, max_len: int, window: int):
+    """DAPO's soft overlong penalty of completions with `lengths` tokens (a tensor or a number) under
+    the limit `max_len`: 0 up to max_len − window tokens, then linear down to −1 at max_len,
+    clamp((max_len − window − length) / window, −1, 0). `reward.overlong=soft` adds it to the reward."""
+    if not 1 <= window <= max_len:
+        raise ValueError(f"overlong window must be in [1, {max_len}] tokens, got {window}")
+    p = (max_len - window - lengths) / window
+    return p.clamp(-1.0, 0.0) if hasattr(p, "clamp") else min(max(p, -1.0), 0.0)
 
 
 def shaped_reward(correct: float, completion: str, truncated: bool, format_weight: float = 0.0,

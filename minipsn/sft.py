@@ -3,11 +3,18 @@
 RL needs a policy that sometimes succeeds (with pass@1 = 0 every group has equal rewards and
 zero advantage) and that has something to learn. The warm start gives it both: next-token
 cross-entropy on (prompt → demonstration) pairs, loss on the demonstration tokens only, teaches
-the arithmetic well, but in a fraction `early_frac` of the demonstrations the writer stops part
-way (after the first step, on the default two-step task) and boxes that intermediate number: the
-habit of answering before the work is done. The warm-started model picks up both styles, so its
-pass@1 sits well between 0 and 1, and a verifiable reward is the only signal that says finishing
-the computation pays.
+the arithmetic, but a share `habit` of the demonstrations answer the wrong thing:
+- on the default task (the last value is asked) the writer stops part way, after the first step on
+  the two-step task, and boxes that intermediate number: the habit of answering before the work is done;
+- on the steps task (the tuple of every value is asked) the writer works every step, then boxes
+  the last value alone: the habit of answering the question usually asked instead of this one.
+The warm-started model picks up both styles, so its pass@1 sits well between 0 and 1, and a
+verifiable reward is the only signal that says the other style pays.
+
+`habit` can depend on the problem's first operation ({"add": 0.6, "subtract": 1.0}): the exploration
+testbed's warm start answers the tuple for 40 % of the problems that open with an addition and never
+for one that opens with a subtraction. For those the right answer is a route the policy almost never
+takes, though every step of it is work it does: the room at large k that exploration may or may not reach.
 """
 from __future__ import annotations
 
@@ -20,16 +27,23 @@ from minipsn.data import format_prompt
 WARM_STEPS = 600
 WARM_BATCH = 64
 WARM_LR = 4e-3
-EARLY_FRAC = 0.5
+HABIT = 0.5
 
 
-def demonstration(record: dict, rng: random.Random, early_frac: float = EARLY_FRAC) -> str:
-    """The worked solution, or with probability `early_frac` its first steps (at least one, not
-    all) followed by a boxed intermediate number."""
+def first_operation(problem: str) -> str:
+    """"Start at 7, subtract 5, add 3. …" → "subtract"."""
+    return problem.split(", ")[1].rsplit(" ", 1)[0].rstrip(".")
+
+
+def demonstration(record: dict, rng: random.Random, habit: float | dict[str, float] = HABIT) -> str:
+    """The worked solution, or with probability `habit` (a number, or one per first operation) the habit:
+    its first steps (at least one, not all) and that intermediate value boxed, or, when the answer is the
+    tuple of every value, every step and the last value boxed alone."""
     lines = record["solution"].split("\n")[:-1]  # the steps; the last line boxes the answer
-    if len(lines) < 2 or rng.random() >= early_frac:
+    share = habit[first_operation(record["problem"])] if isinstance(habit, dict) else habit
+    if len(lines) < 2 or rng.random() >= share:
         return record["solution"]
-    kept = lines[: rng.randint(1, len(lines) - 1)]
+    kept = lines if record["answer"].startswith("(") else lines[: rng.randint(1, len(lines) - 1)]
     return "\n".join(kept) + f"\nThe answer is \\boxed{{{kept[-1].split('= ')[-1]}}}."
 
 
@@ -51,7 +65,7 @@ def sft_batch(tok, problems: list[str], targets: list[str]) -> tuple[torch.Tenso
 
 
 def warm_start(model, tok, records: list[dict], steps: int = WARM_STEPS, lr: float = WARM_LR,
-               batch: int = WARM_BATCH, seed: int = 0, early_frac: float = EARLY_FRAC) -> list[float]:
+               batch: int = WARM_BATCH, seed: int = 0, habit: float | dict[str, float] = HABIT) -> list[float]:
     """Train all weights of `model` in place for `steps` steps; returns the loss curve."""
     if len(records) < batch:
         raise ValueError(f"the warm start draws {batch} problems a step: give it at least {batch} (data.n_train)")
@@ -62,8 +76,7 @@ def warm_start(model, tok, records: list[dict], steps: int = WARM_STEPS, lr: flo
     losses = []
     for _ in range(steps):
         chosen = rng.sample(records, batch)
-        ids, mask, labels = sft_batch(tok, [r["problem"] for r in chosen],
-                                      [demonstration(r, rng, early_frac) for r in chosen])
+        ids, mask, labels = sft_batch(tok, [r["problem"] for r in chosen], [demonstration(r, rng, habit) for r in chosen])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

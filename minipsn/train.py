@@ -2,125 +2,37 @@
 
     perturb LoRA by σ·ε → sample G completions per prompt with π_θ̃ → restore θ bit-exactly
     → score → group advantages → learner log π_θ on the clean policy, TIS weights
-    w = min(π_θ/π_θ̃, C) → clipped surrogate × w, backward over micro-batches, AdamW step
+    w = min(π_θold/π_θ̃, C) → clipped surrogate × w, backward over micro-batches, AdamW steps
     → the σ controller moves σ → status line, metrics.jsonl, checkpoint
 
-(arXiv 2602.02555, Alg. 1). Deviations: noise only on LoRA adapters of a 4-bit base; one
-optimizer step per batch (on-policy, so the PPO ratio is 1 and its clip never binds; it is kept
-for users who add epochs); `algo.py` holds every formula.
+(arXiv 2602.02555, Alg. 1). Deviations: noise only on LoRA adapters of a 4-bit base; by default
+one optimizer step per batch (on-policy: π_θold = π_θ, so the PPO ratio is 1), `grpo.epochs` ×
+`grpo.mini_batches` steps as an option (`learner.py`); `algo.py` holds every formula.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minipsn import algo, checkpoint
+from minipsn import algo, checkpoint, trackers
+from minipsn import distributed as dist
 from minipsn.config import Config, GRPOConfig, RewardConfig
 from minipsn.data import format_prompt, load_problems
 from minipsn.engine import make_engine
+from minipsn.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size, row_seeds
-from minipsn.rewards import correctness_reward, shaped_reward
+from minipsn.rewards import correctness_reward, overlong_penalty, shaped_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.sigma_control import make_controller
 from minipsn.verify import verify_stats
-
-
-@dataclass
-class LearnerOut:
-    stats: dict
-    pooled: torch.Tensor        # (N, H) mean final hidden state over completion tokens
-
-
-def body_and_head(model):
-    """The decoder stack and the LM head weight of a (peft-wrapped) causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model, base.lm_head.weight
-
-
-def completion_logprobs(model, ro: Rollouts, rows: torch.Tensor, temperature: float):
-    """log π(completion tokens) (n, T) and pooled final hidden states (n, H) of `rows`."""
-    body, head = body_and_head(model)
-    Tp = ro.prompt_ids.shape[1]
-    ids = torch.cat([ro.prompt_ids[rows], ro.completion_ids[rows]], dim=1)
-    mask = torch.cat([ro.prompt_mask[rows], ro.completion_mask[rows]], dim=1)
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = body(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-    h = hidden[:, Tp - 1 : -1]  # the state at position t predicts token t + 1
-    logp = algo.token_logprobs(h, head, ro.completion_ids[rows], temperature)
-    cmask = ro.completion_mask[rows].unsqueeze(-1).to(h.dtype)
-    pooled = ((h.detach() * cmask).sum(1) / cmask.sum(1).clamp(min=1)).float()
-    return logp, pooled
-
-
-def micro_batches(ro: Rollouts, budget_tokens: int) -> list[torch.Tensor]:
-    """Row index chunks whose padded size (rows × (Tp + T)) stays within the token budget."""
-    width = ro.prompt_ids.shape[1] + ro.completion_ids.shape[1]
-    per = max(1, budget_tokens // width)
-    return list(torch.arange(ro.completion_ids.shape[0]).split(per))
-
-
-def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: GRPOConfig,
-                 max_len: int) -> LearnerOut:
-    """Clean-policy log-probs, TIS weights and the clipped loss over micro-batches; one optimizer step."""
-    N = ro.completion_ids.shape[0]
-    n_tokens = ro.n_tokens
-    totals = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/total": 0.0}
-    # token means over the batch, accumulated per micro-batch by its share of the tokens
-    means = {"tis/weight_mean": 0.0, "tis/weight_sq_mean": 0.0, "tis/clip_frac": 0.0,
-             "noise/kl_total": 0.0, "noise/kl_numerics": 0.0, "noise/kl_noise": 0.0}
-    pooled, ratio_max = [], 1.0
-    for rows in micro_batches(ro, cfg.micro_batch_tokens):
-        mask = ro.completion_mask[rows]
-        logp, pool = completion_logprobs(model, ro, rows, cfg.temperature)
-        w, tis = algo.tis_weights(logp, ro.sampler_logp[rows], cfg.tis_cap, mask) if cfg.tis else (None, None)
-        token_loss, _ = algo.policy_loss(logp, logp.detach(), advantages[rows], mask, w, cfg.clip_eps)
-        loss = algo.aggregate(token_loss, mask, cfg.loss_agg, n_tokens, N, max_len)
-        totals["loss/policy"] += loss.item()
-        if cfg.kl_beta > 0:
-            with torch.no_grad(), model.disable_adapter():
-                ref_logp, _ = completion_logprobs(model, ro, rows, cfg.temperature)
-            kl = algo.aggregate(algo.kl_k3(logp, ref_logp), mask, cfg.loss_agg, n_tokens, N, max_len)
-            loss = loss + cfg.kl_beta * kl
-            totals["loss/kl"] += kl.item()
-        loss.backward()
-        totals["loss/total"] += loss.item()
-        share = int(mask.sum()) / max(n_tokens, 1)
-        if tis is not None:
-            for key in ("tis/weight_mean", "tis/weight_sq_mean", "tis/clip_frac"):
-                means[key] += tis[key] * share
-            ratio_max = max(ratio_max, tis["tis/ratio_max"])
-        learner = logp.detach()
-        clean = ro.sampler_logp[rows] if ro.clean_logp is None else ro.clean_logp[rows]  # σ = 0: the sampler is clean
-        means["noise/kl_total"] += algo.masked_mean(ro.sampler_logp[rows] - learner, mask).item() * share
-        means["noise/kl_numerics"] += algo.masked_mean(clean - learner, mask).item() * share
-        if ro.clean_logp is not None:  # k3 of KL(π_θ̃ ‖ π_clean) on tokens drawn from π_θ̃: ≥ 0, low variance
-            means["noise/kl_noise"] += algo.masked_mean(algo.kl_k3(ro.sampler_logp[rows], clean), mask).item() * share
-        pooled.append(pool)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-    # a non-finite loss or gradient would poison the adapter and AdamW's moments: skip the update
-    skipped = not (math.isfinite(totals["loss/total"]) and torch.isfinite(grad_norm))
-    if not skipped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if not cfg.tis:
-        means.update({"tis/weight_mean": 1.0, "tis/weight_sq_mean": 1.0})
-    stats = {**totals, "loss/grad_norm": float(grad_norm), "tis/weight_mean": means["tis/weight_mean"],
-             "tis/clip_frac": means["tis/clip_frac"], "tis/ratio_max": ratio_max,
-             "tis/ess": algo.effective_sample_size(means["tis/weight_mean"], means["tis/weight_sq_mean"]),
-             "noise/kl_total": means["noise/kl_total"], "noise/kl_numerics": means["noise/kl_numerics"],
-             "noise/kl_noise": means["noise/kl_noise"], "guard/skipped": float(skipped)}
-    return LearnerOut(stats, torch.cat(pooled))
 
 
 def step_records(records: list[dict], step: int, P: int, seed: int) -> list[dict]:
@@ -184,11 +96,57 @@ def prepare_run_dir(cfg: Config, resume: bool) -> Path:
     return run_dir
 
 
+def check_world(cfg: Config) -> None:
+    """Under torchrun: settings that cannot be split over the K processes are errors that say so."""
+    K, P = dist.world(), cfg.grpo.prompts_per_step
+    if P < K:
+        raise ValueError(f"grpo.prompts_per_step={P} is fewer than the {K} processes (each samples at least one "
+                         "prompt's group); raise it or start fewer processes")
+    if cfg.rollout.rng == "batch" and K > 1:
+        raise ValueError("rollout.rng=batch draws every row from one generator, which cannot be split over "
+                         "processes; use rollout.rng=prompt (or auto) under torchrun")
+
+
+def per_prompt_rng(cfg: Config) -> bool:
+    """One sampling generator per prompt (rollout.rng=prompt, or auto under torchrun), else one per step."""
+    return cfg.rollout.rng == "prompt" or (cfg.rollout.rng == "auto" and dist.active())
+
+
+_SUMMED = ("rows", "groups", "reward", "reward_sq", "correct", "zero_adv", "len", "truncated", "diversity", "certainty",
+           "timeouts", "errors", "tokens")
+
+
+def _sums(rewards, correct, adv, ro: Rollouts, diversity, verify_before: dict, verify_after: dict) -> list[float]:
+    """This rank's sums and counts behind the step's row and group means (`_SUMMED` order)."""
+    lengths = ro.completion_mask.sum(1).double()
+    return [rewards.numel(), adv.shape[0], rewards.double().sum().item(), rewards.double().pow(2).sum().item(),
+            correct.double().sum().item(), (adv == 0).all(1).double().sum().item(), lengths.sum().item(),
+            ro.truncated.double().sum().item(), diversity.double().sum().item(), ro.certainty.double().sum().item(),
+            verify_after["timeouts"] - verify_before["timeouts"], verify_after["errors"] - verify_before["errors"],
+            ro.n_tokens]
+
+
+def _global_metrics(t: dict, t_sample: float) -> dict:
+    """The row and group means of a step over all ranks, from the summed `_sums`."""
+    n = t["rows"]
+    var = max(t["reward_sq"] - t["reward"] ** 2 / n, 0.0) / max(n - 1, 1)  # unbiased, as torch.std
+    return {"reward/mean": t["reward"] / n, "reward/std": var ** 0.5, "reward/accuracy": t["correct"] / n,
+            "verify/timeouts": int(t["timeouts"]), "verify/errors": int(t["errors"]),
+            "reward/zero_adv_frac": t["zero_adv"] / t["groups"], "completion/len_mean": t["len"] / n,
+            "completion/truncated_frac": t["truncated"] / n, "perf/tokens_per_s": t["tokens"] / max(t_sample, 1e-9)}
+
+
 class Trainer:
     """The state of one run; `step()` is one PSN-GRPO step, `run()` the loop with logging."""
 
     def __init__(self, cfg: Config, reward_fn=None, resume: bool = False):
-        self.cfg, self.run_dir = cfg, prepare_run_dir(cfg, resume)
+        if dist.init():  # torchrun: K processes, each with its share of every step's prompts (distributed.py)
+            check_world(cfg)
+            self.run_dir = prepare_run_dir(cfg, resume) if dist.is_main() else Path(cfg.run.out)
+            dist.barrier()  # the folder exists before any rank reads it
+        else:
+            self.run_dir = prepare_run_dir(cfg, resume)
+        self.cfg = cfg
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
@@ -206,6 +164,8 @@ class Trainer:
         self.rollout_cfg, self.grpo_cfg = cfg.rollout, cfg.grpo
         if resume:
             self._restore()
+        if dist.active():  # the same adapter on every rank, whatever each one's initialisation did
+            dist.broadcast_params(params)
 
     def _on_oom_halve(self, phase: str, fn):
         """Run `fn`; on out-of-memory halve the rollout batch (or learner token budget) and retry."""
@@ -216,6 +176,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+                if phase == "learner" and dist.world() > 1:  # the other ranks wait in a collective of this update
+                    raise MemoryError(f"out of memory in the update on rank {dist.rank()}; under torchrun the update "
+                                      f"cannot retry on one rank: lower grpo.micro_batch_tokens "
+                                      f"(now {self.grpo_cfg.micro_batch_tokens}) and resume") from None
                 if phase == "rollout" and self.rollout_cfg.batch_size > 1:
                     self.rollout_cfg = dataclasses.replace(self.rollout_cfg, batch_size=self.rollout_cfg.batch_size // 2)
                     print(f"out of memory while sampling: rollout.batch_size → {self.rollout_cfg.batch_size}")
@@ -229,7 +193,8 @@ class Trainer:
     def _restore(self) -> None:
         ckpt = checkpoint.latest(self.run_dir)
         if ckpt is None:  # it died before its first checkpoint: nothing to keep but the settings
-            checkpoint.truncate_metrics(self.run_dir / "metrics.jsonl", -1)
+            if dist.is_main():
+                trackers.truncate(self.run_dir, -1)
             print(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): restarting from step 0")
             return
         state = checkpoint.load_state(ckpt)
@@ -248,19 +213,30 @@ class Trainer:
                               ("grpo.micro_batch_tokens", budget, self.cfg.grpo.micro_batch_tokens)):
             if now != was:
                 print(f"note: {key} stays at {now} (halved after out of memory earlier in this run)")
-        checkpoint.truncate_metrics(self.run_dir / "metrics.jsonl", self.start)
+        if trainer.get("processes", 1) != dist.world():
+            print(f"note: this run was checkpointed on {trainer.get('processes', 1)} process(es) and continues on "
+                  f"{dist.world()}: the data order and noise seeds are the same (functions of seed and step), the "
+                  "samples may differ from the uninterrupted run's")
+        if dist.is_main():
+            trackers.truncate(self.run_dir, self.start)
         print(f"resumed {self.run_dir} at step {self.start}")
 
     def step(self, step: int) -> dict:
         cfg, P, G = self.cfg, self.cfg.grpo.prompts_per_step, self.cfg.grpo.group_size
         t0 = time.perf_counter()
         recs = step_records(self.records, step, P, cfg.run.seed)
+        lo, hi = dist.shard(P)  # torchrun: this rank's prompts lo … hi − 1 of the step's P (all on one process)
+        recs = recs[lo:hi]
         prompts = [format_prompt(self.tok, r["problem"], cfg.data.template) for r in recs]
         sigma, noise_seed = self.controller.sigma, derive_seed(cfg.run.seed, "noise", step)
-        gen = torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
+        if per_prompt_rng(cfg):  # a prompt's samples depend on its index in the step, not on who samples it
+            gen = [torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step, i)) for i in range(lo, hi)]
+        else:
+            gen = torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
 
         # 1-3. perturb the LoRA weights, sample G completions per prompt with π_θ̃, restore θ
-        seeds = row_seeds(noise_seed, P, G, cfg.noise.granularity)  # (N,) prompt-major; all equal for `step`
+        all_seeds = row_seeds(noise_seed, P, G, cfg.noise.granularity)  # (N,) prompt-major; all equal for `step`
+        seeds = all_seeds[lo * G : hi * G]  # a function of the row's index in the step, whatever rank samples it
         with self.engine.policy(sigma, seeds, cfg.noise.targets) as (rollout_model, row_noise):
             t_noise = time.perf_counter() - t0
             ro = self._on_oom_halve("rollout", lambda: sample(rollout_model, self.tok, prompts, G, self.rollout_cfg, gen,
@@ -268,23 +244,35 @@ class Trainer:
         t_sample = time.perf_counter() - t0
 
         t_rescore = time.perf_counter()
-        delta_w = self._measure_noise(ro, sigma, seeds[0])
+        delta_w = self._measure_noise(ro, sigma, all_seeds[0])
         t_rescore = time.perf_counter() - t_rescore
 
         # 4. score with the verifier
         group_recs = [r for r in recs for _ in range(G)]  # prompt-major: row i → prompt i // G
-        verify_before = verify_stats()
+        verify_before, t_verify = verify_stats(), time.perf_counter()
         rewards, correct = score(self.reward_fn, ro, group_recs, cfg.reward)
-        verify_after = verify_stats()
+        verify_after, t_verify = verify_stats(), time.perf_counter() - t_verify
+        if cfg.reward.overlong == "soft":  # DAPO's length penalty, 0 … −1 over the window, on any reward function's
+            rewards = rewards + overlong_penalty(ro.completion_mask.sum(1).float().cpu(), cfg.rollout.max_new_tokens,
+                                                 cfg.reward.overlong_window)
 
         # 5. group advantages
-        adv = advantages(rewards.view(P, G), correct.view(P, G), cfg.grpo)  # (P, G)
+        adv = advantages(rewards.view(hi - lo, G), correct.view(hi - lo, G), cfg.grpo)  # (P, G); a group never spans ranks
         assert torch.equal(ro.prompt_ids[::G].repeat_interleave(G, 0), ro.prompt_ids), "rows must be prompt-major"
+        self.samples = trackers.pick_samples(step + 1, cfg, prompts, group_recs, ro, rewards, correct, adv.view(-1), seeds,
+                                             *((lo * G, P * G) if dist.active() else ()))
+        if dist.active():  # rank 0 writes every rank's picked rows, in row order
+            self.samples = [s for part in dist.gather(self.samples) for s in part]
 
-        # 6. learner log π_θ on the clean policy, TIS weights, clipped loss, one optimizer step
+        # 6. learner log π_θ on the clean policy, TIS weights, clipped loss, grpo.epochs × grpo.mini_batches AdamW steps
+        lr = cfg.grpo.lr * algo.lr_factor(step, cfg.grpo.lr_schedule, cfg.grpo.warmup_steps, cfg.run.steps)
+        for group in self.optimizer.param_groups:  # a function of the step: a resumed run needs no scheduler state
+            group["lr"] = lr
+        keep = ~ro.truncated if cfg.reward.overlong == "mask" else None  # mask: truncated rows leave the loss
         t1 = time.perf_counter()
+        shard = {"shard": (lo * G, P * G)} if dist.active() else {}  # torchrun: normaliser and gradients over all ranks
         out = self._on_oom_halve("learner", lambda: learner_step(self.model, self.optimizer, ro, adv.view(-1).to(self.device),
-                                                                 self.grpo_cfg, cfg.rollout.max_new_tokens))
+                                                                 self.grpo_cfg, cfg.rollout.max_new_tokens, keep, **shard))
         self.skipped += int(out.stats["guard/skipped"])
         if out.stats["guard/skipped"] and self.skipped == 1:
             print(f"warning: non-finite loss or gradient at step {step + 1}: update skipped (counted in guard/skipped_steps)")
@@ -293,13 +281,17 @@ class Trainer:
         # 7. the σ controller reads the noise KL, diversity and self-certainty (no extra pass) and moves σ
         t2 = time.perf_counter()
         diversity = self._diversity(ro, out.pooled)
-        noise_stats = self.controller.update({"kl_noise": out.stats["noise/kl_noise"],
-                                             "diversity": float(diversity.mean()),
-                                             "certainty": float(ro.certainty.mean())})
+        totals = None
+        if dist.active():  # means over every rank's rows and groups: every rank moves σ alike
+            totals = dict(zip(_SUMMED, dist.all_sum(_sums(rewards, correct, adv, ro, diversity, verify_before, verify_after))))
+            signals = {"diversity": totals["diversity"] / totals["groups"], "certainty": totals["certainty"] / totals["rows"]}
+        else:
+            signals = {"diversity": float(diversity.mean()), "certainty": float(ro.certainty.mean())}
+        noise_stats = self.controller.update({"kl_noise": out.stats["noise/kl_noise"], **signals})
         t_sched = time.perf_counter() - t2
 
         step_s = time.perf_counter() - t0
-        return {"step": step + 1, "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+        m = {"step": step + 1, "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
                 "reward/accuracy": correct.float().mean().item(),
                 "verify/timeouts": verify_after["timeouts"] - verify_before["timeouts"],
                 "verify/errors": verify_after["errors"] - verify_before["errors"],
@@ -307,12 +299,15 @@ class Trainer:
                 "completion/len_mean": ro.completion_mask.sum(1).float().mean().item(),
                 "completion/truncated_frac": ro.truncated.float().mean().item(),
                 **out.stats, **noise_stats, "noise/sigma": sigma, "noise/seed": noise_seed, "noise/delta_w_rel": delta_w,
-                "guard/skipped_steps": self.skipped,
-                **({"noise/row_seeds": seeds[::G] if cfg.noise.granularity == "group" else seeds}
+                "guard/skipped_steps": self.skipped, "optim/lr": lr,
+                **({"noise/row_seeds": all_seeds[::G] if cfg.noise.granularity == "group" else all_seeds}
                    if cfg.noise.granularity != "step" else {}),
-                "perf/step_s": step_s, "perf/sample_s": t_sample, "perf/learn_s": t_learn,
+                "perf/step_s": step_s, "perf/sample_s": t_sample, "perf/learn_s": t_learn, "perf/verify_s": t_verify,
                 "perf/noise_sched_s": t_noise + t_sched, "perf/rescore_s": t_rescore, "perf/tokens_per_s": ro.n_tokens / max(t_sample, 1e-9),
                 **({"perf/peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30} if self.device.type == "cuda" else {})}
+        if totals is not None:
+            m.update(_global_metrics(totals, t_sample))
+        return m
 
     def _measure_noise(self, ro: Rollouts, sigma: float, seed: int) -> float:
         """σ > 0: the clean sampler's log-probs of the sampled tokens into `ro.clean_logp` (so the noise's
@@ -343,11 +338,15 @@ class Trainer:
         with self.engine.policy(0.0, [0], self.cfg.noise.targets) as (clean, _):
             return quick_eval(clean, self.tok, self.test_records, self.cfg.eval, self.rollout_cfg, self.cfg.data.template,
                               derive_seed(self.cfg.run.seed, "eval", step), self.cfg.model.max_prompt_tokens,
-                              self.cfg.reward.timeout, self.cfg.reward.last_number, self.cfg.reward.unboxed_answer)
+                              self.cfg.reward.timeout, self.cfg.reward.last_number, self.cfg.reward.unboxed_answer,
+                              per_problem=per_prompt_rng(self.cfg))
 
     def save(self, step: int) -> None:
         trainer = {"skipped_steps": self.skipped, "rollout_batch_size": self.rollout_cfg.batch_size,
-                   "micro_batch_tokens": self.grpo_cfg.micro_batch_tokens}
+                   "micro_batch_tokens": self.grpo_cfg.micro_batch_tokens,
+                   **({"processes": dist.world()} if dist.active() else {})}
+        if not dist.is_main():  # rank 0 writes the run folder; every rank holds the same state
+            return
         checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.controller, self.cfg.to_dict(),
                         extra={"trainer": trainer})
 
@@ -360,7 +359,7 @@ class Trainer:
         finally:
             if main_thread:
                 signal.signal(signal.SIGINT, previous)
-        if finished:
+        if finished and dist.is_main():
             checkpoint.save_final_adapter(self.run_dir, self.model)
             self._print_eval_summary()
         return self.run_dir
@@ -382,23 +381,23 @@ class Trainer:
         columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeRemainingColumn())
         every = self.cfg.eval.every
-        with Progress(*columns, transient=True) as bar, open(self.run_dir / "metrics.jsonl", "a") as metrics:
+        log = trackers.RunLog(self.cfg, self.run_dir, self.start) if dist.is_main() else _NoLog()  # rank 0 writes
+        with Progress(*columns, transient=True, disable=not dist.is_main()) as bar, log as records:
             task = bar.add_task("train", total=steps, completed=self.start)
             if every and self.start == 0 and steps >= every:  # the starting point the periodic evals compare to
                 m0 = {"step": 0, **self.evaluate(-1)}
-                metrics.write(json.dumps(m0) + "\n")
+                records.write(m0)
                 bar.console.print(f"step 0/{steps} | held-out pass@1 {m0['eval/pass@1']:.2f} before training",
                                   highlight=False)
             for step in range(self.start, steps):
-                if self.stop_requested:
+                if dist.any_true(self.stop_requested):  # torchrun: one rank's Ctrl-C stops all of them at this step
                     self.save(step)
                     print(f"stopped after step {step}; checkpoint saved. Continue: python cli.py train --resume {self.run_dir}")
                     return False
                 m = self.step(step)
                 if every and (step + 1) % every == 0:
                     m.update(self.evaluate(step))
-                metrics.write(json.dumps(m) + "\n")
-                metrics.flush()
+                records.write(m, self.samples)  # metrics.jsonl, samples.jsonl, run.log_to's trackers
                 bar.console.print(status_line(m, steps), highlight=False, soft_wrap=True)
                 bar.update(task, completed=step + 1)
                 if on_step is not None:
@@ -415,6 +414,22 @@ class Trainer:
         print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to stop at once)")
 
 
+class _NoLog:
+    """What ranks other than 0 write records to under torchrun: nothing."""
+
+    def write(self, metrics: dict, samples: list[dict] = ()) -> None:
+        pass
+
+    def __enter__(self) -> "_NoLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None) -> Path:
-    """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/)."""
-    return Trainer(cfg, reward_fn, resume).run(on_step)
+    """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/).
+    Under torchrun, every process runs this (see distributed.py); rank 0 writes the run folder."""
+    run_dir = Trainer(cfg, reward_fn, resume).run(on_step)
+    dist.close()
+    return run_dir

@@ -166,3 +166,55 @@ def test_token_logprobs_accepts_a_bf16_body_with_an_fp32_head():
     logp = algo.token_logprobs(hidden, weight, targets)
     ref = torch.log_softmax(hidden.float() @ weight.T, -1).gather(-1, targets[..., None]).squeeze(-1)
     assert logp.dtype == torch.float32 and torch.allclose(logp, ref, atol=1e-5)
+
+
+def test_policy_loss_clip_binds_where_it_should_and_zeroes_those_gradients():
+    # ρ = 1.5 and 0.5 against π_old; ε = 0.2: A > 0 with ρ > 1.2 and A < 0 with ρ < 0.8 are clipped
+    old = torch.log(torch.tensor([[0.2, 0.4, 0.2, 0.4]]))
+    logp = torch.log(torch.tensor([[0.3, 0.2, 0.3, 0.2]])).requires_grad_()
+    adv = torch.tensor([1.0])
+    mask = torch.ones(1, 4)
+    for sign, bound in ((1.0, "clip_high"), (-1.0, "clip_low")):
+        loss, stats = algo.policy_loss(logp, old, sign * adv, mask, None, clip_eps=0.2)
+        (grad,) = torch.autograd.grad(loss.sum(), logp)
+        binds = [0, 2] if sign > 0 else [1, 3]  # ρ = 1.5 for A > 0, ρ = 0.5 for A < 0
+        free = [1, 3] if sign > 0 else [0, 2]
+        assert torch.all(grad[0, binds] == 0) and torch.all(grad[0, free] != 0)
+        assert stats[bound] == 2 and stats["clip_low" if sign > 0 else "clip_high"] == 0
+    # clip-higher: ε_high = 0.6 lets ρ = 1.5 through for A > 0; the lower bound is unchanged
+    loss, stats = algo.policy_loss(logp, old, adv, mask, None, clip_eps=0.2, clip_eps_high=0.6)
+    (grad,) = torch.autograd.grad(loss.sum(), logp)
+    assert torch.all(grad != 0) and stats["clip_high"] == 0
+    assert torch.allclose(loss.detach(), -torch.tensor([[1.5, 0.5, 1.5, 0.5]]))
+    # approx KL to π_old: Σ (ρ − 1) − log ρ over the masked tokens
+    rho = torch.tensor([1.5, 0.5, 1.5, 0.5])
+    assert stats["kl_old"] == pytest.approx(float((rho - 1 - rho.log()).sum()), rel=1e-6)
+    _, stats = algo.policy_loss(logp, old, adv, torch.tensor([[1, 0, 0, 0]]), None, clip_eps=0.2)
+    assert stats["clip_high"] == 1
+
+
+def test_entropy_in_the_chunked_pass_equals_the_direct_one():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 10, 16, requires_grad=True)
+    weight = torch.randn(50, 16)
+    targets = torch.randint(0, 50, (3, 10))
+    logp, entropy = algo.token_logprobs_and_entropy(hidden, weight, targets, temperature=0.7, chunk=3)
+    p = torch.softmax((hidden @ weight.T) / 0.7, -1)
+    direct = -(p * p.log()).sum(-1)  # (3, 10)
+    assert torch.allclose(entropy, direct, atol=1e-5) and not entropy.requires_grad and logp.requires_grad
+    assert torch.equal(logp, algo.token_logprobs(hidden, weight, targets, temperature=0.7, chunk=3))
+    uniform = algo.token_logprobs_and_entropy(torch.zeros(1, 2, 16), weight, targets[:1, :2])[1]
+    assert torch.allclose(uniform, torch.full((1, 2), math.log(50)))  # zero logits: log V
+
+
+@pytest.mark.parametrize("schedule, want", [
+    ("constant", {0: 0.0, 2: 0.5, 4: 1.0, 7: 1.0, 13: 1.0}),
+    ("linear", {0: 0.0, 2: 0.5, 4: 1.0, 7: 0.75, 10: 0.5, 13: 0.25, 16: 0.0}),
+    ("cosine", {0: 0.0, 2: 0.5, 4: 1.0, 10: 0.5, 16: 0.0, 7: (1 + math.cos(math.pi / 4)) / 2}),
+])
+def test_lr_factor_warms_up_from_zero_and_decays_to_zero_at_the_last_step(schedule, want):
+    for step, factor in want.items():  # warm-up over 4 steps, 16 steps in all
+        assert algo.lr_factor(step, schedule, 4, 16) == pytest.approx(factor, abs=1e-12), step
+    assert algo.lr_factor(0, schedule, 0, 16) == 1.0  # no warm-up: the first step runs at the full rate
+    with pytest.raises(ValueError, match="schedule"):
+        algo.lr_factor(5, "step", 0, 16)

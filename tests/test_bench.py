@@ -38,6 +38,8 @@ def test_cli_bench_writes_every_section(tmp_path):
     v = report["verifier"]
     if (DATA / "math500_test.jsonl").is_file():
         assert v["checks"] == 5 and v["checks_per_s"] > 0
+        hard = v["symbolic"]  # a mix that reaches the sympy stage, not only exact matches
+        assert hard["checks"] == hard["worker_checks"] == 5 and hard["checks_per_s"] > 0
     else:
         assert "skipped" in v
 

@@ -50,3 +50,23 @@ def test_sigma_bounds_still_bind_under_the_fixed_scheduler():
     with pytest.raises(ValueError, match=r"noise\.sigma=0\.6 is outside"):
         NoiseConfig(sigma=0.6, control="fixed")
     NoiseConfig(sigma=0.0, sigma_min=1e-3, control="fixed")  # 0 = off is always allowed
+
+
+def test_update_schedule_and_overlong_keys_validate_with_one_line_errors():
+    cfg = build_config(model="tiny", sets={"grpo.epochs": "2", "grpo.mini_batches": "4", "grpo.clip_eps_high": "0.28",
+                                           "grpo.lr_schedule": "cosine", "grpo.warmup_steps": "5",
+                                           "reward.overlong": "soft", "reward.overlong_window": "16"})
+    assert (cfg.grpo.epochs, cfg.grpo.mini_batches, cfg.grpo.clip_eps_high) == (2, 4, 0.28)
+    assert (cfg.grpo.lr_schedule, cfg.grpo.warmup_steps, cfg.reward.overlong_window) == ("cosine", 5, 16)
+    for sets, msg in [({"grpo.epochs": "0"}, r"grpo\.epochs \(μ\) must be >= 1"),
+                      ({"grpo.mini_batches": "65"}, r"grpo\.mini_batches \(M\) must be in \[1, P·G = 64\]"),
+                      ({"grpo.clip_eps_high": "-0.1"}, r"grpo\.clip_eps_high"),
+                      ({"grpo.lr_schedule": "step"}, r"grpo\.lr_schedule='step' is not one of constant, linear, cosine"),
+                      ({"grpo.warmup_steps": "-1"}, r"grpo\.warmup_steps must be >= 0"),
+                      ({"reward.overlong": "cut"}, r"reward\.overlong='cut' is not one of none, soft, mask"),
+                      ({"reward.overlong": "soft"}, r"reward\.overlong_window=64 must be <= rollout\.max_new_tokens=48"),
+                      ({"reward.overlong_window": "0"}, r"reward\.overlong_window must be >= 1")]:
+        with pytest.raises(ValueError, match=msg) as err:
+            build_config(model="tiny", sets=sets)
+        assert "\n" not in str(err.value)
+    build_config(model="tiny", sets={"reward.overlong": "mask"})  # the window binds only for soft

@@ -123,16 +123,16 @@ def test_warm_start_demonstrations_mix_worked_and_early_answers():
     rec = data.synthetic_split(DataConfig(n_ops=3, n_train=1, n_test=1), "train")[0]
     steps = rec["solution"].split("\n")[:-1]
     rng = random.Random(0)
-    demos = [demonstration(rec, rng, early_frac=0.5) for _ in range(400)]
+    demos = [demonstration(rec, rng, habit=0.5) for _ in range(400)]
     early = [d for d in demos if d != rec["solution"]]
     assert 150 < len(early) < 250  # about half stop early
     for d in early:  # a strict prefix of the steps, then the last kept number boxed
         kept = d.split("\n")[:-1]
         assert 1 <= len(kept) < len(steps) and kept == steps[: len(kept)]
         assert d.endswith(f"\\boxed{{{kept[-1].split('= ')[-1]}}}.")
-    assert {demonstration(rec, rng, early_frac=0.0) for _ in range(20)} == {rec["solution"]}
+    assert {demonstration(rec, rng, habit=0.0) for _ in range(20)} == {rec["solution"]}
     one_step = data.synthetic_split(DataConfig(n_ops=1, n_train=1, n_test=1), "train")[0]
-    assert demonstration(one_step, rng, early_frac=1.0) == one_step["solution"]  # nothing to cut
+    assert demonstration(one_step, rng, habit=1.0) == one_step["solution"]  # nothing to cut
 
 
 def test_unknown_dataset_lists_names_and_closest_match():

@@ -1,10 +1,15 @@
 """Examples are programs: each runs on the tiny model here, so it cannot drift from the code."""
 import json
+import os
 import subprocess
 import sys
 
 from tests.conftest import REPO
 from tests.test_train import ENV
+
+# examples import minipsn as an installed package (`make install` runs `pip install -e .`); the checkout on
+# PYTHONPATH makes them run in a checkout that is not installed too
+ENV = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), ENV.get("PYTHONPATH")]))}
 
 
 def run_example(name, *args):

@@ -30,7 +30,10 @@ def _rmsnorm_keep_dtype(self, hidden_states):
 def _chunk_logp_keep_dtype(hidden, weight, targets, temperature):
     # algo._chunk_logp up to its `.float()`, which would round float64 logits to float32
     logits = (hidden.to(weight.dtype) @ weight.T) / temperature
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    with torch.no_grad():
+        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, entropy
 
 
 @pytest.fixture
@@ -39,7 +42,8 @@ def float64(monkeypatch):
     original in float32, so only the precision changes."""
     g = torch.Generator().manual_seed(0)
     h, w, t = torch.randn(2, 3, 8, generator=g), torch.randn(16, 8, generator=g), torch.randint(16, (2, 3), generator=g)
-    assert torch.allclose(_chunk_logp_keep_dtype(h, w, t, 0.8), algo._chunk_logp(h, w, t, 0.8), rtol=0, atol=1e-6)
+    for mine, theirs, atol in zip(_chunk_logp_keep_dtype(h, w, t, 0.8), algo._chunk_logp(h, w, t, 0.8), (1e-6, 1e-5)):
+        assert torch.allclose(mine, theirs, rtol=0, atol=atol)  # log-probs, then entropies
     norm = Qwen2RMSNorm(8)
     assert torch.equal(_rmsnorm_keep_dtype(norm, h), norm(h))
     monkeypatch.setattr(algo, "_chunk_logp", _chunk_logp_keep_dtype)
@@ -62,13 +66,18 @@ def make_rollouts(model, temperature: float) -> Rollouts:
 
 
 class GradRecorder:
-    """An optimizer for `learner_step` that keeps the accumulated gradients instead of stepping."""
+    """An optimizer for `learner_step` that keeps the accumulated gradients of each step (the last in
+    `grads`) and the parameters it saw; with `lr` it takes a plain gradient step, else it stays put."""
 
-    def __init__(self, named):
-        self.named, self.grads = named, {}
+    def __init__(self, named, lr=0.0):
+        self.named, self.grads, self.lr, self.seen = named, {}, lr, []
 
     def step(self):
+        self.seen.append({n: p.detach().clone() for n, p in self.named.items()})
         self.grads = {n: p.grad.detach().clone() for n, p in self.named.items()}
+        with torch.no_grad():
+            for p in self.named.values():
+                p.sub_(self.lr * p.grad)
 
     def zero_grad(self, set_to_none=True):
         for p in self.named.values():
@@ -126,6 +135,37 @@ def test_learner_gradient_matches_finite_differences(small_policy, float64, loss
     w = torch.cat([w_mb[ro.completion_mask[rows].bool()] for (w_mb, _), rows in zip(frozen, micro_batches(ro, cfg.micro_batch_tokens))])
     assert (w - 1).abs().max() > 0.2 and stats["tis/clip_frac"] > 0
 
+    for name, idx in picked_entries(named):
+        p, grad = named[name], recorder.grads[name].view(-1)[idx].item()
+        with torch.no_grad():
+            orig = p.view(-1)[idx].item()
+            p.view(-1)[idx] = orig + EPS
+            up = frozen_loss(model, ro, adv, cfg, frozen)[0].item()
+            p.view(-1)[idx] = orig - EPS
+            down = frozen_loss(model, ro, adv, cfg, frozen)[0].item()
+            p.view(-1)[idx] = orig
+        fd = (up - down) / (2 * EPS)
+        assert abs(fd) > 1e-6, f"{name}[{idx}]: gradient {fd:.2e} too small to check; pick other entries"
+        assert abs(grad - fd) <= RTOL * abs(fd), f"{name}[{idx}]: autograd {grad:.10e} vs finite differences {fd:.10e}"
+
+
+def test_second_epoch_gradient_matches_the_clipped_objective_against_pi_old(small_policy, float64):
+    """μ = 2: the second update differentiates −w·min(ρA, clip(ρ)A) at θ1 with w and π_θold frozen at θ0, the
+    policy before the first update; tokens whose clip binds (both bounds, checked) contribute no gradient."""
+    model = small_policy.double()
+    cfg = dataclasses.replace(GRPOConfig(), group_size=2, epochs=2, clip_eps=0.05, kl_beta=0.1, tis_cap=1.3,
+                              temperature=0.8, max_grad_norm=0.0, micro_batch_tokens=2 * (TP + T))
+    ro = make_rollouts(model, cfg.temperature)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5], dtype=torch.float64)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        _, frozen = frozen_loss(model, ro, adv, cfg)  # (w, log π_θold) per micro-batch, at θ0
+    recorder = GradRecorder(named, lr=2.0)
+    stats = learner_step(model, recorder, ro, adv, cfg, T).stats
+    assert len(recorder.seen) == 2 and stats["loss/clip_high_frac"] > 0 and stats["loss/clip_low_frac"] > 0
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(recorder.seen[1][n])  # θ1, where the second update's gradient was taken
     for name, idx in picked_entries(named):
         p, grad = named[name], recorder.grads[name].view(-1)[idx].item()
         with torch.no_grad():

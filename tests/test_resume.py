@@ -11,9 +11,10 @@ from tests.conftest import REPO
 from tests.test_train import ENV, cli
 
 SETS = ["--set", "grpo.prompts_per_step=2", "--set", "grpo.group_size=4", "--set", "rollout.max_new_tokens=32",
-        "--set", "run.save_every=2", "--sigma", "0.02", "--set", "noise.control=adaptive", "--set", "eval.every=0"]
+        "--set", "run.save_every=2", "--sigma", "0.02", "--set", "noise.control=adaptive", "--set", "eval.every=0",
+        "--set", "grpo.lr_schedule=cosine", "--set", "grpo.warmup_steps=2"]  # a resume must land on the schedule
 COMPARED = ("reward/mean", "reward/accuracy", "loss/policy", "tis/weight_mean", "noise/sigma", "noise/seed",
-            "completion/len_mean")
+            "completion/len_mean", "optim/lr", "policy/entropy")
 
 
 def _metrics(run):
@@ -51,6 +52,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     assert "resumed" in proc.stdout
     resumed = _metrics(run)
     assert [m["step"] for m in resumed] == list(range(1, steps + 1))
+    assert len({m["optim/lr"] for m in full}) == steps  # the schedule moved the rate every step
     for a, b in zip(full, resumed):
         for key in COMPARED:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)

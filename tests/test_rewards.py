@@ -85,3 +85,18 @@ def test_reward_unboxed_answer_false_insists_on_a_box():
     rows = score_rows(["The answer is 5.", "\\boxed{5}"], [False, False], [4, 4], "5", unboxed=False)
     assert rows["correct"] == [0, 1] and rows["answers"] == [None, "5"]
     assert build_config(model="tiny", sets={"reward.unboxed_answer": "false"}).reward.unboxed_answer is False
+
+
+def test_soft_overlong_penalty_at_the_edges_of_its_window():
+    import torch
+
+    from minipsn.rewards import overlong_penalty
+
+    # limit 100, window 20: 0 up to 80 tokens, then −1/20 per token, −1 at 100
+    lengths = torch.tensor([1.0, 80.0, 81.0, 90.0, 99.0, 100.0])
+    got = overlong_penalty(lengths, 100, 20)
+    assert torch.allclose(got, torch.tensor([0.0, 0.0, -0.05, -0.5, -0.95, -1.0]))
+    assert overlong_penalty(80, 100, 20) == 0.0 and overlong_penalty(100, 100, 20) == -1.0
+    assert overlong_penalty(100, 100, 100) == -1.0 and overlong_penalty(0, 100, 100) == 0.0
+    with pytest.raises(ValueError, match="window"):
+        overlong_penalty(lengths, 100, 101)

@@ -1,8 +1,10 @@
 """The exploration testbed's task knobs and the guess rates that say whether large-k headroom is luck.
 (The measured headroom of the built testbed is in docs/RESULTS.md and `make test-slow`, not here.)"""
+import collections
 import hashlib
 import json
 import os
+import random
 
 import pytest
 
@@ -32,6 +34,42 @@ def test_max_start_and_min_ops_shape_the_problems():
         DataConfig(max_start=1)
 
 
+def test_steps_answers_are_the_ordered_tuple_of_values_and_graded_in_order():
+    from minipsn.rewards import correctness_reward
+
+    recs = synthetic_split(DataConfig(n_ops=3, answer="steps", n_train=300, n_test=20), "train")
+    for r in recs:
+        values = [line.split("= ")[-1] for line in r["solution"].split("\n")[:-1]]
+        assert r["answer"] == "(" + ", ".join(values) + ")" and r["problem"].endswith("after each step?")
+        assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}.")
+    rec = next(r for r in recs if len(set(r["answer"].strip("()").split(", "))) == 3)
+    a, b, c = rec["answer"].strip("()").split(", ")
+    assert correctness_reward(f"\\boxed{{({a}, {b}, {c})}}", rec["answer"], False) == 1.0
+    assert correctness_reward(f"\\boxed{{({b}, {a}, {c})}}", rec["answer"], False) == 0.0  # order matters
+    assert correctness_reward(f"\\boxed{{({a}, {b})}}", rec["answer"], False) == 0.0
+    assert correctness_reward(f"\\boxed{{{c}}}", rec["answer"], False) == 0.0  # the habit: the last value alone
+    # the default task's problems are untouched (the hash test above), and the knob is checked
+    with pytest.raises(ValueError, match="data.answer"):
+        DataConfig(answer="all")
+
+
+def test_habit_share_per_first_operation():
+    from minipsn.sft import demonstration, first_operation
+
+    recs = synthetic_split(DataConfig(n_ops=3, answer="steps", n_train=400, n_test=20), "train")
+    assert {first_operation(r["problem"]) for r in recs} == {"add", "subtract"}
+    rng, share = random.Random(0), {"add": 0.3, "subtract": 1.0}
+    finished = collections.defaultdict(list)
+    for r in recs:
+        demo = demonstration(r, rng, share)
+        finished[first_operation(r["problem"])].append(demo == r["solution"])
+        if demo != r["solution"]:  # the habit: every step worked, then the last value boxed alone
+            assert demo.split("\n")[:-1] == r["solution"].split("\n")[:-1]
+            assert demo.endswith(f"\\boxed{{{r['answer'].strip('()').split(', ')[-1]}}}.")
+    assert not any(finished["subtract"])  # never demonstrated
+    assert 0.6 < sum(finished["add"]) / len(finished["add"]) < 0.8  # 0.7 expected, ~200 draws: ±0.1 is 3 sd
+
+
 def test_guess_rates_count_what_a_guess_would_score():
     train = [{"answer": a} for a in ("5", "5", "7", "9")]
     test = [{"answer": "5"}, {"answer": "8"}, {"answer": "100"}]
@@ -41,7 +79,11 @@ def test_guess_rates_count_what_a_guess_would_score():
     # problem 0 (gold 5) sees others' answers 5, None, 100, 5 → 2 hits; problem 1 (gold 8) sees 8, 8, 100, 5 → 2;
     # problem 2 (gold 100) sees 8, 8, 5, None → 0: 4 hits out of 12 answers of other problems
     assert g["shuffled"] == pytest.approx(4 / 12)
-    assert g["range"] == [5, 100] and g["uniform"] == pytest.approx((3 / 3) / 96)
+    assert g["range"] == [[5, 100]] and g["uniform"] == pytest.approx((3 / 3) / 96)
+    # tuple answers: one uniform draw per position, from that position's range (here 2 × 3 values)
+    tuples = [{"answer": a} for a in ("(1, 5)", "(2, 7)", "(1, 6)")]
+    g = guess_rates(tuples[:2], [{"answers": ["(1, 5)"]}, {"answers": ["(2, 7)"]}], tuples)
+    assert g["range"] == [[1, 2], [5, 7]] and g["uniform"] == pytest.approx(1 / 6) and g["shuffled"] == 0
     with pytest.raises(ValueError, match="one row"):
         guess_rates(test, rows[:2], train)
 
@@ -49,7 +91,7 @@ def test_guess_rates_count_what_a_guess_would_score():
 def test_testbed_is_a_local_model_like_tiny(tmp_path, monkeypatch):
     assert set(LOCAL_MODELS) == {"tiny", "testbed"}
     monkeypatch.setenv("MINIPSN_CACHE", str(tmp_path))
-    version = LOCAL_MODELS["testbed"][0]
+    version = LOCAL_MODELS["testbed"]["version"]
     (tmp_path / f"testbed-{version}").mkdir()
     (tmp_path / f"testbed-{version}" / "done").write_text("{}")  # a finished build is reused, never rebuilt
     assert resolve_name("testbed") == str(tmp_path / f"testbed-{version}")
@@ -57,13 +99,36 @@ def test_testbed_is_a_local_model_like_tiny(tmp_path, monkeypatch):
         resolve_name("testbd")
 
 
+def test_testbed_preset_trains_on_the_task_its_model_was_built_on():
+    from minipsn.config import build_config
+
+    built, used = LOCAL_MODELS["testbed"]["data"], build_config(model="testbed").data
+    for key in ("n_ops", "min_ops", "ops", "max_operand", "max_start", "answer", "n_train"):
+        assert getattr(used, key) == getattr(built, key), key
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="builds the testbed (~8 min): MINIPSN_SLOW=1")
+@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="builds the testbed (~8 min with the check): MINIPSN_SLOW=1")
 def test_testbed_has_headroom_at_large_k_that_guessing_does_not_explain(tmp_path):
     from minipsn.config import build_config
     from minipsn.headroom import headroom
 
-    result = headroom(build_config(model="testbed", sets={"eval.n": 256, "eval.problems": 50}), tmp_path)
+    result = headroom(build_config(model="testbed", sets={"eval.n": 256, "eval.problems": 100}), tmp_path)
     p = result["pass@k"]
     assert max(result["guess"][k] for k in ("mode", "shuffled", "uniform")) < 1e-3
-    assert p["256"] - p["1"] > 0.3  # room between one sample and 256
+    # issue 13's bands (measured on the development machine's build: 0.098 and 0.47)
+    assert 0.05 <= p["1"] <= 0.35 and 0.40 <= p["256"] <= 0.85
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="trains GRPO on the testbed (~3 min): MINIPSN_SLOW=1")
+def test_grpo_lifts_the_testbeds_pass_at_1_by_ten_points(tmp_path):
+    from minipsn.config import build_config
+    from minipsn.train import train
+
+    cfg = build_config(model="testbed", method="grpo",
+                       sets={"run.steps": 50, "run.out": str(tmp_path / "run"), "eval.every": 50})
+    metrics = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    before, after = (m["eval/pass@1"] for m in metrics if "eval/pass@1" in m)
+    # measured: +0.25 in 50 steps (docs/RESULTS.md), +0.19 to +0.31 over three seeds in 60 steps
+    assert after - before >= 0.10

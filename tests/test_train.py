@@ -140,6 +140,6 @@ def test_cli_headroom_reports_pass_at_k_next_to_guessing(tmp_path):
     result = json.loads((tmp_path / "hr" / "headroom.json").read_text())
     assert set(result["pass@k"]) == {"1", "2", "4", "8"} and result["problems"] == 4
     # the tiny task's answers are small integers: a uniform guess over their range is often right
-    lo, hi = result["guess"]["range"]
+    [(lo, hi)] = result["guess"]["range"]
     assert hi - lo < 100 and result["guess"]["uniform"] > 0.01
     assert result["guess_pass@k"]["8"] == pytest.approx(1 - (1 - max(result["guess"][k] for k in ("mode", "shuffled", "uniform"))) ** 8)

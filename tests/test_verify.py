@@ -66,15 +66,15 @@ def test_math500_gold_through_sympy_stage():
     sympy's own LaTeX spelling of it (or 12 digits of it) is accepted while gold+1 is refused."""
     import sympy
 
-    from minipsn import _compare, _latex
+    from minipsn.verify import parse, symbolic
 
     rows = _rows("math500_test.jsonl")
     norm = [verify.normalise(r["answer"]) for r in rows]
     assert [n for n in norm if not verify._ask_worker(n, n, 5.0)] == []
     checked = 0
     for row, n in zip(rows, norm):
-        value = _latex.parse_answer(n)
-        if verify._is_words(n) or _compare._kind(value) != "expr" or value.has(sympy.I):
+        value = parse.parse_answer(n)
+        if verify._is_words(n) or symbolic._kind(value) != "expr" or value.has(sympy.I):
             continue  # words are compared as text; sympy prints complex numbers as 6 - 5 i
         checked += 1
         assert is_equivalent(sympy.latex(value), row["answer"]), row["answer"]

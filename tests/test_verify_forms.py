@@ -1,6 +1,7 @@
 """minipsn.verify answer forms (issue 14): sets with repeats, tuples and labels, intervals and
 inequalities, matrices, equations and chains, ≈, lists joined by , and or ;, \\pm, several boxes,
-\\( \\) and \\[ \\], decimal commas; each with the false positives it must not create."""
+\\( \\) and \\[ \\], decimal commas, ratios and clock times, prose answers; each with the false
+positives it must not create. The labelled table of real benchmark answers is test_verify_pairs.py."""
 
 import json
 from pathlib import Path
@@ -134,6 +135,17 @@ FORMS = [
     ("thousands-vs-list", "10,\\!080", "10, 080", False),
     ("thousands-text", "10,455", "10455", True),
     ("two-item-list", "69,84", "84,69", True),
+    # ratios, clock times, numeric equations
+    ("ratio-fraction", "3:5", "\\frac35", True),
+    ("ratio-scaled", "3:2", "6:4", True),
+    ("ratio-order", "3:5", "5:3", False),
+    ("time-not-ratio", "9:24", "3:8", False),
+    ("time-leading-zero", "05\\!:\\!00", "5:00", True),
+    ("time-meridiem", "8:34 a.m.", "8\\!:\\!34 \\text{ p.m.}", False),
+    ("time-vs-number", "5:00", "5", False),
+    ("true-equation", "5+6=11", "11", True),
+    ("false-equation", "5+5=11", "11", False),
+    ("numpy-name", "np.arcsin(10/13)", "\\arcsin\\frac{10}{13}", True),
     # the false positives of other verifiers stay refused
     ("factorials", "\\frac{1}{2004!}", "\\frac{1}{2006!}", False),
     ("e-sign", "1-1/e", "1+1/e", False),
@@ -222,6 +234,8 @@ ADVERSARIAL_FORMS = [
     "<".join(["x"] * 200), "x" + " \\approx x" * 300, " and ".join(["1"] * 500), "\\boxed{1}, " * 3000,
     "1 = " * 500 + "1", ";" * 2000, " " * 1000 + "and" + " " * 1000, ",\\!" * 700, "\\(\\)" * 500,
     "(p,q)=" * 300 + "(1,2)", "-x^{10^4} > 1",
+    "1:" * 2000 + "1", "12:30:" * 500, "\\colon" * 1000, "The largest $n$ is " + "1" * 5000 + ".",
+    "is " * 3000 + "$1$.", "np." * 1000 + "sin(1)", "8:34 " + "p.m. " * 1000,
 ]
 
 
@@ -242,7 +256,8 @@ def test_adversarial_forms_are_fast_and_clean(text):
 FORMISH = st.lists(st.sampled_from(list("0123456789+-,;.=<>()[]{}x ") + [
     " and ", " or ", ", ", ",\\!", "\\approx", "\\neq", "\\geq", "\\(", "\\)", "\\[", "\\]", "(p,q)=",
     "\\{", "\\}", "\\pm", "\\cup", "\\infty", "\\boxed{", "\\text{ and }", "\\begin{array}{cc}", "&",
-    "\\\\", "\\end{array}", "\\begin{pmatrix}", "\\end{pmatrix}", "{,}",
+    "\\\\", "\\end{array}", "\\begin{pmatrix}", "\\end{pmatrix}", "{,}", ":", "\\colon", " is ", " p.m.", "$",
+    "np.",
 ]), max_size=30).map("".join)
 
 

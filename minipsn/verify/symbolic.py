@@ -1,4 +1,4 @@
-"""Comparison of parsed answers: the verifier's sympy stage decides whether two answers mean the same.
+"""The verifier's symbolic comparison (sympy stage): decides whether two answers mean the same.
 
 Numbers compare exactly unless either answer is written with decimals (then within RTOL);
 expressions with free symbols by evaluating both at seeded random rational points; equations up to
@@ -6,8 +6,8 @@ a constant factor; sets (repeats ignored) and bare lists (repeats kept) without 
 matrices (a row vector is a column vector) and intervals with it; (a, b) is a point or an open
 interval. A relation in one symbol with a numeric slope bounded by numbers is read as an interval
 (-x > -1 is (-oo, 1); -793 < a < 10 is (-793, 10); its variable's name is not compared), other
-relations structurally or up to a positive factor (2x+2y > 2 is x+y > 1). For "A ≈ B" see _forms.py.
-Imported only inside the verifier's worker process (see verify.py).
+relations structurally or up to a positive factor (2x+2y > 2 is x+y > 1). For "A ≈ B" see normalise.py.
+Imported only inside the verifier's worker process (worker.py).
 """
 
 import random
@@ -17,8 +17,8 @@ from sympy import Rational, Symbol, nan, oo, zoo
 from sympy.core.evalf import PrecisionExhausted
 from sympy.matrices import MatrixBase
 
-from minipsn._forms import pick_approx
-from minipsn._latex import _DECIMAL, _FLIP, LatexError, parse_answer
+from minipsn.verify.normalise import pick_approx
+from minipsn.verify.parse import _DECIMAL, _FLIP, LatexError, parse_answer
 
 RTOL = Rational(1, 10**6)  # relative tolerance when either answer is written with decimals
 EVALF_RTOL = 1e-20  # otherwise: only the rounding of evalf at DPS digits is forgiven
@@ -34,7 +34,7 @@ def symbolic_equal(pred: str, gold: str) -> bool:
     """True when two normalised answers mean the same; raises LatexError/TooLarge on bad input.
     Numbers compare exactly unless either answer is written with decimals (0.5, 8.7e8):
     3986729 != 3986730 and 1/2004! != 1/2006!, but 0.866025 == \\sqrt3/2 within RTOL."""
-    # A ≈ B: B against a decimal answer, else A (_forms.py)
+    # A ≈ B: B against a decimal answer, else A (normalise.py)
     pred, gold = pick_approx(pred, bool(_DECIMAL.search(gold))), pick_approx(gold, bool(_DECIMAL.search(pred)))
     decimal = _DECIMAL.search(pred) or _DECIMAL.search(gold)
     a, b = (_rel_as_interval(x) for x in (parse_answer(pred), parse_answer(gold)))
@@ -54,8 +54,10 @@ class _Compare:
             return same(a[1][0], b)
         if kb in ("set", "list") and len(b[1]) == 1:
             return same(a, b[1][0])
-        if (ka == "eq") != (kb == "eq"):  # y = 2x+1 answers 2x+1
+        if (ka == "eq") != (kb == "eq"):  # y = 2x+1 answers 2x+1; a true 5+6 = 11 answers 11
             eq, other = (a, b) if ka == "eq" else (b, a)
+            if all(getattr(side, "is_number", False) for side in eq[1:]):
+                return same(eq[1], eq[2]) and same(eq[2], other)
             return any(isinstance(side, Symbol) and same(rest, other)
                        for side, rest in ((eq[1], eq[2]), (eq[2], eq[1])))
         if ka == kb == "eq":

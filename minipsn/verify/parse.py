@@ -10,7 +10,7 @@ equations (a chain x = 5+6 = 11 and a labelled (p,q) = (3,2) stand for their las
 inequalities, matrices (pmatrix, bmatrix, array, ...), and ± (two answers). symbolic_equal()
 compares two structures: numbers exactly (relative RTOL when either side is written with decimals: 0.5, 8.7e8),
 expressions by evaluating both at seeded random points, equations up to a constant factor
-(symbolic_equal lives in _compare.py). Imported only inside the verifier's worker process.
+(symbolic_equal lives in symbolic.py). Imported only inside the verifier's worker process.
 """
 
 import math
@@ -384,7 +384,7 @@ def parse_answer(text: str):
         return ("eq", parse_expr(sides[0]), parse_expr(sides[1]))
     ops: list[str] = []
     sides = _split_top(text, tuple(_FLIP), ops)
-    if ops:  # x > 2, -80 ≤ g ≤ 82 (verify.py spells every relation as one of _FLIP)
+    if ops:  # x > 2, -80 ≤ g ≤ 82 (normalise.py spells every relation as one of _FLIP)
         return ("rel", tuple(ops), tuple(parse_expr(s) for s in sides))
     if text.startswith("\\{") and text.endswith("\\}") and _wrapped(text[1:]):
         return ("set", _items(text[2:-2]))

@@ -1,0 +1,158 @@
+"""Where a run's records go: metrics.jsonl, samples.jsonl and the trackers that `run.log_to` names.
+
+metrics.jsonl (one JSON object per step) is always written and is what every reader uses; tensorboard
+writes event files in RUN/tensorboard/, wandb a W&B run (RUN/wandb/, offline with WANDB_MODE=offline).
+Both are imported lazily: one asked for but not installed prints one line, and the run goes on with
+the others. samples.jsonl holds `run.log_samples` completions per step with their answer, reward and
+advantage, so what the policy wrote at step 120 can be read back.
+A resume first cuts metrics.jsonl and samples.jsonl back to the checkpoint's step (train.py);
+TensorBoard is told the same (purge_step), W&B drops steps it has already seen.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from minipsn import checkpoint
+from minipsn.config import Config
+from minipsn.rollout import Rollouts
+from minipsn.verify import extract_answer
+
+
+class Sink(Protocol):
+    def log(self, metrics: dict) -> None: ...
+    def close(self) -> None: ...
+
+
+def scalars(metrics: dict) -> dict[str, float]:
+    """The finite numbers of a metrics line, without `step`: what a tracker plots (lists stay in metrics.jsonl)."""
+    return {k: float(v) for k, v in metrics.items()
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+class JsonlSink:
+    """metrics.jsonl: flushed every line, so a kill loses at most the line being written."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a")
+
+    def log(self, metrics: dict) -> None:
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink:
+    def __init__(self, run_dir: Path, purge_step: int):
+        from torch.utils.tensorboard import SummaryWriter  # raises ImportError without the tensorboard package
+
+        # events from a killed run's steps after the checkpoint are dropped when TensorBoard reads the folder
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+    def log(self, metrics: dict) -> None:
+        for key, value in scalars(metrics).items():
+            self.writer.add_scalar(key, value, metrics["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    def __init__(self, run_dir: Path, config: dict):
+        import wandb
+
+        id_file = run_dir / "wandb" / "run_id"  # a resume continues the same W&B run
+        id_file.parent.mkdir(exist_ok=True)
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "minipsn"), name=run_dir.name,
+                                  dir=str(run_dir), config=config, id=run_id, resume="allow")
+        except wandb.errors.Error as e:
+            raise ValueError(f"wandb could not start ({e}); run `wandb login`, set WANDB_MODE=offline, "
+                             "or drop wandb from run.log_to") from None
+        id_file.write_text(self.run.id)
+
+    def log(self, metrics: dict) -> None:
+        self.run.log(scalars(metrics), step=metrics["step"])
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def truncate(run_dir: Path, step: int) -> None:
+    """On resume: keep the lines of metrics.jsonl and samples.jsonl up to `step` (later ones are redone)."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        checkpoint.truncate_metrics(run_dir / name, step)
+
+
+INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
+
+
+def open_sinks(cfg: Config, run_dir: Path, start: int) -> list[Sink]:
+    """metrics.jsonl plus each tracker of `run.log_to` that imports; `start` is the step the run resumes
+    after (0 for a new run), so step start + 1 is the first one logged."""
+    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl")]
+    for name in dict.fromkeys(cfg.run.log_to):  # in order, each once
+        try:
+            if name == "jsonl":
+                pass  # always on
+            elif name == "tensorboard":
+                sinks.append(TensorBoardSink(run_dir, start + 1 if start else 0))
+            elif name == "wandb":
+                sinks.append(WandbSink(run_dir, cfg.to_dict()))
+            else:
+                raise ValueError(f"unknown tracker {name!r} in run.log_to")
+        except ImportError:
+            print(f"run.log_to: {name} is not installed ({INSTALL[name]}); logging without it")
+    return sinks
+
+
+class RunLog:
+    """The run's sinks and samples.jsonl, as one context manager: `write(metrics, samples)` per step."""
+
+    def __init__(self, cfg: Config, run_dir: Path, start: int):
+        self.sinks = open_sinks(cfg, run_dir, start)
+        self.samples = open(run_dir / "samples.jsonl", "a") if cfg.run.log_samples else None
+
+    def write(self, metrics: dict, samples: list[dict] = ()) -> None:
+        if self.samples is not None and samples:  # before the metrics line: a resume cuts both to its step
+            self.samples.write("".join(json.dumps(s) + "\n" for s in samples))
+            self.samples.flush()
+        for sink in self.sinks:
+            sink.log(metrics)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sink in self.sinks:
+            sink.close()
+        if self.samples is not None:
+            self.samples.close()
+
+
+def pick_samples(step: int, cfg: Config, prompts: list[str], recs: list[dict], ro: Rollouts, rewards: torch.Tensor,
+                 correct: torch.Tensor, adv: torch.Tensor, seeds: list[int], offset: int = 0,
+                 total: int | None = None) -> list[dict]:
+    """`run.log_samples` of a step's N = P·G rollouts as samples.jsonl lines, spread evenly over the rows
+    and so over the prompts. Rows are prompt-major (row i belongs to prompt i // G); `recs`, `rewards`,
+    `correct`, `adv` and `seeds` have one entry per row (N,), `prompts` one per prompt (P,). Under torchrun
+    they are this rank's rows, `offset` … `offset` + N − 1 of the step's `total`: it returns the picked rows
+    it holds, numbered in the step."""
+    N, G, k, r = len(ro.texts), cfg.grpo.group_size, cfg.run.log_samples, cfg.reward
+    total = N if total is None else total
+    picked = sorted({i * total // k for i in range(min(k, total))})
+    return [{"step": step, "row": i + offset, "group": (i + offset) // G, "prompt": prompts[i // G],
+             "completion": ro.texts[i],
+             "answer": extract_answer(ro.texts[i], last_number=r.last_number, unboxed=r.unboxed_answer),
+             "gold": recs[i]["answer"], "reward": float(rewards[i]), "correct": bool(correct[i]),
+             "advantage": float(adv[i]), "truncated": bool(ro.truncated[i]), "noise_seed": int(seeds[i])}
+            for i in (j - offset for j in picked if offset <= j < offset + N)]

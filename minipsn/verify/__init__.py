@@ -1,0 +1,127 @@
+"""Answer extraction and a bounded, safe equivalence check: the ground truth of the reward.
+
+Public API: extract_answer(text) (extract.py) and is_equivalent(pred, gold), plus normalise(),
+verify_stats(), warm_up(), boxed_contents() and bench_verifier(). is_equivalent decides in stages,
+cheapest first: normalise both strings (normalise.py: \\dfrac, \\left, \\text{}, units, degrees,
+\\%, thousands separators vs list commas, "and"/"or"/";" lists, \\( \\), $, spacing, "x = 5",
+"(p,q) ="), exact match, multiple-choice letter, word answers, clock times and ratios, plain numbers
+(exact, or within relative 1e-6 when either is written with decimals; no percent rescaling, so
+50 != 0.5), then the sympy stage in the worker process (worker.py): parse.py reads LaTeX safely
+(model text never reaches eval/exec/sympify; towers and huge factorials are refused before sympy),
+symbolic.py compares (sets, tuples, matrices, intervals, inequalities, equations, ≈). A check past
+its time limit kills the worker and is False, from any thread; verify_stats() counts it.
+"""
+
+import re
+import time
+from fractions import Fraction
+
+from minipsn.verify.extract import boxed_contents, extract_answer
+from minipsn.verify.normalise import clock, decimal_comma, normalise, ratio
+from minipsn.verify.worker import _ask_worker, _count, verify_stats, warm_up
+from minipsn.verify.worker import _restart_worker as _restart_worker  # a test hook (a slow worker)
+
+__all__ = ["extract_answer", "is_equivalent", "normalise", "boxed_contents", "verify_stats", "warm_up",
+           "bench_verifier"]  # the private _ask_worker, _count, _restart_worker are test hooks
+
+_MAX_CHARS = 2000  # longer answers are compared by exact match only
+_MAX_DIGITS = 400  # number literals the fast path converts exactly
+_RTOL = Fraction(1, 10**6)
+_DECIMAL = re.compile(r"\d?\.\d|\d[eE]-?\d")
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+_SCI = re.compile(rf"({_NUMBER})(?:[eE](-?\d+)|(?:\\times|\\cdot|\*)10\^(?:\{{([+-]?\d+)\}}|(\d)))?")
+_FRAC = re.compile(r"([+-]?)\\frac(?:\{([+-]?\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
+_SLASH = re.compile(r"([+-]?\d+)/(\d+)")
+_NAME = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?"
+_VAR_EQ = re.compile(rf"^(?:{_NAME}(?:\([a-z]\))?|\((?:{_NAME},)+{_NAME}\))=(?!.*=)")  # x=, f(x)=, (p,q)=
+_CHOICE = re.compile(r"\(?([A-E])\)?")
+
+
+def _as_fraction(s: str) -> Fraction | None:
+    """Exact value of a plain number (5, -0.25, 8.7e8, 3\\times10^{5}, \\frac{1}{2}, 1/2)."""
+    if len(s) > _MAX_DIGITS:
+        return None
+    if m := _SCI.fullmatch(s):
+        exp = m[2] or m[3] or m[4] or "0"
+        return Fraction(m[1]) * Fraction(10) ** int(exp) if abs(int(exp)) <= _MAX_DIGITS else None
+    if m := _FRAC.fullmatch(s):
+        num, den = int(m[2] or m[3]), int(m[4] or m[5])
+        return Fraction(-num if m[1] == "-" else num, den) if den else None
+    if m := _SLASH.fullmatch(s):
+        return Fraction(int(m[1]), int(m[2])) if int(m[2]) else None
+    return None
+
+
+def _close(a: Fraction, b: Fraction) -> bool:
+    return abs(a - b) <= _RTOL * max(abs(a), abs(b))
+
+
+def _is_words(s: str) -> bool:
+    """Text answers (Evelyn, even, east) are compared as words, not as products of symbols."""
+    return bool(re.fullmatch(r"[A-Za-z]+(?: [A-Za-z]+)*", s)) and len(s) > 1 and s != "pi"
+
+
+def _cheap_verdict(pred: str, gold: str) -> tuple[bool | None, str, str]:
+    """(verdict or None when undecided, normalised pred, normalised gold), without sympy."""
+    if pred == gold:
+        return True, pred, gold
+    if len(pred) > _MAX_CHARS or len(gold) > _MAX_CHARS:
+        return False, pred, gold
+    p, g = normalise(pred), normalise(gold)
+    p = decimal_comma(p, g)  # a prediction's 1000,99 may be 1000.99; a gold's comma never is
+    if ("=" in p) != ("=" in g):  # "x = 5" answers "5"
+        p, g = _VAR_EQ.sub("", p, count=1), _VAR_EQ.sub("", g, count=1)
+    if not p or not g:
+        return False, p, g
+    if p == g:
+        return True, p, g
+    if letter := _CHOICE.fullmatch(g):  # multiple choice: (C), C, \text{(C)}, "(C) 12"
+        got = _CHOICE.fullmatch(p) or re.match(r"\(([A-E])\)", p)
+        return bool(got) and got[1] == letter[1], p, g
+    if _is_words(p) or _is_words(g):
+        same = p.replace(" ", "").lower() == g.replace(" ", "").lower()
+        return _is_words(p) and _is_words(g) and same, p, g
+    cp, cg = clock(p, pred), clock(g, gold)
+    if cp or cg:  # 8:34 p.m. is a time: its parts must match, not its value as a ratio
+        return bool(cp and cg) and cp[0] == cg[0] and (cp[1] == cg[1] or "" in (cp[1], cg[1])), p, g
+    p, g = ratio(p), ratio(g)  # 3:5 is 3/5
+    a, b = _as_fraction(p), _as_fraction(g)
+    if a is not None and b is not None:  # exact unless one is written with decimals
+        decimal = _DECIMAL.search(p) or _DECIMAL.search(g)
+        return (_close(a, b) if decimal else a == b), p, g
+    return None, p, g
+
+
+def is_equivalent(pred: str, gold: str, timeout: float = 3.0) -> bool:
+    """True when answer pred means the same as gold. Never raises on str input: unreadable
+    answers are False; past `timeout` seconds the check is False and counted in verify_stats()."""
+    for name, value in (("pred", pred), ("gold", gold)):
+        if not isinstance(value, str):
+            raise TypeError(f"is_equivalent expects str, got {type(value).__name__} for {name}")
+    if not timeout > 0:
+        raise ValueError(f"is_equivalent timeout must be > 0 seconds, got {timeout}")
+    start = time.monotonic()
+    _count("checks")
+    try:
+        verdict, p, g = _cheap_verdict(pred, gold)
+    except (ValueError, OverflowError, ZeroDivisionError) as exc:
+        _count("errors", f"fast path: {type(exc).__name__}: {exc}")
+        return False
+    if verdict is not None:
+        return verdict
+    return _ask_worker(p, g, max(timeout - (time.monotonic() - start), 0.01))
+
+
+def bench_verifier(pairs: list[tuple[str, str]], timeout: float = 3.0) -> dict:
+    """Throughput of is_equivalent on (pred, gold) pairs, after warming up the worker."""
+    warm_up()
+    before = verify_stats()
+    start = time.perf_counter()
+    equal = sum(is_equivalent(p, g, timeout) for p, g in pairs)
+    seconds = time.perf_counter() - start
+    after = verify_stats()
+    return {"checks": len(pairs), "equivalent": equal, "seconds": seconds,
+            "checks_per_s": len(pairs) / seconds if seconds > 0 else float("inf"),
+            "worker_checks": after["worker_checks"] - before["worker_checks"],
+            "timeouts": after["timeouts"] - before["timeouts"],
+            "errors": after["errors"] - before["errors"]}

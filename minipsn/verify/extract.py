@@ -1,0 +1,112 @@
+"""Answer extraction: the final answer in a completion, as a string for is_equivalent().
+
+extract_answer() takes the last \\boxed{...} / \\fbox{...} / \\boxed x, joined with the boxes just
+before it when only "," ";" spaces or $ lie between ("\\boxed{2}, \\boxed{3}" is the list 2, 3; a
+word between boxes ends the answer at the last box). A completion that boxes is graded by its boxes
+only. Without a box, and only when unboxed=True (reward.unboxed_answer), it reads "#### N", else the
+text after the last "answer is" / "answer:" / "final answer", else a closing sentence "... is X."
+("so the total equals $\\frac{3}{4}$."; "The largest $n$ is 34." only with last_number=True, as a
+bare number there is a last-number read), else the last number (last_number=True). unboxed=False
+insists on a box: nothing else is an answer.
+"""
+
+import re
+
+_BOX_GAP = re.compile(r"(?:\s|\$|,|;|\\quad|\\qquad)*")
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+_ANSWER_IS = re.compile(r"(?i)\banswer\s*(?:is|:)\s*:?")  # also "final answer is", "Answer:"
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+_LAST_NUMBER = re.compile(r"(?<![\w)\]}])-?(?:\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|\.\d+)")
+# the closing sentence "... is $X$." / "... equals 34.": X is the answer (inline math or one token)
+_CLOSING = re.compile(r"(?i)\b(?:is|are|equals|be)\s*:?\s*(\$\$?[^$]+\$\$?|\\\((.+?)\\\)|-?[\d.,/]*\d)"
+                      r"(?:\s*(?:[a-zA-Z]+\s*){0,2})?[.!]?\s*$")
+
+
+def _brace_matches(text: str) -> dict[int, int]:
+    """Index of each "{" -> index of its "}" in one pass (unclosed braces are absent)."""
+    stack, match = [], {}
+    for i, c in enumerate(text):
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            match[stack.pop()] = i
+    return match
+
+
+def box_spans(text: str) -> list[tuple[int, int, str | None]]:
+    """(start, end, content or None) of every \\boxed/\\fbox in order."""
+    match, out = _brace_matches(text), []
+    for m in _BOX.finditer(text):
+        j = m.end()
+        while j < len(text) and text[j] == " ":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            content, end = (text[j + 1:match[j]].strip(), match[j] + 1) if j in match else ("", j)
+        else:  # "\boxed 5": up to the closing $ or end of line, as in the MATH reference code
+            content = re.split(r"[$\n]", text[j:], maxsplit=1)[0]
+            end, content = j + len(content), content.strip()
+        out.append((m.start(), end, content or None))
+    return out
+
+
+def join_boxes(text: str, spans: list[tuple[int, int, str | None]]) -> str | None:
+    """The answer of a completion's boxes (start, end, content): the last non-empty one, joined
+    with the boxes before it when only separators lie between them."""
+    filled = [b for b in spans if b[2]]
+    if not filled:
+        return None
+    run = [filled[-1]]
+    for box in reversed(filled[:-1]):
+        if not _BOX_GAP.fullmatch(text[box[1]:run[0][0]]):
+            break
+        run.insert(0, box)
+    return ", ".join(b[2] for b in run)
+
+
+def boxed_contents(text: str) -> list[str | None]:
+    """Content of every \\boxed/\\fbox in order; None for an unclosed or empty one."""
+    return [content for _, _, content in box_spans(text)]
+
+
+def extract_answer(text: str, last_number: bool = True, unboxed: bool = True) -> str | None:
+    """Final answer in a completion: last \\boxed{} (or \\fbox{}, \\boxed x; boxes joined only by
+    separators, "\\boxed{2}, \\boxed{3}", are one list), else (when unboxed) "#### N", else "the
+    answer is ..." / "final answer: ...", else a closing "... is X." sentence, else the last number
+    when last_number; None when nothing fits. unboxed=False insists on a box."""
+    if not isinstance(text, str):
+        raise TypeError(f"extract_answer expects str, got {type(text).__name__}")
+    boxes = box_spans(text)
+    if boxes:  # a completion that boxes is graded by its boxes only: \boxed{} answers nothing
+        return join_boxes(text, boxes)
+    if not unboxed:
+        return None
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1].strip().split("\n")[0].strip().strip("$").rstrip(".")
+        if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", tail):
+            tail = tail.replace(",", "")  # GSM8K writes 1,000; its `final` field does not
+        if tail:
+            return tail
+    said = list(_ANSWER_IS.finditer(text))
+    if said:
+        tail = text[said[-1].end():].split("\n")[0].strip().strip("*").strip()
+        inline = re.match(r"\$+([^$]+)\$|\\[(\[](.+?)\\[)\]]", tail)  # "the answer is $5$ apples" -> 5
+        number = re.match(r"-?[\d.,/]*\d(?=\s+[a-zA-Z])", tail)  # "is 5 because ..." -> 5
+        tail = (inline[1] or inline[2]) if inline else number[0] if number else _SENTENCE_END.split(
+            tail, maxsplit=1)[0]
+        if tail.strip():
+            return tail.strip()
+    if closing := _closing_sentence(text, last_number):
+        return closing
+    numbers = _LAST_NUMBER.findall(text) if last_number else []
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def _closing_sentence(text: str, numbers: bool) -> str | None:
+    """X in a last line ending "... is X." ("The largest $n$ is 34.", "... equals $\\frac34$ cm."):
+    inline math, or (when numbers: it is a last-number read) one number and at most two words (units)."""
+    lines = [line for line in text.strip().split("\n") if line.strip()]
+    m = _CLOSING.search(lines[-1][-500:].strip().strip("*")) if lines else None
+    if not m or not (numbers or m[1].startswith(("$", "\\("))):
+        return None
+    answer = m[2] if m[2] is not None else m[1].strip("$")
+    return answer.strip() or None
