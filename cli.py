@@ -41,7 +41,7 @@ def friendly(fn):
 
 def one_process(command: str, instead: str = "") -> None:
     """Commands that write their files from one process refuse to start under torchrun (each rank would
-    write the same files); `train` and `eval` split their work over the ranks instead."""
+    write the same files); `train`, `eval` and `compare` split their work over the ranks instead."""
     from minipsn import distributed as dist
 
     if dist.launched():
@@ -123,6 +123,7 @@ def config_(
 ):
     """The resolved config: every field's value (bold where it is not the default) and its help."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from minipsn.config import Config, field_help, flatten
@@ -135,7 +136,7 @@ def config_(
         if section is not None and key.partition(".")[0] != section:
             table.add_section()
         section = key.partition(".")[0]
-        table.add_row(key, shown(values[key]), text, style="bold" if values[key] != defaults[key] else None)
+        table.add_row(key, escape(shown(values[key])), escape(text), style="bold" if values[key] != defaults[key] else None)
     Console().print(table)
 
 
@@ -287,15 +288,16 @@ def compare(
     benchmarks: str = typer.Option("synthetic", help="comma-separated benchmarks to evaluate on"),
     n: Optional[int] = typer.Option(None, help="samples per problem (eval.n)"),
     out: str = typer.Option("runs/compare", help="folder of the grid; finished runs are reused"),
-    workers: int = typer.Option(1, help="(method, seed) jobs at once, one process and torch thread each"),
+    workers: int = typer.Option(1, help="(method, seed) jobs at once, one process and torch thread each "
+                                "(1 under torchrun: each job runs on all the ranks)"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (applies to every run)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
-    """Train and evaluate every (method, seed); write compare.md, compare.json and compare.png."""
+    """Train and evaluate every (method, seed); write compare.md, compare.json and compare.png.
+    Under torchrun every job trains and evaluates on all the ranks, one job after another."""
     from minipsn.compare import compare as run_compare
     from minipsn.config import parse_sets
 
-    one_process("compare", " (--workers N runs N of its jobs at once)")
     sets = {k: v for k, v in {"run.steps": steps, "noise.sigma": sigma, "eval.n": n}.items() if v is not None}
     sets.update(parse_sets(set_))
     result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,

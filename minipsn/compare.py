@@ -9,6 +9,10 @@ Resumable at the grain of a run: a (method, seed) whose eval.json exists is not 
 with a checkpoint resumes its training. Periodic evaluation during training is off in the grid
 (`eval.every` = 0 unless set): the final pass@k evaluation is the measurement. The std is over
 seeds (population std, so one seed shows 0: read it as "no spread measured", not "no spread").
+
+Under torchrun (`torchrun --nproc_per_node K cli.py compare …`) the jobs run one after another, each
+training and evaluation on all K ranks (one process group for the grid); rank 0 decides which jobs
+are finished and alone writes the files.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import math
 from pathlib import Path
 
 from minipsn import checkpoint
+from minipsn import distributed as dist
 from minipsn.config import METHODS, build_config
 
 TABLE_KS = (1, 4, 16, 64, 256)
@@ -28,16 +33,25 @@ def run_one(model: str, method: str, seed: int, sets: dict, run_dir: Path, bench
     from minipsn.train import train
 
     report_path = run_dir / "eval" / "eval.json"
-    if report_path.is_file():
+    report, trained, resume = dist.from_main(_job_state(run_dir) if dist.is_main() else None)  # alike on every rank
+    if report is not None:
         print(f"{run_dir.name}: done, reusing {report_path}")
-        return json.loads(report_path.read_text())
+        return report
     cfg = build_config(model=model, method=method, sets={**method_sets(method, sets), "run.seed": seed,
                                                          "run.out": str(run_dir)})
-    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+    if not trained:
         print(f"── {run_dir.name}: training {method}, seed {seed}")
-        train(cfg, resume=checkpoint.latest(run_dir) is not None)
+        train(cfg, resume=resume)
+        dist.barrier()  # torchrun: rank 0 has written the adapter before any rank loads it
     print(f"── {run_dir.name}: evaluating")
     return evaluate(cfg, benchmarks, run_dir / "eval", adapter=str(run_dir / "adapter"))
+
+
+def _job_state(run_dir: Path) -> tuple[dict | None, bool, bool]:
+    """(its eval report or None, whether its adapter is saved, whether it has a checkpoint to resume)."""
+    report_path = run_dir / "eval" / "eval.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    return report, (run_dir / "adapter" / "adapter_config.json").is_file(), checkpoint.latest(run_dir) is not None
 
 
 def method_sets(method: str, sets: dict) -> dict:
@@ -53,9 +67,10 @@ def evaluate_base(model: str, sets: dict, out: Path, benchmarks: list[str]) -> d
     from minipsn.evaluate import evaluate
 
     report_path = out / "eval.json"
-    if report_path.is_file():
+    done = report_path.is_file() if dist.is_main() else None
+    if dist.from_main(done):
         print(f"base: done, reusing {report_path}")
-        return json.loads(report_path.read_text())
+        return dist.from_main(json.loads(report_path.read_text()) if dist.is_main() else None)
     print("── base: evaluating the model before RL")
     return evaluate(build_config(model=model, sets={**sets, "run.seed": 0}), benchmarks, out)
 
@@ -136,14 +151,29 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
             benchmarks: tuple[str, ...] = ("synthetic",), workers: int = 1) -> dict:
     """Train and evaluate every (method, seed); write compare.json, compare.md and compare.png in `out`.
     `workers` > 1 runs that many (method, seed) jobs at once, one process and torch thread each (on a
-    CPU with that many cores, about `workers` times faster for small models)."""
+    CPU with that many cores, about `workers` times faster for small models). Under torchrun each job
+    runs on all the ranks in turn (`workers` must be 1); rank 0 writes the files."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if seeds < 1:
         raise ValueError("--seeds must be >= 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if workers > 1 and dist.launched():
+        raise ValueError("--workers N runs on one process; under torchrun the jobs run one after another, "
+                         "each on all the ranks (drop --workers, or run without torchrun)")
+    joined = not dist.active() and dist.init()  # torchrun: one process group for every job of the grid
+    try:
+        return _grid(model, methods, seeds, Path(out), sets, benchmarks, workers)
+    finally:
+        if joined:
+            dist.close()
+
+
+def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict | None, benchmarks: tuple[str, ...],
+          workers: int) -> dict:
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     sets = {"eval.every": 0, **(sets or {})}
     if workers > 1:
         from minipsn.models import resolve_name
@@ -158,10 +188,12 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
         reports.setdefault(m, []).append(report)
     summary = summarize(reports)
     n = next(iter(reports.values()))[0]["n"]
-    (out / "compare.md").write_text(markdown(summary, n))
     payload = {"model": model, "methods": methods, "seeds": seeds, "n": n, "benchmarks": list(benchmarks),
                "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
                                               for m, s in summary.items()}}
-    (out / "compare.json").write_text(json.dumps(payload, indent=2))
-    plot_bands(summary, out / "compare.png")
+    if dist.is_main():
+        (out / "compare.md").write_text(markdown(summary, n))
+        (out / "compare.json").write_text(json.dumps(payload, indent=2))
+        plot_bands(summary, out / "compare.png")
+    dist.barrier()  # torchrun: the files exist before any rank returns (and reads them)
     return payload

@@ -199,7 +199,8 @@ class GRPOConfig:
     loss_agg: str = "token-mean"
     # AdamW learning rate of the LoRA weights (the peak, under a schedule)
     lr: float = 1e-5
-    # per step, shared by its μ·M updates: constant, or linear / cosine decay reaching 0 at run.steps
+    # learning-rate schedule over the steps (a step's μ·M updates share one rate): constant, or linear /
+    # cosine decay reaching 0 at run.steps
     lr_schedule: str = "constant"
     # linear warm-up from 0: lr·step/warmup_steps for the first warmup_steps steps (0 = none)
     warmup_steps: int = 0
@@ -273,6 +274,8 @@ class RewardConfig:
     unboxed_answer: bool = True
     # hard time limit of one equivalence check, seconds
     timeout: float = 3.0
+    # sympy worker processes that check a step's completions at once (each under reward.timeout); 1: serial
+    verify_workers: int = 1
     # completions near rollout.max_new_tokens: none; soft (DAPO: add 0 … −1 over the last overlong_window
     # tokens, see rewards.overlong_penalty); mask (truncated rows leave the loss, still in rewards and baselines)
     overlong: str = "none"
@@ -281,6 +284,7 @@ class RewardConfig:
 
     def __post_init__(self):
         _check(self.timeout > 0, "reward.timeout must be > 0")
+        _check(self.verify_workers >= 1, f"reward.verify_workers must be >= 1, got {self.verify_workers}")
         _one_of("reward.overlong", self.overlong, ("none", "soft", "mask"))
         _check(self.overlong_window >= 1, f"reward.overlong_window must be >= 1, got {self.overlong_window}")
 

@@ -136,6 +136,17 @@ def gather(obj) -> list:
     return out
 
 
+def from_main(obj):
+    """Rank 0's `obj` on every rank (`obj` itself on one process): a decision made once, on rank 0."""
+    if not _state["on"]:
+        return obj
+    import torch.distributed as td
+
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if _state["on"]:
         import torch.distributed as td
@@ -144,7 +155,8 @@ def barrier() -> None:
 
 
 def close() -> None:
-    """Leave the process group (end of a run); a no-op on one process."""
+    """Leave the process group (end of a run); a no-op on one process. `train` and `evaluate` close
+    only a group they joined, so a caller (`compare`) can init once and run several of them."""
     if _state["on"]:
         import torch.distributed as td
 

@@ -16,7 +16,7 @@ whatever the reward function returned.
 import re
 from collections.abc import Callable
 
-from minipsn.verify import boxed_contents, extract_answer, is_equivalent
+from minipsn.verify import boxed_contents, extract_answer, is_equivalent, is_equivalent_many
 
 RewardFn = Callable[[list[str], list[dict], list[bool]], list[float]]
 """(completions, records with at least "answer", truncated flags) -> one reward per completion."""
@@ -36,6 +36,18 @@ def correctness_reward(completion: str, answer: str, truncated: bool,
     return 1.0 if is_equivalent(pred, answer, timeout=timeout) else 0.0
 
 
+def correctness_rewards(completions: list[str], answers: list[str], truncated: list[bool],
+                        truncated_reward: float = 0.0, timeout: float = 3.0, last_number: bool = True,
+                        unboxed: bool = True, workers: int = 1) -> list[float]:
+    """correctness_reward of each completion, with the checks that reach sympy run on up to `workers`
+    worker processes at once (verify.is_equivalent_many); workers=1 gives the same as one by one."""
+    preds = [None if cut else extract_answer(t, last_number=last_number, unboxed=unboxed)
+             for t, cut in zip(completions, truncated)]
+    asked = [i for i, p in enumerate(preds) if p is not None]
+    same = dict(zip(asked, is_equivalent_many([(preds[i], answers[i]) for i in asked], timeout, workers)))
+    return [float(truncated_reward) if cut else 1.0 if same.get(i) else 0.0 for i, cut in enumerate(truncated)]
+
+
 def format_reward(completion: str) -> float:
     """1.0 if the completion contains exactly one \\boxed{...} (or \\fbox{...}) and it is closed
     and non-empty, else 0.0."""
@@ -45,21 +57,23 @@ def format_reward(completion: str) -> float:
 
 
 def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
-                    timeout: float = 3.0, last_number: bool = True, unboxed: bool = True) -> RewardFn:
-    """The default RewardFn: correctness_reward + format_weight * format_reward per completion."""
+                    timeout: float = 3.0, last_number: bool = True, unboxed: bool = True,
+                    workers: int = 1) -> RewardFn:
+    """The default RewardFn: correctness_reward + format_weight * format_reward per completion
+    (the sympy checks of a call on up to `workers` worker processes at once)."""
 
     def reward_fn(completions: list[str], records: list[dict],
                   truncated: list[bool]) -> list[float]:
         if not len(completions) == len(records) == len(truncated):
             raise ValueError(f"reward_fn got {len(completions)} completions, {len(records)} "
                              f"records and {len(truncated)} truncated flags; they must match")
-        rewards = []
-        for completion, record, cut in zip(completions, records, truncated):
+        for record in records:
             if "answer" not in record:
                 raise KeyError(f"reward record has no 'answer' field (keys: {sorted(record)})")
-            correct = correctness_reward(completion, record["answer"], cut, 0.0, timeout, last_number, unboxed)
-            rewards.append(shaped_reward(correct, completion, cut, format_weight, truncated_reward))
-        return rewards
+        correct = correctness_rewards(completions, [r["answer"] for r in records], truncated, 0.0, timeout,
+                                      last_number, unboxed, workers)
+        return [shaped_reward(c, t, cut, format_weight, truncated_reward)
+                for c, t, cut in zip(correct, completions, truncated)]
 
     return reward_fn
 

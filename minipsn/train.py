@@ -29,7 +29,7 @@ from minipsn.engine import make_engine
 from minipsn.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size, row_seeds
-from minipsn.rewards import correctness_reward, overlong_penalty, shaped_reward
+from minipsn.rewards import correctness_rewards, overlong_penalty, shaped_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.sigma_control import make_controller
 from minipsn.verify import verify_stats
@@ -52,8 +52,8 @@ def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig):
     judgement alone (no format bonus, a truncated completion counts as wrong), whatever the reward;
     the default reward is built from it, so each completion is verified once."""
     truncated = ro.truncated.tolist()
-    correct = torch.tensor([correctness_reward(t, r["answer"], tr, 0.0, cfg.timeout, cfg.last_number, cfg.unboxed_answer)
-                            for t, r, tr in zip(ro.texts, recs, truncated)])
+    correct = torch.tensor(correctness_rewards(ro.texts, [r["answer"] for r in recs], truncated, 0.0, cfg.timeout,
+                                               cfg.last_number, cfg.unboxed_answer, cfg.verify_workers))
     if reward_fn is None:
         rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
                    for c, t, tr in zip(correct.tolist(), ro.texts, truncated)]
@@ -430,6 +430,8 @@ class _NoLog:
 def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None) -> Path:
     """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/).
     Under torchrun, every process runs this (see distributed.py); rank 0 writes the run folder."""
+    joined = not dist.active()  # a caller's process group (compare's) stays open for its next job
     run_dir = Trainer(cfg, reward_fn, resume).run(on_step)
-    dist.close()
+    if joined:
+        dist.close()
     return run_dir

@@ -35,6 +35,8 @@ def test_config_command_prints_every_field_resolved_for_model_and_method():
         shown = rows[key][0]
         assert shown == (str(value).lower() if isinstance(value, bool) else str(value)), key
     assert rows["run.log_to"][0] == "jsonl,tensorboard"
+    # help text is printed as written: brackets are not taken for rich markup
+    assert "[sigma_min, sigma_max]" in rows["noise.sigma_min"][1]
     # without --method: the model's preset over the defaults (tiny is also the default model)
     assert _table()["noise.sigma"][0] == str(PRESETS["tiny"].get("noise.sigma", Config().noise.sigma))
 

@@ -60,17 +60,18 @@ def test_passk_advantages_read_passes_from_the_verifier():
 def test_verifier_timeouts_and_errors_are_counted_per_step(tmp_path, monkeypatch):
     import minipsn.train as train_mod
 
-    real = train_mod.correctness_reward
+    real = train_mod.correctness_rewards
 
-    def slow_and_broken(*args, **kwargs):
-        verify._count("timeouts")
-        verify._count("errors", "made up for the test")
-        verify._count("errors", "made up for the test")
-        return real(*args, **kwargs)
+    def slow_and_broken(completions, *args, **kwargs):
+        for _ in completions:
+            verify._count("timeouts")
+            verify._count("errors", "made up for the test")
+            verify._count("errors", "made up for the test")
+        return real(completions, *args, **kwargs)
 
     tr = Trainer(build_config(model="tiny", sets={**SMALL, "run.out": str(tmp_path / "v")}))
     clean = tr.step(0)
-    monkeypatch.setattr(train_mod, "correctness_reward", slow_and_broken)
+    monkeypatch.setattr(train_mod, "correctness_rewards", slow_and_broken)
     noisy = tr.step(1)
     assert (clean["verify/timeouts"], clean["verify/errors"]) == (0, 0)
     assert (noisy["verify/timeouts"], noisy["verify/errors"]) == (8, 16)  # P·G = 8 completions this step

@@ -1,6 +1,7 @@
 """Answer extraction and a bounded, safe equivalence check: the ground truth of the reward.
 
-Public API: extract_answer(text) (extract.py) and is_equivalent(pred, gold), plus normalise(),
+Public API: extract_answer(text) (extract.py) and is_equivalent(pred, gold), plus is_equivalent_many
+(a batch: the pairs that reach sympy run on a small pool of workers at once), normalise(),
 verify_stats(), warm_up(), boxed_contents() and bench_verifier(). is_equivalent decides in stages,
 cheapest first: normalise both strings (normalise.py: \\dfrac, \\left, \\text{}, units, degrees,
 \\%, thousands separators vs list commas, "and"/"or"/";" lists, \\( \\), $, spacing, "x = 5",
@@ -18,10 +19,10 @@ from fractions import Fraction
 
 from minipsn.verify.extract import boxed_contents, extract_answer
 from minipsn.verify.normalise import clock, decimal_comma, normalise, ratio
-from minipsn.verify.worker import _ask_worker, _count, verify_stats, warm_up
+from minipsn.verify.worker import _ask_worker, _count, ask_many, verify_stats, warm_up
 from minipsn.verify.worker import _restart_worker as _restart_worker  # a test hook (a slow worker)
 
-__all__ = ["extract_answer", "is_equivalent", "normalise", "boxed_contents", "verify_stats", "warm_up",
+__all__ = ["extract_answer", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents", "verify_stats", "warm_up",
            "bench_verifier"]  # the private _ask_worker, _count, _restart_worker are test hooks
 
 _MAX_CHARS = 2000  # longer answers are compared by exact match only
@@ -92,9 +93,8 @@ def _cheap_verdict(pred: str, gold: str) -> tuple[bool | None, str, str]:
     return None, p, g
 
 
-def is_equivalent(pred: str, gold: str, timeout: float = 3.0) -> bool:
-    """True when answer pred means the same as gold. Never raises on str input: unreadable
-    answers are False; past `timeout` seconds the check is False and counted in verify_stats()."""
+def _cheap_stage(pred: str, gold: str, timeout: float) -> tuple[bool | None, str, str, float]:
+    """(verdict or None, normalised pred, gold, seconds left for sympy) of one counted check."""
     for name, value in (("pred", pred), ("gold", gold)):
         if not isinstance(value, str):
             raise TypeError(f"is_equivalent expects str, got {type(value).__name__} for {name}")
@@ -106,10 +106,29 @@ def is_equivalent(pred: str, gold: str, timeout: float = 3.0) -> bool:
         verdict, p, g = _cheap_verdict(pred, gold)
     except (ValueError, OverflowError, ZeroDivisionError) as exc:
         _count("errors", f"fast path: {type(exc).__name__}: {exc}")
-        return False
-    if verdict is not None:
-        return verdict
-    return _ask_worker(p, g, max(timeout - (time.monotonic() - start), 0.01))
+        return False, pred, gold, 0.0
+    return verdict, p, g, max(timeout - (time.monotonic() - start), 0.01)
+
+
+def is_equivalent(pred: str, gold: str, timeout: float = 3.0) -> bool:
+    """True when answer pred means the same as gold. Never raises on str input: unreadable
+    answers are False; past `timeout` seconds the check is False and counted in verify_stats()."""
+    verdict, p, g, left = _cheap_stage(pred, gold, timeout)
+    return _ask_worker(p, g, left) if verdict is None else verdict
+
+
+def is_equivalent_many(pairs: list[tuple[str, str]], timeout: float = 3.0, workers: int = 1) -> list[bool]:
+    """is_equivalent of each (pred, gold) pair, in order. The cheap stages run here first; the pairs
+    they leave undecided go to up to `workers` sympy workers at once, each check under its own
+    `timeout`. workers=1 checks them one by one in the one worker, exactly as is_equivalent does."""
+    if workers < 1:
+        raise ValueError(f"is_equivalent_many needs workers >= 1, got {workers}")
+    staged = [_cheap_stage(p, g, timeout) for p, g in pairs]
+    hard = [i for i, s in enumerate(staged) if s[0] is None]
+    verdicts = [s[0] for s in staged]
+    for i, v in zip(hard, ask_many([staged[i][1:] for i in hard], workers)):
+        verdicts[i] = v
+    return verdicts
 
 
 def bench_verifier(pairs: list[tuple[str, str]], timeout: float = 3.0) -> dict:

@@ -5,7 +5,8 @@ torch/CUDA is inherited) that answers (pred, gold) requests over a pipe. A check
 time limit kills the worker, counts a timeout and returns False; a new worker starts importing
 sympy at once. This works from any thread or process, unlike signal.alarm. The worker's start-up
 (~2 s, importing sympy) is outside every check's limit; warm_up() starts it ahead of time.
-One check runs at a time (one worker); verify_stats() counts checks, timeouts and errors.
+One check runs at a time in each worker; ask_many() spreads a batch over a small pool of them
+(one thread per worker). verify_stats() counts checks, timeouts and errors over all workers.
 """
 
 import importlib
@@ -20,11 +21,7 @@ _START_TIMEOUT = 120.0  # seconds for the worker to import sympy
 _STATS = {"checks": 0, "timeouts": 0, "errors": 0, "worker_checks": 0, "worker_starts": 0,
           "last_error": ""}
 _STATS_LOCK = threading.Lock()
-_WORKER_LOCK = threading.Lock()  # one check at a time in the worker
-_WORKER = None
 _WORKER_FN = None  # None: symbolic.symbolic_equal; tests inject a slow function
-
-
 
 def _serve(requests, replies, fn) -> None:
     """Worker loop: answer (pred, gold) requests with ("ok", bool) or ("error", message)."""
@@ -114,66 +111,125 @@ def _count(key: str, message: str = "") -> None:
             _STATS["last_error"] = message
 
 
-def _get_worker() -> _Worker:
-    global _WORKER
-    if _WORKER is not None and (_WORKER.pid != os.getpid() or _WORKER.proc.poll() is not None):
-        _WORKER = None  # inherited through fork, or dead: the pipe is not ours to use
-    if _WORKER is None:
-        _WORKER = _Worker(_WORKER_FN)
-    _WORKER.wait_ready()
-    return _WORKER
+class _Slot:
+    """One place in the pool: a worker process and the lock that lets one check at a time use it."""
+
+    def __init__(self):
+        self.lock, self.worker = threading.Lock(), None
+
+    def get(self) -> _Worker:
+        w = self.worker
+        if w is not None and (w.pid != os.getpid() or w.proc.poll() is not None):
+            w = None  # inherited through fork, or dead: the pipe is not ours to use
+        if w is None:
+            w = self.worker = _Worker(_WORKER_FN)
+        w.wait_ready()
+        return w
+
+    def replace(self) -> None:
+        self.worker.kill()
+        self.worker = _Worker(_WORKER_FN)  # starts importing now, ready by the next hard check
 
 
-def _replace_worker(worker: _Worker) -> None:
-    global _WORKER
-    worker.kill()
-    _WORKER = _Worker(_WORKER_FN)  # starts importing now, ready by the next hard check
+_SLOTS = [_Slot()]  # slot 0 serves is_equivalent; ask_many adds more on demand
+_SLOTS_LOCK = threading.Lock()
 
 
-def _ask_worker(pred: str, gold: str, timeout: float) -> bool:
-    with _WORKER_LOCK:
-        worker = _get_worker()
+def _slots(n: int) -> list[_Slot]:
+    with _SLOTS_LOCK:
+        _SLOTS.extend(_Slot() for _ in range(n - len(_SLOTS)))
+        return _SLOTS[:n]
+
+
+def _check(slot: _Slot, pred: str, gold: str, timeout: float) -> tuple[bool, bool]:
+    """(verdict, whether the worker was replaced) of one check in slot's worker."""
+    with slot.lock:
+        worker = slot.get()
         _count("worker_checks")
         try:
             worker.requests.send((pred, gold))
             if not worker.replies.poll(timeout):
-                _replace_worker(worker)
+                slot.replace()
                 _count("timeouts")
-                return False
+                return False, True
             status, value = worker.replies.recv()
         except (EOFError, OSError) as exc:  # the worker died (e.g. out of memory)
-            _replace_worker(worker)
+            slot.replace()
             _count("errors", f"worker died: {type(exc).__name__}: {exc}")
-            return False
+            return False, True
     if status == "error":
         _count("errors", value)
-        return False
-    return value
+        return False, False
+    return value, False
+
+
+def _ask_worker(pred: str, gold: str, timeout: float) -> bool:
+    return _check(_SLOTS[0], pred, gold, timeout)[0]
+
+
+def ask_many(requests: list[tuple[str, str, float]], workers: int = 1) -> list[bool]:
+    """Verdicts of (pred, gold, timeout) requests, in order, on up to `workers` worker processes at
+    once: one thread per worker takes the next request. A thread whose worker timed out stops (its
+    replacement is importing sympy) unless it is the last, so a hung check holds up only itself."""
+    if workers <= 1 or len(requests) <= 1:
+        return [_ask_worker(*r) for r in requests]
+    verdicts, todo, lock = [False] * len(requests), iter(enumerate(requests)), threading.Lock()
+    slots = _slots(min(workers, len(requests)))
+    active = [len(slots)]
+
+    def serve(slot: _Slot) -> None:
+        while True:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            verdicts[item[0]], replaced = _check(slot, *item[1])
+            with lock:
+                if replaced and active[0] > 1:
+                    active[0] -= 1
+                    return
+
+    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in slots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return verdicts
 
 
 def _restart_worker(fn=None) -> None:
-    """Replace the worker; it runs module-level fn(pred, gold) instead of the sympy stage
+    """Replace every worker; they run module-level fn(pred, gold) instead of the sympy stage
     (a test hook: a function that sleeps forces a timeout). fn=None restores the default."""
-    global _WORKER, _WORKER_FN
-    with _WORKER_LOCK:
-        if _WORKER is not None and _WORKER.pid == os.getpid():
-            _WORKER.kill()
-        _WORKER, _WORKER_FN = None, fn
-        _get_worker()
+    global _WORKER_FN
+    with _SLOTS_LOCK:
+        slots = list(_SLOTS)
+    for slot in slots:
+        with slot.lock:
+            if slot.worker is not None and slot.worker.pid == os.getpid():
+                slot.worker.kill()
+            slot.worker = None
+    _WORKER_FN = fn
+    warm_up(len(slots))
 
 
 def _after_fork() -> None:
-    global _WORKER_LOCK, _STATS_LOCK, _WORKER
-    _WORKER_LOCK, _STATS_LOCK, _WORKER = threading.Lock(), threading.Lock(), None
+    global _SLOTS_LOCK, _STATS_LOCK, _SLOTS
+    _SLOTS_LOCK, _STATS_LOCK, _SLOTS = threading.Lock(), threading.Lock(), [_Slot()]
 
 
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def warm_up() -> None:
-    """Start the sympy worker now (it otherwise starts on the first check that needs it)."""
-    with _WORKER_LOCK:
-        _get_worker()
+def warm_up(workers: int = 1) -> None:
+    """Start `workers` sympy workers now, importing at once (else each starts on its first check)."""
+    slots = _slots(workers)
+    for slot in slots:
+        with slot.lock:
+            if slot.worker is None or slot.worker.proc.poll() is not None or slot.worker.pid != os.getpid():
+                slot.worker = _Worker(_WORKER_FN)
+    for slot in slots:
+        with slot.lock:
+            slot.get()
 
 
 def verify_stats() -> dict:
