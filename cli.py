@@ -260,9 +260,12 @@ def bench_(
     prompts: int = typer.Option(0, help="P prompts per step (0 = the model's default)"),
     group: int = typer.Option(0, help="G rollouts per prompt (0 = the model's default)"),
     tokens: int = typer.Option(0, help="T new tokens per rollout (0 = the model's default)"),
+    fidelity: bool = typer.Option(True, "--fidelity/--no-fidelity", help="also measure whether the sampler applies "
+                                  "the learner's whole update (bf16 and fp32, fold vs the fast engine)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
-    """Rollout tokens/s per engine, PSN-GRPO step time and overhead, TRL's GRPOTrainer, verifier checks/s."""
+    """Rollout tokens/s per engine, PSN-GRPO step time and overhead, TRL's GRPOTrainer, verifier checks/s,
+    sampler/learner fidelity."""
     from rich.console import Console
 
     from minipsn.bench import run_bench, tables
@@ -270,7 +273,7 @@ def bench_(
     one_process("bench")
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     report = run_bench(out, model, steps, quick, trl, split(paths), split(step_engines), sigma, verifier_pairs, data_dir,
-                       (prompts, group, tokens))
+                       (prompts, group, tokens), fidelity)
     console = Console()
     for table in tables(report):
         console.print(table)

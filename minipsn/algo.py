@@ -58,32 +58,43 @@ def passk_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     return out.to(rewards.dtype)
 
 
-def _chunk_logp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
+def _chunk_logp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float,
+                other_temperature: float):
     # k-bit training keeps the head in fp32 while the body runs in bf16: compute in the head's dtype
-    logits = (hidden.to(weight.dtype) @ weight.T).float() / temperature  # (B, t, V), one chunk at a time
+    z = (hidden.to(weight.dtype) @ weight.T).float()  # (B, t, V), one chunk at a time
+    logits = z / temperature
     lse = torch.logsumexp(logits, dim=-1)  # (B, t)
-    with torch.no_grad():  # entropy H = logsumexp(z) − Σ p·z is a metric: no gradient
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    with torch.no_grad():  # entropy H = logsumexp(z) − Σ p·z is a metric: no gradient; so is the other temperature
         entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, entropy
+        if other_temperature == temperature:
+            return logp, entropy, logp.detach()
+        other = z / other_temperature
+        return logp, entropy, other.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(other, dim=-1)
 
 
 def token_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                               temperature: float = 1.0, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                               temperature: float = 1.0, chunk: int = 128,
+                               other_temperature: float | None = None):
     """(B, T) log π(targets) and (B, T) entropy of π (detached), both at `temperature`, from final hidden
-    states (B, T, H) and the LM head (V, H), from the same logits.
+    states (B, T, H) and the LM head (V, H), from the same logits; with `other_temperature`, also the
+    (B, T) log-probs at that temperature (detached; the first ones when it is the same).
 
     Works in chunks of `chunk` positions and recomputes each chunk's logits in backward, so a
     float32 (B, T, V) tensor never exists."""
-    logps, entropies = [], []
+    other_t = temperature if other_temperature is None else other_temperature
+    logps, entropies, others = [], [], []
     for s in range(0, hidden.shape[1], chunk):
         h, t = hidden[:, s : s + chunk], targets[:, s : s + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
-            logp, entropy = checkpoint(_chunk_logp, h, weight, t, temperature, use_reentrant=False)
+            logp, entropy, other = checkpoint(_chunk_logp, h, weight, t, temperature, other_t, use_reentrant=False)
         else:
-            logp, entropy = _chunk_logp(h, weight, t, temperature)
+            logp, entropy, other = _chunk_logp(h, weight, t, temperature, other_t)
         logps.append(logp)
         entropies.append(entropy)
-    return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
+        others.append(other)
+    out = torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
+    return out if other_temperature is None else (*out, torch.cat(others, dim=1))
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

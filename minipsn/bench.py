@@ -356,7 +356,7 @@ def bench_verify(data_dir: Path, limit: int) -> dict:
 def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False, trl: bool = True,
               paths: tuple[str, ...] = ("lean", "hf", "fast"), step_engines: tuple[str, ...] = (),
               sigma: float = 0.01, verifier_pairs: int = 0, data_dir: str | None = None,
-              size: tuple[int, int, int] = (0, 0, 0)) -> dict:
+              size: tuple[int, int, int] = (0, 0, 0), fidelity: bool = True) -> dict:
     """Run every benchmark, write OUT/bench.json, return the report. Steps are timed for `step_engines`, by
     default fast and lean on CPU, fast only on CUDA (a lean 1.5B step samples at ~700 tokens/s: about a minute)."""
     if steps < 1:
@@ -384,6 +384,11 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
             report["models"][spec.label] = entry
     report["verifier"] = (bench_verify(Path(data_dir) if data_dir else DATA_DIR, verifier_pairs)
                           if verifier_pairs >= 0 else {"skipped": "--verifier-pairs -1"})
+    if fidelity:  # does the sampler sample the learner's policy (fidelity.py): tiny on CPU, the 1.5B shape on CUDA
+        from minipsn.fidelity import bench_fidelity
+
+        shape = str(shape_model_dir()) if device == "cuda" and model in ("auto", SHAPE_NAME) else "tiny"
+        report["fidelity"] = bench_fidelity(device, shape, T=24 if shape == "tiny" else 64)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -436,4 +441,8 @@ def tables(report: dict) -> list:
                 vt.add_row(mix, str(x["checks"]), str(x["equivalent"]), f"{x['checks_per_s']:,.0f}",
                            str(x["worker_checks"]), str(x["timeouts"]))
     out.append(vt)
+    if "fidelity" in report:
+        from minipsn.fidelity import table as fidelity_table
+
+        out.append(fidelity_table(report["fidelity"]))
     return out

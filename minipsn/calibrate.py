@@ -8,7 +8,8 @@ and sampling seed
                   estimator exp(r) − 1 − r, r = log π_clean − log π_θ̃, on the sampled tokens (≥ 0 and
                   of low variance, where the plain mean of −r swings around 0 at small σ); 0 at σ = 0
     kl_numerics   mean of log π_clean − log π_θ (the learner): the part that is there at σ = 0
-                  (sampler vs learner precision, KV cache vs full pass, top-p)
+                  (sampler vs learner precision, KV cache vs full pass); sampler_gap its mean absolute value
+                  (both at the rollout temperature, before top-p, as the noise KL)
     accuracy      verifier accuracy of the perturbed samples (the σ = 0 row is the clean policy's)
     diversity     mean group diversity D, as the adaptive controller measures it
     delta_w_rel   ‖ΔW_noise‖ / ‖W_base‖ over the noised layers (`noise.perturbation_size`)
@@ -36,7 +37,8 @@ from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size
 from minipsn.rewards import correctness_reward
 from minipsn.rollout import sample
-from minipsn.train import completion_logprobs, micro_batches, step_records
+from minipsn.learner import completion_forward, micro_batches
+from minipsn.train import step_records
 
 DEFAULT_SIGMAS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
@@ -76,15 +78,15 @@ def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed:
     gen = torch.Generator(device).manual_seed(sample_seed)
     with engine.policy(sigma, [seed], cfg.noise.targets) as (sampler, row_noise):
         ro = sample(sampler, tok, prompts, G, cfg.rollout, gen, cfg.model.max_prompt_tokens, row_noise=row_noise)
-    clean = engine.rescore(ro, cfg.rollout, cfg.noise.targets, cfg.grpo.micro_batch_tokens) if sigma > 0 else ro.sampler_logp
+    clean = engine.rescore(ro, cfg.rollout, cfg.noise.targets, cfg.grpo.micro_batch_tokens) if sigma > 0 else ro.raw_logp
     mask = ro.completion_mask.bool()
     learner, pooled = [], []
     with torch.no_grad():
         for rows in micro_batches(ro, cfg.grpo.micro_batch_tokens):
-            logp, pool = completion_logprobs(model, ro, rows, cfg.grpo.temperature)
-            learner.append(logp)
+            _, _, pool, at_sample_t = completion_forward(model, ro, rows, cfg.grpo.temperature, cfg.rollout.temperature)
+            learner.append(at_sample_t)
             pooled.append(pool)
-    learner = torch.cat(learner)
+    learner = torch.cat(learner)  # log π_θ at the rollout temperature, as the sampler's raw log-probs
     if cfg.control.diversity == "hidden":
         div = algo.group_diversity(torch.cat(pooled), G)
     else:
@@ -92,8 +94,9 @@ def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed:
     correct = [correctness_reward(t, r["answer"], cut, 0.0, cfg.reward.timeout, cfg.reward.last_number,
                                   cfg.reward.unboxed_answer)
                for t, r, cut in zip(ro.texts, [r for r in recs for _ in range(G)], ro.truncated.tolist())]
-    return {"kl_noise": algo.masked_mean(algo.kl_k3(ro.sampler_logp, clean), mask).item(),
+    return {"kl_noise": algo.masked_mean(algo.kl_k3(ro.raw_logp, clean), mask).item(),
             "kl_numerics": algo.masked_mean(clean - learner, mask).item(),
+            "sampler_gap": algo.masked_mean((clean - learner).abs(), mask).item(),
             "accuracy": sum(correct) / len(correct), "diversity": float(div.mean()),
             "delta_w_rel": perturbation_size(model, sigma, seed, cfg.noise.targets),
             "len_mean": float(ro.completion_mask.sum(1).float().mean())}

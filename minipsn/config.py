@@ -34,6 +34,10 @@ class ModelConfig:
     quantize: str = "nf4"
     # auto: cuda if available, else cpu
     device: str = "auto"
+    # dtype of the base's weights and matmuls (the NF4 compute dtype, or the full-precision weights); auto: bfloat16
+    # on CUDA, float32 on the CPU. bfloat16 on the CPU runs the GPU's numerics. The LoRA adapter, its noise and the
+    # optimizer stay float32 always; with nf4 so do the norms, embeddings, LM head and activations (k-bit training)
+    dtype: str = "auto"
     # recompute activations in backward to save memory (learner only)
     gradient_checkpointing: bool = True
     # prompts longer than this many tokens are an error, not silently cut
@@ -42,6 +46,7 @@ class ModelConfig:
     def __post_init__(self):
         _one_of("model.quantize", self.quantize, ("nf4", "none"))
         _one_of("model.device", self.device, ("auto", "cpu", "cuda"))
+        _one_of("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _check(self.max_prompt_tokens > 0, "model.max_prompt_tokens must be > 0")
 
 
@@ -243,12 +248,17 @@ class RolloutConfig:
     batch_size: int = 64
     # auto, fast (folded copy: bf16 on CUDA, fp32 on CPU), lean (4-bit base + unmerged adapter), hf (unmerged)
     engine: str = "auto"
-    # sampling generators: batch (one per step for all rows), prompt (one per prompt, seeded by its index in
-    # the step: the same rollouts whatever the number of processes), auto (batch, prompt under torchrun)
-    rng: str = "auto"
+    # sampling generators: prompt (one per prompt, seeded by its index in the step: the same rollouts whatever the
+    # number of processes or the other prompts of the call), batch (one per step for all rows; one process only);
+    # auto is prompt (runs made before prompt became the default wrote auto)
+    rng: str = "prompt"
+    # warn when guard/sampler_gap, the mean |log π_sampler − log π_learner| per sampled token without noise, exceeds
+    # this (nats; 0 = never): a sampler that lags the learner (docs/RESULTS.md sets it from healthy runs' spread)
+    gap_warn: float = 5e-4
 
     def __post_init__(self):
         _check(self.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+        _check(self.gap_warn >= 0, f"rollout.gap_warn must be >= 0 (0 = never warn), got {self.gap_warn}")
         _one_of("rollout.rng", self.rng, ("auto", "batch", "prompt"))
         _check(self.temperature > 0, "rollout.temperature must be > 0")
         _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")

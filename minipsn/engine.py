@@ -1,10 +1,15 @@
 """Rollout engines: which weights the perturbed policy π_θ̃ is sampled from (`rollout.engine`).
 
-    fast   a plain (non-peft) copy of the base in the compute dtype (bf16 on CUDA, fp32 on CPU),
-           dequantized once from the 4-bit base. Each step every LoRA adapter is folded in,
-               W' = W + s·(B + σ·ε_B)(A + σ·ε_A),   s = α/R,
-           B + σ·ε_B and A + σ·ε_A from `noise.perturb`, the one function every noise path uses (non-target adapters clean),
-           and taken out again by writing back W, re-dequantized: bit-exact, and no second copy kept.
+    fast   a plain (non-peft) copy of the base, each base weight dequantized once into the learner's compute
+           dtype (`model.dtype`: bf16 on CUDA, fp32 on CPU). Every adapted projection of the copy is a
+           `SideLinear`, the learner's LoRA layer op for op:
+               y = cast(x)·Wᵀ + b  (compute dtype, back to x's dtype),   y ← y + s·(x·Ã ᵀ)·B̃ᵀ  (fp32)
+           with Ã = A + σ·ε_A and B̃ = B + σ·ε_B copied from `noise.perturb` into the layer's fp32 buffers
+           each time the engine is entered (the clean adapter on exit). In bf16 the adapter is never folded
+           into W: W + s·BA would round away any change under half a bf16 step of W (most of a small LoRA
+           update, docs/RESULTS.md "The sampler samples the learner's policy"), so the sampler would lag the
+           learner. An fp32 copy folds (exact to 2⁻²⁴ of W, and faster). Norms, embeddings, head and activations keep the learner's dtypes (fp32 under
+           NF4: k-bit training upcasts them), so the sampler's logits are the learner's up to kernel order.
            On CUDA the one-token decode step runs on a static KV cache under torch.compile; each new
            shape is first checked against an eager teacher-forced pass (else: eager, one printed line).
     lean   the 4-bit base + the unmerged peft adapter (`noise.noise_context`), the learner's weights.
@@ -21,7 +26,6 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -29,11 +33,10 @@ import torch.nn.functional as F
 
 from minipsn import noise, rollout
 from minipsn.config import Config
-from minipsn.models import dense_weight, lora_parameters
+from minipsn.models import dense_weight, lora_parameters, pick_dtype
 
-# Rollout tokens/s, folded fp32 copy over NF4 base + unmerged LoRA, tiny model, 64 rows × 64 tokens, 1 thread,
-# 3 interleaved rounds on a shared AMD EPYC: 7611/4128, 7468/3893, 5751/2965 (one PSN-GRPO step: 1.7 vs 1.9-2.7 s).
-# The reason auto picks fast on CPU; printed with the choice.
+# Rollout tokens/s, the dense fp32 copy over NF4 base + unmerged LoRA, tiny model, 64 rows × 64 tokens, 1 thread
+# (docs/RESULTS.md, "Speed, CPU"). The reason auto picks fast on CPU; printed with the choice.
 CPU_SPEEDUP = 1.9
 # auto on CUDA keeps this much memory free besides the copy (KV cache, learner activations)
 HEADROOM_FRAC, HEADROOM_MIN = 0.2, 2 * 2**30
@@ -60,31 +63,52 @@ def copy_bytes(model, dtype: torch.dtype) -> int:
     return total * torch.finfo(dtype).bits // 8
 
 
-def plain_copy(model, dtype: torch.dtype) -> torch.nn.Module:
-    """A non-peft model of the base's class with every base weight (dequantized) cast to `dtype`;
-    buffers (rotary frequencies) keep their own dtype."""
-    base = base_of(model)
-    device = next(base.parameters()).device
-    config = copy.deepcopy(base.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.use_cache = True
-    with torch.device("meta"):
-        plain = type(base)(config)
-    plain = plain.to(dtype).to_empty(device=device)
-    plain.tie_weights()
-    plain.generation_config = copy.deepcopy(base.generation_config)  # its end ids (`rollout.end_ids`)
-    with torch.no_grad():
-        for name, p in plain.named_parameters():
-            p.copy_(dense_weight(_source(base, name)))
-        for name, _ in plain.named_buffers():
-            module_name, _, leaf = name.rpartition(".")
-            plain.get_submodule(module_name)._buffers[leaf] = _source(base, name).detach().clone()
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    tied = plain.get_output_embeddings().weight is plain.get_input_embeddings().weight
-    if getattr(text, "tie_word_embeddings", False) and not tied:
-        raise RuntimeError("the plain copy lost its tied embeddings; use rollout.engine=lean")
-    return plain.eval().requires_grad_(False)
+class SideLinear(torch.nn.Module):
+    """One projection of the sampler's copy: the base weight in the compute dtype, its adapters beside it in
+    fp32, computed as the learner's peft LoRA layer computes them (see the module docstring). In fp32 the
+    adapter is folded instead, W' = W + s·B̃Ã (`fold`): fp32 keeps the update to 2⁻²⁴ of W, and one matmul
+    samples about 20 % faster on the CPU than three (docs/RESULTS.md)."""
+
+    def __init__(self, source: torch.Tensor, bias: torch.Tensor | None, adapters: list[tuple[torch.Tensor, torch.Tensor, float]]):
+        super().__init__()
+        weight = dense_weight(source).clone()
+        self.__dict__["source"] = source  # the base weight (4-bit or dense), re-read to fold: not a parameter here
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)  # (out, in), compute dtype
+        self.bias = None if bias is None else torch.nn.Parameter(bias.to(weight.dtype), requires_grad=False)
+        self.scales = [s for _, _, s in adapters]
+        self.fold = weight.dtype == torch.float32
+        for i, (a, b, _) in enumerate(adapters):  # buffers: written in place, so CUDA graphs keep their addresses
+            self.register_buffer(f"A{i}", a.detach().clone(), persistent=False)  # (R, in)
+            self.register_buffer(f"B{i}", b.detach().clone(), persistent=False)  # (out, R)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @torch.no_grad()
+    def load(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Take the adapters' (A, B) values: into the side buffers, or folded into the weight (`fold`)."""
+        for i, (a, b) in enumerate(pairs):
+            getattr(self, f"A{i}").copy_(a)
+            getattr(self, f"B{i}").copy_(b)
+        if self.fold:
+            w = dense_weight(self.source).to(torch.float32, copy=True)
+            for (a, b), scale in zip(pairs, self.scales):
+                w.addmm_(b.float(), a.float(), alpha=scale)
+            self.weight.copy_(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+        if self.fold:
+            return y
+        for i, scale in enumerate(self.scales):
+            a, b = getattr(self, f"A{i}"), getattr(self, f"B{i}")
+            y = (y + scale * F.linear(F.linear(x.to(a.dtype), a), b)).to(y.dtype)  # the LoRA term in fp32
+        return y
 
 
 def _source(base, name: str) -> torch.Tensor:
@@ -96,66 +120,86 @@ def _source(base, name: str) -> torch.Tensor:
     return getattr(module, leaf)
 
 
-@dataclass
-class _Fold:
-    """One adapted linear layer: the copy's weight, the base weight, and its active adapters."""
-    target: torch.Tensor  # (out, in) the plain copy's weight, only ever written in place
-    source: torch.Tensor  # the base weight (4-bit or dense), read-only here
-    adapters: list[tuple[str, torch.Tensor, str, torch.Tensor, float]]  # (name A, A, name B, B, scale s)
+def _adapters(module, where: str) -> list[tuple[str, torch.Tensor, str, torch.Tensor, float]]:
+    """(name A, A, name B, B, scale) of a peft LoRA layer's active plain-LoRA adapters."""
+    if module.merged or getattr(module, "fan_in_fan_out", False) or len(module.lora_embedding_A):
+        raise ValueError(f"{where}: a merged, fan_in_fan_out or embedding LoRA layer; use rollout.engine=lean")
+    out = []
+    for a in ([] if module.disable_adapters else module.active_adapters):
+        if a not in module.lora_A:
+            continue
+        if a in getattr(module, "lora_variant", {}) or module.lora_bias.get(a, False):
+            raise ValueError(f"{where}: adapter {a!r} is not plain LoRA (DoRA, lora_bias); use rollout.engine=lean")
+        out.append((f"{where}.lora_A.{a}.weight", module.lora_A[a].weight, f"{where}.lora_B.{a}.weight",
+                    module.lora_B[a].weight, float(module.scaling[a])))
+    return out
 
 
-def fold_plan(model, plain: torch.nn.Module) -> list[_Fold]:
-    """Every LoRA layer of the peft model and the copy's weight it folds into; plain LoRA only."""
+def plain_copy(model) -> tuple[torch.nn.Module, list[tuple[SideLinear, list]]]:
+    """A non-peft model of the base's class holding the learner's values in the learner's dtypes: every
+    4-bit or adapted projection a `SideLinear` (its weight dequantized once, in the compute dtype), every
+    other tensor as the base holds it. Returns (copy, [(side layer, its peft adapters)])."""
     from peft.tuners.lora import LoraLayer
 
-    rel = {id(m): n for n, m in base_of(model).named_modules()}
-    plan = []
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        where = f"{name}: cannot fold"
-        if module.merged or getattr(module, "fan_in_fan_out", False) or len(module.lora_embedding_A):
-            raise ValueError(f"{where} a merged, fan_in_fan_out or embedding LoRA layer; use rollout.engine=lean")
-        if not isinstance(module.get_base_layer(), torch.nn.Linear):
-            raise ValueError(f"{where} LoRA on a {type(module.get_base_layer()).__name__}; use rollout.engine=lean")
-        adapters = []
-        for a in ([] if module.disable_adapters else module.active_adapters):
-            if a not in module.lora_A:
+    base = base_of(model)
+    device = next(base.parameters()).device
+    config = copy.deepcopy(base.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.use_cache = True
+    with torch.device("meta"):
+        plain = type(base)(config)
+    plain = plain.to_empty(device=device)
+    plain.generation_config = copy.deepcopy(base.generation_config)  # its end ids (`rollout.end_ids`)
+    rel = {id(m): n for n, m in base.named_modules()}
+    sides = []
+    with torch.no_grad():
+        for name, module in model.named_modules():  # peft names: the noise is keyed on them
+            if isinstance(module, LoraLayer):
+                layer, adapters = module.get_base_layer(), _adapters(module, name)
+            elif hasattr(getattr(module, "weight", None), "quant_state") and not name.endswith(".base_layer"):
+                layer, adapters = module, []  # a 4-bit projection without an adapter
+            else:
                 continue
-            if a in getattr(module, "lora_variant", {}) or module.lora_bias.get(a, False):
-                raise ValueError(f"{where} adapter {a!r} is not plain LoRA (DoRA, lora_bias); use rollout.engine=lean")
-            adapters.append((f"{name}.lora_A.{a}.weight", module.lora_A[a].weight,
-                             f"{name}.lora_B.{a}.weight", module.lora_B[a].weight, float(module.scaling[a])))
-        plan.append(_Fold(plain.get_submodule(rel[id(module)]).weight, module.get_base_layer().weight, adapters))
-    if not plan:
-        raise ValueError("the model has no LoRA layers to fold")
-    return plan
+            if not isinstance(layer, torch.nn.Linear):
+                raise ValueError(f"{name}: cannot copy LoRA on a {type(layer).__name__}; use rollout.engine=lean")
+            side = SideLinear(layer.weight, layer.bias, [(a, b, s) for _, a, _, b, s in adapters])
+            side.load([(a, b) for _, a, _, b, _ in adapters])
+            parent, _, leaf = rel[id(module)].rpartition(".")
+            plain.get_submodule(parent).add_module(leaf, side)
+            sides.append((side, adapters))
+        for kind in ("_parameters", "_buffers"):  # the rest (embeddings, norms, head, rotary) as the base holds it
+            for name, _ in (plain.named_parameters() if kind == "_parameters" else plain.named_buffers()):
+                module_name, _, leaf = name.rpartition(".")
+                owner = plain.get_submodule(module_name)
+                if not isinstance(owner, SideLinear):
+                    value = _source(base, name).detach().clone()
+                    getattr(owner, kind)[leaf] = torch.nn.Parameter(value, False) if kind == "_parameters" else value
+    plain.tie_weights()
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tied = plain.get_output_embeddings().weight is plain.get_input_embeddings().weight
+    if getattr(text, "tie_word_embeddings", False) and not tied:
+        raise RuntimeError("the plain copy lost its tied embeddings; use rollout.engine=lean")
+    if not any(adapters for _, adapters in sides):
+        raise ValueError("the model has no LoRA layers to copy")
+    return plain.eval().requires_grad_(False), sides
 
 
 @torch.no_grad()
-def fold(plan: list[_Fold], sigma: float, seed: int, noisy: set[str]) -> None:
-    """W' = W + Σ_adapters s·B'A' into every target, B'/A' perturbed when their name is in `noisy`."""
-    for f in plan:
-        w = dense_weight(f.source).to(torch.float32, copy=True)  # (out, in); fp32 so the small delta is not lost
-        for name_a, a, name_b, b, scale in f.adapters:
-            a = noise.perturb(a, name_a, sigma, seed) if name_a in noisy else a
-            b = noise.perturb(b, name_b, sigma, seed) if name_b in noisy else b
-            w.addmm_(b.float(), a.float(), alpha=scale)
-        f.target.copy_(w)
-
-
-@torch.no_grad()
-def unfold(plan: list[_Fold]) -> None:
-    """Write back the clean base weights: the same op as the copy's build, so bit-exact."""
-    for f in plan:
-        f.target.copy_(dense_weight(f.source))
+def load_adapters(sides: list[tuple[SideLinear, list]], sigma: float, seed: int, noisy: set[str]) -> None:
+    """Write the live adapter into the copy's side paths: A + σ·ε_A, B + σ·ε_B where the name is in `noisy`
+    (`noise.perturb`, the one function every noise path uses), else A and B as they are."""
+    for side, adapters in sides:
+        side.load([(noise.perturb(a, name_a, sigma, seed) if name_a in noisy else a,
+                    noise.perturb(b, name_b, sigma, seed) if name_b in noisy else b)
+                   for name_a, a, name_b, b, _ in adapters])
 
 
 def keep_cpu_4bit_unpacked(model) -> None:
     """On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight for a bf16 kernel (absmax rounded
     to bf16) at its first eval forward without grad, i.e. at the first rollout. Turned off here: the learner's
     backward then fails on repacked weights with a bias (q/k/v: "a view of a leaf Variable ... in-place"), the
-    sampler would run another precision than the learner, and a repacked weight cannot be folded."""
+    sampler would run another precision than the learner, and a repacked weight cannot be copied."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
@@ -192,54 +236,53 @@ class UnmergedEngine:
         return rollout.rescore(self.model, ro, rcfg, budget_tokens)
 
 
-class FoldedEngine:
-    """fast: sample from a plain copy of the base with the (perturbed) adapter folded in."""
+class CopyEngine:
+    """fast: sample from a plain copy of the base with the (perturbed) adapter as fp32 side paths."""
 
     name = "fast"
 
-    def __init__(self, model, max_new_tokens: int, dtype: torch.dtype | None = None,
-                 static_cache: bool | None = None, compile_step: bool | None = None):
+    def __init__(self, model, max_new_tokens: int, static_cache: bool | None = None, compile_step: bool | None = None):
         self.model = model
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
         if not cuda:
             keep_cpu_4bit_unpacked(model)
-        self.dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
-        self.plain = plain_copy(model, self.dtype)
-        self.plan = fold_plan(model, self.plain)
-        self.folded_names = {n for f in self.plan for a in f.adapters for n in (a[0], a[2])}
+        self.plain, self.sides = plain_copy(model)
+        self.dtype = self.sides[0][0].weight.dtype  # the compute dtype of the base's matmuls
+        self.copied_names = {n for _, adapters in self.sides for a in adapters for n in (a[0], a[2])}
         static = cuda if static_cache is None else static_cache
         compiled = cuda if compile_step is None else compile_step
         if compiled and not static:
             raise ValueError("compiling the decode step needs the static cache (static_cache=True)")
-        self.sampler = StaticDecoder(self.plain, max_new_tokens, compiled) if static else self.plain
+        self.sampler = StaticDecoder(self.plain, max_new_tokens, compiled, self.dtype) if static else self.plain
         self.stats = {}
 
     @contextmanager
     def policy(self, sigma: float, seeds: list[int], targets: str) -> Iterator[tuple[torch.nn.Module, None]]:
-        """Fold θ̃ = θ + σ·ε(seeds[0]) into the copy; yields (copy to sample from, None); unfold on exit."""
+        """Load θ̃ = θ + σ·ε(seeds[0]) into the copy's side paths; yields (copy to sample from, None); the
+        clean adapter θ on exit."""
         if sigma < 0:
             raise ValueError(f"noise sigma must be >= 0, got {sigma}")
         if sigma > 0 and len(set(seeds)) > 1:
-            raise ValueError("the fast engine folds one noise draw per step; per-group or per-rollout noise "
+            raise ValueError("the fast engine holds one noise draw per step; per-group or per-rollout noise "
                              "needs the unmerged path (rollout.engine=lean)")
         noisy = set(lora_parameters(self.model, targets)) if sigma > 0 else set()
-        if noisy - self.folded_names:
-            raise RuntimeError(f"noise targets not folded: {sorted(noisy - self.folded_names)[:3]}")
+        if noisy - self.copied_names:
+            raise RuntimeError(f"noise targets not in the copy: {sorted(noisy - self.copied_names)[:3]}")
         t0 = time.perf_counter()
         try:
-            fold(self.plan, sigma, seeds[0] if seeds else 0, noisy)
+            load_adapters(self.sides, sigma, seeds[0] if seeds else 0, noisy)
             _sync(self.device)
             self.stats = {"noise_in_s": time.perf_counter() - t0}
             yield self.sampler, None
         finally:
             t1 = time.perf_counter()
-            unfold(self.plan)
+            load_adapters(self.sides, 0.0, 0, set())
             _sync(self.device)
             self.stats["noise_out_s"] = time.perf_counter() - t1
 
     def rescore(self, ro, rcfg, targets: str, budget_tokens: int) -> torch.Tensor:
-        """(N, T) log π_clean of the sampled tokens: the copy with the clean adapter folded in."""
+        """(N, T) log π_clean of the sampled tokens: the copy with the clean adapter."""
         with self.policy(0.0, [0], targets):
             return rollout.rescore(self.plain, ro, rcfg, budget_tokens)
 
@@ -252,13 +295,14 @@ class StaticDecoder(torch.nn.Module):
     eagerly with the dynamic cache from then on, saying so in one line. The tests run the static cache on
     CPU without compile; the compiled (CUDA graph) step is trusted only once that check has passed."""
 
-    def __init__(self, model: torch.nn.Module, max_new_tokens: int, compile_step: bool, check_steps: int = 8):
+    def __init__(self, model: torch.nn.Module, max_new_tokens: int, compile_step: bool,
+                 compute_dtype: torch.dtype = torch.float32, check_steps: int = 8):
         super().__init__()
         self.model, self.max_new, self.check_steps = model, max_new_tokens, check_steps
         step = torch.compile(model, mode="reduce-overhead", dynamic=False) if compile_step else model
         self.__dict__["_step_fn"] = step  # not a submodule: its parameters are the model's
         self.compiled, self.fallback = compile_step, None
-        self.tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
+        self.tol = 1e-3 if compute_dtype == torch.float32 else 0.1
         self._checked, self._served, self._caches = set(), None, {}
         self._cache, self._width, self._cache_len = None, 0, 0
 
@@ -361,13 +405,13 @@ def choose_engine(requested: str, device_type: str, per_row_noise: bool, quantiz
         if free_bytes is not None and free_bytes >= need_bytes + headroom:
             return "fast", f"auto: the {room}"
         return unmerged, f"auto: no room for the {room} (+{headroom / 2**30:.1f} GiB headroom)"
-    return "fast", f"auto on cpu: the folded copy sampled {CPU_SPEEDUP:.1f}× faster than NF4 + unmerged LoRA (tiny)"
+    return "fast", f"auto on cpu: the dense copy sampled {CPU_SPEEDUP:.1f}× faster than NF4 + unmerged LoRA (tiny)"
 
 
 def build_engine(model, name: str, max_new_tokens: int, **fast_kwargs):
-    """An engine by name (no auto): fast → FoldedEngine, lean/hf → UnmergedEngine."""
+    """An engine by name (no auto): fast → CopyEngine, lean/hf → UnmergedEngine."""
     if name == "fast":
-        return FoldedEngine(model, max_new_tokens, **fast_kwargs)
+        return CopyEngine(model, max_new_tokens, **fast_kwargs)
     elif name in ("lean", "hf"):
         return UnmergedEngine(model, name)
     else:
@@ -380,13 +424,13 @@ def make_engine(model, cfg: Config):
     quantized = bool(getattr(base_of(model), "is_loaded_in_4bit", False))
     per_row = cfg.noise.granularity != "step" and cfg.noise.sigma > 0
     free = total = None
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = pick_dtype(cfg.model, device)
     if device.type == "cuda" and cfg.rollout.engine == "auto" and not per_row:
         free, total = torch.cuda.mem_get_info(device)
     name, why = choose_engine(cfg.rollout.engine, device.type, per_row, quantized, free, total,
                               copy_bytes(model, dtype))
     engine = build_engine(model, name, max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens))  # eval samples too
-    what = {"fast": f"folded {str(dtype).removeprefix('torch.')} copy of the base",
+    what = {"fast": f"a {str(dtype).removeprefix('torch.')} copy of the base, the adapter beside it in float32",
             "lean": "4-bit base + unmerged LoRA", "hf": "base + unmerged LoRA"}[name]
     print(f"rollout engine: {name} ({what}; {why})")
     return engine

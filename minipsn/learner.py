@@ -41,9 +41,11 @@ def body_and_head(model):
     return base.model, base.lm_head.weight
 
 
-def completion_forward(model, ro: Rollouts, rows: torch.Tensor, temperature: float):
-    """log π of the completion tokens (n, T), π's entropy there (n, T, detached) and pooled final hidden
-    states (n, H) of `rows`, from one forward pass."""
+def completion_forward(model, ro: Rollouts, rows: torch.Tensor, temperature: float,
+                       sample_temperature: float | None = None):
+    """log π of the completion tokens (n, T), π's entropy there (n, T, detached), pooled final hidden
+    states (n, H) of `rows`, and log π at the rollout's `sample_temperature` (n, T, detached: what the
+    sampler's raw log-probs are compared with), from one forward pass."""
     body, head = body_and_head(model)
     Tp = ro.prompt_ids.shape[1]
     ids = torch.cat([ro.prompt_ids[rows], ro.completion_ids[rows]], dim=1)
@@ -51,15 +53,17 @@ def completion_forward(model, ro: Rollouts, rows: torch.Tensor, temperature: flo
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = body(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
     h = hidden[:, Tp - 1 : -1]  # the state at position t predicts token t + 1
-    logp, entropy = algo.token_logprobs_and_entropy(h, head, ro.completion_ids[rows], temperature)
-    cmask = ro.completion_mask[rows].unsqueeze(-1).to(h.dtype)
-    pooled = ((h.detach() * cmask).sum(1) / cmask.sum(1).clamp(min=1)).float()
-    return logp, entropy, pooled
+    logp, entropy, at_sample_t = algo.token_logprobs_and_entropy(
+        h, head, ro.completion_ids[rows], temperature, other_temperature=sample_temperature or temperature)
+    # the completion's own states (positions Tp … Tp + T − 1), not the last prompt state all rows of a group share
+    cmask = ro.completion_mask[rows].unsqueeze(-1).to(hidden.dtype)
+    pooled = ((hidden[:, Tp:].detach() * cmask).sum(1) / cmask.sum(1).clamp(min=1)).float()
+    return logp, entropy, pooled, at_sample_t
 
 
 def completion_logprobs(model, ro: Rollouts, rows: torch.Tensor, temperature: float):
     """log π(completion tokens) (n, T) and pooled final hidden states (n, H) of `rows`."""
-    logp, _, pooled = completion_forward(model, ro, rows, temperature)
+    logp, _, pooled, _ = completion_forward(model, ro, rows, temperature)
     return logp, pooled
 
 
@@ -73,7 +77,9 @@ def micro_batches(ro: Rollouts, budget_tokens: int, rows: torch.Tensor | None = 
 class OldPolicy:
     """What the learner keeps of π_θold, the clean policy before the batch's first update: log π_θold
     and the TIS weights min(π_θold/π_θ̃, C) (N, T), the base model's log-probs for the KL term, the pooled
-    hidden states, and the step's TIS, noise-KL and entropy statistics (token means over the batch)."""
+    hidden states, and the step's TIS, noise-KL, sampler/learner and entropy statistics (token means over
+    the batch). The noise KL and the sampler/learner gap compare log-softmaxes at the rollout temperature
+    before top-p (`Rollouts.raw_logp`): finite for every sampled token, whatever top-p cut."""
 
     def __init__(self, ro: Rollouts, cfg: GRPOConfig, n_tokens: int | None = None):
         self.ro, self.cfg = ro, cfg
@@ -81,7 +87,7 @@ class OldPolicy:
         self.logp = self.w = self.ref = None  # (N, T) each, filled block by block
         self.pooled: list[torch.Tensor] = []
         self.means = dict.fromkeys(("tis/weight_mean", "tis/weight_sq_mean", "tis/clip_frac", "noise/kl_total",
-                                    "noise/kl_numerics", "noise/kl_noise", "policy/entropy"), 0.0)
+                                    "noise/kl_numerics", "noise/kl_noise", "guard/sampler_gap", "policy/entropy"), 0.0)
         self.ratio_max = 1.0
 
     def put(self, name: str, rows: torch.Tensor, part: torch.Tensor) -> None:
@@ -91,7 +97,8 @@ class OldPolicy:
             setattr(self, name, full)
         full[rows] = part
 
-    def record(self, rows: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, pooled: torch.Tensor) -> None:
+    def record(self, rows: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, pooled: torch.Tensor,
+               at_sample_t: torch.Tensor) -> None:
         """Keep rows' log π_θold (n, T) and TIS weights, and add their share of the statistics."""
         ro, cfg, mask, learner = self.ro, self.cfg, self.ro.completion_mask[rows], logp.detach()
         self.put("logp", rows, learner)
@@ -102,11 +109,13 @@ class OldPolicy:
             for key in ("tis/weight_mean", "tis/weight_sq_mean", "tis/clip_frac"):
                 self.means[key] += tis[key] * share
             self.ratio_max = max(self.ratio_max, tis["tis/ratio_max"])
-        clean = ro.sampler_logp[rows] if ro.clean_logp is None else ro.clean_logp[rows]  # σ = 0: the sampler is clean
+        clean = ro.raw_logp[rows] if ro.clean_logp is None else ro.clean_logp[rows]  # σ = 0: the sampler is clean
+        gap = clean - at_sample_t  # the sampler without noise against the learner, same temperature: numerics only
         self.means["noise/kl_total"] += algo.masked_mean(ro.sampler_logp[rows] - learner, mask).item() * share
-        self.means["noise/kl_numerics"] += algo.masked_mean(clean - learner, mask).item() * share
+        self.means["noise/kl_numerics"] += algo.masked_mean(gap, mask).item() * share
+        self.means["guard/sampler_gap"] += algo.masked_mean(gap.abs(), mask).item() * share
         if ro.clean_logp is not None:  # k3 of KL(π_θ̃ ‖ π_clean) on tokens drawn from π_θ̃: ≥ 0, low variance
-            self.means["noise/kl_noise"] += algo.masked_mean(algo.kl_k3(ro.sampler_logp[rows], clean), mask).item() * share
+            self.means["noise/kl_noise"] += algo.masked_mean(algo.kl_k3(ro.raw_logp[rows], clean), mask).item() * share
         self.means["policy/entropy"] += algo.masked_mean(entropy, mask).item() * share
         self.pooled.append(pooled)
 
@@ -121,7 +130,8 @@ class OldPolicy:
         return {"tis/weight_mean": m["tis/weight_mean"], "tis/clip_frac": m["tis/clip_frac"], "tis/ratio_max": self.ratio_max,
                 "tis/ess": algo.effective_sample_size(m["tis/weight_mean"], m["tis/weight_sq_mean"]),
                 "noise/kl_total": m["noise/kl_total"], "noise/kl_numerics": m["noise/kl_numerics"],
-                "noise/kl_noise": m["noise/kl_noise"], "policy/entropy": m["policy/entropy"]}
+                "noise/kl_noise": m["noise/kl_noise"], "guard/sampler_gap": m["guard/sampler_gap"],
+                "policy/entropy": m["policy/entropy"]}
 
 
 def _micro_loss(model, old: OldPolicy, rows: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor,
@@ -156,10 +166,30 @@ def _update(model, optimizer, cfg: GRPOConfig, loss_total: float) -> tuple[float
 
 
 def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: GRPOConfig, max_len: int,
-                 keep: torch.Tensor | None = None, shard: tuple[int, int] | None = None) -> LearnerOut:
+                 keep: torch.Tensor | None = None, shard: tuple[int, int] | None = None,
+                 sample_temperature: float | None = None) -> LearnerOut:
     """μ·M optimizer steps on one batch (module docstring). `keep` (N,) bool: the rows that take part in the
-    loss (None: all). `shard` (torchrun): (index of this rank's first row, rows over all ranks). Losses are means over the μ epochs, the grad norm over the updates, clip fractions and
-    approx_kl_old over the updates' tokens; TIS, noise KL, entropy and pooled states are π_θold's."""
+    loss (None: all). `shard` (torchrun): (index of this rank's first row, rows over all ranks).
+    `sample_temperature`: the rollout's, for the sampler/learner comparison (None: the learner's). Losses are
+    means over the μ epochs, the grad norm over the updates, clip fractions and approx_kl_old over the
+    updates' tokens; TIS, noise KL, entropy and pooled states are π_θold's. Out of memory after an update was
+    applied is a MemoryError: θ and AdamW's moments have moved, so the batch cannot simply run again."""
+    applied = [0]  # optimizer steps begun: a retry after one would apply this batch's updates twice
+    try:
+        return _learner_step(model, optimizer, ro, advantages, cfg, max_len, keep, shard, sample_temperature, applied)
+    except torch.OutOfMemoryError:
+        if not applied[0]:
+            raise  # nothing applied yet: the trainer may halve the micro-batch and run the batch again
+        optimizer.zero_grad(set_to_none=True)
+        raise MemoryError(f"out of memory in the update after {applied[0]} of {cfg.epochs * cfg.mini_batches} "
+                          f"optimizer steps were applied, so the batch cannot be retried; lower "
+                          f"grpo.micro_batch_tokens (now {cfg.micro_batch_tokens}) and --resume from the last "
+                          "checkpoint") from None
+
+
+def _learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: GRPOConfig, max_len: int,
+                  keep: torch.Tensor | None, shard: tuple[int, int] | None, sample_temperature: float | None,
+                  applied: list[int]) -> LearnerOut:
     N, M = ro.completion_ids.shape[0], cfg.mini_batches
     loss_mask = ro.completion_mask if keep is None else ro.completion_mask * keep[:, None].to(ro.completion_mask)
     norm = (int(loss_mask.sum()), N if keep is None else max(int(keep.sum()), 1), max_len)  # the whole batch's
@@ -169,10 +199,11 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
         tokens, kept, n_tokens = dist.all_sum_ints([norm[0], N if keep is None else int(keep.sum()), n_tokens])
         norm = (tokens, total_rows if keep is None else max(kept, 1), max_len)
     old = OldPolicy(ro, cfg, n_tokens)
+    forward = lambda rows: completion_forward(model, ro, rows, cfg.temperature, sample_temperature)  # noqa: E731
     if M > 1:  # later blocks would see an updated θ: record π_θold before the first update
         with torch.no_grad():
             for rows in micro_batches(ro, cfg.micro_batch_tokens):
-                old.record(rows, *completion_forward(model, ro, rows, cfg.temperature))
+                old.record(rows, *forward(rows))
     sums = dict.fromkeys(("loss/policy", "loss/kl", "loss/total", "loss/grad_norm", "clip_low", "clip_high", "kl_old"), 0.0)
     skipped = False
     for epoch in range(cfg.epochs):
@@ -182,9 +213,9 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
             for rows in micro_batches(ro, cfg.micro_batch_tokens, block):
                 if rows.numel() == 0:  # torchrun: this rank holds none of the block
                     continue
-                logp, entropy, pooled = completion_forward(model, ro, rows, cfg.temperature)
+                logp, entropy, pooled, at_sample_t = forward(rows)
                 if M == 1 and epoch == 0:  # θ has not moved yet: this forward is π_θold's
-                    old.record(rows, logp, entropy, pooled)
+                    old.record(rows, logp, entropy, pooled, at_sample_t)
                 loss, part = _micro_loss(model, old, rows, logp, advantages, loss_mask[rows], norm, epoch == 0)
                 loss.backward()
                 total += loss.item()
@@ -192,6 +223,7 @@ def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: 
                     sums[key] += value
             total = dist.all_sum([total])[0]  # the whole batch's loss: every rank skips or steps alike
             sums["loss/total"] += total
+            applied[0] += 1
             grad_norm, stepped = _update(model, optimizer, cfg, total)
             sums["loss/grad_norm"] += grad_norm
             skipped = skipped or not stepped

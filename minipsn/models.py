@@ -67,6 +67,13 @@ def pick_device(cfg: ModelConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def pick_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """`model.dtype`: the dtype of the base's weights and matmuls (auto: bfloat16 on CUDA, float32 on the CPU)."""
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
 def _quantization_config(cfg: ModelConfig, device: torch.device):
     """A BitsAndBytesConfig for NF4, or None (full precision) with one line saying why."""
     if cfg.quantize == "none":
@@ -81,9 +88,8 @@ def _quantization_config(cfg: ModelConfig, device: torch.device):
     except ImportError as e:
         print(f"note: bitsandbytes is not usable ({e}); the base loads in full precision")
         return None
-    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=pick_dtype(cfg, device))
 
 
 def load_tokenizer(path: str):
@@ -103,8 +109,7 @@ def load_base(cfg: ModelConfig):
     device = pick_device(cfg)
     path = resolve_name(cfg.name)
     quant = _quantization_config(cfg, device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    kwargs = dict(dtype=dtype, device_map={"": str(device)})
+    kwargs = dict(dtype=pick_dtype(cfg, device), device_map={"": str(device)})
     if quant is not None:
         kwargs["quantization_config"] = quant
     try:

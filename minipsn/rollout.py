@@ -27,11 +27,19 @@ class Rollouts:
     prompt_mask: torch.Tensor      # (N, Tp)
     completion_ids: torch.Tensor   # (N, T) padded after the end token
     completion_mask: torch.Tensor  # (N, T) 1 up to and including the end token
-    sampler_logp: torch.Tensor     # (N, T) log π_θ̃ of each sampled token
+    sampler_logp: torch.Tensor     # (N, T) log π_θ̃ of each sampled token: the distribution it was drawn from
     certainty: torch.Tensor        # (N,) mean self-certainty KL(U ‖ p) over the row's tokens
     truncated: torch.Tensor        # (N,) bool: no end token within max_new_tokens
     texts: list[str]               # N decoded completions
-    clean_logp: torch.Tensor | None = None  # (N, T) log π_clean: the sampler without noise (`rescore`), σ > 0
+    # (N, T) the sampler's log-softmax at the rollout temperature before top-p, kept only when top_p < 1 (else it
+    # is sampler_logp): finite for every sampled token, what the noise KL and the sampler/learner gap compare
+    top_p_raw_logp: torch.Tensor | None = None
+    clean_logp: torch.Tensor | None = None  # (N, T) `raw_logp` of the sampler without noise (`rescore`), σ > 0
+
+    @property
+    def raw_logp(self) -> torch.Tensor:
+        """(N, T) log-softmax of the sampler's logits at the rollout temperature, before top-p."""
+        return self.sampler_logp if self.top_p_raw_logp is None else self.top_p_raw_logp
 
     @property
     def n_tokens(self) -> int:
@@ -49,27 +57,29 @@ def encode_prompts(tok, prompts: list[str], max_tokens: int) -> tuple[torch.Tens
     return enc["input_ids"], enc["attention_mask"]
 
 
-def sampling_logp(logits: torch.Tensor, cfg: RolloutConfig) -> torch.Tensor:
-    """(..., V) logits → log-probs of the distribution tokens are drawn from: temperature, then top-p."""
-    logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
-        sorted_lp, order = logp.sort(dim=-1, descending=True)
-        outside = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() >= cfg.top_p  # keeps the top token
-        logp = logp.scatter(-1, order, sorted_lp.masked_fill(outside, float("-inf")))
-        logp = logp - logp.logsumexp(-1, keepdim=True)
-    return logp
+def sampling_logp(logits: torch.Tensor, cfg: RolloutConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., V) logits → (log-probs of the distribution tokens are drawn from: temperature, then top-p;
+    the log-softmax at the temperature before top-p). Logits are upcast to fp32 first: a bf16 softmax would
+    put its rounding straight into the TIS weights. The two are one tensor when top_p = 1."""
+    raw = F.log_softmax(logits.float() / cfg.temperature, dim=-1)
+    if cfg.top_p >= 1.0:
+        return raw, raw
+    sorted_lp, order = raw.sort(dim=-1, descending=True)
+    outside = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() >= cfg.top_p  # keeps the top token
+    logp = raw.scatter(-1, order, sorted_lp.masked_fill(outside, float("-inf")))
+    return logp - logp.logsumexp(-1, keepdim=True), raw
 
 
-def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; return it and its log-prob under the sampling distribution. `gen` is a
-    generator, or a list of (generator, first row, end row) blocks that each draw their own rows."""
-    logp = sampling_logp(logits, cfg)  # (B, V)
+def _pick(logits: torch.Tensor, cfg: RolloutConfig, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one token per row; return it, its log-prob under the sampling distribution and before top-p.
+    `gen` is a generator, or a list of (generator, first row, end row) blocks that each draw their own rows."""
+    logp, raw = sampling_logp(logits, cfg)  # (B, V) each
     probs = logp.exp()
     if isinstance(gen, torch.Generator):
         token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
     else:
         token = torch.cat([torch.multinomial(probs[a:b], 1, generator=g).squeeze(1) for g, a, b in gen])
-    return token, logp.gather(-1, token[:, None]).squeeze(1)
+    return token, logp.gather(-1, token[:, None]).squeeze(1), raw.gather(-1, token[:, None]).squeeze(1)
 
 
 def _blocks(gens: list[torch.Generator], owner: torch.Tensor) -> list[tuple[torch.Generator, int, int]]:
@@ -80,9 +90,10 @@ def _blocks(gens: list[torch.Generator], owner: torch.Tensor) -> list[tuple[torc
 
 @torch.no_grad()
 def rescore(model, ro: "Rollouts", cfg: RolloutConfig, budget_tokens: int = 16384) -> torch.Tensor:
-    """(N, T) log-probs of the sampled tokens under `model`'s sampling distribution (same temperature
-    and top-p), by teacher-forced passes of at most `budget_tokens` padded tokens; 0 on padding.
-    With the sampler's clean weights this is log π_clean, the policy the noise was added to."""
+    """(N, T) log-probs of the sampled tokens under `model`'s log-softmax at the sampling temperature, before
+    top-p (as `Rollouts.raw_logp`: finite for every sampled token), by teacher-forced passes of at most
+    `budget_tokens` padded tokens; 0 on padding. With the sampler's clean weights this is log π_clean, the
+    policy the noise was added to."""
     Tp, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
     out = torch.zeros_like(ro.sampler_logp)
     was_training = model.training
@@ -93,7 +104,7 @@ def rescore(model, ro: "Rollouts", cfg: RolloutConfig, budget_tokens: int = 1638
             mask = torch.cat([ro.prompt_mask[rows], ro.completion_mask[rows]], dim=1)
             pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=T + 1).logits
-            logp = sampling_logp(logits[:, :-1], cfg).gather(-1, ro.completion_ids[rows].unsqueeze(-1)).squeeze(-1)
+            logp = sampling_logp(logits[:, :-1], cfg)[1].gather(-1, ro.completion_ids[rows].unsqueeze(-1)).squeeze(-1)
             out[rows] = logp.masked_fill(~ro.completion_mask[rows].bool(), 0.0).to(out.dtype)
     finally:
         model.train(was_training)
@@ -117,7 +128,7 @@ def end_ids(model, tok) -> list[int]:
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, stop_ids: list[int], pad_id: int,
            gen, max_new_tokens: int | None = None):
     """Sample continuations of (B, Tp) left-padded prompts, a row ending at the first of `stop_ids` it
-    samples (kept in its mask). Returns (ids, mask, logp, certainty), each (B, T)."""
+    samples (kept in its mask). Returns (ids, mask, logp, raw logp, certainty), each (B, T)."""
     from transformers import DynamicCache
 
     max_new = max_new_tokens or cfg.max_new_tokens
@@ -127,12 +138,13 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, sto
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     next_pos, done = pos[:, -1] + 1, torch.zeros(B, dtype=torch.bool, device=ids.device)
-    tokens, logps, certs, valid = [], [], [], []
+    tokens, logps, raws, certs, valid = [], [], [], [], []
     for _ in range(max_new):
         logits = out.logits[:, -1]
-        token, lp = _pick(logits, cfg, gen)
+        token, lp, raw = _pick(logits, cfg, gen)
         token = token.masked_fill(done, pad_id)
-        tokens.append(token), logps.append(lp), certs.append(token_self_certainty(logits)), valid.append(~done)
+        tokens.append(token), logps.append(lp), raws.append(raw), certs.append(token_self_certainty(logits))
+        valid.append(~done)
         done = done | torch.isin(token, stops)
         if bool(done.all()):
             break
@@ -141,8 +153,9 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, sto
                     past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1
     valid_t = torch.stack(valid, 1)
-    return (torch.stack(tokens, 1), valid_t, torch.stack(logps, 1).masked_fill(~valid_t, 0.0),
-            torch.stack(certs, 1).masked_fill(~valid_t, 0.0))
+    logp = torch.stack(logps, 1).masked_fill(~valid_t, 0.0)
+    raw = logp if cfg.top_p >= 1.0 else torch.stack(raws, 1).masked_fill(~valid_t, 0.0)
+    return torch.stack(tokens, 1), valid_t, logp, raw, torch.stack(certs, 1).masked_fill(~valid_t, 0.0)
 
 
 def _pad_cols(x: torch.Tensor, width: int, value) -> torch.Tensor:
@@ -178,8 +191,8 @@ def sample(model, tok, prompts: list[str], G: int, cfg: RolloutConfig, gen: torc
     comp = torch.cat([_pad_cols(p[0], width, tok.pad_token_id) for p in parts])
     cmask = torch.cat([_pad_cols(p[1], width, False) for p in parts])
     logp = torch.cat([_pad_cols(p[2], width, 0.0) for p in parts])
-    cert = torch.cat([_pad_cols(p[3], width, 0.0) for p in parts])
+    raw = None if cfg.top_p >= 1.0 else torch.cat([_pad_cols(p[3], width, 0.0) for p in parts])
+    cert = torch.cat([_pad_cols(p[4], width, 0.0) for p in parts])
     ended = (torch.isin(comp, torch.tensor(stops, dtype=torch.long, device=comp.device)) & cmask).any(1)
     texts = tok.batch_decode(comp.masked_fill(~cmask, tok.pad_token_id), skip_special_tokens=True)
-    return Rollouts(ids, mask, comp, cmask.long(), logp,
-                    cert.sum(1) / cmask.sum(1).clamp(min=1), ~ended, texts)
+    return Rollouts(ids, mask, comp, cmask.long(), logp, cert.sum(1) / cmask.sum(1).clamp(min=1), ~ended, texts, raw)

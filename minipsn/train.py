@@ -104,12 +104,12 @@ def check_world(cfg: Config) -> None:
                          "prompt's group); raise it or start fewer processes")
     if cfg.rollout.rng == "batch" and K > 1:
         raise ValueError("rollout.rng=batch draws every row from one generator, which cannot be split over "
-                         "processes; use rollout.rng=prompt (or auto) under torchrun")
+                         "processes; use rollout.rng=prompt (the default) under torchrun")
 
 
 def per_prompt_rng(cfg: Config) -> bool:
-    """One sampling generator per prompt (rollout.rng=prompt, or auto under torchrun), else one per step."""
-    return cfg.rollout.rng == "prompt" or (cfg.rollout.rng == "auto" and dist.active())
+    """One sampling generator per prompt (rollout.rng=prompt or auto, the default), else one per step (batch)."""
+    return cfg.rollout.rng != "batch"
 
 
 _SUMMED = ("rows", "groups", "reward", "reward_sq", "correct", "zero_adv", "len", "truncated", "diversity", "certainty",
@@ -159,7 +159,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay)
         self.controller = make_controller(cfg.noise, cfg.control)
-        self.start, self.skipped, self.stop_requested = 0, 0, False
+        self.start, self.skipped, self.stop_requested, self.gap_warned = 0, 0, False, False
         # halved on out-of-memory; kept for the rest of the run
         self.rollout_cfg, self.grpo_cfg = cfg.rollout, cfg.grpo
         if resume:
@@ -272,10 +272,12 @@ class Trainer:
         t1 = time.perf_counter()
         shard = {"shard": (lo * G, P * G)} if dist.active() else {}  # torchrun: normaliser and gradients over all ranks
         out = self._on_oom_halve("learner", lambda: learner_step(self.model, self.optimizer, ro, adv.view(-1).to(self.device),
-                                                                 self.grpo_cfg, cfg.rollout.max_new_tokens, keep, **shard))
+                                                                 self.grpo_cfg, cfg.rollout.max_new_tokens, keep, **shard,
+                                                                 sample_temperature=cfg.rollout.temperature))
         self.skipped += int(out.stats["guard/skipped"])
         if out.stats["guard/skipped"] and self.skipped == 1:
             print(f"warning: non-finite loss or gradient at step {step + 1}: update skipped (counted in guard/skipped_steps)")
+        self._check_sampler(step, out.stats["guard/sampler_gap"])
         t_learn = time.perf_counter() - t1
 
         # 7. the σ controller reads the noise KL, diversity and self-certainty (no extra pass) and moves σ
@@ -308,6 +310,16 @@ class Trainer:
         if totals is not None:
             m.update(_global_metrics(totals, t_sample))
         return m
+
+    def _check_sampler(self, step: int, gap: float) -> None:
+        """One warning line when the sampler without its noise has drifted from the learner (a stale or detached
+        adapter in the sampler: rollouts of another policy than the one trained), again after each healthy step."""
+        limit = self.cfg.rollout.gap_warn
+        if limit and gap > limit and not self.gap_warned and dist.is_main():
+            print(f"warning: step {step + 1}: the sampler without noise is {gap:.2g} nats per token from the learner "
+                  f"(guard/sampler_gap > rollout.gap_warn = {limit:g}): rollouts may come from another policy than "
+                  "the one trained (a stale or detached adapter, or a sampler in lower precision)")
+        self.gap_warned = bool(limit) and gap > limit
 
     def _measure_noise(self, ro: Rollouts, sigma: float, seed: int) -> float:
         """σ > 0: the clean sampler's log-probs of the sampled tokens into `ro.clean_logp` (so the noise's

@@ -34,8 +34,7 @@ def _assert_same_summary(a, b):
 @pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="torchrun runs (~1 min): MINIPSN_SLOW=1")
 def test_compare_on_two_processes_gives_the_one_process_summary(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    # one process needs rollout.rng=prompt: its default draws every row from one generator
-    cli(*COMPARE, "--out", str(one), "--set", "rollout.rng=prompt")
+    cli(*COMPARE, "--out", str(one))  # the defaults: one generator per prompt on one process too
     proc = torchrun(*COMPARE, "--out", str(two))
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone prints
     _assert_same_summary(_summary(one), _summary(two))

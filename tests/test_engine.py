@@ -1,5 +1,6 @@
-"""Rollout engines: the folded copy is the perturbed peft policy (fp32 and NF4 bases), unfolds bit-exactly,
-samples with the log-probs a teacher-forced pass of π_θ̃ gives, and `auto` picks as documented."""
+"""Rollout engines: the dense copy is the perturbed peft policy op for op (fp32, NF4 with fp32 or bf16
+compute), keeps its base weights and the adapter untouched, samples with the log-probs a teacher-forced pass of
+π_θ̃ gives, and `auto` picks as documented."""
 import os
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from minipsn import engine as eng
 from minipsn.config import RolloutConfig, build_config
-from minipsn.engine import FoldedEngine, StaticDecoder, UnmergedEngine, choose_engine, make_engine
+from minipsn.engine import CopyEngine, StaticDecoder, UnmergedEngine, choose_engine, make_engine
 from minipsn.noise import perturbed
 from minipsn.rollout import sample
 
@@ -19,15 +20,15 @@ def ids_for(n=3, t=7):
     return torch.randint(2, 64, (n, t), generator=torch.Generator().manual_seed(5))
 
 
-def load_nf4(folder):
+def load_nf4(folder, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from minipsn.config import LoraConfig
     from minipsn.models import attach_lora
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.float32,
+                               bnb_4bit_compute_dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=dtype,
                                                 device_map={"": "cpu"})
     assert base.is_loaded_in_4bit
     torch.manual_seed(1)
@@ -69,7 +70,7 @@ def test_a_repacked_4bit_base_is_refused_loudly(nf4_folder):
     with torch.no_grad():
         model(input_ids=ids_for())  # an eval forward without grad repacks every 4-bit weight
     with pytest.raises(ValueError, match="repacked"):
-        FoldedEngine(model, max_new_tokens=4)
+        CopyEngine(model, max_new_tokens=4)
 
 
 def peft_logits(model, ids, targets):
@@ -78,54 +79,61 @@ def peft_logits(model, ids, targets):
 
 
 @pytest.mark.parametrize("targets", ["mlp", "all"])
-def test_folded_copy_equals_perturbed_peft_model(small_policy, targets):
+def test_copy_equals_perturbed_peft_model(small_policy, targets):
     model = small_policy.eval()
-    engine = FoldedEngine(model, max_new_tokens=4)
+    engine = CopyEngine(model, max_new_tokens=4)
     ids = ids_for()
     want = peft_logits(model, ids, targets)
     with engine.policy(SIGMA, [SEED] * 3, targets) as (sampler, row_noise):
         assert row_noise is None and sampler is engine.plain
         got = sampler(input_ids=ids).logits
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # fp32: folded, W + s·BA rounds at 2⁻²⁴ of W
     with torch.no_grad():
         clean = model(input_ids=ids).logits
     assert (want - clean).abs().max() > 1e-3  # the noise is visible, so the match means something
     with engine.policy(0.0, [SEED], targets) as (sampler, _):
-        torch.testing.assert_close(sampler(input_ids=ids).logits, clean, atol=1e-4, rtol=0)
+        torch.testing.assert_close(sampler(input_ids=ids).logits, clean, atol=1e-5, rtol=0)
 
 
-def test_folded_copy_equals_perturbed_peft_model_on_nf4(nf4_policy):
-    engine = FoldedEngine(nf4_policy, max_new_tokens=4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_copy_equals_perturbed_peft_model_on_nf4(nf4_folder, dtype):
+    """NF4 with fp32 compute (the CPU default) and with bf16 compute (the GPU's numerics, on the CPU)."""
+    model = load_nf4(nf4_folder, dtype)
+    eng.keep_cpu_4bit_unpacked(model)
+    engine = CopyEngine(model, max_new_tokens=4)
+    assert engine.dtype == dtype
     ids = ids_for()
-    want = peft_logits(nf4_policy, ids, "mlp")
-    with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _):
+    want = peft_logits(model, ids, "mlp")
+    with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _), torch.no_grad():
         got = sampler(input_ids=ids).logits
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert got.dtype == want.dtype == torch.float32  # the head stays fp32, as the learner's (k-bit training)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("which", ["fp32", "nf4"])
-def test_unfold_restores_the_copy_and_never_touches_the_adapter(small_policy, nf4_policy, which):
+def test_leaving_the_copy_restores_the_clean_adapter_and_never_touches_the_model(small_policy, nf4_policy, which):
     model = small_policy if which == "fp32" else nf4_policy
-    engine = FoldedEngine(model, max_new_tokens=4)
-    built = {k: v.clone() for k, v in engine.plain.state_dict().items()}
+    engine = CopyEngine(model, max_new_tokens=4)
+    built = {k: v.clone() for k, v in engine.plain.state_dict().items()}  # fp32: the clean adapter folded in
+    buffers = {k: v.clone() for k, v in engine.plain.named_buffers()}
     adapter = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
     for _ in range(2):
         with engine.policy(SIGMA, [SEED], "all"):
-            assert any(not torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
+            assert any(not torch.equal(v, buffers[k]) for k, v in engine.plain.named_buffers())
+            assert any(not torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())  # folded noise
+        assert all(torch.equal(v, buffers[k]) for k, v in engine.plain.named_buffers())
         assert all(torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
     with pytest.raises(KeyError), engine.policy(SIGMA, [SEED], "all"):
         raise KeyError("boom")  # an error while sampling still leaves the copy clean
-    assert all(torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
+    assert all(torch.equal(v, buffers[k]) for k, v in engine.plain.named_buffers())
+    assert all(torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())  # back to the clean copy
     assert all(torch.equal(v, adapter[k]) for k, v in model.state_dict().items() if "lora_" in k)
-    eng.fold(engine.plan, SIGMA, SEED, set())
-    eng.unfold(engine.plan)
-    assert all(torch.equal(v, built[k]) for k, v in engine.plain.state_dict().items())
 
 
 def test_fast_rollout_logp_equals_teacher_forced_perturbed_policy(nf4_policy, toy_tok):
     from minipsn.train import completion_logprobs
 
-    engine = FoldedEngine(nf4_policy, max_new_tokens=6)
+    engine = CopyEngine(nf4_policy, max_new_tokens=6)
     cfg = RolloutConfig(max_new_tokens=6, batch_size=4)
     with engine.policy(SIGMA, [SEED] * 6, "mlp") as (sampler, row_noise):
         ro = sample(sampler, toy_tok, ["ab", "cdef"], 3, cfg, torch.Generator().manual_seed(0), row_noise=row_noise)
@@ -140,7 +148,7 @@ def test_static_cache_decoding_equals_dynamic_and_falls_back_loudly(small_policy
     cfg = RolloutConfig(max_new_tokens=5, batch_size=4)
     runs = {}
     for kind in ("dynamic", "static", "forced-fallback"):
-        engine = FoldedEngine(small_policy.eval(), max_new_tokens=5, static_cache=kind != "dynamic", compile_step=False)
+        engine = CopyEngine(small_policy.eval(), max_new_tokens=5, static_cache=kind != "dynamic", compile_step=False)
         if kind == "forced-fallback":
             engine.sampler.tol = -1.0  # every check fails: must decode eagerly, and say so
         with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _):
@@ -153,7 +161,7 @@ def test_static_cache_decoding_equals_dynamic_and_falls_back_loudly(small_policy
         assert torch.equal(runs[kind].completion_ids, runs["dynamic"].completion_ids)
         torch.testing.assert_close(runs[kind].sampler_logp, runs["dynamic"].sampler_logp, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="static"):
-        FoldedEngine(small_policy, max_new_tokens=5, static_cache=False, compile_step=True)
+        CopyEngine(small_policy, max_new_tokens=5, static_cache=False, compile_step=True)
 
 
 @pytest.mark.slow
@@ -164,7 +172,7 @@ def test_compiled_static_decoding_runs_and_matches_eager_on_cpu(small_policy, to
     cfg = RolloutConfig(max_new_tokens=6, batch_size=8)
     runs = {}
     for compiled in (False, True):
-        engine = FoldedEngine(small_policy.eval(), max_new_tokens=6, static_cache=True, compile_step=compiled)
+        engine = CopyEngine(small_policy.eval(), max_new_tokens=6, static_cache=True, compile_step=compiled)
         for _ in range(2):  # the second batch reuses the compiled step and its cache
             with engine.policy(SIGMA, [SEED], "mlp") as (sampler, _):
                 runs[compiled] = sample(sampler, toy_tok, ["xy", "hello"], 4, cfg, torch.Generator().manual_seed(3))
@@ -177,8 +185,8 @@ def test_compiled_static_decoding_runs_and_matches_eager_on_cpu(small_policy, to
 def test_static_cache_serves_several_batch_shapes_and_refuses_to_overflow(small_policy, toy_tok):
     from minipsn.bench import NoEos
 
-    static = FoldedEngine(small_policy.eval(), max_new_tokens=5, static_cache=True, compile_step=False)
-    dynamic = FoldedEngine(small_policy.eval(), max_new_tokens=5)
+    static = CopyEngine(small_policy.eval(), max_new_tokens=5, static_cache=True, compile_step=False)
+    dynamic = CopyEngine(small_policy.eval(), max_new_tokens=5)
     for prompts, G in ((["xy", "hello"], 2), (["a", "bcd", "efgh"], 3), (["xy", "hello"], 2)):
         cfg = RolloutConfig(max_new_tokens=5, batch_size=len(prompts) * G)
         runs = []
@@ -194,7 +202,7 @@ def test_static_cache_serves_several_batch_shapes_and_refuses_to_overflow(small_
 
 
 def test_fast_engine_refuses_per_row_noise(small_policy):
-    engine = FoldedEngine(small_policy, max_new_tokens=4)
+    engine = CopyEngine(small_policy, max_new_tokens=4)
     with pytest.raises(ValueError, match="unmerged"), engine.policy(SIGMA, [1, 2], "mlp"):
         pass
     with engine.policy(0.0, [1, 2], "mlp"):
@@ -225,7 +233,7 @@ def test_make_engine_prints_its_choice(small_policy, capsys):
     out = capsys.readouterr().out
     assert out.count("rollout engine: hf") == 1 and "per-row" in out
     auto = build_config(model="tiny", sets={"rollout.engine": "auto"})
-    assert isinstance(make_engine(small_policy, auto), FoldedEngine)
+    assert isinstance(make_engine(small_policy, auto), CopyEngine)
     assert "rollout engine: fast" in capsys.readouterr().out
 
 
@@ -261,8 +269,8 @@ def test_cuda_compiled_static_decoding_matches_the_perturbed_nf4_policy(nf4_fold
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    engine = FoldedEngine(model, max_new_tokens=6)
-    assert isinstance(engine.sampler, StaticDecoder) and engine.sampler.compiled
+    engine = CopyEngine(model, max_new_tokens=6)
+    assert isinstance(engine.sampler, StaticDecoder) and engine.sampler.compiled and engine.dtype == torch.bfloat16
     cfg = RolloutConfig(max_new_tokens=6, batch_size=8)
     with engine.policy(SIGMA, [SEED] * 8, "mlp") as (sampler, _):
         ro = sample(sampler, toy_tok, ["ab", "cdef"], 4, cfg, torch.Generator("cuda").manual_seed(0))
@@ -283,7 +291,7 @@ def test_end_ids_read_the_tokenizer_and_the_generation_config(small_policy, toy_
         monkeypatch.setattr(gen_cfg, "eos_token_id", declared)
         assert end_ids(small_policy, toy_tok) == want  # through peft to the base
     monkeypatch.setattr(gen_cfg, "eos_token_id", [1, 7])
-    static = FoldedEngine(small_policy, max_new_tokens=4, static_cache=True, compile_step=False)
+    static = CopyEngine(small_policy, max_new_tokens=4, static_cache=True, compile_step=False)
     assert end_ids(static.plain, toy_tok) == end_ids(static.sampler, toy_tok) == [1, 7]  # the copy keeps them
     assert end_ids(small_policy, NoEos(toy_tok)) == []  # the bench: every row runs max_new_tokens
 
@@ -294,7 +302,7 @@ def _engine(kind, small_policy, nf4_policy):
     elif kind == "lean":
         return nf4_policy, UnmergedEngine(nf4_policy, "lean")
     elif kind in ("fast", "fast-static"):
-        return small_policy, FoldedEngine(small_policy.eval(), 8, static_cache=kind == "fast-static", compile_step=False)
+        return small_policy, CopyEngine(small_policy.eval(), 8, static_cache=kind == "fast-static", compile_step=False)
     else:
         raise ValueError(kind)
 

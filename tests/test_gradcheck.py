@@ -27,13 +27,16 @@ def _rmsnorm_keep_dtype(self, hidden_states):
     return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
 
 
-def _chunk_logp_keep_dtype(hidden, weight, targets, temperature):
+def _chunk_logp_keep_dtype(hidden, weight, targets, temperature, other_temperature):
     # algo._chunk_logp up to its `.float()`, which would round float64 logits to float32
-    logits = (hidden.to(weight.dtype) @ weight.T) / temperature
+    z = hidden.to(weight.dtype) @ weight.T
+    logits = z / temperature
     lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     with torch.no_grad():
         entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, entropy
+        other = (z / other_temperature).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logp, entropy, logp.detach() if other_temperature == temperature else other
 
 
 @pytest.fixture
@@ -42,8 +45,10 @@ def float64(monkeypatch):
     original in float32, so only the precision changes."""
     g = torch.Generator().manual_seed(0)
     h, w, t = torch.randn(2, 3, 8, generator=g), torch.randn(16, 8, generator=g), torch.randint(16, (2, 3), generator=g)
-    for mine, theirs, atol in zip(_chunk_logp_keep_dtype(h, w, t, 0.8), algo._chunk_logp(h, w, t, 0.8), (1e-6, 1e-5)):
-        assert torch.allclose(mine, theirs, rtol=0, atol=atol)  # log-probs, then entropies
+    for other in (0.8, 1.3):
+        for mine, theirs, atol in zip(_chunk_logp_keep_dtype(h, w, t, 0.8, other), algo._chunk_logp(h, w, t, 0.8, other),
+                                      (1e-6, 1e-5, 1e-6)):
+            assert torch.allclose(mine, theirs, rtol=0, atol=atol)  # log-probs, entropies, at the other temperature
     norm = Qwen2RMSNorm(8)
     assert torch.equal(_rmsnorm_keep_dtype(norm, h), norm(h))
     monkeypatch.setattr(algo, "_chunk_logp", _chunk_logp_keep_dtype)

@@ -6,7 +6,7 @@ import torch
 
 from minipsn import algo, noise
 from minipsn.config import RolloutConfig
-from minipsn.engine import FoldedEngine, UnmergedEngine
+from minipsn.engine import CopyEngine, UnmergedEngine
 from minipsn.noise import lora_pairs, noise_context, perturbation_size, row_seeds
 from minipsn.rollout import rescore, sample
 from tests.test_noise import model  # noqa: F401  (the random-init Qwen2 + LoRA fixture, B ≠ 0)
@@ -41,7 +41,7 @@ def test_every_noise_path_goes_through_noise_perturb(model, monkeypatch):  # noq
         stacked = [n for layer in rn.layers.values() for n in layer]
         assert torch.equal(stacked[0].A[0], dict(noise.lora_parameters(model, "mlp"))[lora_pairs(model, "mlp")[0][2][0]] + 0.5)
     calls.clear()
-    engine = FoldedEngine(model, max_new_tokens=4, static_cache=False, compile_step=False)
+    engine = CopyEngine(model, max_new_tokens=4, static_cache=False, compile_step=False)
     with engine.policy(0.1, [3], "mlp"):
         pass
     assert set(calls) == set(noise.lora_parameters(model, "mlp"))  # the fold asked for every noised weight
@@ -65,19 +65,20 @@ def test_perturbation_size_matches_a_dense_computation(model):  # noqa: F811
 def test_rescore_gives_the_samplers_own_logp_at_sigma_zero_and_the_clean_logp_under_noise(model, engine_name):  # noqa: F811
     cfg = RolloutConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, batch_size=8)
     engine = (UnmergedEngine(model) if engine_name == "lean"
-              else FoldedEngine(model, max_new_tokens=6, static_cache=False, compile_step=False))
+              else CopyEngine(model, max_new_tokens=6, static_cache=False, compile_step=False))
     prompts = ["5 9 13", "7 2 40"]
     with engine.policy(0.0, [0], "mlp") as (m, rn):
         ro = sample(m, _Tok(), prompts, 4, cfg, torch.Generator().manual_seed(0), row_noise=rn)
     again = engine.rescore(ro, cfg, "mlp", budget_tokens=20)  # several chunks
     mask = ro.completion_mask.bool()
-    assert torch.allclose(again[mask], ro.sampler_logp[mask], atol=2e-5)  # cached decode = full pass, top-p included
+    assert torch.allclose(again[mask], ro.raw_logp[mask], atol=2e-5)  # cached decode = full pass, before top-p
+    assert (ro.sampler_logp[mask] > ro.raw_logp[mask]).any()  # top-p renormalised what was drawn: another tensor
     with engine.policy(0.2, [5], "mlp") as (m, rn):
         noisy = sample(m, _Tok(), prompts, 4, cfg, torch.Generator().manual_seed(0), row_noise=rn)
     clean = engine.rescore(noisy, cfg, "mlp", budget_tokens=1000)
-    kl = algo.masked_mean(algo.kl_k3(noisy.sampler_logp, clean), noisy.completion_mask).item()
+    kl = algo.masked_mean(algo.kl_k3(noisy.raw_logp, clean), noisy.completion_mask).item()
     assert kl > 1e-3  # σ = 0.2 on this model moves the policy; rescore saw the clean weights, not the noisy ones
     with engine.policy(0.2, [5], "mlp") as (m, rn):  # and with the noisy weights the rescore reproduces the sampler
         noisy_again = rescore(m if engine_name == "lean" else engine.plain, noisy, cfg)
     nmask = noisy.completion_mask.bool()
-    assert torch.allclose(noisy_again[nmask], noisy.sampler_logp[nmask], atol=2e-5)
+    assert torch.allclose(noisy_again[nmask], noisy.raw_logp[nmask], atol=2e-5)
