@@ -41,7 +41,8 @@ def layer_fidelity(width: int = 1536, rank: int = 16, scale: float = 2.0, b_std:
     """One Qwen2.5-1.5B-width projection (W ~ N(0, 0.02²) on the `dtype` grid, as a dequantized NF4 base is;
     A as peft initialises it; B ~ N(0, b_std²)): {projection, rel_error} of the sampler's output change
     against the learner's, for 64 inputs x ~ N(0, 1) in fp32 activations (k-bit training's)."""
-    g = torch.Generator().manual_seed(seed)
+    device = torch.zeros(0).device  # the layer measure runs where tensors are made by default (the CPU)
+    g = torch.Generator(device).manual_seed(seed)
     W = (torch.randn(width, width, generator=g) * 0.02).to(dtype)
     A = (torch.rand(rank, width, generator=g) * 2 - 1) / width**0.5
     B = torch.randn(width, rank, generator=g) * b_std
@@ -86,10 +87,11 @@ def folded(engine):
 @torch.no_grad()
 def set_lora_b(model, std: float, seed: int = 0) -> None:
     """Every LoRA B entry ~ N(0, std²): an adapter whose update has that size."""
-    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+            p.copy_(torch.randn(p.shape, generator=g, device=device) * std)
 
 
 @torch.no_grad()
@@ -103,7 +105,8 @@ def model_fidelity(model, engine, tok, prompts: list[str], G: int, rcfg, route: 
     from minipsn.rollout import sample
 
     with engine.policy(0.0, [0], "all") as (sampler, _), (folded(engine) if route == "fold" else _same(sampler)):
-        ro = sample(sampler, tok, prompts, G, rcfg, torch.Generator(engine.device).manual_seed(seed))
+        device = engine.device
+        ro = sample(sampler, tok, prompts, G, rcfg, torch.Generator(device).manual_seed(seed))
     ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
     mask = torch.cat([ro.prompt_mask, ro.completion_mask], 1)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
