@@ -1,7 +1,8 @@
 """minipsn command line: a thin layer that parses options into a Config and calls minipsn.
 
     python cli.py train --model tiny
-    python cli.py train --model qwen-1.5b --dataset math --data-dir ../shared/data --sigma 0.003
+    python cli.py data                       # once, with the network: GSM8K and MATH train into data/
+    python cli.py train --model qwen-1.5b --dataset math --sigma 0.003
     python cli.py train --resume runs/latest
     python cli.py calibrate --model qwen-1.5b --target-kl 0.003
 
@@ -256,7 +257,7 @@ def bench_(
     step_engines: str = typer.Option("", help="engines whose steps are timed (default fast,lean on CPU, fast on CUDA)"),
     sigma: float = typer.Option(0.01, help="noise std σ while timing (PSN on)"),
     verifier_pairs: int = typer.Option(0, help="MATH-500 gold pairs for the verifier (0 = all, -1 = skip)"),
-    data_dir: Optional[str] = typer.Option(None, help="folder with math500_test.jsonl (default ../shared/data)"),
+    data_dir: Optional[str] = typer.Option(None, help="folder with math500_test.jsonl (default: the bundled data/)"),
     prompts: int = typer.Option(0, help="P prompts per step (0 = the model's default)"),
     group: int = typer.Option(0, help="G rollouts per prompt (0 = the model's default)"),
     tokens: int = typer.Option(0, help="T new tokens per rollout (0 = the model's default)"),
@@ -304,6 +305,23 @@ def compare(
                          tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers)
     typer.echo((Path(out) / "compare.md").read_text())
     typer.echo(f"wrote {out}/compare.md, compare.json, compare.png ({len(result['methods'])} methods × {seeds} seeds)")
+
+
+@app.command("data")
+@friendly
+def data_(
+    names: Optional[list[str]] = typer.Argument(None, help="benchmarks to write (default: gsm8k math, the training sets)"),
+    out: Optional[str] = typer.Option(None, help="folder to write into (default: the bundled data/, read with no --data-dir)"),
+    force: bool = typer.Option(False, "--force", help="write files that exist again"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Write benchmarks from the Hugging Face hub as local JSON Lines (data/README.md), so they load offline."""
+    from minipsn.data import BUNDLED_DIR, write_from_hub
+
+    folder = Path(out) if out else BUNDLED_DIR
+    for name in names or ["gsm8k", "math"]:
+        for path, rows in write_from_hub(name, folder, force):
+            typer.echo(f"{path}: {rows} rows" if rows is not None else f"{path}: exists, kept (--force writes it again)")
 
 
 def main() -> None:

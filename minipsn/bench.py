@@ -29,13 +29,12 @@ from pathlib import Path
 import torch
 
 from minipsn.config import GRPOConfig, build_config
-from minipsn.data import format_prompt, synthetic_split
+from minipsn.data import BUNDLED_DIR, format_prompt, synthetic_split
 from minipsn.models import load_policy
 
 SHAPE_NAME = "qwen2.5-1.5b-shape"
 QWEN15_SHAPE = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                     num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=True)
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -382,7 +381,7 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
             entry["trl_ratio"] = {e: entry["trl"]["step_s"] / v["step"]["step_s"] for e, v in entry["engines"].items()
                                   if "step" in v and "step_s" in entry["trl"]}
             report["models"][spec.label] = entry
-    report["verifier"] = (bench_verify(Path(data_dir) if data_dir else DATA_DIR, verifier_pairs)
+    report["verifier"] = (bench_verify(Path(data_dir) if data_dir else BUNDLED_DIR, verifier_pairs)
                           if verifier_pairs >= 0 else {"skipped": "--verifier-pairs -1"})
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     return report
