@@ -105,28 +105,37 @@ def markdown(summary: dict[str, dict], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_bands(summary: dict[str, dict], path: Path) -> Path:
-    import matplotlib
+def bands_figure(summary: dict[str, dict]):
+    """pass@k, mean over seeds with a ±1 std band, one colour and marker per method as `plot` gives
+    its sources (minipsn/plot.py); the Agg canvas directly, as there."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from minipsn.plot import MARKERS, palette
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, s in summary.items():
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colors = palette(list(summary))
+    for i, (method, s) in enumerate(summary.items()):
         ks = sorted(s["pass@k"])
         mean = [100 * s["pass@k"][k][0] for k in ks]
         std = [100 * s["pass@k"][k][1] for k in ks]
-        label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seeds)"
-        ax.plot(ks, mean, marker="o", label=label)
-        ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
+        label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seed{'s' if s['seeds'] > 1 else ''})"
+        ax.plot(ks, mean, marker=MARKERS[i % len(MARKERS)], color=colors[method], label=label)
+        if s["seeds"] > 1:
+            ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                            color=colors[method], alpha=0.2)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("pass@k (%)")
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.set(xlabel="k (samples per problem)", ylabel="pass@k (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_bands(summary: dict[str, dict], path: Path) -> Path:
+    bands_figure(summary).savefig(path, dpi=120)
     return path
 
 
