@@ -30,6 +30,7 @@ import torch
 
 from minipsn.config import GRPOConfig, build_config
 from minipsn.data import BUNDLED_DIR, format_prompt, synthetic_split
+from minipsn.folders import check_writable
 from minipsn.models import load_policy
 
 SHAPE_NAME = "qwen2.5-1.5b-shape"
@@ -358,6 +359,7 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
               size: tuple[int, int, int] = (0, 0, 0)) -> dict:
     """Run every benchmark, write OUT/bench.json, return the report. Steps are timed for `step_engines`, by
     default fast and lean on CPU, fast only on CUDA (a lean 1.5B step samples at ~700 tokens/s: about a minute)."""
+    check_writable(out)
     if steps < 1:
         raise ValueError("--steps must be >= 1 (timed steps after the warm-up)")
     for name in (*paths, *step_engines):

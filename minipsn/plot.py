@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 
 from minipsn.checkpoint import read_metrics
+from minipsn.folders import check_writable
 
 # (metric, panel title): what a PSN-GRPO run is judged by, in this order
 TRAIN_PANELS = (("reward/accuracy", "accuracy (sampled rollouts)"), ("eval/pass@1", "held-out pass@1 (clean policy)"),
@@ -221,8 +222,8 @@ def plot(paths: list[str], out: str | Path | None = None) -> list[Path]:
     """Draw passk.png (when any eval.json) and training.png (when any metrics.jsonl) into `out`."""
     if not paths:
         raise ValueError("give at least one run folder, eval folder or eval.json")
+    out = check_writable(out if out else default_out(paths))
     evals, runs = find_sources(paths)
-    out = Path(out) if out else default_out(paths)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if evals:
