@@ -4,8 +4,8 @@ TORCH ?= torch==2.13.0
 
 .PHONY: install test test-slow gpu-check lint bench demo
 
-install:
-	$(PY) -m pip install $(TORCH) && $(PY) -m pip install -r requirements.txt -r requirements-dev.txt && $(PY) -m pip install --no-deps -e .
+install:  # works in a fresh virtualenv too (make install PY=.venv/bin/python); the last step builds offline
+	$(PY) -m pip install $(TORCH) && $(PY) -m pip install -r requirements.txt -r requirements-dev.txt && $(PY) -m pip install --no-deps --no-build-isolation -e .
 
 test:
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests

@@ -1,11 +1,13 @@
 """minipsn command line: a thin layer that parses options into a Config and calls minipsn.
 
     python cli.py train --model tiny
-    python cli.py train --model qwen-1.5b --dataset math --data-dir ../shared/data --sigma 0.003
+    python cli.py data                       # once, with the network: GSM8K and MATH train into data/
+    python cli.py train --model qwen-1.5b --dataset math --sigma 0.003
     python cli.py train --resume runs/latest
     python cli.py calibrate --model qwen-1.5b --target-kl 0.003
 
-Bad input ends with one line saying what to change and exit code 2 (`--debug` shows the traceback).
+Bad input ends with one line saying what to change and exit code 2 (`--debug` shows the traceback);
+Ctrl-C with one line and exit code 130.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ DEBUG = "--debug" in sys.argv
 
 
 def friendly(fn):
-    """Turn the errors a user can fix (bad values, missing files, out of memory) into one line and exit code 2."""
+    """Turn the errors a user can fix (bad values, missing files, out of memory) into one line and exit code 2,
+    and Ctrl-C into one line and exit code 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -33,8 +36,11 @@ def friendly(fn):
                 raise
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", err=True)
+        except KeyboardInterrupt as e:  # 130 = 128 + SIGINT: a script can tell a stopped run from a finished one
+            if DEBUG:
+                raise
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; one says so
+                typer.secho(str(e) or "interrupted", err=True)  # train's say what the run folder holds (folders.py)
             raise typer.Exit(130) from None
     return wrapper
 
@@ -256,7 +262,7 @@ def bench_(
     step_engines: str = typer.Option("", help="engines whose steps are timed (default fast,lean on CPU, fast on CUDA)"),
     sigma: float = typer.Option(0.01, help="noise std σ while timing (PSN on)"),
     verifier_pairs: int = typer.Option(0, help="MATH-500 gold pairs for the verifier (0 = all, -1 = skip)"),
-    data_dir: Optional[str] = typer.Option(None, help="folder with math500_test.jsonl (default ../shared/data)"),
+    data_dir: Optional[str] = typer.Option(None, help="folder with math500_test.jsonl (default: the bundled data/)"),
     prompts: int = typer.Option(0, help="P prompts per step (0 = the model's default)"),
     group: int = typer.Option(0, help="G rollouts per prompt (0 = the model's default)"),
     tokens: int = typer.Option(0, help="T new tokens per rollout (0 = the model's default)"),
@@ -290,23 +296,44 @@ def compare(
     sigma: Optional[float] = typer.Option(None, help="initial σ of the PSN methods (noise.sigma)"),
     benchmarks: str = typer.Option("synthetic", help="comma-separated benchmarks to evaluate on"),
     n: Optional[int] = typer.Option(None, help="samples per problem (eval.n)"),
-    out: str = typer.Option("runs/compare", help="folder of the grid; finished runs are reused"),
+    out: str = typer.Option("runs/compare", help="folder of the grid; finished runs made with the same settings are reused"),
     workers: int = typer.Option(1, help="(method, seed) jobs at once, one process and torch thread each "
                                 "(1 under torchrun: each job runs on all the ranks)"),
+    recompute: bool = typer.Option(False, "--recompute", help="redo the finished jobs made with other settings "
+                                   "(without it they are an error)"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (applies to every run)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
     """Train and evaluate every (method, seed); write compare.md, compare.json and compare.png.
-    Under torchrun every job trains and evaluates on all the ranks, one job after another."""
+    Finished jobs are reused when they were made with these settings. Under torchrun every job
+    trains and evaluates on all the ranks, one job after another."""
     from minipsn.compare import compare as run_compare
     from minipsn.config import parse_sets
 
     sets = {k: v for k, v in {"run.steps": steps, "noise.sigma": sigma, "eval.n": n}.items() if v is not None}
     sets.update(parse_sets(set_))
     result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,
-                         tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers)
+                         tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers, recompute)
     typer.echo((Path(out) / "compare.md").read_text())
     typer.echo(f"wrote {out}/compare.md, compare.json, compare.png ({len(result['methods'])} methods × {seeds} seeds)")
+
+
+@app.command("data")
+@friendly
+def data_(
+    names: Optional[list[str]] = typer.Argument(None, help="benchmarks to write (default: gsm8k math, the training sets)"),
+    out: Optional[str] = typer.Option(None, help="folder to write into (default: the bundled data/, read with no --data-dir)"),
+    force: bool = typer.Option(False, "--force", help="write files that exist again"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Write benchmarks from the Hugging Face hub as local JSON Lines (data/README.md), so they load offline."""
+    from minipsn.data import BUNDLED_DIR, write_from_hub
+    from minipsn.folders import check_writable
+
+    folder = check_writable(out or BUNDLED_DIR)
+    for name in names or ["gsm8k", "math"]:
+        for path, rows in write_from_hub(name, folder, force):
+            typer.echo(f"{path}: {rows} rows" if rows is not None else f"{path}: exists, kept (--force writes it again)")
 
 
 def main() -> None:

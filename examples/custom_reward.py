@@ -27,5 +27,5 @@ def concise_reward(completions: list[str], records: list[dict], truncated: list[
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 8
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/custom-reward")
 cfg = build_config(model="tiny", sets={"run.steps": steps, "run.out": str(out), "noise.sigma": 0.02})
-train(cfg, reward_fn=concise_reward, resume=(out / "checkpoints" / "latest").exists())
+train(cfg, reward_fn=concise_reward, resume=(out / "config.json").is_file())
 print(f"run folder: {out}")

@@ -7,13 +7,14 @@ and a guess is right below once in 10⁴ samples, see `python cli.py headroom`):
 2. `compare` the model before RL, grpo, psn (that σ), psn-adaptive (starting there) and psn-kl:
 SEEDS seeds each, pass@k for k = 1 … N on PROBLEMS held-out problems, WORKERS jobs at once.
 Defaults: 60 steps, 3 seeds, 100 problems, n = 256, 2 workers (docs/RESULTS.md has the measured
-table, plot and time). Finished runs are reused, so an interrupted experiment picks up where it stopped.
+table, plot and time). Finished runs and the calibration are reused, so an interrupted experiment picks
+up where it stopped; a rerun with other arguments into the same OUT stops with one line naming what
+differs (choose another OUT).
 """
-import json
 import sys
 from pathlib import Path
 
-from minipsn.calibrate import calibrate, parse_sigmas
+from minipsn.calibrate import calibrate, parse_sigmas, reuse
 from minipsn.compare import compare
 from minipsn.config import build_config
 
@@ -24,18 +25,21 @@ def main() -> None:
     steps, seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[1:6], (60, 3, 100, 256, 2)))
     METHODS = ["grpo", "psn", "psn-adaptive", "psn-kl"]
 
-    cal_path = out / "calibrate" / "calibrate.json"
-    if cal_path.is_file():  # one σ for the whole grid, also when the experiment is resumed
-        report = json.loads(cal_path.read_text())
-    else:
-        report = calibrate(build_config(model="testbed"), parse_sigmas("0.005,0.01,0.02,0.04,0.08"), target_kl=0.003,
-                           draws=2, out=out / "calibrate")
+    cal_cfg, grid = build_config(model="testbed"), parse_sigmas("0.005,0.01,0.02,0.04,0.08")
+    try:  # one σ for the whole grid, also when the experiment is resumed (if measured with these settings)
+        report = (reuse(out / "calibrate" / "calibrate.json", cal_cfg, grid, 0.003, 2)
+                  or calibrate(cal_cfg, grid, target_kl=0.003, draws=2, out=out / "calibrate"))
+    except ValueError as e:  # a calibration or a grid made with other settings: say so in one line
+        raise SystemExit(f"error: {e}") from None
     sigma = report["suggested_sigma"]
     if sigma is None:
         raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
     print(f"σ from calibrate: {sigma:.3g} ({report['suggestion']})")
     SETS = {"run.steps": steps, "noise.sigma": round(sigma, 4), "eval.n": n, "eval.problems": problems}
-    compare("testbed", METHODS, seeds, out, SETS, workers=workers)
+    try:
+        compare("testbed", METHODS, seeds, out, SETS, workers=workers)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     print((out / "compare.md").read_text())
 
 

@@ -1,22 +1,43 @@
 """The laptop experiment: GRPO against PSN-GRPO on the tiny model, 3 seeds each, pass@k on held-out problems.
 
-    python examples/psn_vs_grpo_tiny.py [OUT] [STEPS] [SEEDS] [N PROBLEMS]   # ~10 minutes on 2 CPU cores
+    python examples/psn_vs_grpo_tiny.py [OUT] [STEPS] [SEEDS] [N] [PROBLEMS]   # ~10 minutes on 2 CPU cores
 
-Same as `python cli.py compare --methods grpo,psn,psn-adaptive --seeds 3 --model tiny`; edit
-METHODS and SETS to try other σ, granularities or task difficulties. Finished runs are reused,
-so an interrupted experiment picks up where it stopped. The measured table is in docs/RESULTS.md.
+Every argument is optional, in this order: the output folder (runs/psn-vs-grpo-tiny), training steps
+per run (40), seeds per method (3), samples per problem N (64) and held-out problems (100). Same as
+`python cli.py compare --methods grpo,psn,psn-adaptive --seeds 3 --model tiny`; edit METHODS and SETS
+to try other σ, granularities or task difficulties. Finished runs are reused, so an interrupted
+experiment picks up where it stopped; a rerun with other arguments into the same OUT stops with one
+line naming what differs (choose another OUT). The measured table is in docs/RESULTS.md.
 """
 import sys
 
 from minipsn.compare import compare
 
-out = sys.argv[1] if len(sys.argv) > 1 else "runs/psn-vs-grpo-tiny"
-steps = int(sys.argv[2]) if len(sys.argv) > 2 else 40
-seeds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 METHODS = ["grpo", "psn", "psn-adaptive"]
-SETS = {"run.steps": steps, "eval.n": 64, "eval.problems": 100}
-if len(sys.argv) > 4:  # N PROBLEMS: a smaller evaluation (the tests use this)
-    SETS.update({"eval.n": int(sys.argv[4]), "eval.problems": int(sys.argv[5])})
+DEFAULTS = ("runs/psn-vs-grpo-tiny", 40, 3, 64, 100)  # OUT, STEPS, SEEDS, N, PROBLEMS
 
-result = compare("tiny", METHODS, seeds, out, SETS)
-print(open(f"{out}/compare.md").read())
+
+def parse(argv: list[str]) -> tuple[str, int, int, int, int]:
+    """[OUT] [STEPS] [SEEDS] [N] [PROBLEMS], each optional, the ones not given at their defaults."""
+    if len(argv) > len(DEFAULTS):
+        raise SystemExit(f"error: at most {len(DEFAULTS)} arguments: [OUT] [STEPS] [SEEDS] [N] [PROBLEMS]")
+    given = list(argv) + [None] * (len(DEFAULTS) - len(argv))
+    try:
+        out, *numbers = (d if a in (None, "") else type(d)(a) for a, d in zip(given, DEFAULTS))
+    except ValueError:
+        raise SystemExit(f"error: STEPS, SEEDS, N and PROBLEMS are whole numbers, got {argv[1:]}") from None
+    return (out, *numbers)
+
+
+def main() -> None:
+    out, steps, seeds, n, problems = parse(sys.argv[1:])
+    sets = {"run.steps": steps, "eval.n": n, "eval.problems": problems}
+    try:
+        compare("tiny", METHODS, seeds, out, sets)
+    except ValueError as e:  # e.g. OUT holds runs made with other arguments
+        raise SystemExit(f"error: {e}") from None
+    print(open(f"{out}/compare.md").read())
+
+
+if __name__ == "__main__":
+    main()

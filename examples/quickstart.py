@@ -20,7 +20,7 @@ steps = int(sys.argv[1]) if len(sys.argv) > 1 else 8
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/quickstart")
 cfg = build_config(model="tiny", sets={"run.steps": steps, "run.out": str(out), "noise.sigma": 0.02,
                                        "noise.control": "adaptive"})
-run_dir = train(cfg, resume=(out / "checkpoints" / "latest").exists())
+run_dir = train(cfg, resume=(out / "config.json").is_file())
 
 # Load the trained adapter and sample answers from the clean policy.
 model, tok = load_policy(cfg, adapter=str(run_dir / "adapter"))

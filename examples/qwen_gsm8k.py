@@ -6,14 +6,17 @@ The paper's settings scaled to one consumer GPU: G = 8 rollouts per prompt, TIS 
 the MLP adapters with the adaptive σ controller, completions up to 512 tokens (GSM8K solutions are
 short). σ is absolute on the LoRA A/B weights, so its effect depends on the model and the adapter:
 the recipe first runs `calibrate` (a minute on a GPU) and starts from the σ whose noise KL per token
-is the paper's 0.003 (OUT/calibrate/calibrate.json says which). With DATA_DIR the GSM8K JSON Lines load
-from disk (layout of ../shared/data), otherwise from the Hugging Face hub. `TINY=1` runs the same
-recipe on the tiny model with a synthetic task, for a dry run on a laptop.
+is the paper's 0.003 (OUT/calibrate/calibrate.json says which). GSM8K train loads from DATA_DIR when
+given (layout of data/README.md), else from data/ once `python cli.py data gsm8k` has written it
+there, else from the Hugging Face hub. Run it again to continue: the calibration is reused and the
+run resumes from its last checkpoint. `TINY=1` runs the same recipe on the tiny model with a
+synthetic task, for a dry run on a laptop.
 """
 import os
 import sys
+from pathlib import Path
 
-from minipsn.calibrate import calibrate, parse_sigmas
+from minipsn.calibrate import calibrate, parse_sigmas, reuse
 from minipsn.config import build_config
 from minipsn.train import train
 
@@ -32,8 +35,14 @@ if tiny:
     sets.update({"rollout.max_new_tokens": 48, "run.steps": 2, "eval.every": 0, "grpo.lr": 1e-4})
     grid = "0.005,0.02,0.08"
 model = "tiny" if tiny else "qwen-1.5b"
-report = calibrate(build_config(model=model, sets=sets), parse_sigmas(grid), target_kl=0.003, draws=1, out=f"{out}/calibrate")
+cal_cfg, sigmas = build_config(model=model, sets=sets), parse_sigmas(grid)
+try:  # a rerun reuses the calibration (when measured with these settings) and resumes the run
+    report = (reuse(f"{out}/calibrate/calibrate.json", cal_cfg, sigmas, 0.003, 1)
+              or calibrate(cal_cfg, sigmas, target_kl=0.003, draws=1, out=f"{out}/calibrate"))
+except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
 if report["suggested_sigma"] is None:
     raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
 print(f"σ from calibrate: {report['suggested_sigma']:.3g} ({report['suggestion']})")
-train(build_config(model=model, sets={**sets, "noise.sigma": report["suggested_sigma"]}))
+train(build_config(model=model, sets={**sets, "noise.sigma": report["suggested_sigma"]}),
+      resume=Path(out, "config.json").is_file())

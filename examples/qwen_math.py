@@ -6,12 +6,16 @@ Paper settings scaled down: G = 8, TIS C = 10, MLP-adapter noise with the adapti
 starting from the σ that `calibrate` finds for a noise KL of 0.003 per token (OUT/calibrate),
 completions up to 1024 tokens, LoRA learning rate 1e-5, base-model (plain) prompt template as
 Qwen2.5-Math is a base model. The evaluation samples n = 256 per problem from the clean policy, as
-the paper does, to read pass@k at large k. `TINY=1` runs the same recipe on the tiny model.
+the paper does, to read pass@k at large k. MATH train loads from DATA_DIR when given, else from
+data/ once `python cli.py data math` has written it there, else from the hub; the benchmarks ship in
+data/. Run it again to continue: the calibration is reused, the run resumes from its last checkpoint
+and the evaluation from its samples files. `TINY=1` runs the same recipe on the tiny model.
 """
 import os
 import sys
+from pathlib import Path
 
-from minipsn.calibrate import calibrate, parse_sigmas
+from minipsn.calibrate import calibrate, parse_sigmas, reuse
 from minipsn.config import build_config
 from minipsn.evaluate import evaluate
 from minipsn.train import train
@@ -42,11 +46,16 @@ if tiny:
                  "grpo.warmup_steps": 1})
     benchmarks, grid = ["synthetic"], "0.005,0.02,0.08"
 model = "tiny" if tiny else "qwen-math-1.5b"
-report = calibrate(build_config(model=model, sets=sets), parse_sigmas(grid), target_kl=0.003, draws=1, out=f"{out}/calibrate")
+cal_cfg, sigmas = build_config(model=model, sets=sets), parse_sigmas(grid)
+try:  # a rerun reuses the calibration (when measured with these settings) and resumes the run
+    report = (reuse(f"{out}/calibrate/calibrate.json", cal_cfg, sigmas, 0.003, 1)
+              or calibrate(cal_cfg, sigmas, target_kl=0.003, draws=1, out=f"{out}/calibrate"))
+except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
 if report["suggested_sigma"] is None:
     raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
 print(f"σ from calibrate: {report['suggested_sigma']:.3g} ({report['suggestion']})")
 cfg = build_config(model=model, sets={**sets, "noise.sigma": report["suggested_sigma"]})
-run_dir = train(cfg)
+run_dir = train(cfg, resume=Path(out, "config.json").is_file())
 evaluate(cfg, benchmarks, run_dir / "eval", adapter=str(run_dir / "adapter"))
 print(f"pass@k table: {run_dir / 'eval' / 'eval.json'}; plot it with: python cli.py plot {run_dir}")

@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 from minipsn.config import GRPOConfig, build_config
-from minipsn.data import format_prompt, synthetic_split
+from minipsn.data import BUNDLED_DIR, format_prompt, synthetic_split
+from minipsn.folders import check_writable
 from minipsn.models import load_policy
 
 SHAPE_NAME = "qwen2.5-1.5b-shape"
 QWEN15_SHAPE = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                     num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=True)
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -359,6 +359,7 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
               size: tuple[int, int, int] = (0, 0, 0), fidelity: bool = True) -> dict:
     """Run every benchmark, write OUT/bench.json, return the report. Steps are timed for `step_engines`, by
     default fast and lean on CPU, fast only on CUDA (a lean 1.5B step samples at ~700 tokens/s: about a minute)."""
+    check_writable(out)
     if steps < 1:
         raise ValueError("--steps must be >= 1 (timed steps after the warm-up)")
     for name in (*paths, *step_engines):
@@ -382,7 +383,7 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
             entry["trl_ratio"] = {e: entry["trl"]["step_s"] / v["step"]["step_s"] for e, v in entry["engines"].items()
                                   if "step" in v and "step_s" in entry["trl"]}
             report["models"][spec.label] = entry
-    report["verifier"] = (bench_verify(Path(data_dir) if data_dir else DATA_DIR, verifier_pairs)
+    report["verifier"] = (bench_verify(Path(data_dir) if data_dir else BUNDLED_DIR, verifier_pairs)
                           if verifier_pairs >= 0 else {"skipped": "--verifier-pairs -1"})
     if fidelity:  # does the sampler sample the learner's policy (fidelity.py): tiny on CPU, the 1.5B shape on CUDA
         from minipsn.fidelity import bench_fidelity

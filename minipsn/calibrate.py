@@ -15,7 +15,9 @@ and sampling seed
     delta_w_rel   ‖ΔW_noise‖ / ‖W_base‖ over the noised layers (`noise.perturbation_size`)
 
 averaged over `draws` noise draws, then suggests the σ whose kl_noise reaches `target_kl` (0.003, the
-paper's variant-I target) by log-log interpolation between the grid points around it. A freshly
+paper's variant-I target) by log-log interpolation between the grid points around it. calibrate.json
+records the settings it measured with; `reuse` hands a stored report back only when they are the
+ones asked for now (the examples reuse it when rerun). A freshly
 initialised adapter has B = 0, so the noise acts through σ·ε_B·A (and σ²·ε_B·ε_A) and the σ needed
 depends on the LoRA rank, scale and model: that is why it is measured, not guessed.
 """
@@ -33,14 +35,19 @@ from minipsn import algo
 from minipsn.config import Config
 from minipsn.data import format_prompt, load_problems
 from minipsn.engine import make_engine
+from minipsn.folders import check_writable
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size
+from minipsn.overrides import settings_diff
 from minipsn.rewards import correctness_reward
 from minipsn.rollout import sample
 from minipsn.learner import completion_forward, micro_batches
 from minipsn.train import step_records
 
 DEFAULT_SIGMAS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+# the config keys a calibration depends on (the run's length, learning rate or σ controller do not matter)
+MEASURED_WITH = ("model.", "lora.", "data.", "rollout.", "reward.", "noise.targets", "grpo.prompts_per_step",
+                 "grpo.group_size", "grpo.temperature", "grpo.micro_batch_tokens", "control.diversity", "run.seed")
 
 
 def parse_sigmas(text: str) -> list[float]:
@@ -107,6 +114,8 @@ def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws:
     """Measure every σ in `sigmas` (see the module docstring); write OUT/calibrate.json; return the report."""
     if draws < 1 or target_kl <= 0:
         raise ValueError(f"calibrate needs --draws >= 1 and --target-kl > 0, got {draws} and {target_kl}")
+    if out is not None:
+        check_writable(out)  # before the grid, not after it
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     t0 = time.perf_counter()
@@ -129,12 +138,38 @@ def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws:
     report = {"model": cfg.model.name, "adapter": adapter, "targets": cfg.noise.targets, "lora_rank": cfg.lora.rank,
               "lora_alpha": cfg.lora.alpha, "prompts": P, "group_size": cfg.grpo.group_size, "draws": draws,
               "engine": engine.name, "target_kl": target_kl, "suggested_sigma": best, "suggestion": why,
-              "rows": rows, "seconds": time.perf_counter() - t0,
+              "rows": rows, "seconds": time.perf_counter() - t0, "settings": settings(cfg, sigmas, target_kl, draws, adapter),
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"}
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "calibrate.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def settings(cfg: Config, sigmas: list[float], target_kl: float, draws: int, adapter: str | None) -> dict:
+    """What a calibration's numbers depend on (stored in calibrate.json)."""
+    return {"config": cfg.to_dict(), "sigmas": list(sigmas), "target_kl": target_kl, "draws": draws,
+            "adapter": adapter}
+
+
+def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws: int = 2,
+          adapter: str | None = None) -> dict | None:
+    """The report in `path` when it was measured with these settings; None when there is none; an error
+    naming the settings that differ otherwise (a stale σ is never picked up silently)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    stored, now = report.get("settings"), settings(cfg, sigmas, target_kl, draws, adapter)
+    if stored is None:
+        raise ValueError(f"{path} does not record the settings it was measured with; delete it to measure again")
+    diff = {k: (stored.get(k), v) for k, v in now.items() if k != "config" and stored.get(k) != v}
+    diff.update(settings_diff(stored["config"], cfg, lambda k: k.startswith(MEASURED_WITH)))
+    if diff:
+        said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
+        raise ValueError(f"{path} was measured with other settings: {said}; delete it to measure again, "
+                         "or choose another output folder")
     return report
 
 

@@ -6,9 +6,13 @@
     RUN/compare.png                pass@k curves, mean over seeds with a ±1 std band
 
 Resumable at the grain of a run: a (method, seed) whose eval.json exists is not redone, one
-with a checkpoint resumes its training. Periodic evaluation during training is off in the grid
-(`eval.every` = 0 unless set): the final pass@k evaluation is the measurement. The std is over
-seeds (population std, so one seed shows 0: read it as "no spread measured", not "no spread").
+with a checkpoint resumes its training, but only when it was made with the settings asked for now:
+its config.json (training) and eval.json (evaluation settings, benchmarks) are compared first, and
+a grid with a result made otherwise fails in one line naming the keys that differ (`recompute`
+redoes those jobs instead: the training when a training setting differs, else the evaluation).
+The folder belongs to one `compare` at a time (folders.py). Periodic evaluation during training is
+off in the grid (`eval.every` = 0 unless set): the final pass@k evaluation is the measurement. The
+std is over seeds (population std); with one seed no spread is printed.
 
 Under torchrun (`torchrun --nproc_per_node K cli.py compare …`) the jobs run one after another, each
 training and evaluation on all K ranks (one process group for the grid); rank 0 decides which jobs
@@ -18,13 +22,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
-from minipsn import checkpoint
+from minipsn import checkpoint, folders
 from minipsn import distributed as dist
-from minipsn.config import METHODS, build_config
+from minipsn.config import METHODS, Config, build_config
+from minipsn.overrides import settings_diff
 
 TABLE_KS = (1, 4, 16, 64, 256)
+# settings that do not change a job's result: where it writes and logs (`--workers` sets run.threads)
+BOOKKEEPING = ("run.out", "run.threads", "run.log_to", "run.log_samples", "run.save_every")
+BASE_KEYS = ("model.", "data.", "rollout.", "reward.", "eval.", "run.seed")  # what the base evaluation depends on
 
 
 def run_one(model: str, method: str, seed: int, sets: dict, run_dir: Path, benchmarks: list[str]) -> dict:
@@ -37,8 +46,7 @@ def run_one(model: str, method: str, seed: int, sets: dict, run_dir: Path, bench
     if report is not None:
         print(f"{run_dir.name}: done, reusing {report_path}")
         return report
-    cfg = build_config(model=model, method=method, sets={**method_sets(method, sets), "run.seed": seed,
-                                                         "run.out": str(run_dir)})
+    cfg = job_config(model, method, seed, sets, run_dir)
     if not trained:
         print(f"── {run_dir.name}: training {method}, seed {seed}")
         train(cfg, resume=resume)
@@ -52,6 +60,73 @@ def _job_state(run_dir: Path) -> tuple[dict | None, bool, bool]:
     report_path = run_dir / "eval" / "eval.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     return report, (run_dir / "adapter" / "adapter_config.json").is_file(), checkpoint.latest(run_dir) is not None
+
+
+def job_config(model: str, method: str, seed: int, sets: dict, run_dir: Path) -> Config:
+    return build_config(model=model, method=method, sets={**method_sets(method, sets), "run.seed": seed,
+                                                          "run.out": str(run_dir)})
+
+
+def base_config(model: str, sets: dict) -> Config:
+    return build_config(model=model, sets={**sets, "run.seed": 0})
+
+
+def _differences(folder: Path, cfg: Config, benchmarks: list[str], train: bool) -> tuple[dict, dict]:
+    """(training settings of `cfg` that differ from folder/config.json, evaluation settings and benchmarks
+    that differ from folder/eval/eval.json); both empty where nothing was stored yet. `train=False`: the
+    base evaluation (folder/eval only, compared on what an evaluation depends on)."""
+    trained, evaluated = folder / "config.json", folder / "eval" / "eval.json"
+    train_diff, eval_diff = {}, {}
+    if train and trained.is_file():
+        train_diff = settings_diff(json.loads(trained.read_text()), cfg,
+                                   lambda k: not k.startswith("eval.") and k not in BOOKKEEPING)
+    if evaluated.is_file():
+        report = json.loads(evaluated.read_text())
+        keep = (lambda k: k.startswith("eval.")) if train else (lambda k: k.startswith(BASE_KEYS))
+        eval_diff = settings_diff(report["config"], cfg, lambda k: keep(k) and k not in BOOKKEEPING)
+        if list(report["benchmarks"]) != benchmarks:
+            eval_diff["benchmarks"] = (",".join(report["benchmarks"]), ",".join(benchmarks))
+    return train_diff, eval_diff
+
+
+def check_reuse(out: Path, model: str, methods: list[str], seeds: int, sets: dict, benchmarks: list[str],
+                recompute: bool) -> None:
+    """Before any job runs: every stored result of the grid must have been made with the settings asked
+    for now. A mismatch is one error naming the jobs and keys, or, with `recompute`, those jobs are
+    cleared (the whole run folder when a training setting differs, else its evaluation) to be redone."""
+    jobs = [("base", out / "base", base_config(model, sets), False)]
+    jobs += [(f"{m}-s{s}", out / f"{m}-s{s}", job_config(model, m, s, sets, out / f"{m}-s{s}"), True)
+             for m in methods for s in range(seeds)]
+    stale = {}
+    for name, folder, cfg, train in jobs:
+        train_diff, eval_diff = _differences(folder, cfg, benchmarks, train)
+        if train_diff or eval_diff:
+            stale[name] = (folder, train_diff, eval_diff)
+    if not stale:
+        return
+    keys = {k: v for _, t, e in stale.values() for k, v in {**t, **e}.items()}
+    said = ", ".join(f"{k} ({v[0]} → {v[1]})" for k, v in list(keys.items())[:6]) + (", …" if len(keys) > 6 else "")
+    if not recompute:
+        raise ValueError(f"{out} holds results made with other settings: {', '.join(stale)} differ in {said}; "
+                         "rerun with --recompute to redo them, or choose another --out")
+    for name, (folder, train_diff, eval_diff) in stale.items():
+        print(f"── {name}: made with other settings ({', '.join({**train_diff, **eval_diff})}); recomputing its "
+              f"{'training and evaluation' if train_diff else 'evaluation'}")
+        shutil.rmtree(folder if train_diff else folder / "eval")
+
+
+def _on_main(fn, *args):
+    """fn(*args) on rank 0; its result, or its ValueError raised, on every rank (none waits for it)."""
+    result, error = None, None
+    if dist.is_main():
+        try:
+            result = fn(*args)
+        except ValueError as e:
+            error = str(e)
+    result, error = dist.from_main((result, error))
+    if error is not None:
+        raise ValueError(error)
+    return result
 
 
 def method_sets(method: str, sets: dict) -> dict:
@@ -72,7 +147,7 @@ def evaluate_base(model: str, sets: dict, out: Path, benchmarks: list[str]) -> d
         print(f"base: done, reusing {report_path}")
         return dist.from_main(json.loads(report_path.read_text()) if dist.is_main() else None)
     print("── base: evaluating the model before RL")
-    return evaluate(build_config(model=model, sets={**sets, "run.seed": 0}), benchmarks, out)
+    return evaluate(base_config(model, sets), benchmarks, out)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -96,7 +171,7 @@ def markdown(summary: dict[str, dict], n: int) -> str:
     head = "| method | seeds | " + " | ".join(f"pass@{k}" for k in ks) + " | mean acc | maj acc |"
     lines = [head, "|" + "---|" * (len(ks) + 4)]
     for method, s in summary.items():
-        def cell(mean_std, spread=method != "base"):  # the base row is one evaluation: no spread to show
+        def cell(mean_std, spread=s["seeds"] > 1):  # one seed (and the base row): no spread was measured
             return f"{100 * mean_std[0]:.1f}" + (f" ± {100 * mean_std[1]:.1f}" if spread else "")
 
         cells = [cell(s["pass@k"][k]) for k in ks] + [cell(s["acc"]), cell(s["maj"])]
@@ -105,28 +180,37 @@ def markdown(summary: dict[str, dict], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_bands(summary: dict[str, dict], path: Path) -> Path:
-    import matplotlib
+def bands_figure(summary: dict[str, dict]):
+    """pass@k, mean over seeds with a ±1 std band, one colour and marker per method as `plot` gives
+    its sources (minipsn/plot.py); the Agg canvas directly, as there."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from minipsn.plot import MARKERS, palette
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, s in summary.items():
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colors = palette(list(summary))
+    for i, (method, s) in enumerate(summary.items()):
         ks = sorted(s["pass@k"])
         mean = [100 * s["pass@k"][k][0] for k in ks]
         std = [100 * s["pass@k"][k][1] for k in ks]
-        label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seeds)"
-        ax.plot(ks, mean, marker="o", label=label)
-        ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
+        label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seed{'s' if s['seeds'] > 1 else ''})"
+        ax.plot(ks, mean, marker=MARKERS[i % len(MARKERS)], color=colors[method], label=label)
+        if s["seeds"] > 1:
+            ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                            color=colors[method], alpha=0.2)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("pass@k (%)")
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.set(xlabel="k (samples per problem)", ylabel="pass@k (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_bands(summary: dict[str, dict], path: Path) -> Path:
+    bands_figure(summary).savefig(path, dpi=120)
     return path
 
 
@@ -148,11 +232,12 @@ def _one_thread() -> None:
 
 
 def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: dict | None = None,
-            benchmarks: tuple[str, ...] = ("synthetic",), workers: int = 1) -> dict:
+            benchmarks: tuple[str, ...] = ("synthetic",), workers: int = 1, recompute: bool = False) -> dict:
     """Train and evaluate every (method, seed); write compare.json, compare.md and compare.png in `out`.
     `workers` > 1 runs that many (method, seed) jobs at once, one process and torch thread each (on a
     CPU with that many cores, about `workers` times faster for small models). Under torchrun each job
-    runs on all the ranks in turn (`workers` must be 1); rank 0 writes the files."""
+    runs on all the ranks in turn (`workers` must be 1); rank 0 writes the files. A stored result made
+    with other settings is an error, or with `recompute` is redone (`check_reuse`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -161,25 +246,26 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
     if workers > 1 and dist.launched():
         raise ValueError("--workers N runs on one process; under torchrun the jobs run one after another, "
                          "each on all the ranks (drop --workers, or run without torchrun)")
+    out = folders.check_writable(out)
     joined = not dist.active() and dist.init()  # torchrun: one process group for every job of the grid
     try:
-        return _grid(model, methods, seeds, Path(out), sets, benchmarks, workers)
+        _on_main(folders.hold, out)  # one compare per grid folder (its jobs lock their own run folders)
+        sets = {"eval.every": 0, **(sets or {}), **({"run.threads": 1} if workers > 1 else {})}
+        _on_main(check_reuse, out, model, methods, seeds, sets, list(benchmarks), recompute)
+        return _grid(model, methods, seeds, out, sets, benchmarks, workers)
     finally:
+        if dist.is_main():
+            folders.release(out)
         if joined:
             dist.close()
 
 
-def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict | None, benchmarks: tuple[str, ...],
+def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, benchmarks: tuple[str, ...],
           workers: int) -> dict:
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    sets = {"eval.every": 0, **(sets or {})}
     if workers > 1:
         from minipsn.models import resolve_name
 
         resolve_name(model)  # a locally built model is built once, here, not by every worker at once
-        sets = {**sets, "run.threads": 1}
     grid = [(m, s) for m in methods for s in range(seeds)]
     results = _jobs([(evaluate_base, model, sets, out / "base" / "eval", list(benchmarks))]
                     + [(run_one, model, m, s, sets, out / f"{m}-s{s}", list(benchmarks)) for m, s in grid], workers)

@@ -5,10 +5,12 @@ Every dataset yields records of one shape, `{"id": str, "problem": str, "answer"
 own field names.
 
 Benchmarks (gsm8k, math, math500, aime24, aime25, amc23, minerva, olympiadbench) load from local
-JSON Lines files when a data folder is given (`data.data_dir`, else $MINIPSN_DATA_DIR; the format
-is shared/data/README.md), else from the Hugging Face hub. Every row is checked: a malformed one
-is an error naming `file:line`, or, with `data.skip_bad_rows`, is skipped and counted; never a
-silently wrong record. Evaluation-only sets refuse the `train` split; `math` test is MATH-500.
+JSON Lines files: from the data folder given (`data.data_dir`, else $MINIPSN_DATA_DIR), else from
+the repository's `data/` folder when it holds the file (the evaluation sets ship there; the format is
+data/README.md), else from the Hugging Face hub. `write_from_hub` (`python cli.py data`) writes a
+hub set into that layout, so the training sets also load offline afterwards. Every row is checked: a
+malformed one is an error naming `file:line`, or, with `data.skip_bad_rows`, is skipped and counted;
+never a silently wrong record. Evaluation-only sets refuse the `train` split; `math` test is MATH-500.
 
 The synthetic task is a seeded chain of integer operations ("Start at 7, add 5, subtract 3.
 What number do you get?") with a worked solution ending in `\\boxed{}`. Its knobs
@@ -99,6 +101,7 @@ def format_prompt(tokenizer, problem: str, template: str) -> str:
 # ---- benchmarks ------------------------------------------------------------------------------
 
 DATA_DIR_ENV = "MINIPSN_DATA_DIR"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data"  # the evaluation sets that ship with the repository
 
 # benchmark -> split -> file in the local data folder; a benchmark without `train` is evaluation only
 LOCAL_FILES: dict[str, dict[str, str]] = {
@@ -227,12 +230,22 @@ def _local_rows(path: Path) -> Iterable[tuple[str, int, bytes]]:
                 yield f"{path}:{lineno}", lineno, raw
 
 
+def local_folder(name: str, split: str, data_dir: str | None) -> Path | None:
+    """Where `name` `split` loads from: the folder given (`data_dir`, else $MINIPSN_DATA_DIR), else the
+    bundled data/ folder when it holds the file, else None (the hub)."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None and (BUNDLED_DIR / LOCAL_FILES[name][split]).is_file():
+        return BUNDLED_DIR
+    return folder
+
+
 def _load_local(name: str, split: str, folder: Path, skip_bad_rows: bool) -> tuple[list[dict], int, str]:
     path = folder / LOCAL_FILES[name][split]
     if not path.is_file():
+        write = f" (python cli.py data {name} --out {folder} writes it from the hub)" if "train" in LOCAL_FILES[name] else ""
         raise ValueError(f"missing data file {path}: {name} {split} is read from {path.name} in the data "
-                         f"folder (format: shared/data/README.md); add it, or unset data.data_dir and "
-                         f"${DATA_DIR_ENV} to load from the Hugging Face hub")
+                         f"folder{write}; add it (format: data/README.md), or unset data.data_dir and "
+                         f"${DATA_DIR_ENV} to load from the bundled data/ folder or the Hugging Face hub")
     fields = _LOCAL_FIELDS.get(name, _FIELDS)
     to_record = lambda raw, lineno: make_record(_parse_line(raw), fields, f"{path.stem}-{lineno}")
     return _collect(_local_rows(path), to_record, skip_bad_rows)
@@ -309,8 +322,8 @@ def _load_hub(name: str, split: str, skip_bad_rows: bool) -> tuple[list[dict], i
     except ImportError:
         raise ValueError(f"loading {name} from the hub needs `datasets` (pip install datasets); or set "
                          f"data.data_dir or ${DATA_DIR_ENV} to a folder of local JSON Lines files") from None
-    print(f"loading {name} {split} from the Hugging Face hub ({repo}); "
-          f"set data.data_dir or ${DATA_DIR_ENV} to use local files")
+    print(f"loading {name} {split} from the Hugging Face hub ({repo}); `python cli.py data {name}` keeps a local "
+          f"copy in data/ (or set data.data_dir or ${DATA_DIR_ENV} to a folder of local files)")
     try:
         rows = datasets.load_dataset(repo, name=config, split=hub_split)
     except OSError as e:  # network, offline mode, missing dataset: all OSError subclasses
@@ -325,13 +338,14 @@ def _load_hub(name: str, split: str, skip_bad_rows: bool) -> tuple[list[dict], i
 def load_benchmark(name: str, split: str = "test", data_dir: str | None = None,
                    skip_bad_rows: bool = False, *, stats: dict | None = None) -> list[dict]:
     """Records `{id, problem, answer[, solution]}` of benchmark `name`, in source order: from
-    `data_dir` (else $MINIPSN_DATA_DIR) as JSON Lines, else from the hub. With `skip_bad_rows`
+    `data_dir` (else $MINIPSN_DATA_DIR, else the bundled data/ folder when it holds the file) as
+    JSON Lines, else from the hub. With `skip_bad_rows`
     malformed rows are skipped, counted and reported in one line; `stats`, when given, receives
     {"source", "loaded", "skipped"}. Zero records is an error."""
     check_name_and_split(name, split)
     if name == "synthetic":
         records, skipped, first, source = synthetic_split(DataConfig(), split), 0, "", "synthetic"
-    elif (folder := resolve_data_dir(data_dir)) is not None:
+    elif (folder := local_folder(name, split, data_dir)) is not None:
         records, skipped, first = _load_local(name, split, folder, skip_bad_rows)
         source = str(folder / LOCAL_FILES[name][split])
     else:
@@ -356,3 +370,28 @@ def load_problems(cfg: DataConfig, split: str, seed: int = 0, *, stats: dict | N
         return records
     else:
         return load_benchmark(cfg.dataset, split, cfg.data_dir or None, cfg.skip_bad_rows, stats=stats)
+
+
+def write_from_hub(name: str, folder: str | Path, force: bool = False) -> list[tuple[Path, int | None]]:
+    """Write every split of benchmark `name` from the hub into `folder` in the local layout (GSM8K with
+    its own field names, data/README.md), each file atomically. A file that exists is kept unless
+    `force`. Returns [(path, rows written, or None when kept)]."""
+    check_name_and_split(name, "test")
+    if name == "synthetic":
+        raise ValueError("synthetic is generated, not downloaded; name a benchmark (gsm8k, math, ...)")
+    folder, done = Path(folder), []
+    problem_key, answer_key, solution_key = _LOCAL_FIELDS.get(name, _FIELDS)
+    for split, file in LOCAL_FILES[name].items():
+        path = folder / file
+        if path.is_file() and not force:
+            done.append((path, None))
+            continue
+        records, _, _, _ = _load_hub(name, split, skip_bad_rows=False)
+        rows = [{"id": r["id"], problem_key: r["problem"], answer_key: r["answer"],
+                 **({solution_key: r["solution"]} if "solution" in r else {})} for r in records]
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{file}.tmp{os.getpid()}")
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        os.replace(tmp, path)
+        done.append((path, len(rows)))
+    return done

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from minipsn import distributed as dist
+from minipsn import folders
 from minipsn.config import Config, EvalConfig, RolloutConfig
 from minipsn.data import format_prompt, load_benchmark, load_problems
 from minipsn.noise import derive_seed
@@ -346,17 +347,33 @@ def default_out(model: str, adapter: str | None, run_dir: Path | None) -> Path:
 def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str | None = None) -> dict:
     """Evaluate the clean policy (base + `adapter`) on `benchmarks`; write OUT/eval.json and
     OUT/samples/<benchmark>.jsonl; return the report. Under torchrun every rank runs this, samples its
-    share of the problems and returns the report; rank 0 writes the files."""
+    share of the problems and returns the report; rank 0 writes the files (and holds OUT meanwhile)."""
+    if not benchmarks:
+        raise ValueError("no benchmarks given")
+    from minipsn.models import check_available
+
+    out = folders.check_writable(out)
+    records = {name: benchmark_records(name, cfg) for name in benchmarks}  # fail on data before loading a model
+    check_available(cfg.model.name)  # and on a hub model that cannot load, before OUT is made
+    joined = not dist.active() and dist.init()  # torchrun: the problems are split over the ranks (_sample_split)
+    if dist.is_main():
+        folders.hold(out)  # one writer: two evaluations into one folder would mix their samples files
+    try:
+        return _evaluate(cfg, benchmarks, records, out, adapter)
+    finally:
+        if dist.is_main():
+            folders.release(out)
+        if joined:
+            dist.close()
+
+
+def _evaluate(cfg: Config, benchmarks: list[str], records: dict[str, list[dict]], out: Path,
+              adapter: str | None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from minipsn.engine import make_engine
     from minipsn.models import load_policy
 
-    if not benchmarks:
-        raise ValueError("no benchmarks given")
-    records = {name: benchmark_records(name, cfg) for name in benchmarks}  # fail on data before loading a model
-    out = Path(out)
-    joined = not dist.active() and dist.init()  # torchrun: the problems are split over the ranks (_sample_split)
     torch.manual_seed(cfg.run.seed)
     model, tok = load_policy(cfg, adapter)
     # the training rollout path (on GPU a folded copy: ~11x NF4 + unmerged LoRA in the DESIGN.md prototype), σ = 0
@@ -377,8 +394,6 @@ def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str |
         tmp = out / f".eval.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, out / "eval.json")
-    if joined:
-        dist.close()
     return report
 
 

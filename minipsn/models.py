@@ -12,6 +12,7 @@ loading path as a hub model afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -57,6 +58,50 @@ def resolve_name(name: str) -> str:
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"unknown model {name!r}: use an alias ({', '.join([*LOCAL_MODELS, *ALIASES])}), "
                      f"a Hugging Face id (org/name) or a local folder{hint}")
+
+
+def check_available(name: str) -> None:
+    """Fail in one line, before any run folder is made, when `name` is a hub model that cannot load:
+    not in the local cache while offline (HF_HUB_OFFLINE), the hub unreachable, or no such model.
+    One request at most (the hub's downloads retry a dead network for close to a minute per file);
+    a cached or local model is not checked."""
+    if name in LOCAL_MODELS or (Path(name).is_dir() and name not in ALIASES):
+        return
+    repo = resolve_name(name)
+    if name not in ALIASES and (repo.startswith((".", "/", "~")) or repo.count("/") != 1):
+        raise ValueError(f"model folder {name} does not exist; give an existing folder, an alias or a hub id (org/name)")
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"model {name} ({repo}) is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                         f"download it once with the network (hf download {repo}), or use a local folder or tiny")
+    client_error = HfHubHTTPError.__bases__[0]  # the hub's HTTP client's base error: no network, timeouts
+    try:
+        HfApi().model_info(repo, timeout=10)
+    except GatedRepoError:
+        raise ValueError(f"model {name} ({repo}) is gated on the Hugging Face hub: accept its licence on "
+                         f"huggingface.co/{repo} and log in (hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"model {name} ({repo}) was not found on the Hugging Face hub (or it is private: "
+                         "hf auth login); check the id") from None
+    except (client_error, OSError) as e:
+        raise ValueError(f"model {name} ({repo}) is not cached and the Hugging Face hub cannot be reached "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else 'no detail'}); "
+                         "check the network, or set HF_HUB_OFFLINE=1 and use a cached model or a local folder") from None
+
+
+def quiet_loading() -> None:
+    """No "Loading weights" bar on every load (six in one compare); the hub's download bars stay."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    downloads = not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # this also turns off the hub's bars
+    if downloads:
+        enable_progress_bars()
 
 
 def pick_device(cfg: ModelConfig) -> torch.device:
@@ -143,6 +188,8 @@ def attach_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = True):
 
 def load_policy(cfg: Config, adapter: str | None = None):
     """Base + LoRA adapter (fresh, or loaded from a saved adapter folder) and the tokenizer."""
+    check_available(cfg.model.name)
+    quiet_loading()
     model, tok = load_base(cfg.model)
     if adapter is None:
         return attach_lora(model, cfg.lora, cfg.model.gradient_checkpointing), tok
@@ -202,7 +249,7 @@ def local_model_dir(name: str) -> Path:
     root = Path(os.environ.get("MINIPSN_CACHE", Path.home() / ".cache" / "minipsn"))
     folder = root / f"{name}-{spec.pop('version')}"
     if not (folder / "done").exists():
-        build_tiny(folder, **spec)
+        build_tiny(folder, **spec, name=name)
     return folder
 
 
@@ -233,12 +280,29 @@ def _train_tokenizer(texts: list[str]):
                                    unk_token="<|endoftext|>", chat_template=TINY_CHAT_TEMPLATE)
 
 
+@contextlib.contextmanager
+def _warm_start_progress(model, name: str, steps: int):
+    """A progress bar over the warm start's steps. Each step is one forward pass of the model, so a
+    forward hook counts them (sft.warm_start stays a plain loop without a callback)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(f"[bold]building {name}: warm start"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("warm start", total=steps)
+        hook = model.register_forward_hook(lambda *_: bar.advance(task))
+        try:
+            yield
+        finally:
+            hook.remove()
+
+
 def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | None = None, seed: int = 0,
-               habit: float | dict[str, float] | None = None) -> Path:
+               habit: float | dict[str, float] | None = None, name: str = "tiny") -> Path:
     """Build and warm-start a tiny model into `folder`: by default the `tiny` preset's model; other
     synthetic-task settings (`data`), warm-start lengths (`steps`), seeds (of the init and the warm-start
     order) and habit shares (`habit`, sft.py) give variants to train
-    with `--model FOLDER` (the tiny preset's settings then come from `--set`)."""
+    with `--model FOLDER` (the tiny preset's settings then come from `--set`). `name` is what the
+    progress line calls it (tiny, testbed)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from minipsn.data import format_prompt, synthetic_split
@@ -253,13 +317,14 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     config = Qwen2Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, **TINY_SHAPE)
     model = Qwen2ForCausalLM(config)
-    print(f"building the tiny model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params): "
-          f"warm start on the synthetic task, cached in {folder}")
+    print(f"building the {name} model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params): "
+          f"warm start on the synthetic task, once (minutes); cached in {folder}", flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # the one sizeable CPU job here: use every core
     try:
         habit = HABIT if habit is None else habit
-        warm_start(model, tok, records, steps=steps or WARM_STEPS, seed=seed, habit=habit)
+        with _warm_start_progress(model, name, steps or WARM_STEPS):
+            warm_start(model, tok, records, steps=steps or WARM_STEPS, seed=seed, habit=habit)
     finally:
         torch.set_num_threads(threads)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")

@@ -2,8 +2,18 @@
 
     passk.png     pass@k (%) against k on a log2 axis, one panel per benchmark (and their average),
                   one line per run or eval: where the curves cross is the paper's headline (Fig. 1)
-    training.png  reward/mean, reward/accuracy, noise/sigma, tis/clip_frac (and eval/pass@1 when the
-                  run logged it) against step, one line per run; raw values faint, a moving average solid
+    training.png  what a PSN-GRPO run is judged by, against step: the verifier's accuracy of the
+                  sampled rollouts, held-out pass@1 of the clean policy, σ, the noise's KL per token,
+                  the TIS effective sample size, the policy's entropy, the share of zero-advantage
+                  groups and the completion length (and the shaped reward, when some run's reward is
+                  not its accuracy); raw values faint, a moving average solid
+
+A source (a run or an eval) keeps one colour in every panel, named once in one legend for the
+figure. The moving average is trailing over the last SMOOTH (10) steps, whatever the run's length,
+so one step's curve reads the same in a 40-step and a 2,000-step run; a run shorter than 2·SMOOTH
+steps is drawn raw, and the sparse held-out evaluations are never smoothed. A flat panel is drawn
+over a stated range ([0, 1] for a fraction, or around its value) with its value written in it,
+not magnified into noise.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so plotting works on a machine
 without a display and never touches a user's interactive backend.
@@ -15,9 +25,27 @@ import math
 from pathlib import Path
 
 from minipsn.checkpoint import read_metrics
+from minipsn.folders import check_writable
 
-TRAIN_KEYS = ("reward/mean", "reward/accuracy", "noise/sigma", "tis/clip_frac")
-OPTIONAL_KEYS = ("eval/pass@1",)  # drawn only when some run logged them
+# (metric, panel title): what a PSN-GRPO run is judged by, in this order
+TRAIN_PANELS = (("reward/accuracy", "accuracy (sampled rollouts)"), ("eval/pass@1", "held-out pass@1 (clean policy)"),
+                ("noise/sigma", "σ"), ("noise/kl_noise", "noise KL per token"), ("tis/ess", "TIS effective sample size"),
+                ("policy/entropy", "entropy per token"), ("reward/zero_adv_frac", "zero-advantage groups"),
+                ("completion/len_mean", "completion length (tokens)"))
+SHAPED = ("reward/mean", "reward (shaped)")  # a panel only when some run's reward differs from its accuracy
+FRACTIONS = {"reward/accuracy", "eval/pass@1", "tis/ess", "reward/zero_adv_frac", "reward/mean"}
+SPARSE = {"eval/pass@1"}  # logged every eval.every steps: points, never smoothed
+SMOOTH = 10  # steps in the trailing moving average
+
+
+def palette(labels: list[str]) -> dict[str, str]:
+    """One colour per source, in the order given: matplotlib's 10-colour cycle, then the light shades of
+    the same ten (tab20's odd entries), then tab20b; 40 sources before a colour repeats."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    extra = [to_hex(c) for c in colormaps["tab20"].colors[1::2] + colormaps["tab20b"].colors]
+    return {label: f"C{i}" if i < 10 else extra[(i - 10) % len(extra)] for i, label in enumerate(labels)}
 
 
 def _label(folder: Path) -> str:
@@ -67,7 +95,7 @@ def _grid(n_panels: int, width: float = 4.2, height: float = 3.2):
 
     cols = min(3, n_panels)
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    fig = Figure(figsize=(width * cols, height * rows + 0.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
@@ -75,25 +103,58 @@ def _grid(n_panels: int, width: float = 4.2, height: float = 3.2):
     return fig, axes[:n_panels]
 
 
-def plot_passk(evals: list[tuple[str, dict]], path: Path) -> Path:
+MARKERS = "os^Dv<>ph*"  # pass@k curves also differ by marker: overlapping curves stay apart, and in grey print
+
+
+def _legend(fig, colors: dict[str, str], names: dict[str, str] | None = None, markers: bool = False) -> None:
+    """One legend for the whole figure, above the panels: each source once, in its colour."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2, marker=MARKERS[i % len(MARKERS)] if markers else None, ms=5)
+               for i, c in enumerate(colors.values())]
+    labels = [(names or {}).get(label, label) for label in colors]
+    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4), fontsize=9, frameon=False)
+
+
+def _flat(ax, key: str, percent: bool = False) -> None:
+    """A panel whose values are all one number: a stated range and the value, not a magnified ±0.04."""
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if math.isfinite(y)]
+    if not ys or max(ys) - min(ys) > 1e-12 * max(1.0, abs(max(ys))):
+        return
+    v, top = ys[0], 100.0 if percent else 1.0
+    if key in FRACTIONS or percent or v == 0:
+        ax.set_ylim(-0.02 * top, 1.02 * top) if 0 <= v <= top else ax.set_ylim(v - 1, v + 1)
+    else:
+        ax.set_ylim(v - abs(v) / 2, v + abs(v) / 2)
+    ax.text(0.5, 0.5, f"constant: {v:.3g}", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def passk_figure(evals: list[tuple[str, dict]]):
     """One panel per benchmark (plus the average when there are several), one line per eval."""
     names = list(dict.fromkeys(b for _, rep in evals for b in rep["benchmarks"]))
     if len(names) > 1:
         names.append("average")
+    colors = palette([label for label, _ in evals])
     fig, axes = _grid(len(names))
     for ax, name in zip(axes, names):
-        for label, rep in evals:
+        for i, (label, rep) in enumerate(evals):
             r = rep["average"] if name == "average" else rep["benchmarks"].get(name)
             if r is None:
                 continue
             ks = sorted(int(k) for k in r["pass@k"])
-            ax.plot(ks, [100 * r["pass@k"][str(k)] for k in ks], marker="o", ms=3, label=f"{label} (n={r['n']})")
+            ax.plot(ks, [100 * r["pass@k"][str(k)] for k in ks], marker=MARKERS[i % len(MARKERS)], ms=4,
+                    color=colors[label], label=label)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter("{x:g}")
         ax.set(title=name, xlabel="k", ylabel="pass@k (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+        _flat(ax, name, percent=True)
+    _legend(fig, colors, {label: f"{label} (n={rep['n']})" for label, rep in evals}, markers=True)
+    return fig
+
+
+def plot_passk(evals: list[tuple[str, dict]], path: Path) -> Path:
+    passk_figure(evals).savefig(path, dpi=120)
     return path
 
 
@@ -106,31 +167,46 @@ def _smooth(ys: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_training(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
-    """One panel per metric, one line per run."""
-    keys = [*TRAIN_KEYS, *(k for k in OPTIONAL_KEYS if any(k in m for _, rows in runs for m in rows))]
-    fig, axes = _grid(len(keys))
-    for ax, key in zip(axes, keys):
+def _panels(runs: list[tuple[str, list[dict]]]) -> list[tuple[str, str]]:
+    """TRAIN_PANELS, and the shaped reward after the accuracy when some run's differs from it."""
+    shaped = any("reward/mean" in m and m["reward/mean"] != m.get("reward/accuracy") for _, rows in runs for m in rows)
+    return [TRAIN_PANELS[0], *([SHAPED] if shaped else []), *TRAIN_PANELS[1:]]
+
+
+def training_figure(runs: list[tuple[str, list[dict]]]):
+    """One panel per metric (`_panels`), one colour per run across them all, one legend."""
+    panels = _panels(runs)
+    colors = palette([label for label, _ in runs])
+    fig, axes = _grid(len(panels))
+    for ax, (key, title) in zip(axes, panels):
         positive = True
-        for i, (label, rows) in enumerate(runs):
-            pts = [(m["step"], m[key]) for m in rows if key in m and "step" in m and m[key] is not None]
+        for label, rows in runs:
+            pts = [(m["step"], m[key]) for m in rows if "step" in m and m.get(key) is not None]
             if not pts:
                 continue
             xs, ys = zip(*pts)
             positive &= min(ys) > 0
-            color = f"C{i % 10}"
-            window = max(1, len(ys) // 20)
-            if window > 1:
-                ax.plot(xs, ys, color=color, alpha=0.25, lw=0.8)
-            ax.plot(xs, _smooth(list(ys), window), color=color, lw=1.5, label=label)
+            if key in SPARSE:
+                ax.plot(xs, ys, color=colors[label], lw=1.5, marker="o", ms=3, label=label)
+                continue
+            smooth = len(ys) >= 2 * SMOOTH
+            if smooth:
+                ax.plot(xs, ys, color=colors[label], alpha=0.25, lw=0.8, label=f"_raw {label}")
+            ax.plot(xs, _smooth(list(ys), SMOOTH) if smooth else ys, color=colors[label], lw=1.5, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set(xlabel="step", ylabel=key)
+        ax.grid(alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         elif key == "noise/sigma" and positive:
             ax.set_yscale("log")  # σ moves multiplicatively under the σ controllers
-        ax.set(title=key, xlabel="step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+        _flat(ax, key)
+    _legend(fig, colors)
+    return fig
+
+
+def plot_training(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
+    training_figure(runs).savefig(path, dpi=120)
     return path
 
 
@@ -146,8 +222,8 @@ def plot(paths: list[str], out: str | Path | None = None) -> list[Path]:
     """Draw passk.png (when any eval.json) and training.png (when any metrics.jsonl) into `out`."""
     if not paths:
         raise ValueError("give at least one run folder, eval folder or eval.json")
+    out = check_writable(out if out else default_out(paths))
     evals, runs = find_sources(paths)
-    out = Path(out) if out else default_out(paths)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if evals:

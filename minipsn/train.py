@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from minipsn import algo, checkpoint, trackers
+from minipsn import algo, checkpoint, folders, trackers
 from minipsn import distributed as dist
 from minipsn.config import Config, GRPOConfig, RewardConfig
 from minipsn.data import format_prompt, load_problems
 from minipsn.engine import make_engine
 from minipsn.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
-from minipsn.models import load_policy
+from minipsn.models import check_available, load_policy
 from minipsn.noise import derive_seed, perturbation_size, row_seeds
 from minipsn.rewards import correctness_rewards, overlong_penalty, shaped_reward
 from minipsn.rollout import Rollouts, sample
@@ -81,17 +81,21 @@ def advantages(rewards: torch.Tensor, correct: torch.Tensor, cfg: GRPOConfig) ->
 
 
 def prepare_run_dir(cfg: Config, resume: bool) -> Path:
-    """Create (or, on resume, check) the run folder and write the resolved config."""
-    run_dir = Path(cfg.run.out)
-    if resume:
-        if checkpoint.latest(run_dir) is None and not (run_dir / "config.json").is_file():
-            raise ValueError(f"{run_dir} is not a run folder (no config.json, no checkpoint); nothing to resume")
-    elif (run_dir / "metrics.jsonl").exists():
-        raise ValueError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
+    """Check the run folder can be written, take it for this process (one writer per run folder: a
+    second `train` or `--resume` on it fails here, at once), check it holds no other run (on resume:
+    that it holds this one) and write the resolved config."""
+    run_dir = folders.check_writable(cfg.run.out)
+    if resume and checkpoint.latest(run_dir) is None and not (run_dir / "config.json").is_file():
+        raise ValueError(f"{run_dir} is not a run folder (no config.json, no checkpoint); nothing to resume")
+    folders.hold(run_dir)  # before anything is written
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (run_dir / "metrics.jsonl").exists():
+            raise ValueError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    except OSError as e:
+    except (OSError, ValueError) as e:
+        folders.release(run_dir)
+        if isinstance(e, ValueError):
+            raise
         raise ValueError(f"cannot write to the run folder {run_dir}: {e.strerror}; choose another --out") from None
     return run_dir
 
@@ -140,6 +144,7 @@ class Trainer:
     """The state of one run; `step()` is one PSN-GRPO step, `run()` the loop with logging."""
 
     def __init__(self, cfg: Config, reward_fn=None, resume: bool = False):
+        check_available(cfg.model.name)  # a hub model that cannot load fails before the run folder is made
         if dist.init():  # torchrun: K processes, each with its share of every step's prompts (distributed.py)
             check_world(cfg)
             self.run_dir = prepare_run_dir(cfg, resume) if dist.is_main() else Path(cfg.run.out)
@@ -367,13 +372,17 @@ class Trainer:
         main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
         previous = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
         try:
-            finished = self._loop(on_step)
+            self._loop(on_step)
+            if dist.is_main():
+                checkpoint.save_final_adapter(self.run_dir, self.model)
+                self._print_eval_summary()
+        except KeyboardInterrupt as e:  # a second Ctrl-C: stopped at once; say what the folder holds
+            raise folders.interrupted(e, self.run_dir) from None
         finally:
             if main_thread:
                 signal.signal(signal.SIGINT, previous)
-        if finished and dist.is_main():
-            checkpoint.save_final_adapter(self.run_dir, self.model)
-            self._print_eval_summary()
+            if dist.is_main():
+                folders.release(self.run_dir)
         return self.run_dir
 
     def _print_eval_summary(self) -> None:
@@ -386,7 +395,7 @@ class Trainer:
                   f"{last['eval/pass@1']:.3f} at step {last['step']} "
                   f"({self.cfg.eval.problems or 'all'} problems × {self.cfg.eval.n} samples)")
 
-    def _loop(self, on_step) -> bool:
+    def _loop(self, on_step) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         steps = self.cfg.run.steps
@@ -404,8 +413,8 @@ class Trainer:
             for step in range(self.start, steps):
                 if dist.any_true(self.stop_requested):  # torchrun: one rank's Ctrl-C stops all of them at this step
                     self.save(step)
-                    print(f"stopped after step {step}; checkpoint saved. Continue: python cli.py train --resume {self.run_dir}")
-                    return False
+                    raise folders.RunInterrupted(f"stopped after step {step}; checkpoint saved: continue with "
+                                                 f"python cli.py train --resume {self.run_dir}")
                 m = self.step(step)
                 if every and (step + 1) % every == 0:
                     m.update(self.evaluate(step))
@@ -416,7 +425,6 @@ class Trainer:
                     on_step(m)
                 if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == steps:
                     self.save(step + 1)
-        return True
 
     def _on_sigint(self, signum, frame):
         """First Ctrl-C: finish this step, save, exit. Second: stop now (the last checkpoint stays)."""
@@ -443,7 +451,10 @@ def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None) -> Pa
     """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/).
     Under torchrun, every process runs this (see distributed.py); rank 0 writes the run folder."""
     joined = not dist.active()  # a caller's process group (compare's) stays open for its next job
-    run_dir = Trainer(cfg, reward_fn, resume).run(on_step)
+    try:
+        run_dir = Trainer(cfg, reward_fn, resume).run(on_step)
+    except KeyboardInterrupt as e:  # Ctrl-C while the model loads, before the trainer's own handler is set
+        raise folders.interrupted(e, Path(cfg.run.out)) from None
     if joined:
         dist.close()
     return run_dir

@@ -10,7 +10,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)  # tiny matrices: one thread is as fast and never oversubscribes
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "data"  # the evaluation sets that ship with the repository
+TRAIN_DATA = REPO.parent / "shared" / "data"  # the training sets, where a checkout has them (data/README.md)
+
+
+def data_file(name: str) -> Path:
+    """A benchmark file: the bundled copy, else the training sets' folder (may not exist)."""
+    return DATA / name if (DATA / name).is_file() else TRAIN_DATA / name
 
 
 # Modules whose tests load the warm-started `tiny` model (some in subprocesses under a time limit).

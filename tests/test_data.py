@@ -11,8 +11,10 @@ import pytest
 from minipsn import data
 from minipsn.config import DataConfig
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # the training sets, where a checkout has them
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no local data folder at {DATA_DIR}")
+BUNDLED = {(name, split) for name, splits in data.LOCAL_FILES.items() for split, file in splits.items()
+           if (data.BUNDLED_DIR / file).is_file()}
 
 EXPECTED_ROWS = {
     ("gsm8k", "train"): 7473, ("gsm8k", "test"): 1319, ("math", "train"): 7500, ("math500", "test"): 500,
@@ -37,11 +39,20 @@ def good_rows(n: int = 3) -> list[dict]:
 
 # ---- the real local files -------------------------------------------------------------------
 
-@needs_data
+def test_the_evaluation_sets_ship_with_the_repository():
+    """Every benchmark's test split is in data/ (a fresh clone evaluates offline), with its README."""
+    assert {(n, "test") for n in data.LOCAL_FILES} <= BUNDLED
+    assert (data.BUNDLED_DIR / "README.md").is_file()
+
+
 @pytest.mark.parametrize("name,split", list(EXPECTED_ROWS))
 def test_local_benchmark_row_counts_and_shape(name, split):
+    """The bundled sets load with no data folder named; the training sets from ../shared/data."""
+    if (name, split) not in BUNDLED and not DATA_DIR.is_dir():
+        pytest.skip(f"{name} {split} is not bundled and there is no {DATA_DIR}")
     stats = {}
-    records = data.load_benchmark(name, split, data_dir=str(DATA_DIR), stats=stats)
+    records = data.load_benchmark(name, split, data_dir=None if (name, split) in BUNDLED else str(DATA_DIR), stats=stats)
+    assert stats["source"].startswith(str(data.BUNDLED_DIR if (name, split) in BUNDLED else DATA_DIR))
     assert len(records) == EXPECTED_ROWS[(name, split)] == stats["loaded"] and stats["skipped"] == 0
     for r in records:
         for key in ("id", "problem", "answer"):
@@ -56,6 +67,57 @@ def test_gsm8k_maps_question_and_final():
     assert first["id"] == "gsm8k-train-00000"
     assert first["problem"].startswith("Natalia sold clips") and first["answer"] == "72"
     assert first["solution"].endswith("#### 72")
+
+
+def test_lookup_order_data_dir_then_env_then_bundled_then_hub(tmp_path, monkeypatch):
+    def no_hub(path, name=None, split=None):
+        raise AssertionError(f"the hub was asked for {path}")
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=no_hub))
+    stats = {}
+    assert len(data.load_benchmark("aime24", stats=stats)) == 30  # offline, no folder named: the bundled copy
+    assert stats["source"] == str(data.BUNDLED_DIR / "aime24.jsonl")
+    env, given = tmp_path / "env", tmp_path / "given"
+    for folder, n in ((env, 2), (given, 3)):
+        folder.mkdir()
+        write_jsonl(folder / "aime24.jsonl", good_rows(n))
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(env))
+    assert len(data.load_benchmark("aime24")) == 2  # $MINIPSN_DATA_DIR before the bundled copy
+    assert len(data.load_benchmark("aime24", data_dir=str(given))) == 3  # data.data_dir before both
+    monkeypatch.delenv(data.DATA_DIR_ENV)
+    calls = fake_hub(monkeypatch, [{"question": "q", "answer": "1 + 1 = 2\n#### 2"}])
+    assert data.load_benchmark("gsm8k", "train")[0]["answer"] == "2"  # a training set not in data/: the hub
+    assert calls == [("openai/gsm8k", "main", "train")]
+
+
+def test_data_command_writes_hub_sets_in_the_local_layout(tmp_path, monkeypatch):
+    """`python cli.py data gsm8k math`: each split from the hub (stubbed), in the layout the local loader
+    reads, so the records are the hub's; an existing file is kept unless --force."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    rows = {"openai/gsm8k": [{"question": "q", "answer": "3 + 4 = 7\n#### 1,007"}],
+            "DigitalLearningGmbH/MATH-lighteval": [{"problem": "p", "solution": "so \\boxed{\\frac12}"}],
+            "HuggingFaceH4/MATH-500": [{"problem": "p5", "solution": "s", "answer": "5"}]}
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda path, name, split: rows[path]))
+    monkeypatch.setattr(data, "BUNDLED_DIR", tmp_path / "no-bundled")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli.app, ["data", "gsm8k", "math", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["gsm8k_test.jsonl", "gsm8k_train.jsonl", "math500_test.jsonl",
+                                                     "math_train.jsonl"]
+    assert json.loads((out / "gsm8k_train.jsonl").read_text()) == {
+        "id": "gsm8k-train-00000", "question": "q", "final": "1007", "answer": "3 + 4 = 7\n#### 1,007"}
+    for name in ("gsm8k", "math"):
+        for split in ("train", "test"):
+            assert data.load_benchmark(name, split, str(out)) == data.load_benchmark(name, split)  # local == hub
+    (out / "math_train.jsonl").write_text("kept\n")
+    res = CliRunner().invoke(cli.app, ["data", "math", "--out", str(out)])
+    assert "math_train.jsonl: exists, kept" in res.output and (out / "math_train.jsonl").read_text() == "kept\n"
+    res = CliRunner().invoke(cli.app, ["data", "math", "--out", str(out), "--force"])
+    assert res.exit_code == 0 and "math_train.jsonl: 1 rows" in res.output
+    res = CliRunner().invoke(cli.app, ["data", "synthetic", "--out", str(out)])
+    assert res.exit_code == 2 and "synthetic is generated" in res.output
 
 
 @needs_data
@@ -228,6 +290,7 @@ def fake_hub(monkeypatch, rows: list[dict]) -> list[tuple]:
         calls.append((path, name, split))
         return rows
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(data, "BUNDLED_DIR", Path("/no/bundled/data"))  # the bundled copies would come first
     return calls
 
 
@@ -271,6 +334,7 @@ def test_hub_math_train_boxes_and_known_empty_boxes(monkeypatch):
 
 def test_hub_without_datasets_package_says_what_to_do(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
+    monkeypatch.setattr(data, "BUNDLED_DIR", Path("/no/bundled/data"))
     with pytest.raises(ValueError, match=r"needs `datasets`.*MINIPSN_DATA_DIR"):
         data.load_benchmark("gsm8k", "test")
 
@@ -279,6 +343,7 @@ def test_hub_network_error_is_reported_with_the_offline_fix(monkeypatch):
     def load_dataset(path, name=None, split=None):
         raise ConnectionError("no network")
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(data, "BUNDLED_DIR", Path("/no/bundled/data"))
     with pytest.raises(ValueError, match=r"cannot load HuggingFaceH4/MATH-500.*no network.*data_dir"):
         data.load_benchmark("math500")
 

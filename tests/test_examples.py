@@ -1,8 +1,12 @@
-"""Examples are programs: each runs on the tiny model here, so it cannot drift from the code."""
+"""Examples are programs: each runs on the tiny model here, so it cannot drift from the code; run twice,
+each continues or reuses what the first run made."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 from tests.test_train import ENV
@@ -45,13 +49,37 @@ def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
         suggested = json.loads((out / "calibrate" / "calibrate.json").read_text())["suggested_sigma"]
         assert json.loads((out / "config.json").read_text())["noise"]["sigma"] == suggested
     assert (tmp_path / "qwen_math.py" / "eval" / "eval.json").is_file()
+    # run again: the calibration is reused and the finished run resumes (nothing redone, no traceback)
+    out = tmp_path / "qwen_gsm8k.py"
+    calibrated = (out / "calibrate" / "calibrate.json").read_text()
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "qwen_gsm8k.py"), "", str(out)], cwd=REPO,
+                          env=env_tiny, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"resumed {out} at step 2" in proc.stdout and (out / "calibrate" / "calibrate.json").read_text() == calibrated
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_psn_vs_grpo_example_writes_its_table(tmp_path):
-    out = run_example("psn_vs_grpo_tiny.py", str(tmp_path / "cmp"), "1", "1", "4", "4")
+    args = (str(tmp_path / "cmp"), "1", "1", "4", "4")
+    out = run_example("psn_vs_grpo_tiny.py", *args)
     assert "| base (before RL) | 1 |" in out and "| grpo | 1 |" in out and "| psn-adaptive | 1 |" in out
     for f in ("compare.md", "compare.json", "compare.png"):
         assert (tmp_path / "cmp" / f).is_file()
+    again = run_example("psn_vs_grpo_tiny.py", *args)  # a rerun reuses every finished job
+    assert again.count("done, reusing") == 4 and "training" not in again
+
+
+def test_psn_vs_grpo_example_takes_each_argument_it_names():
+    """[OUT] [STEPS] [SEEDS] [N] [PROBLEMS]: any prefix of them, the rest at their defaults."""
+    spec = importlib.util.spec_from_file_location("psn_vs_grpo_tiny", REPO / "examples" / "psn_vs_grpo_tiny.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # defines main() and parse(); runs nothing
+    assert example.parse([]) == ("runs/psn-vs-grpo-tiny", 40, 3, 64, 100)
+    assert example.parse(["o", "5", "2", "8"]) == ("o", 5, 2, 8, 100)  # the 4 arguments that used to fail
+    assert example.parse(["o", "5", "2", "8", "9"]) == ("o", 5, 2, 8, 9)
+    for bad in (["o", "x"], ["o", "1", "1", "1", "1", "1"]):
+        with pytest.raises(SystemExit, match="error: "):
+            example.parse(bad)
 
 
 def _generator_calls(path):

@@ -1,8 +1,12 @@
-"""The package installs: `pip install -e .` in a fresh venv gives a `minipsn` console script that trains."""
+"""The package installs the way the README says: `make install` into a fresh venv gives a `minipsn` console
+script that trains. It works whether pytest runs under the system python or inside a virtualenv."""
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import torch
 
 from tests.conftest import REPO
 
@@ -13,17 +17,34 @@ def _run(args, cwd, env, timeout):
     return proc
 
 
-def test_a_fresh_venv_installs_the_package_and_its_console_script_trains(tmp_path, tiny_model):
-    """torch and the other dependencies come from the system (--system-site-packages), as `make install`
-    leaves them; --no-build-isolation builds with the installed setuptools, so nothing is downloaded.
-    The script runs outside the checkout, so `minipsn` is found as the installed package."""
+def _site_dirs() -> list[str]:
+    """The package folders of the interpreter running the tests: a virtualenv's own, or the system's.
+    (`venv --system-site-packages` would give the *base* interpreter's instead, which inside a
+    virtualenv is not where `make install` put anything.)"""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+
+
+def test_make_install_into_a_fresh_venv_gives_a_console_script_that_trains(tmp_path, tiny_model):
+    """`make install PY=venv/bin/python`, as a user runs it, with nothing downloaded: the venv sees this
+    interpreter's packages through a .pth file (processed like a site folder, so their own .pth files
+    work too), so pip finds every requirement already satisfied; PIP_NO_INDEX makes any download an
+    error. TORCH is this interpreter's exact torch, and the package builds without build isolation
+    (requirements-dev.txt brings setuptools). The script runs outside the checkout, so `minipsn` is
+    found as the installed package, the checkout's own, not another one the base interpreter holds."""
     venv = tmp_path / "venv"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    # --without-pip: the system's pip (seen through the system site-packages) installs into the venv
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], tmp_path, env, 300)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PIP_DISABLE_PIP_VERSION_CHECK="1",
+               PIP_NO_INDEX="1", PIP_NO_INPUT="1")
+    # --without-pip: this interpreter's pip, seen through the .pth file, installs into the venv
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env, 300)
     python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", str(REPO)], tmp_path, env, 600)
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env, 60)
+    lines = [f"import site; site.addsitedir({d!r})" for d in _site_dirs()]
+    Path(site.stdout.strip(), "zz_test_parent_site.pth").write_text("\n".join(lines) + "\n")  # after the venv's own
+
+    make = _run(["make", "-C", str(REPO), "install", f"PY={python}", f"TORCH=torch=={torch.__version__}"],
+                tmp_path, env, 900)
+    assert "Successfully installed minipsn" in make.stdout, make.stdout[-2000:]
     where = _run([str(python), "-c", "import minipsn, cli; print(minipsn.__file__)"], tmp_path, env, 120)
     assert where.stdout.strip() == str(REPO / "minipsn" / "__init__.py")
     out = tmp_path / "run"

@@ -3,7 +3,7 @@ import pytest
 
 from minipsn.config import METHODS, build_config
 from minipsn.train import Trainer
-from tests.conftest import DATA
+from tests.conftest import TRAIN_DATA
 
 SMALL = {"run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4", "rollout.max_new_tokens": "24"}
 SAME = ("reward/mean", "reward/accuracy", "loss/policy", "tis/weight_mean", "tis/clip_frac", "noise/sigma",
@@ -36,10 +36,10 @@ def test_psn_with_sigma_zero_equals_grpo_exactly(tmp_path):
             assert a[key] == b[key], key
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
+@pytest.mark.skipif(not TRAIN_DATA.is_dir(), reason="../shared/data (GSM8K and MATH train) is absent")
 @pytest.mark.parametrize("dataset", ["gsm8k", "math"])
 def test_real_dataset_trains_end_to_end(tmp_path, dataset):
-    rows, tr = run_steps(tmp_path, dataset, None, {"data.dataset": dataset, "data.data_dir": str(DATA),
+    rows, tr = run_steps(tmp_path, dataset, None, {"data.dataset": dataset, "data.data_dir": str(TRAIN_DATA),
                                                     "model.max_prompt_tokens": "2048"}, steps=1)
     assert tr.records[0]["id"].startswith("gsm8k-train" if dataset == "gsm8k" else "train/")
     assert 0.0 <= rows[0]["reward/accuracy"] <= 1.0 and rows[0]["completion/len_mean"] > 0

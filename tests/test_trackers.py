@@ -2,6 +2,7 @@
 equal to metrics.jsonl across a resume after a kill, W&B offline, samples.jsonl's fields and values."""
 import json
 import sys
+import types
 from types import SimpleNamespace
 
 import pytest
@@ -114,7 +115,12 @@ def test_tensorboard_and_samples_match_metrics_after_a_kill_and_resume(tmp_path,
 
 
 def test_wandb_offline_writes_a_run_and_a_resume_continues_it(tmp_path, monkeypatch):
+    """Both W&B runs start in the same second (the clock W&B stamps a run's folder with is frozen), as
+    they may on any machine: the resume must still get a folder and a file of its own."""
     wandb = pytest.importorskip("wandb")
+    from wandb.sdk import wandb_init
+
+    monkeypatch.setattr(wandb_init, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.25))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
@@ -128,8 +134,10 @@ def test_wandb_offline_writes_a_run_and_a_resume_continues_it(tmp_path, monkeypa
     assert again.run.id == run_id  # the resumed run logs into the same W&B run
     again.log({"step": 2, "reward/mean": 0.75})
     again.close()
-    offline = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    # one folder per start; a second start in the same second gets a numbered suffix (`-1`)
+    offline = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb"))
     assert len(offline) == 2 and all(f.stat().st_size > 0 for f in offline), wandb.__version__
+    assert len({f.parent.name.split("-")[2] for f in offline}) == 1  # the same second, as frozen
 
 
 def test_a_resume_may_change_where_it_logs(tmp_path):

@@ -113,14 +113,16 @@ def test_simulated_oom_halves_the_rollout_batch_and_the_learner_budget(tmp_path,
         tr.step(1)
 
 
-def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path):
-    """A tiny model for another synthetic task (2 warm-start steps here, to stay quick) loads by folder."""
+def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path, capsys):
+    """A tiny model for another synthetic task (2 warm-start steps here, to stay quick) loads by folder;
+    the build names the model it builds."""
     from minipsn.config import DataConfig, build_config
     from minipsn.models import build_tiny
     from minipsn.train import Trainer
 
     data = DataConfig(n_ops=3, ops="+-*", n_train=80, n_test=5)  # a warm-start batch takes 64
-    folder = build_tiny(tmp_path / "tiny3", data, steps=2)
+    folder = build_tiny(tmp_path / "tiny3", data, steps=2, name="tiny3")
+    assert capsys.readouterr().out.startswith("building the tiny3 model (")
     done = json.loads((folder / "done").read_text())
     assert done["data"]["n_ops"] == 3 and done["data"]["ops"] == "+-*" and done["warm_steps"] == 2
     cfg = build_config(model=str(folder), sets={"run.out": str(tmp_path / "run"), "data.n_ops": "3", "data.ops": "+-*",
@@ -137,6 +139,7 @@ def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path
 def test_cli_headroom_reports_pass_at_k_next_to_guessing(tmp_path):
     proc = cli("headroom", "--model", "tiny", "--n", "8", "--problems", "4", "--out", str(tmp_path / "hr"))
     assert "best guess pass@k" in proc.stdout
+    assert "Loading weights" not in proc.stderr  # transformers' per-load progress bar is off
     result = json.loads((tmp_path / "hr" / "headroom.json").read_text())
     assert set(result["pass@k"]) == {"1", "2", "4", "8"} and result["problems"] == 4
     # the tiny task's answers are small integers: a uniform guess over their range is often right

@@ -5,7 +5,6 @@ import json
 import multiprocessing
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,15 +12,15 @@ from hypothesis import strategies as st
 
 from minipsn import verify
 from minipsn.verify import bench_verifier, extract_answer, is_equivalent, verify_stats, warm_up
+from tests.conftest import data_file
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SLACK = 5.0  # seconds a check may take beyond its limit (killing the worker, scheduling on a busy machine)
 # README: these two MATH solutions end in an empty \boxed{}; their `answer` was set to 0 by hand
 EMPTY_BOX_IDS = {"train/number_theory/7115.json", "train/number_theory/7117.json"}
 
 
 def _rows(name: str) -> list[dict]:
-    path = DATA / name
+    path = data_file(name)
     if not path.exists():
         pytest.skip(f"benchmark data not found at {path}")
     with path.open(encoding="utf-8") as f:

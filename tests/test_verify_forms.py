@@ -4,7 +4,6 @@ inequalities, matrices, equations and chains, ≈, lists joined by , and or ;, \
 positives it must not create. The labelled table of real benchmark answers is test_verify_pairs.py."""
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +11,7 @@ from hypothesis import strategies as st
 
 from minipsn import verify
 from minipsn.verify import extract_answer, is_equivalent, normalise, verify_stats, warm_up
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import DATA
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -217,9 +215,7 @@ def test_extract_boxed_only():
 
 
 def test_olympiadbench_answers_survive_the_sympy_stage():
-    path = DATA / "olympiadbench.jsonl"
-    if not path.exists():
-        pytest.skip(f"benchmark data not found at {path}")
+    path = DATA / "olympiadbench.jsonl"  # bundled: always there
     rows = [json.loads(line) for line in path.open(encoding="utf-8")]
     errors = verify_stats()["errors"]
     # three answers are prose or a non-answer ("t(0,4]"): the worker refuses them, as it should

@@ -1,0 +1,128 @@
+"""A stored result is reused only with the settings it was made with: compare's jobs (training and
+evaluation) and base row, and calibrate.json in the examples. Training and evaluation are stand-ins
+that write what the real ones write (config.json through the trainer's own set-up, eval.json with the
+config), so these run in a second."""
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from minipsn import calibrate, compare, folders
+from minipsn.config import build_config
+from minipsn.evaluate import ks_for
+
+
+@pytest.fixture
+def jobs(monkeypatch):
+    """Stand-ins for train and evaluate; returns the list of what ran, ("train" | "eval", folder name)."""
+    from minipsn.train import prepare_run_dir
+
+    ran = []
+
+    def train(cfg, resume=False):
+        run = prepare_run_dir(cfg, resume)
+        (run / "adapter").mkdir(exist_ok=True)
+        (run / "adapter" / "adapter_config.json").write_text("{}")
+        folders.release(run)
+        ran.append(("train", run.name))
+        return run
+
+    def evaluate(cfg, benchmarks, out, adapter=None):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        bench = {"n": cfg.eval.n, "problems": 2, "pass@k": {str(k): 0.25 for k in ks_for(cfg.eval.n)}, "mean_acc": 0.25,
+                 "maj_acc": 0.5,
+                 "mean_len": 3.0, "trunc_rate": 0.0}
+        report = {"model": cfg.model.name, "adapter": adapter, "n": cfg.eval.n, "seed": cfg.run.seed,
+                  "benchmarks": {b: bench for b in benchmarks}, "average": bench, "config": cfg.to_dict()}
+        (out / "eval.json").write_text(json.dumps(report))
+        ran.append(("eval", out.parent.name))
+        return report
+
+    monkeypatch.setattr("minipsn.train.train", train)
+    monkeypatch.setattr("minipsn.evaluate.evaluate", evaluate)
+    return ran
+
+
+SETS = {"run.steps": 4, "eval.n": 2, "eval.problems": 2}
+
+
+def test_a_rerun_reuses_only_what_was_made_with_the_same_settings(tmp_path, jobs):
+    out = tmp_path / "grid"
+    compare.compare("tiny", ["grpo", "psn"], 1, out, SETS)
+    assert sorted(jobs) == [("eval", "base"), ("eval", "grpo-s0"), ("eval", "psn-s0"), ("train", "grpo-s0"),
+                            ("train", "psn-s0")]
+    jobs.clear()
+    compare.compare("tiny", ["grpo", "psn"], 1, out, {**SETS, "run.log_to": "jsonl,tensorboard"})  # bookkeeping only
+    assert jobs == []
+    for key, value, said, stale in (("run.steps", 5, "run.steps (4 → 5)", "grpo-s0, psn-s0"),
+                                    ("grpo.lr", 1e-2, "grpo.lr (0.0002 → 0.01)", "grpo-s0, psn-s0"),
+                                    ("eval.n", 4, "eval.n (2 → 4)", "base, grpo-s0, psn-s0"),
+                                    ("noise.sigma", 0.05, "noise.sigma (0.021 → 0.05)", "psn-s0")):
+        with pytest.raises(ValueError) as e:
+            compare.compare("tiny", ["grpo", "psn"], 1, out, {**SETS, key: value})
+        assert str(e.value) == (f"{out} holds results made with other settings: {stale} differ in {said}; "
+                                "rerun with --recompute to redo them, or choose another --out")
+        assert jobs == []  # refused before anything ran
+    with pytest.raises(ValueError, match=r"base, grpo-s0 differ in benchmarks \(synthetic → synthetic,aime24\)"):
+        compare.compare("tiny", ["grpo"], 1, out, SETS, benchmarks=("synthetic", "aime24"))
+
+
+def test_recompute_redoes_the_training_or_only_the_evaluation(tmp_path, jobs):
+    out = tmp_path / "grid"
+    compare.compare("tiny", ["grpo"], 1, out, SETS)
+    jobs.clear()
+    compare.compare("tiny", ["grpo"], 1, out, {**SETS, "run.steps": 5}, recompute=True)
+    assert jobs == [("train", "grpo-s0"), ("eval", "grpo-s0")]  # the base row does not depend on run.steps
+    assert json.loads((out / "grpo-s0" / "config.json").read_text())["run"]["steps"] == 5
+    jobs.clear()
+    compare.compare("tiny", ["grpo"], 1, out, {**SETS, "run.steps": 5, "eval.n": 4}, recompute=True)
+    assert jobs == [("eval", "base"), ("eval", "grpo-s0")]  # the training is still the one asked for
+    assert json.loads((out / "compare.json").read_text())["n"] == 4
+
+
+def test_cli_compare_with_other_steps_fails_in_one_line_naming_run_steps(tmp_path, jobs):
+    import cli
+
+    out = tmp_path / "grid"
+    args = ["compare", "--model", "tiny", "--methods", "grpo", "--seeds", "1", "--n", "2", "--out", str(out)]
+    assert CliRunner().invoke(cli.app, [*args, "--steps", "4"]).exit_code == 0
+    result = CliRunner().invoke(cli.app, [*args, "--steps", "2"])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "differ in run.steps (4 → 2)" in line and "--recompute" in line, line
+    assert "reusing" not in result.output
+    result = CliRunner().invoke(cli.app, [*args, "--steps", "2", "--recompute"])
+    assert result.exit_code == 0, result.output
+    assert "| grpo | 1 | 25.0 |" in result.output  # one seed: no "± 0.0"
+
+
+def test_one_seed_prints_no_spread_and_several_do():
+    summary = compare.summarize({"base": [_report(0.1)], "grpo": [_report(0.2)], "psn": [_report(0.2), _report(0.4)]})
+    table = compare.markdown(summary, 1)
+    assert "| base (before RL) | 1 | 10.0 |" in table and "| grpo | 1 | 20.0 |" in table
+    assert "| psn | 2 | 30.0 ± 10.0 |" in table and "± 0.0" not in table
+
+
+def _report(p):
+    r = {"pass@k": {"1": p}, "mean_acc": p, "maj_acc": p}
+    return {"average": r}
+
+
+def test_calibrate_json_is_reused_only_with_its_settings(tmp_path):
+    cfg, sigmas = build_config("testbed"), [0.0, 0.01, 0.02]
+    path = tmp_path / "calibrate.json"
+    assert calibrate.reuse(path, cfg, sigmas, 0.003, 2) is None
+    report = json.loads(json.dumps({"suggested_sigma": 0.019, "settings": calibrate.settings(cfg, sigmas, 0.003, 2, None)}))
+    path.write_text(json.dumps(report))
+    assert calibrate.reuse(path, cfg, sigmas, 0.003, 2) == report
+    longer = build_config("testbed", sets={"run.steps": 500, "grpo.lr": 1e-3})  # not what σ is measured with
+    assert calibrate.reuse(path, longer, sigmas, 0.003, 2) == report
+    with pytest.raises(ValueError, match=r"measured with other settings: draws \(2 → 1\)"):
+        calibrate.reuse(path, cfg, sigmas, 0.003, 1)
+    with pytest.raises(ValueError, match=r"measured with other settings: lora.rank \(8 → 16\)"):
+        calibrate.reuse(path, build_config("testbed", sets={"lora.rank": 16}), sigmas, 0.003, 2)
+    path.write_text(json.dumps({"suggested_sigma": 0.019}))  # made before the settings were stored
+    with pytest.raises(ValueError, match="does not record the settings"):
+        calibrate.reuse(path, cfg, sigmas, 0.003, 2)
