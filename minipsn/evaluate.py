@@ -36,9 +36,9 @@ from minipsn import distributed as dist
 from minipsn.config import Config, EvalConfig, RolloutConfig
 from minipsn.data import format_prompt, load_benchmark, load_problems
 from minipsn.noise import derive_seed
-from minipsn.rewards import correctness_reward
+from minipsn.rewards import correctness_rewards
 from minipsn.rollout import sample
-from minipsn.verify import extract_answer
+from minipsn.verify import VERIFIERS, extract_answer
 from minipsn.verify import normalise as normalise_answer  # the verifier's canonical spelling
 
 _ANSWER_CHARS = 200  # stored answers are cut here: enough to vote on, keeps samples files small
@@ -115,12 +115,14 @@ def eval_rollout_config(rollout: RolloutConfig, ev: EvalConfig) -> RolloutConfig
 
 
 def score_rows(texts: list[str], truncated: list[bool], lengths: list[int], answer: str,
-               timeout: float = 3.0, last_number: bool = True, unboxed: bool = True) -> dict:
-    """One problem's completions → {answers, correct, lengths, truncated}, scored like training rewards."""
+               timeout: float = 3.0, last_number: bool = True, unboxed: bool = True,
+               verifier: str = VERIFIERS[0]) -> dict:
+    """One problem's completions → {answers, correct, lengths, truncated, gold}, scored like training rewards."""
     answers = [extract_answer(t, last_number=last_number, unboxed=unboxed) for t in texts]
-    correct = [int(correctness_reward(t, answer, cut, 0.0, timeout, last_number, unboxed)) for t, cut in zip(texts, truncated)]
+    correct = [int(c) for c in correctness_rewards(texts, [answer] * len(texts), truncated, 0.0, timeout, last_number,
+                                                   unboxed, verifier=verifier)]
     return {"answers": [a[:_ANSWER_CHARS] if a else None for a in answers], "correct": correct,
-            "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated]}
+            "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated], "gold": answer}
 
 
 def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config, rcfg: RolloutConfig) -> list[dict]:
@@ -133,13 +135,14 @@ def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config
     n, lengths, cut = cfg.eval.n, ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
     return [{"id": r["id"], **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
                                          r["answer"], cfg.reward.timeout, cfg.reward.last_number,
-                                         cfg.reward.unboxed_answer)}
+                                         cfg.reward.unboxed_answer, cfg.reward.verifier)}
             for j, r in enumerate(records)]
 
 
 def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cfg: RolloutConfig,
                template: str, seed: int, max_prompt_tokens: int = 4096, timeout: float = 3.0,
-               last_number: bool = True, unboxed: bool = True, per_problem: bool = False) -> dict:
+               last_number: bool = True, unboxed: bool = True, per_problem: bool = False,
+               verifier: str = VERIFIERS[0]) -> dict:
     """Small-n evaluation during training on held-out `records` (the first eval_cfg.problems, 0 = all).
 
     Call it on the clean policy (outside `perturbed`). Unlike `evaluate`, several problems share one
@@ -165,7 +168,7 @@ def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cf
         for j, rec in enumerate(chunk):  # prompt-major: rows j·n … (j+1)·n − 1 belong to problem j
             part = slice(j * n, (j + 1) * n)
             rows.append(score_rows(ro.texts[part], cut[part], lengths[part], rec["answer"], timeout, last_number,
-                                  unboxed))
+                                  unboxed, verifier))
     if per_problem:  # every rank's rows, in problem order (the rank's own on one process)
         rows = [row for part in dist.gather(rows) for row in part]
     s = summarize(rows)
@@ -183,7 +186,7 @@ def sampling_meta(cfg: Config, benchmark: str, adapter: str | None, engine: str 
             "adapter": adapter_fingerprint(adapter), "engine": engine, "n": cfg.eval.n, "seed": cfg.run.seed,
             "temperature": rcfg.temperature, "top_p": rcfg.top_p, "max_new_tokens": rcfg.max_new_tokens,
             "batch_size": rcfg.batch_size, "template": cfg.data.template, "last_number": cfg.reward.last_number,
-            **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False})}
+            **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False}), "verifier": cfg.reward.verifier}
 
 
 def adapter_fingerprint(adapter: str | None) -> str | None:
