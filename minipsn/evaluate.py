@@ -8,10 +8,10 @@ so n in the thousands never builds a giant integer or a float overflow.
 
 Each problem is sampled on its own with a generator seeded from (seed, benchmark, problem id), so a
 result does not depend on which other problems are evaluated, and one JSON line per problem (its n
-extracted answers, correctness, lengths, truncation flags; no texts) is appended as soon as it is
+extracted answers, correctness, lengths, truncation flags and the gold; no texts) is appended as soon as it is
 scored: an interrupted evaluation resumes at the first unfinished problem and reproduces exactly
 what an uninterrupted one would have. The first line of a samples file records the sampling
-settings; resuming with other settings is an error, not a silent mix. Under torchrun the problems
+settings and reward.verifier; resuming with other settings is an error, not a silent mix. Under torchrun the problems
 are split over the ranks and rank 0 writes the same files one process would (`_sample_split`).
 
 Truncated completions count as wrong and do not vote, as in training (rewards.py). Majority vote

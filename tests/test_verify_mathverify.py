@@ -216,3 +216,35 @@ def test_verify_audit_command(tmp_path):
     result = CliRunner().invoke(app, ["verify-audit", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_math_verify_reads_every_math500_gold():
+    import math_verify
+    import sympy
+
+    from minipsn.verify.judge import _as_math
+    from tests.conftest import DATA
+
+    path = DATA / "math500_test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    golds = [json.loads(line)["answer"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    unread = [g for g in golds if not isinstance(next(iter(math_verify.parse(_as_math(g), parsing_timeout=None)), None),
+                                                 (sympy.Basic, sympy.MatrixBase))]
+    assert unread == []  # \$36 included: the escaped dollar is a currency sign
+
+
+def test_no_adversarial_pair_strict_refuses_gets_through():
+    """tests/data/verify_adversarial.jsonl: near misses written to trip a verifier (exact and rounded
+    numbers, dropped or renamed letters, unsolved relations, units, percent, labels), checked both ways."""
+    from tests.conftest import REPO
+
+    rows = [json.loads(line) for line in (REPO / "tests" / "data" / "verify_adversarial.jsonl").read_text().splitlines()]
+    assert len(rows) >= 130
+    through = []
+    for pred, gold in [(r["a"], r["b"]) for r in rows] + [(r["b"], r["a"]) for r in rows]:
+        strict, mv = (is_equivalent(pred, gold, verifier=v) for v in ("strict", "math-verify"))
+        assert is_equivalent(pred, gold, verifier="both") is (strict and mv)
+        if mv and not strict:
+            through.append((pred, gold))
+    assert through == []

@@ -20,7 +20,7 @@ against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
   without a strict reading, an answer that names a variable must keep one: x ≡ 1 (mod 3) is not 3),
   when it would have to solve an inequality that is not linear (x^2 < 3 for (-√3, √3): an unsolved
   answer is no answer), when both answers are inequalities (it compares them as written: 2x+1 > 5 is
-  not x > 2 to it; x < 2 or x > 3 is a set of two relations, not a union), and when a set meets a
+  not x > 2 to it; x < 0 or x = 1 is a set of two relations, not a union), and when a set meets a
   tuple or an interval (it takes x=3, y=2 for (2, 3)).
 `both` returns both verdicts; the caller accepts only when both accept and counts disagreements.
 """
@@ -40,6 +40,16 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns once that i
 
 MV_CHARS = 300  # longer answers go to strict (the longest MATH-500, OlympiadBench, Minerva gold: 210)
 STAGES = {}  # stage name -> replacement function; tests inject a slow one (worker._restart_worker)
+# read once when the worker starts (outside every check's limit): the LaTeX parser (antlr) builds its
+# decision tables lazily, so the first answers of each shape would take a few times longer
+WARM_UP = ("\\frac{3\\sqrt{2}}{4}x^{2}-\\pi", "\\{1, -2\\}, (3, \\infty)", "x \\le 5", "\\dfrac{a+b}{c_1} = 2",
+           "\\begin{pmatrix} 1 & 0 \\\\ 0 & -1 \\end{pmatrix}", "\\sin(2t) + \\log_2 8 + |x| + 10\\%")
+
+
+def warm_up() -> None:
+    """Read WARM_UP with Math-Verify (the worker calls it before it says it is ready)."""
+    for answer in WARM_UP:
+        math_verify.parse(_as_math(answer), parsing_timeout=None)
 
 
 def judge(verifier: str, pred: str, gold: str, raw_pred: str, raw_gold: str) -> dict[str, bool]:
@@ -107,8 +117,9 @@ def _misread(pred: list, gold: list, readings: list | None, raws: tuple[str, str
         return True
     if _unsolved(p) or _unsolved(g) or (_inequality(p) and _inequality(g)):
         return True
-    if any(isinstance(x, sympy.FiniteSet) and x.args and all(map(_inequality, x.args)) for x in (p, g)):
-        return True  # "x < 2 or x > 3" is a set of two relations to it, a union to strict
+    if any(isinstance(x, sympy.FiniteSet) and any(map(_inequality, x.args))
+           and all(isinstance(a, (Relational, sympy.And, sympy.Or)) for a in x.args) for x in (p, g)):
+        return True  # "x < 0 or x = 1" is a set of two relations to it, a union to strict
     kinds = {"ordered" if isinstance(x, (sympy.Tuple, sympy.Interval)) else "set" if isinstance(x, sympy.FiniteSet)
              else None for x in (p, g)}  # (2, 3) may read as an open interval
     return kinds == {"ordered", "set"}
@@ -125,8 +136,9 @@ def balanced(text: str) -> bool:
 
 
 def _as_math(answer: str) -> str:
-    """An extracted answer as Math-Verify reads it: wrapped in $…$ unless it carries its own inline math."""
-    answer = answer.strip()
+    """An extracted answer as Math-Verify reads it: wrapped in $…$ unless it carries its own inline math
+    (\\$ is a currency sign, dropped: it reads nothing in \\$36)."""
+    answer = answer.replace("\\$", "").strip()
     return answer if "$" in answer or "\\(" in answer or "\\[" in answer else f"${answer}$"
 
 

@@ -32,6 +32,7 @@ def _serve(requests, replies, stage: str, fn) -> None:
 
     if fn is not None:
         judge.STAGES[stage] = fn
+    judge.warm_up()
     replies.send(("ready", ""))
     while True:
         try:
