@@ -286,6 +286,23 @@ def bench_(
     typer.echo(f"bench: {out}/bench.json")
 
 
+@app.command("verify-audit")
+@friendly
+def verify_audit(
+    run: str = typer.Argument(..., help="run folder (its samples.jsonl and eval/samples/*.jsonl)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """The samples a run kept where the strict verifier and Math-Verify disagree, with what each says."""
+    from rich.console import Console
+
+    from minipsn.verify.audit import audit, table
+
+    one_process("verify-audit")
+    report = audit(run)
+    Console(width=200).print(table(report))
+    typer.echo(f"{len(report['disagree'])} of {report['checked']} answers judged differently by strict and math-verify")
+
+
 @app.command()
 @friendly
 def compare(

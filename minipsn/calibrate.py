@@ -99,7 +99,7 @@ def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed:
     else:
         div = algo.ngram_diversity([r[m].tolist() for r, m in zip(ro.completion_ids, mask)], G)
     correct = [correctness_reward(t, r["answer"], cut, 0.0, cfg.reward.timeout, cfg.reward.last_number,
-                                  cfg.reward.unboxed_answer)
+                                  cfg.reward.unboxed_answer, cfg.reward.verifier)
                for t, r, cut in zip(ro.texts, [r for r in recs for _ in range(G)], ro.truncated.tolist())]
     return {"kl_noise": algo.masked_mean(algo.kl_k3(ro.raw_logp, clean), mask).item(),
             "kl_numerics": algo.masked_mean(clean - learner, mask).item(),

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from minipsn.presets import METHODS, PRESETS, RENAMED, TUNABLE  # noqa: F401  (re-exported: config.METHODS)
+from minipsn.verify import VERIFIERS
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -277,6 +278,9 @@ class RewardConfig:
     # accept an unboxed answer (####, "the answer is", "final answer", the last number); false insists
     # on \boxed{} (then last_number has no effect)
     unboxed_answer: bool = True
+    # who judges an answer the cheap stages leave open: math-verify (Math-Verify behind the strict guards),
+    # strict (the kit's sympy checks), both (correct only when both accept; verify/disagree counts the rest)
+    verifier: str = VERIFIERS[0]
     # hard time limit of one equivalence check, seconds
     timeout: float = 3.0
     # sympy worker processes that check a step's completions at once (each under reward.timeout); 1: serial
@@ -288,6 +292,7 @@ class RewardConfig:
     overlong_window: int = 64
 
     def __post_init__(self):
+        _one_of("reward.verifier", self.verifier, VERIFIERS)
         _check(self.timeout > 0, "reward.timeout must be > 0")
         _check(self.verify_workers >= 1, f"reward.verify_workers must be >= 1, got {self.verify_workers}")
         _one_of("reward.overlong", self.overlong, ("none", "soft", "mask"))

@@ -8,10 +8,10 @@ so n in the thousands never builds a giant integer or a float overflow.
 
 Each problem is sampled on its own with a generator seeded from (seed, benchmark, problem id), so a
 result does not depend on which other problems are evaluated, and one JSON line per problem (its n
-extracted answers, correctness, lengths, truncation flags; no texts) is appended as soon as it is
+extracted answers, correctness, lengths, truncation flags and the gold; no texts) is appended as soon as it is
 scored: an interrupted evaluation resumes at the first unfinished problem and reproduces exactly
 what an uninterrupted one would have. The first line of a samples file records the sampling
-settings; resuming with other settings is an error, not a silent mix. Under torchrun the problems
+settings and reward.verifier; resuming with other settings is an error, not a silent mix. Under torchrun the problems
 are split over the ranks and rank 0 writes the same files one process would (`_sample_split`).
 
 Truncated completions count as wrong and do not vote, as in training (rewards.py). Majority vote
@@ -37,9 +37,9 @@ from minipsn import folders
 from minipsn.config import Config, EvalConfig, RolloutConfig
 from minipsn.data import format_prompt, load_benchmark, load_problems
 from minipsn.noise import derive_seed
-from minipsn.rewards import correctness_reward
+from minipsn.rewards import correctness_rewards
 from minipsn.rollout import sample
-from minipsn.verify import extract_answer
+from minipsn.verify import VERIFIERS, extract_answer
 from minipsn.verify import normalise as normalise_answer  # the verifier's canonical spelling
 
 _ANSWER_CHARS = 200  # stored answers are cut here: enough to vote on, keeps samples files small
@@ -116,12 +116,14 @@ def eval_rollout_config(rollout: RolloutConfig, ev: EvalConfig) -> RolloutConfig
 
 
 def score_rows(texts: list[str], truncated: list[bool], lengths: list[int], answer: str,
-               timeout: float = 3.0, last_number: bool = True, unboxed: bool = True) -> dict:
-    """One problem's completions → {answers, correct, lengths, truncated}, scored like training rewards."""
+               timeout: float = 3.0, last_number: bool = True, unboxed: bool = True,
+               verifier: str = VERIFIERS[0]) -> dict:
+    """One problem's completions → {answers, correct, lengths, truncated, gold}, scored like training rewards."""
     answers = [extract_answer(t, last_number=last_number, unboxed=unboxed) for t in texts]
-    correct = [int(correctness_reward(t, answer, cut, 0.0, timeout, last_number, unboxed)) for t, cut in zip(texts, truncated)]
+    correct = [int(c) for c in correctness_rewards(texts, [answer] * len(texts), truncated, 0.0, timeout, last_number,
+                                                   unboxed, verifier=verifier)]
     return {"answers": [a[:_ANSWER_CHARS] if a else None for a in answers], "correct": correct,
-            "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated]}
+            "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated], "gold": answer}
 
 
 def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config, rcfg: RolloutConfig) -> list[dict]:
@@ -134,13 +136,14 @@ def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config
     n, lengths, cut = cfg.eval.n, ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
     return [{"id": r["id"], **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
                                          r["answer"], cfg.reward.timeout, cfg.reward.last_number,
-                                         cfg.reward.unboxed_answer)}
+                                         cfg.reward.unboxed_answer, cfg.reward.verifier)}
             for j, r in enumerate(records)]
 
 
 def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cfg: RolloutConfig,
                template: str, seed: int, max_prompt_tokens: int = 4096, timeout: float = 3.0,
-               last_number: bool = True, unboxed: bool = True, per_problem: bool = False) -> dict:
+               last_number: bool = True, unboxed: bool = True, per_problem: bool = False,
+               verifier: str = VERIFIERS[0]) -> dict:
     """Small-n evaluation during training on held-out `records` (the first eval_cfg.problems, 0 = all).
 
     Call it on the clean policy (outside `perturbed`). Unlike `evaluate`, several problems share one
@@ -166,7 +169,7 @@ def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cf
         for j, rec in enumerate(chunk):  # prompt-major: rows j·n … (j+1)·n − 1 belong to problem j
             part = slice(j * n, (j + 1) * n)
             rows.append(score_rows(ro.texts[part], cut[part], lengths[part], rec["answer"], timeout, last_number,
-                                  unboxed))
+                                  unboxed, verifier))
     if per_problem:  # every rank's rows, in problem order (the rank's own on one process)
         rows = [row for part in dist.gather(rows) for row in part]
     s = summarize(rows)
@@ -184,7 +187,7 @@ def sampling_meta(cfg: Config, benchmark: str, adapter: str | None, engine: str 
             "adapter": adapter_fingerprint(adapter), "engine": engine, "n": cfg.eval.n, "seed": cfg.run.seed,
             "temperature": rcfg.temperature, "top_p": rcfg.top_p, "max_new_tokens": rcfg.max_new_tokens,
             "batch_size": rcfg.batch_size, "template": cfg.data.template, "last_number": cfg.reward.last_number,
-            **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False})}
+            **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False}), "verifier": cfg.reward.verifier}
 
 
 def adapter_fingerprint(adapter: str | None) -> str | None:

@@ -53,7 +53,7 @@ def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig):
     the default reward is built from it, so each completion is verified once."""
     truncated = ro.truncated.tolist()
     correct = torch.tensor(correctness_rewards(ro.texts, [r["answer"] for r in recs], truncated, 0.0, cfg.timeout,
-                                               cfg.last_number, cfg.unboxed_answer, cfg.verify_workers))
+                                               cfg.last_number, cfg.unboxed_answer, cfg.verify_workers, cfg.verifier))
     if reward_fn is None:
         rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
                    for c, t, tr in zip(correct.tolist(), ro.texts, truncated)]
@@ -117,7 +117,7 @@ def per_prompt_rng(cfg: Config) -> bool:
 
 
 _SUMMED = ("rows", "groups", "reward", "reward_sq", "correct", "zero_adv", "len", "truncated", "diversity", "certainty",
-           "timeouts", "errors", "tokens")
+           "timeouts", "errors", "disagree", "tokens")
 
 
 def _sums(rewards, correct, adv, ro: Rollouts, diversity, verify_before: dict, verify_after: dict) -> list[float]:
@@ -127,7 +127,7 @@ def _sums(rewards, correct, adv, ro: Rollouts, diversity, verify_before: dict, v
             correct.double().sum().item(), (adv == 0).all(1).double().sum().item(), lengths.sum().item(),
             ro.truncated.double().sum().item(), diversity.double().sum().item(), ro.certainty.double().sum().item(),
             verify_after["timeouts"] - verify_before["timeouts"], verify_after["errors"] - verify_before["errors"],
-            ro.n_tokens]
+            verify_after["disagree"] - verify_before["disagree"], ro.n_tokens]
 
 
 def _global_metrics(t: dict, t_sample: float) -> dict:
@@ -135,7 +135,7 @@ def _global_metrics(t: dict, t_sample: float) -> dict:
     n = t["rows"]
     var = max(t["reward_sq"] - t["reward"] ** 2 / n, 0.0) / max(n - 1, 1)  # unbiased, as torch.std
     return {"reward/mean": t["reward"] / n, "reward/std": var ** 0.5, "reward/accuracy": t["correct"] / n,
-            "verify/timeouts": int(t["timeouts"]), "verify/errors": int(t["errors"]),
+            "verify/timeouts": int(t["timeouts"]), "verify/errors": int(t["errors"]), "verify/disagree": int(t["disagree"]),
             "reward/zero_adv_frac": t["zero_adv"] / t["groups"], "completion/len_mean": t["len"] / n,
             "completion/truncated_frac": t["truncated"] / n, "perf/tokens_per_s": t["tokens"] / max(t_sample, 1e-9)}
 
@@ -302,6 +302,7 @@ class Trainer:
                 "reward/accuracy": correct.float().mean().item(),
                 "verify/timeouts": verify_after["timeouts"] - verify_before["timeouts"],
                 "verify/errors": verify_after["errors"] - verify_before["errors"],
+                "verify/disagree": verify_after["disagree"] - verify_before["disagree"],
                 "reward/zero_adv_frac": (adv == 0).all(1).float().mean().item(),
                 "completion/len_mean": ro.completion_mask.sum(1).float().mean().item(),
                 "completion/truncated_frac": ro.truncated.float().mean().item(),
@@ -314,6 +315,8 @@ class Trainer:
                 **({"perf/peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30} if self.device.type == "cuda" else {})}
         if totals is not None:
             m.update(_global_metrics(totals, t_sample))
+        if cfg.reward.verifier != "both":  # strict and Math-Verify are both asked only with `both`
+            del m["verify/disagree"]
         return m
 
     def _check_sampler(self, step: int, gap: float) -> None:
@@ -356,7 +359,7 @@ class Trainer:
             return quick_eval(clean, self.tok, self.test_records, self.cfg.eval, self.rollout_cfg, self.cfg.data.template,
                               derive_seed(self.cfg.run.seed, "eval", step), self.cfg.model.max_prompt_tokens,
                               self.cfg.reward.timeout, self.cfg.reward.last_number, self.cfg.reward.unboxed_answer,
-                              per_problem=per_prompt_rng(self.cfg))
+                              per_problem=per_prompt_rng(self.cfg), verifier=self.cfg.reward.verifier)
 
     def save(self, step: int) -> None:
         trainer = {"skipped_steps": self.skipped, "rollout_batch_size": self.rollout_cfg.batch_size,

@@ -70,8 +70,25 @@ def test_trainer_keeps_base_weights_frozen_in_4bit(tmp_path):
     lora = {n: p.detach().clone() for n, p in tr.model.named_parameters() if "lora_" in n}
     m = tr.step(0)
     assert m["step"] == 1 and 0.0 <= m["reward/accuracy"] <= 1.0
+    assert "verify/disagree" not in m  # only reward.verifier=both asks both verifiers
     assert all(torch.equal(base[n], p) for n, p in tr.model.named_parameters() if "lora_" not in n)
     assert any(not torch.equal(lora[n], p) for n, p in tr.model.named_parameters() if "lora_" in n)
+
+
+def test_verifier_both_logs_the_step_disagreements(tmp_path, monkeypatch):
+    from minipsn import train, verify
+    from minipsn.train import Trainer
+
+    real = train.correctness_rewards
+
+    def scored_with_two_disagreements(*args, **kwargs):
+        for _ in range(2):  # strict refuses a labelled list, Math-Verify reads it: a disagreement each
+            assert verify.is_equivalent("AB=4,CD=5", "4, 5", verifier="both") is False
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "correctness_rewards", scored_with_two_disagreements)
+    tr = Trainer(tiny_cfg(tmp_path / "r", **{"reward.verifier": "both"}))
+    assert tr.step(0)["verify/disagree"] >= 2
 
 
 def test_nan_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):

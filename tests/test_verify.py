@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minipsn import verify
-from minipsn.verify import bench_verifier, extract_answer, is_equivalent, verify_stats, warm_up
+from minipsn.verify import VERIFIERS, bench_verifier, extract_answer, is_equivalent, verify_stats, warm_up
 from tests.conftest import data_file
 
 SLACK = 5.0  # seconds a check may take beyond its limit (killing the worker, scheduling on a busy machine)
@@ -242,16 +242,17 @@ ADVERSARIAL = [
 ]
 
 
+@pytest.mark.parametrize("verifier", VERIFIERS)
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=[f"adv{i}" for i in range(len(ADVERSARIAL))])
-def test_adversarial_input_is_fast_false_and_clean(text):
+def test_adversarial_input_is_fast_false_and_clean(text, verifier):
     before = verify_stats()
     for pred, gold in ((text, "1"), ("1", text), (text, text + "1"), (text + "0", text)):
         warm_up()
         start = time.monotonic()
-        result = is_equivalent(pred, gold, timeout=2.0)
+        result = is_equivalent(pred, gold, timeout=2.0, verifier=verifier)
         assert time.monotonic() - start < 2.0 + SLACK
         assert result is False or "1" not in (pred, gold)  # text vs text+"1" may be equal
-    assert is_equivalent(text, text) is True
+    assert is_equivalent(text, text, verifier=verifier) is True
     extract_answer(text)
     after = verify_stats()
     assert (after["timeouts"], after["errors"]) == (before["timeouts"], before["errors"])
@@ -273,7 +274,7 @@ def test_time_limit_from_a_thread():
 
         def check():
             start = time.monotonic()
-            out["result"] = is_equivalent("\\sqrt{2}", "\\sqrt{3}", timeout=1.0)
+            out["result"] = is_equivalent("\\sqrt{2}", "\\sqrt{3}", timeout=1.0, verifier="strict")  # _hang is strict's
             out["seconds"] = time.monotonic() - start
 
         thread = threading.Thread(target=check)
@@ -310,15 +311,16 @@ LATEXISH = st.lists(st.sampled_from(list("0123456789+-*/^_{}()[],.=!|$%x e i") +
 ]), max_size=40).map("".join)
 
 
+@pytest.mark.parametrize("verifier", VERIFIERS)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(max_size=200), LATEXISH), st.one_of(st.text(max_size=30), LATEXISH))
-def test_arbitrary_text_never_raises(text, other):
+def test_arbitrary_text_never_raises(verifier, text, other):
     warm_up()
     errors = verify_stats()["errors"]
     start = time.monotonic()
     answer = extract_answer(text)
     assert answer is None or isinstance(answer, str)
-    assert isinstance(is_equivalent(text, other, timeout=2.0), bool)
-    assert isinstance(is_equivalent(other, text, timeout=2.0), bool)
+    assert isinstance(is_equivalent(text, other, timeout=2.0, verifier=verifier), bool)
+    assert isinstance(is_equivalent(other, text, timeout=2.0, verifier=verifier), bool)
     assert time.monotonic() - start < 2 * 2.0 + SLACK
     assert verify_stats()["errors"] == errors, verify_stats()["last_error"]

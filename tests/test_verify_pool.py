@@ -1,5 +1,7 @@
 """minipsn.verify.is_equivalent_many: a batch's sympy checks on a pool of workers give the same
-verdicts, in order, as one by one; a hung check holds up only itself; workers=1 is the serial path."""
+verdicts, in order, as one by one; a hung check holds up only itself; workers=1 is the serial path.
+The hang is injected into the strict stage, so these checks ask the strict verifier (a hang inside
+Math-Verify: test_verify_mathverify.py)."""
 
 import time
 
@@ -51,19 +53,19 @@ def _run(fn):
 
 
 def test_workers_1_is_the_serial_path():
-    serial = _run(lambda: [is_equivalent(p, g, timeout=1.0) for p, g in MIXED])
-    batch = _run(lambda: is_equivalent_many(MIXED, timeout=1.0, workers=1))
+    serial = _run(lambda: [is_equivalent(p, g, timeout=1.0, verifier="strict") for p, g in MIXED])
+    batch = _run(lambda: is_equivalent_many(MIXED, timeout=1.0, workers=1, verifier="strict"))
     assert serial == batch
     assert serial[0] == EXPECTED
     assert serial[1] == {"checks": 8, "timeouts": 1, "errors": 0, "worker_checks": 6}
 
 
 def test_two_workers_give_the_same_verdicts_in_order():
-    one = _run(lambda: is_equivalent_many(MIXED, timeout=1.0, workers=1))
-    two = _run(lambda: is_equivalent_many(MIXED, timeout=1.0, workers=2))
+    one = _run(lambda: is_equivalent_many(MIXED, timeout=1.0, workers=1, verifier="strict"))
+    two = _run(lambda: is_equivalent_many(MIXED, timeout=1.0, workers=2, verifier="strict"))
     assert one == two
     assert two[0] == EXPECTED
-    three = _run(lambda: is_equivalent_many(MIXED[::-1] * 3, timeout=1.0, workers=3))
+    three = _run(lambda: is_equivalent_many(MIXED[::-1] * 3, timeout=1.0, workers=3, verifier="strict"))
     assert three[0] == EXPECTED[::-1] * 3
 
 
@@ -71,7 +73,7 @@ def test_a_hung_check_holds_up_only_itself():
     pairs = [("\\hang", "1")] + [(f"\\sqrt{{{4 * k * k}}}", f"{2 * k}") for k in range(2, 14)]
     warm_up(2)
     start = time.monotonic()
-    verdicts = is_equivalent_many(pairs, timeout=1.0, workers=2)
+    verdicts = is_equivalent_many(pairs, timeout=1.0, workers=2, verifier="strict")
     assert time.monotonic() - start < 1.0 + SLACK
     assert verdicts == [False] + [True] * 12
     assert not all(s.worker.ready for s in worker._slots(2))  # nobody waited on the replacement

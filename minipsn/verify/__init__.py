@@ -11,19 +11,24 @@ cheapest first: normalise both strings (normalise.py: \\dfrac, \\left, \\text{},
 (model text never reaches eval/exec/sympify; towers and huge factorials are refused before sympy),
 symbolic.py compares (sets, tuples, matrices, intervals, inequalities, equations, ≈). A check past
 its time limit kills the worker and is False, from any thread; verify_stats() counts it.
+`verifier` picks the worker's judge (judge.py): "math-verify" (the default: Math-Verify behind guards
+from the strict checks), "strict" (symbolic.py alone) or "both" (accepted only when both accept);
+the cheap stages come first for every verifier.
 """
 
 import re
 import time
 from fractions import Fraction
 
-from minipsn.verify.extract import boxed_contents, extract_answer
+from minipsn.verify.extract import answer_candidates, boxed_contents, extract_answer
 from minipsn.verify.normalise import clock, decimal_comma, normalise, ratio
 from minipsn.verify.worker import _ask_worker, _count, ask_many, verify_stats, warm_up
 from minipsn.verify.worker import _restart_worker as _restart_worker  # a test hook (a slow worker)
 
-__all__ = ["extract_answer", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents", "verify_stats", "warm_up",
-           "bench_verifier"]  # the private _ask_worker, _count, _restart_worker are test hooks
+__all__ = ["extract_answer", "answer_candidates", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents",
+           "verify_stats", "warm_up", "bench_verifier", "VERIFIERS"]  # _ask_worker, _count, _restart_worker: test hooks
+
+VERIFIERS = ("math-verify", "strict", "both")  # reward.verifier; the first is the default
 
 _MAX_CHARS = 2000  # longer answers are compared by exact match only
 _MAX_DIGITS = 400  # number literals the fast path converts exactly
@@ -34,7 +39,8 @@ _SCI = re.compile(rf"({_NUMBER})(?:[eE](-?\d+)|(?:\\times|\\cdot|\*)10\^(?:\{{([
 _FRAC = re.compile(r"([+-]?)\\frac(?:\{([+-]?\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
 _SLASH = re.compile(r"([+-]?\d+)/(\d+)")
 _NAME = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?"
-_VAR_EQ = re.compile(rf"^(?:{_NAME}(?:\([a-z]\))?|\((?:{_NAME},)+{_NAME}\))=(?!.*=)")  # x=, f(x)=, (p,q)=
+_VAR_EQ = re.compile(rf"^(?:{_NAME}(?:\([a-z]\))?|\((?:{_NAME},)+{_NAME}\)|{_NAME}(?::{_NAME})+)=(?!.*=)")  # x=, f(x)=,
+# (p,q)=, V_1:V_2= (a ratio's label: "V_{1}:V_{2}=11:21" answers 11:21)
 _CHOICE = re.compile(r"\(?([A-E])\)?")
 
 
@@ -93,11 +99,13 @@ def _cheap_verdict(pred: str, gold: str) -> tuple[bool | None, str, str]:
     return None, p, g
 
 
-def _cheap_stage(pred: str, gold: str, timeout: float) -> tuple[bool | None, str, str, float]:
+def _cheap_stage(pred: str, gold: str, timeout: float, verifier: str) -> tuple[bool | None, str, str, float]:
     """(verdict or None, normalised pred, gold, seconds left for sympy) of one counted check."""
     for name, value in (("pred", pred), ("gold", gold)):
         if not isinstance(value, str):
             raise TypeError(f"is_equivalent expects str, got {type(value).__name__} for {name}")
+    if verifier not in VERIFIERS:
+        raise ValueError(f"unknown verifier {verifier!r}; use {', '.join(VERIFIERS)}")
     if not timeout > 0:
         raise ValueError(f"is_equivalent timeout must be > 0 seconds, got {timeout}")
     start = time.monotonic()
@@ -110,33 +118,35 @@ def _cheap_stage(pred: str, gold: str, timeout: float) -> tuple[bool | None, str
     return verdict, p, g, max(timeout - (time.monotonic() - start), 0.01)
 
 
-def is_equivalent(pred: str, gold: str, timeout: float = 3.0) -> bool:
-    """True when answer pred means the same as gold. Never raises on str input: unreadable
-    answers are False; past `timeout` seconds the check is False and counted in verify_stats()."""
-    verdict, p, g, left = _cheap_stage(pred, gold, timeout)
-    return _ask_worker(p, g, left) if verdict is None else verdict
+def is_equivalent(pred: str, gold: str, timeout: float = 3.0, verifier: str = VERIFIERS[0]) -> bool:
+    """True when answer pred means the same as gold to `verifier` (VERIFIERS). Never raises on str
+    input: unreadable answers are False; past `timeout` seconds the check is False and counted in
+    verify_stats()."""
+    verdict, p, g, left = _cheap_stage(pred, gold, timeout, verifier)
+    return _ask_worker(p, g, left, verifier, pred, gold) if verdict is None else verdict
 
 
-def is_equivalent_many(pairs: list[tuple[str, str]], timeout: float = 3.0, workers: int = 1) -> list[bool]:
+def is_equivalent_many(pairs: list[tuple[str, str]], timeout: float = 3.0, workers: int = 1,
+                       verifier: str = VERIFIERS[0]) -> list[bool]:
     """is_equivalent of each (pred, gold) pair, in order. The cheap stages run here first; the pairs
     they leave undecided go to up to `workers` sympy workers at once, each check under its own
     `timeout`. workers=1 checks them one by one in the one worker, exactly as is_equivalent does."""
     if workers < 1:
         raise ValueError(f"is_equivalent_many needs workers >= 1, got {workers}")
-    staged = [_cheap_stage(p, g, timeout) for p, g in pairs]
+    staged = [_cheap_stage(p, g, timeout, verifier) for p, g in pairs]
     hard = [i for i, s in enumerate(staged) if s[0] is None]
     verdicts = [s[0] for s in staged]
-    for i, v in zip(hard, ask_many([staged[i][1:] for i in hard], workers)):
+    for i, v in zip(hard, ask_many([(*staged[i][1:], verifier, *pairs[i]) for i in hard], workers)):
         verdicts[i] = v
     return verdicts
 
 
-def bench_verifier(pairs: list[tuple[str, str]], timeout: float = 3.0) -> dict:
+def bench_verifier(pairs: list[tuple[str, str]], timeout: float = 3.0, verifier: str = VERIFIERS[0]) -> dict:
     """Throughput of is_equivalent on (pred, gold) pairs, after warming up the worker."""
     warm_up()
     before = verify_stats()
     start = time.perf_counter()
-    equal = sum(is_equivalent(p, g, timeout) for p, g in pairs)
+    equal = sum(is_equivalent(p, g, timeout, verifier) for p, g in pairs)
     seconds = time.perf_counter() - start
     after = verify_stats()
     return {"checks": len(pairs), "equivalent": equal, "seconds": seconds,

@@ -6,20 +6,28 @@ word between boxes ends the answer at the last box). A completion that boxes is 
 only. Without a box, and only when unboxed=True (reward.unboxed_answer), it reads "#### N", else the
 text after the last "answer is" / "answer:" / "final answer", else a closing sentence "... is X."
 ("so the total equals $\\frac{3}{4}$."; "The largest $n$ is 34." only with last_number=True, as a
-bare number there is a last-number read), else the last number (last_number=True). unboxed=False
-insists on a box: nothing else is an answer.
+bare number there is a last-number read; "$x \\geq 5$ is the solution."; "2,74 $."; the same sentence
+after "Final Answer:"), else the last number (last_number=True; "costs 2,74 $" reads 2,74). unboxed=False insists on a box: nothing
+else is an answer. answer_candidates() adds a second reading of boxes joined by "and"
+("\\boxed{-2} and \\boxed{1}" is also the list -2, 1): a correct candidate makes the completion correct.
 """
 
 import re
 
 _BOX_GAP = re.compile(r"(?:\s|\$|,|;|\\quad|\\qquad)*")
+_AND_GAP = re.compile(r"(?:\s|\$|,|;|\\q?quad|\\text\s*\{\s*and\s*\}|and)*")  # "$\boxed{1}$ and $\boxed{2}$"
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _ANSWER_IS = re.compile(r"(?i)\banswer\s*(?:is|:)\s*:?")  # also "final answer is", "Answer:"
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
-_LAST_NUMBER = re.compile(r"(?<![\w)\]}])-?(?:\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|\.\d+)")
+# a decimal comma is read only in an amount before a currency sign ("2,74 $"); else a comma groups thousands
+_LAST_NUMBER = re.compile(r"(?<![\w)\]}])-?(?:\d+,\d{1,2}(?=\s*(?:\\?\$|€|£))|\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|\.\d+)")
+_AMOUNT = re.compile(r"-?\d+,\d{1,2}")
 # the closing sentence "... is $X$." / "... equals 34.": X is the answer (inline math or one token)
 _CLOSING = re.compile(r"(?i)\b(?:is|are|equals|be)\s*:?\s*(\$\$?[^$]+\$\$?|\\\((.+?)\\\)|-?[\d.,/]*\d)"
-                      r"(?:\s*(?:[a-zA-Z]+\s*){0,2})?[.!]?\s*$")
+                      r"(?:\s*(?:[a-zA-Z]+|\\?\$|€|£)\s*){0,2}[.!]?\s*$")  # up to two words or a currency sign
+# "... $x \geq 5$ is the solution.": the inline math just before "is the (final) answer / solution"
+_MATH_FIRST = re.compile(r"(?i)(\$\$?[^$]+\$\$?|\\\((.+?)\\\))\s*(?:is|are)\s+(?:the|our)\s+(?:final\s+)?"
+                         r"(?:answer|solution|result)s?[.!]?\s*$")
 
 
 def _brace_matches(text: str) -> dict[int, int]:
@@ -63,6 +71,22 @@ def join_boxes(text: str, spans: list[tuple[int, int, str | None]]) -> str | Non
     return ", ".join(b[2] for b in run)
 
 
+def answer_candidates(text: str, last_number: bool = True, unboxed: bool = True) -> list[str]:
+    """The readings of a completion's answer: extract_answer's, then, when the last boxes are joined by
+    "and" (also "\\quad \\text{and} \\quad"), all of them as one list. [] when there is no answer."""
+    first = extract_answer(text, last_number=last_number, unboxed=unboxed)
+    if first is None:
+        return []
+    filled = [b for b in box_spans(text) if b[2]]
+    run = filled[-1:]
+    for box in reversed(filled[:-1]):
+        if not _AND_GAP.fullmatch(text[box[1]:run[0][0]]):
+            break
+        run.insert(0, box)
+    joined = ", ".join(b[2] for b in run)
+    return [first] if len(run) < 2 or joined == first else [first, joined]
+
+
 def boxed_contents(text: str) -> list[str | None]:
     """Content of every \\boxed/\\fbox in order; None for an unclosed or empty one."""
     return [content for _, _, content in box_spans(text)]
@@ -91,21 +115,25 @@ def extract_answer(text: str, last_number: bool = True, unboxed: bool = True) ->
         tail = text[said[-1].end():].split("\n")[0].strip().strip("*").strip()
         inline = re.match(r"\$+([^$]+)\$|\\[(\[](.+?)\\[)\]]", tail)  # "the answer is $5$ apples" -> 5
         number = re.match(r"-?[\d.,/]*\d(?=\s+[a-zA-Z])", tail)  # "is 5 because ..." -> 5
-        tail = (inline[1] or inline[2]) if inline else number[0] if number else _SENTENCE_END.split(
+        closing = None if inline or number else _closing_sentence(tail, last_number)  # "The largest $n$ is 34."
+        tail = (inline[1] or inline[2]) if inline else number[0] if number else closing or _SENTENCE_END.split(
             tail, maxsplit=1)[0]
         if tail.strip():
             return tail.strip()
     if closing := _closing_sentence(text, last_number):
         return closing
     numbers = _LAST_NUMBER.findall(text) if last_number else []
-    return numbers[-1].replace(",", "") if numbers else None
+    if not numbers:
+        return None
+    return numbers[-1] if _AMOUNT.fullmatch(numbers[-1]) else numbers[-1].replace(",", "")
 
 
 def _closing_sentence(text: str, numbers: bool) -> str | None:
     """X in a last line ending "... is X." ("The largest $n$ is 34.", "... equals $\\frac34$ cm."):
     inline math, or (when numbers: it is a last-number read) one number and at most two words (units)."""
     lines = [line for line in text.strip().split("\n") if line.strip()]
-    m = _CLOSING.search(lines[-1][-500:].strip().strip("*")) if lines else None
+    last = lines[-1][-500:].strip().strip("*") if lines else ""
+    m = _CLOSING.search(last) or _MATH_FIRST.search(last)
     if not m or not (numbers or m[1].startswith(("$", "\\("))):
         return None
     answer = m[2] if m[2] is not None else m[1].strip("$")

@@ -45,7 +45,7 @@ _UNICODE = {"−": "-", "–": "-", "×": "\\times ", "·": "\\cdot ", "π": "\\
             "√": "\\sqrt", "°": "", "∪": "\\cup ", "\\langle": "(", "\\rangle": ")", "{,}": ",",
             "\\colon": ":"}
 _LONG_UNITS = (  # stripped after an answer wherever they appear
-    "units?|square units|sq units|meters?|metres?|inches|inch|feet|foot|yards?|miles?|mph|"
+    "units?|square units|sq units|percent|per cent|pct|meters?|metres?|inches|inch|feet|foot|yards?|miles?|mph|"
     "cents?|dollars?|hours?|minutes?|seconds?|days?|weeks?|months?|years?|degrees?|radians?|"
     "grams?|pounds?|ounces?|liters?|litres?|people|students|ways|points"
 )

@@ -1,12 +1,13 @@
-"""The verifier's worker process: the sympy stage (parse.py, symbolic.py) runs here, never in the caller.
+"""The verifier's worker process: the sympy stage (judge.py: strict and Math-Verify) runs here, never in the caller.
 
 The worker is a fresh Python process (subprocess + exec, like multiprocessing's "spawn": nothing of
 torch/CUDA is inherited) that answers (pred, gold) requests over a pipe. A check that exceeds its
 time limit kills the worker, counts a timeout and returns False; a new worker starts importing
-sympy at once. This works from any thread or process, unlike signal.alarm. The worker's start-up
-(~2 s, importing sympy) is outside every check's limit; warm_up() starts it ahead of time.
-One check runs at a time in each worker; ask_many() spreads a batch over a small pool of them
-(one thread per worker). verify_stats() counts checks, timeouts and errors over all workers.
+sympy and Math-Verify at once. This works from any thread or process, unlike signal.alarm. The worker's start-up
+(~3 s, importing sympy and Math-Verify) is outside every check's limit; warm_up() starts it ahead of
+time. One check runs at a time in each worker; ask_many() spreads a batch over a small pool of them
+(one thread per worker). verify_stats() counts checks, timeouts, errors and, with the verifier
+`both`, the checks where strict and Math-Verify disagree, over all workers.
 """
 
 import importlib
@@ -18,26 +19,28 @@ import time
 from multiprocessing.connection import Connection
 
 _START_TIMEOUT = 120.0  # seconds for the worker to import sympy
-_STATS = {"checks": 0, "timeouts": 0, "errors": 0, "worker_checks": 0, "worker_starts": 0,
+_STATS = {"checks": 0, "timeouts": 0, "errors": 0, "disagree": 0, "worker_checks": 0, "worker_starts": 0,
           "last_error": ""}
 _STATS_LOCK = threading.Lock()
-_WORKER_FN = None  # None: symbolic.symbolic_equal; tests inject a slow function
+_WORKER_FN = None  # None, or (stage, fn): tests make a judge.py stage slow (_restart_worker)
 
-def _serve(requests, replies, fn) -> None:
-    """Worker loop: answer (pred, gold) requests with ("ok", bool) or ("error", message)."""
-    from minipsn.verify import parse, symbolic
 
-    fn = fn or symbolic.symbolic_equal
+def _serve(requests, replies, stage: str, fn) -> None:
+    """Worker loop: answer (verifier, pred, gold, raw_pred, raw_gold) requests with ("ok", {verifier:
+    bool}) or ("error", message)."""
+    from minipsn.verify import judge
+
+    if fn is not None:
+        judge.STAGES[stage] = fn
+    judge.warm_up()
     replies.send(("ready", ""))
     while True:
         try:
-            pred, gold = requests.recv()
+            request = requests.recv()
         except EOFError:  # the parent closed the pipe or exited
             return
         try:
-            reply = ("ok", bool(fn(pred, gold)))
-        except (parse.LatexError, parse.TooLarge, RecursionError):
-            reply = ("ok", False)  # unreadable, absurdly nested or astronomically large
+            reply = ("ok", judge.judge(*request))
         except Exception as exc:  # any sympy failure must not kill the worker: count it instead
             reply = ("error", f"{type(exc).__name__}: {str(exc)[:200]}")
         replies.send(reply)
@@ -55,11 +58,12 @@ def _worker_main() -> None:
     replies = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # stray prints must not corrupt the reply channel
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    fn = None
-    if len(sys.argv) > 1:  # "module:function" injected by _restart_worker (tests)
-        module, name = sys.argv[1].split(":")
+    stage, fn = "", None
+    if len(sys.argv) > 1:  # "stage=module:function" injected by _restart_worker (tests)
+        stage, target = sys.argv[1].split("=")
+        module, name = target.split(":")
         fn = getattr(importlib.import_module(module), name)
-    _serve(requests, replies, fn)
+    _serve(requests, replies, stage, fn)
 
 
 class _Worker:
@@ -70,12 +74,13 @@ class _Worker:
     script in the child and cannot start from a daemonic multiprocessing.Pool worker.
     """
 
-    def __init__(self, fn):
+    def __init__(self, injected):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                    CUDA_VISIBLE_DEVICES="")
         argv = [sys.executable, "-c", "from minipsn.verify.worker import _worker_main; _worker_main()"]
-        if fn is not None:
-            argv.append(f"{fn.__module__}:{fn.__qualname__}")
+        if injected is not None:
+            stage, fn = injected
+            argv.append(f"{stage}={fn.__module__}:{fn.__qualname__}")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.requests = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
         self.replies = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
@@ -141,13 +146,16 @@ def _slots(n: int) -> list[_Slot]:
         return _SLOTS[:n]
 
 
-def _check(slot: _Slot, pred: str, gold: str, timeout: float) -> tuple[bool, bool]:
-    """(verdict, whether the worker was replaced) of one check in slot's worker."""
+def _check(slot: _Slot, pred: str, gold: str, timeout: float, verifier: str = "strict", raw_pred: str | None = None,
+           raw_gold: str | None = None) -> tuple[bool, bool]:
+    """(verdict, whether the worker was replaced) of one check in slot's worker: True when every verdict
+    the verifier asks for (both: strict and Math-Verify) is True. raw_*: the answers before normalising."""
     with slot.lock:
         worker = slot.get()
         _count("worker_checks")
         try:
-            worker.requests.send((pred, gold))
+            worker.requests.send((verifier, pred, gold, pred if raw_pred is None else raw_pred,
+                                  gold if raw_gold is None else raw_gold))
             if not worker.replies.poll(timeout):
                 slot.replace()
                 _count("timeouts")
@@ -160,17 +168,21 @@ def _check(slot: _Slot, pred: str, gold: str, timeout: float) -> tuple[bool, boo
     if status == "error":
         _count("errors", value)
         return False, False
-    return value, False
+    if len(set(value.values())) > 1:
+        _count("disagree")
+    return bool(value) and all(value.values()), False
 
 
-def _ask_worker(pred: str, gold: str, timeout: float) -> bool:
-    return _check(_SLOTS[0], pred, gold, timeout)[0]
+def _ask_worker(pred: str, gold: str, timeout: float, verifier: str = "strict", raw_pred: str | None = None,
+                raw_gold: str | None = None) -> bool:
+    return _check(_SLOTS[0], pred, gold, timeout, verifier, raw_pred, raw_gold)[0]
 
 
-def ask_many(requests: list[tuple[str, str, float]], workers: int = 1) -> list[bool]:
-    """Verdicts of (pred, gold, timeout) requests, in order, on up to `workers` worker processes at
-    once: one thread per worker takes the next request. A thread whose worker timed out stops (its
-    replacement is importing sympy) unless it is the last, so a hung check holds up only itself."""
+def ask_many(requests: list[tuple], workers: int = 1) -> list[bool]:
+    """Verdicts of (pred, gold, timeout[, verifier, raw_pred, raw_gold]) requests (see _check), in order,
+    on up to `workers` worker processes at once: one thread per worker takes the next request. A thread
+    whose worker timed out stops (its replacement is importing) unless it is the last, so a hung check
+    holds up only itself."""
     if workers <= 1 or len(requests) <= 1:
         return [_ask_worker(*r) for r in requests]
     verdicts, todo, lock = [False] * len(requests), iter(enumerate(requests)), threading.Lock()
@@ -197,9 +209,10 @@ def ask_many(requests: list[tuple[str, str, float]], workers: int = 1) -> list[b
     return verdicts
 
 
-def _restart_worker(fn=None) -> None:
-    """Replace every worker; they run module-level fn(pred, gold) instead of the sympy stage
-    (a test hook: a function that sleeps forces a timeout). fn=None restores the default."""
+def _restart_worker(fn=None, stage: str = "strict") -> None:
+    """Replace every worker; they run module-level fn instead of judge.py's `stage`: fn(pred, gold) for
+    strict, fn(raw_pred, raw_gold) for math-verify (a test hook: a function that sleeps forces a
+    timeout). fn=None restores the default."""
     global _WORKER_FN
     with _SLOTS_LOCK:
         slots = list(_SLOTS)
@@ -208,7 +221,7 @@ def _restart_worker(fn=None) -> None:
             if slot.worker is not None and slot.worker.pid == os.getpid():
                 slot.worker.kill()
             slot.worker = None
-    _WORKER_FN = fn
+    _WORKER_FN = None if fn is None else (stage, fn)
     warm_up(len(slots))
 
 
@@ -233,7 +246,8 @@ def warm_up(workers: int = 1) -> None:
 
 
 def verify_stats() -> dict:
-    """Counters since import: checks, timeouts, errors (plus worker_checks, worker_starts and
-    last_error). A growing timeouts or errors count means rewards are being lost."""
+    """Counters since import: checks, timeouts, errors, disagree (verifier `both`: strict and Math-Verify
+    differ), plus worker_checks, worker_starts and last_error. A growing timeouts or errors count means
+    rewards are being lost."""
     with _STATS_LOCK:
         return dict(_STATS)
