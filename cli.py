@@ -190,24 +190,39 @@ def calibrate_(
     sigmas: str = typer.Option("0,0.001,0.002,0.005,0.01,0.02,0.05,0.1", help="comma-separated σ grid (0 is always added)"),
     target_kl: float = typer.Option(0.003, help="the noise KL per token to reach (the paper's variant-I target)"),
     draws: int = typer.Option(2, help="noise draws averaged per σ"),
+    weight_sigmas: str = typer.Option("0.0005,0.001,0.002,0.005,0.01,0.02", help="σ grid of the other space, noise on "
+                                      "the base weights (noise.space=weight, psn-weight); empty: skip"),
+    temperatures: str = typer.Option("1.05,1.1,1.2,1.4,1.7", help="sampling temperatures whose KL to the T = 1 policy "
+                                     "is measured (the temperature arm); empty: skip"),
     adapter: Optional[str] = typer.Option(None, help="calibrate around a trained adapter folder instead of a fresh one"),
     out: str = typer.Option("runs/calibrate", help="folder for calibrate.json"),
     config: Optional[str] = typer.Option(None, help="TOML/JSON config file"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (targets, rank, P, G, ...)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
-    """Noise in policy terms: per σ the noise's KL per token, accuracy, diversity, ‖ΔW‖/‖W‖; suggests σ for a target KL."""
+    """Noise in policy terms: per σ the noise's KL per token, accuracy, diversity, ‖ΔW‖/‖W‖, in LoRA and weight
+    space, and the KL of sampling temperatures; suggests σ and T for a target KL."""
     from rich.console import Console
 
-    from minipsn.calibrate import calibrate, parse_sigmas, table
+    from minipsn.calibrate import calibrate, parse_sigmas, parse_temperatures, table
 
     one_process("calibrate")
     cfg = resolve(model, None, config, set_)
-    report = calibrate(cfg, parse_sigmas(sigmas), target_kl, draws, out, adapter)
-    Console().print(table(report))
-    best = report["suggested_sigma"]
-    typer.echo(f"suggested noise.sigma for kl_noise {target_kl:g}: {best:.3g} ({report['suggestion']})" if best is not None
-               else f"no σ suggested: {report['suggestion']}")
+    report = calibrate(cfg, parse_sigmas(sigmas), target_kl, draws, out, adapter,
+                       parse_sigmas(weight_sigmas) if weight_sigmas.strip() else None,
+                       parse_temperatures(temperatures) if temperatures.strip() else None)
+    for t in table(report):
+        Console().print(t)
+    spaces = [(f"noise.sigma ({report.get('space', 'lora')})", report)] + (
+        [("noise.sigma (noise.space=weight)", report["weight"])] if "weight" in report else [])
+    for what, part in spaces:
+        best = part["suggested_sigma"]
+        typer.echo(f"suggested {what} for kl_noise {target_kl:g}: {best:.3g} ({part['suggestion']})" if best is not None
+                   else f"no σ suggested for {what}: {part['suggestion']}")
+    if "temperature" in report:
+        t = report["temperature"]
+        typer.echo(f"suggested rollout.temperature for kl {target_kl:g}: {t['suggested_temperature']:.3g} ({t['suggestion']})"
+                   if t["suggested_temperature"] is not None else f"no temperature suggested: {t['suggestion']}")
     typer.echo(f"calibrate: {out}/calibrate.json ({report['seconds']:.0f} s)")
 
 

@@ -15,7 +15,10 @@ and sampling seed
     delta_w_rel   ‖ΔW_noise‖ / ‖W_base‖ over the noised layers (`noise.perturbation_size`)
 
 averaged over `draws` noise draws, then suggests the σ whose kl_noise reaches `target_kl` (0.003, the
-paper's variant-I target) by log-log interpolation between the grid points around it. calibrate.json
+paper's variant-I target) by log-log interpolation between the grid points around it. Two more grids put
+the other arms at the same noise KL per token: `weight_sigmas`, σ·ε on the target projections' dense base
+weights in the sampler's copy (noise.space=weight, `psn-weight`), and `temperatures`, action-space noise:
+the clean policy sampled at T, with KL(π_T ‖ π_1) per token on its tokens (the `temperature` arm). calibrate.json
 records the settings it measured with; `reuse` hands a stored report back only when they are the
 ones asked for now (the examples reuse it when rerun). A freshly
 initialised adapter has B = 0, so the noise acts through σ·ε_B·A (and σ²·ε_B·ε_A) and the σ needed
@@ -23,6 +26,7 @@ depends on the LoRA rank, scale and model: that is why it is measured, not guess
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -34,7 +38,7 @@ import torch
 from minipsn import algo
 from minipsn.config import Config
 from minipsn.data import format_prompt, load_problems
-from minipsn.engine import make_engine
+from minipsn.engine import build_engine, make_engine
 from minipsn.folders import check_writable
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size
@@ -61,6 +65,17 @@ def parse_sigmas(text: str) -> list[float]:
     return values
 
 
+def parse_temperatures(text: str) -> list[float]:
+    """'1.1,1.3' → [1.1, 1.3]: sorted, each > 1 (hotter than the policy: action-space noise)."""
+    try:
+        values = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"--temperatures expects comma-separated numbers, got {text!r}") from None
+    if not values or values[0] <= 1.0:
+        raise ValueError(f"--temperatures needs values above 1 (hotter than the T = 1 policy), got {text!r}")
+    return values
+
+
 def suggest(rows: list[dict], target: float) -> tuple[float | None, str]:
     """The σ whose kl_noise reaches `target`, interpolated in log-log between the grid points that
     bracket it; None with the reason when the grid does not reach it."""
@@ -78,6 +93,17 @@ def suggest(rows: list[dict], target: float) -> tuple[float | None, str]:
     return None, "kl_noise does not grow over the grid (too few prompts, or noise on layers that do not matter)"
 
 
+def _learner_pass(model, ro, cfg: Config, temperature: float, other: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) log π_θ of the sampled tokens at `other`, and (N, H) pooled states, from no-grad learner passes."""
+    learner, pooled = [], []
+    with torch.no_grad():
+        for rows in micro_batches(ro, cfg.grpo.micro_batch_tokens):
+            _, _, pool, at_other = completion_forward(model, ro, rows, temperature, other)
+            learner.append(at_other)
+            pooled.append(pool)
+    return torch.cat(learner), torch.cat(pooled)
+
+
 def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed: int, sample_seed: int) -> dict:
     """One σ, one noise draw: sample, rescore clean, learner pass, verify."""
     G = cfg.grpo.group_size
@@ -87,30 +113,58 @@ def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed:
         ro = sample(sampler, tok, prompts, G, cfg.rollout, gen, cfg.model.max_prompt_tokens, row_noise=row_noise)
     clean = engine.rescore(ro, cfg.rollout, cfg.noise.targets, cfg.grpo.micro_batch_tokens) if sigma > 0 else ro.raw_logp
     mask = ro.completion_mask.bool()
-    learner, pooled = [], []
-    with torch.no_grad():
-        for rows in micro_batches(ro, cfg.grpo.micro_batch_tokens):
-            _, _, pool, at_sample_t = completion_forward(model, ro, rows, cfg.grpo.temperature, cfg.rollout.temperature)
-            learner.append(at_sample_t)
-            pooled.append(pool)
-    learner = torch.cat(learner)  # log π_θ at the rollout temperature, as the sampler's raw log-probs
+    # log π_θ at the rollout temperature, as the sampler's raw log-probs
+    learner, pooled = _learner_pass(model, ro, cfg, cfg.grpo.temperature, cfg.rollout.temperature)
     if cfg.control.diversity == "hidden":
-        div = algo.group_diversity(torch.cat(pooled), G)
+        div = algo.group_diversity(pooled, G)
     else:
         div = algo.ngram_diversity([r[m].tolist() for r, m in zip(ro.completion_ids, mask)], G)
-    correct = [correctness_reward(t, r["answer"], cut, 0.0, cfg.reward.timeout, cfg.reward.last_number,
-                                  cfg.reward.unboxed_answer, cfg.reward.verifier)
-               for t, r, cut in zip(ro.texts, [r for r in recs for _ in range(G)], ro.truncated.tolist())]
+    correct = _correct(ro, recs, cfg)
     return {"kl_noise": algo.masked_mean(algo.kl_k3(ro.raw_logp, clean), mask).item(),
             "kl_numerics": algo.masked_mean(clean - learner, mask).item(),
             "sampler_gap": algo.masked_mean((clean - learner).abs(), mask).item(),
             "accuracy": sum(correct) / len(correct), "diversity": float(div.mean()),
-            "delta_w_rel": perturbation_size(model, sigma, seed, cfg.noise.targets),
+            "delta_w_rel": (engine.weight_noise_size(sigma, seed, cfg.noise.targets) if getattr(engine, "space", "") == "weight"
+                            else perturbation_size(model, sigma, seed, cfg.noise.targets)),
             "len_mean": float(ro.completion_mask.sum(1).float().mean())}
 
 
+def _correct(ro, recs: list[dict], cfg: Config) -> list[float]:
+    G = cfg.grpo.group_size
+    return [correctness_reward(t, r["answer"], cut, 0.0, cfg.reward.timeout, cfg.reward.last_number,
+                               cfg.reward.unboxed_answer, cfg.reward.verifier)
+            for t, r, cut in zip(ro.texts, [r for r in recs for _ in range(G)], ro.truncated.tolist())]
+
+
+def _temperature(model, engine, tok, prompts, recs, cfg: Config, temperature: float, sample_seed: int) -> dict:
+    """Action-space noise of one temperature T: sample the clean policy at T, and measure KL(π_T ‖ π_1) per token
+    on those tokens (k3, as kl_noise: r = log π_1 − log π_T; π_1 the learner at temperature 1)."""
+    rcfg = dataclasses.replace(cfg.rollout, temperature=temperature)
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(sample_seed)
+    with engine.policy(0.0, [0], cfg.noise.targets) as (sampler, _):
+        ro = sample(sampler, tok, prompts, cfg.grpo.group_size, rcfg, gen, cfg.model.max_prompt_tokens)
+    at_one, pooled = _learner_pass(model, ro, cfg, temperature, 1.0)
+    mask = ro.completion_mask.bool()
+    correct = _correct(ro, recs, cfg)
+    return {"temperature": temperature, "kl": algo.masked_mean(algo.kl_k3(ro.raw_logp, at_one), mask).item(),
+            "accuracy": sum(correct) / len(correct),
+            "diversity": float(algo.group_diversity(pooled, cfg.grpo.group_size).mean())}
+
+
+def _grid(model, engine, tok, prompts, recs, cfg: Config, sigmas: list[float], draws: int) -> list[dict]:
+    rows = []
+    for sigma in sigmas:
+        runs = [_measure(model, engine, tok, prompts, recs, cfg, sigma, derive_seed(cfg.run.seed, "calibrate", d),
+                         derive_seed(cfg.run.seed, "calibrate-sample", d)) for d in range(draws if sigma > 0 else 1)]
+        rows.append({"sigma": sigma, **{k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}})
+    for r in rows:
+        r["accuracy_clean"] = rows[0]["accuracy"]
+    return rows
+
+
 def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws: int = 2,
-              out: str | Path | None = None, adapter: str | None = None) -> dict:
+              out: str | Path | None = None, adapter: str | None = None, weight_sigmas: list[float] | None = None,
+              temperatures: list[float] | None = None) -> dict:
     """Measure every σ in `sigmas` (see the module docstring); write OUT/calibrate.json; return the report."""
     if draws < 1 or target_kl <= 0:
         raise ValueError(f"calibrate needs --draws >= 1 and --target-kl > 0, got {draws} and {target_kl}")
@@ -127,18 +181,25 @@ def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws:
     engine = make_engine(model, cfg)
     recs = step_records(records, 0, P, cfg.run.seed)  # the prompts of the run's first step
     prompts = [format_prompt(tok, r["problem"], cfg.data.template) for r in recs]
-    rows = []
-    for sigma in sigmas:
-        runs = [_measure(model, engine, tok, prompts, recs, cfg, sigma, derive_seed(cfg.run.seed, "calibrate", d),
-                         derive_seed(cfg.run.seed, "calibrate-sample", d)) for d in range(draws if sigma > 0 else 1)]
-        rows.append({"sigma": sigma, **{k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}})
-    for r in rows:
-        r["accuracy_clean"] = rows[0]["accuracy"]
+    rows = _grid(model, engine, tok, prompts, recs, cfg, sigmas, draws)
     best, why = suggest(rows, target_kl)
+    extra = {}
+    if weight_sigmas and cfg.noise.space != "weight":  # the other space, with a copy of its own if need be
+        weight = build_engine(model, "fast", cfg.rollout.max_new_tokens, "weight", static_cache=False, compile_step=False)
+        w_rows = _grid(model, weight, tok, prompts, recs, cfg, weight_sigmas, draws)
+        extra["weight"] = {"rows": w_rows, **dict(zip(("suggested_sigma", "suggestion"), suggest(w_rows, target_kl)))}
+        del weight
+    if temperatures:
+        t_rows = [_temperature(model, engine, tok, prompts, recs, cfg, t, derive_seed(cfg.run.seed, "calibrate-t"))
+                  for t in temperatures]
+        found, t_why = suggest([{"sigma": r["temperature"] - 1.0, "kl_noise": r["kl"]} for r in t_rows], target_kl)
+        extra["temperature"] = {"rows": t_rows, "suggested_temperature": None if found is None else 1.0 + found,
+                                "suggestion": t_why.replace("σ = ", "T − 1 = ")}
     report = {"model": cfg.model.name, "adapter": adapter, "targets": cfg.noise.targets, "lora_rank": cfg.lora.rank,
               "lora_alpha": cfg.lora.alpha, "prompts": P, "group_size": cfg.grpo.group_size, "draws": draws,
               "engine": engine.name, "target_kl": target_kl, "suggested_sigma": best, "suggestion": why,
-              "rows": rows, "seconds": time.perf_counter() - t0, "settings": settings(cfg, sigmas, target_kl, draws, adapter),
+              "space": cfg.noise.space, "rows": rows, **extra, "seconds": time.perf_counter() - t0,
+              "settings": settings(cfg, sigmas, target_kl, draws, adapter, weight_sigmas, temperatures),
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"}
     if out is not None:
@@ -147,21 +208,24 @@ def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws:
     return report
 
 
-def settings(cfg: Config, sigmas: list[float], target_kl: float, draws: int, adapter: str | None) -> dict:
+def settings(cfg: Config, sigmas: list[float], target_kl: float, draws: int, adapter: str | None,
+             weight_sigmas: list[float] | None = None, temperatures: list[float] | None = None) -> dict:
     """What a calibration's numbers depend on (stored in calibrate.json)."""
     return {"config": cfg.to_dict(), "sigmas": list(sigmas), "target_kl": target_kl, "draws": draws,
-            "adapter": adapter}
+            "adapter": adapter, "weight_sigmas": list(weight_sigmas or []), "temperatures": list(temperatures or [])}
 
 
 def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws: int = 2,
-          adapter: str | None = None) -> dict | None:
+          adapter: str | None = None, weight_sigmas: list[float] | None = None,
+          temperatures: list[float] | None = None) -> dict | None:
     """The report in `path` when it was measured with these settings; None when there is none; an error
     naming the settings that differ otherwise (a stale σ is never picked up silently)."""
     path = Path(path)
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    stored, now = report.get("settings"), settings(cfg, sigmas, target_kl, draws, adapter)
+    stored, now = report.get("settings"), settings(cfg, sigmas, target_kl, draws, adapter, weight_sigmas, temperatures)
+    stored = stored if stored is None else {"weight_sigmas": [], "temperatures": [], **stored}  # older reports
     if stored is None:
         raise ValueError(f"{path} does not record the settings it was measured with; delete it to measure again")
     diff = {k: (stored.get(k), v) for k, v in now.items() if k != "config" and stored.get(k) != v}
@@ -173,15 +237,27 @@ def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float =
     return report
 
 
-def table(report: dict):
-    """The report as a rich table."""
+def table(report: dict) -> list:
+    """The report as rich tables: the σ grid of each noise space measured, and the temperatures."""
     from rich.table import Table
 
-    t = Table(title=f"σ calibration: {report['model']}, noise on {report['targets']} LoRA (R = {report['lora_rank']}), "
-                    f"{report['prompts']} prompts × {report['group_size']}, {report['draws']} draws")
-    for col in ("σ", "kl_noise / token", "kl_numerics", "accuracy (clean)", "diversity D", "‖ΔW‖/‖W‖"):
-        t.add_column(col, justify="right")
-    for r in report["rows"]:
-        t.add_row(f"{r['sigma']:g}", f"{r['kl_noise']:.2e}", f"{r['kl_numerics']:.1e}",
-                  f"{r['accuracy']:.3f} ({r['accuracy_clean']:.3f})", f"{r['diversity']:.4f}", f"{r['delta_w_rel']:.2e}")
-    return t
+    tables = []
+    spaces = [(report.get("space", "lora"), report["rows"])] + ([("weight", report["weight"]["rows"])] if "weight" in report else [])
+    for space, rows in spaces:
+        where = f"{report['targets']} LoRA (R = {report['lora_rank']})" if space == "lora" else f"{report['targets']} base weights"
+        t = Table(title=f"σ calibration: {report['model']}, noise on {where}, "
+                        f"{report['prompts']} prompts × {report['group_size']}, {report['draws']} draws")
+        for col in ("σ", "kl_noise / token", "kl_numerics", "accuracy (clean)", "diversity D", "‖ΔW‖/‖W‖"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            t.add_row(f"{r['sigma']:g}", f"{r['kl_noise']:.2e}", f"{r['kl_numerics']:.1e}",
+                      f"{r['accuracy']:.3f} ({r['accuracy_clean']:.3f})", f"{r['diversity']:.4f}", f"{r['delta_w_rel']:.2e}")
+        tables.append(t)
+    if "temperature" in report:
+        t = Table(title="action-space noise: the clean policy sampled at T, KL(π_T ‖ π_1) per token")
+        for col in ("T", "kl / token", "accuracy", "diversity D"):
+            t.add_column(col, justify="right")
+        for r in report["temperature"]["rows"]:
+            t.add_row(f"{r['temperature']:g}", f"{r['kl']:.2e}", f"{r['accuracy']:.3f}", f"{r['diversity']:.4f}")
+        tables.append(t)
+    return tables

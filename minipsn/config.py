@@ -118,7 +118,11 @@ class NoiseConfig:
     targets: str = "mlp"
     # step: one draw shared by all N rows (paper); group: one per prompt's G rows; rollout: one per row
     granularity: str = "step"
-    # the σ controller, how σ moves: fixed, kl (variant I), adaptive (variant II, default for PSN)
+    # where the noise goes: lora (σ·ε on the LoRA A and B of the targets) or weight (σ·ε on the targets' dense base
+    # weights in the sampler's copy, the paper's own form; needs the fast engine and one draw per step)
+    space: str = "lora"
+    # the σ controller, how σ moves: fixed, kl (variant I), adaptive (variant II with an operating point, default
+    # for PSN), paper (variant II as published)
     control: str = "adaptive"
     # σ is clamped to [sigma_min, sigma_max] (when it is not 0): the lower bound
     sigma_min: float = 1e-6
@@ -129,7 +133,11 @@ class NoiseConfig:
         _check(self.sigma >= 0.0, f"noise.sigma must be >= 0, got {self.sigma}")
         _one_of("noise.targets", self.targets, ("mlp", "attn", "all"))
         _one_of("noise.granularity", self.granularity, ("step", "group", "rollout"))
-        _one_of("noise.control", self.control, ("fixed", "kl", "adaptive"))
+        _one_of("noise.space", self.space, ("lora", "weight"))
+        _check(self.space == "lora" or self.granularity == "step",
+               "noise.space=weight draws one noise per step (the sampler's copy holds one set of weights); "
+               "use noise.granularity=step")
+        _one_of("noise.control", self.control, ("fixed", "kl", "adaptive", "paper"))
         _check(0.0 <= self.sigma_min <= self.sigma_max, "need 0 <= noise.sigma_min <= noise.sigma_max")
         _check(self.sigma == 0.0 or self.sigma_min <= self.sigma <= self.sigma_max,
                f"noise.sigma={self.sigma:g} is outside [noise.sigma_min, noise.sigma_max] = "
@@ -160,9 +168,19 @@ class ControlConfig:
     window: int = 20
     # diversity measure D: hidden (cosine of mean-pooled hidden states) or ngram (distinct-n)
     diversity: str = "hidden"
+    # paper (variant II as published): σ ← β·σ when I = λ·D + (1 − λ)·ŝ ≤ paper_target, else σ ← σ/β; β is this
+    # (1.02: σ moves at most ×2.2 in 40 steps)
+    paper_beta: float = 1.02
+    # paper: the target of I (0.25: below its stationary mean ≈ 0.5·D + 0.25 on tiny, so σ rises only when the
+    # groups are both alike and uncertain)
+    paper_target: float = 0.25
+    # paper: steps in the sliding window over which self-certainty is min-max normalised, ŝ ∈ [0, 1] (0.5 while it
+    # has no spread); every controller logs ŝ and the paper's I, so runs compare
+    paper_window: int = 20
 
     def __post_init__(self):
         _check(self.kl_target > 0 and self.kl_alpha >= 1.0, "need control.kl_target > 0, kl_alpha >= 1")
+        _check(self.paper_beta >= 1.0 and self.paper_window >= 2, "need control.paper_beta >= 1 and paper_window >= 2")
         _check(self.kl_band >= 1.0, f"control.kl_band must be >= 1, got {self.kl_band}")
         _check(0.0 <= self.lam <= 1.0, "control.lam must be in [0, 1]")
         _check(self.gain >= 0.0 and 0.0 < self.rate <= 1.0, "need control.gain >= 0 and 0 < control.rate <= 1")

@@ -69,10 +69,13 @@ class SideLinear(torch.nn.Module):
     adapter is folded instead, W' = W + s·B̃Ã (`fold`): fp32 keeps the update to 2⁻²⁴ of W, and one matmul
     samples about 20 % faster on the CPU than three (docs/RESULTS.md)."""
 
-    def __init__(self, source: torch.Tensor, bias: torch.Tensor | None, adapters: list[tuple[torch.Tensor, torch.Tensor, float]]):
+    def __init__(self, source: torch.Tensor, bias: torch.Tensor | None, adapters: list[tuple[torch.Tensor, torch.Tensor, float]],
+                 name: str = ""):
         super().__init__()
         weight = dense_weight(source).clone()
         self.__dict__["source"] = source  # the base weight (4-bit or dense), re-read to fold: not a parameter here
+        self.name, self.dirty = name, False  # the base weight's parameter name (its noise key); noise added to W
+        self.proj = name.replace(".base_layer", "").rsplit(".", 2)[-2] if name else ""  # q_proj, up_proj, ...
         self.weight = torch.nn.Parameter(weight, requires_grad=False)  # (out, in), compute dtype
         self.bias = None if bias is None else torch.nn.Parameter(bias.to(weight.dtype), requires_grad=False)
         self.scales = [s for _, _, s in adapters]
@@ -95,11 +98,19 @@ class SideLinear(torch.nn.Module):
         for i, (a, b) in enumerate(pairs):
             getattr(self, f"A{i}").copy_(a)
             getattr(self, f"B{i}").copy_(b)
-        if self.fold:
+        if self.fold or self.dirty:  # W rebuilt from the base as at the copy's build: bit-exact
             w = dense_weight(self.source).to(torch.float32, copy=True)
-            for (a, b), scale in zip(pairs, self.scales):
+            for (a, b), scale in (zip(pairs, self.scales) if self.fold else ()):
                 w.addmm_(b.float(), a.float(), alpha=scale)
             self.weight.copy_(w)
+            self.dirty = False
+
+    @torch.no_grad()
+    def add_weight_noise(self, sigma: float, seed: int) -> None:
+        """W ← W + σ·ε(seed, name) (noise.space=weight), in fp32 and then in W's dtype; `load` takes it out."""
+        eps = noise.noise_for(self.weight.float(), seed, self.name)
+        self.weight.copy_(self.weight.float().add_(eps, alpha=sigma))
+        self.dirty = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
@@ -163,7 +174,8 @@ def plain_copy(model) -> tuple[torch.nn.Module, list[tuple[SideLinear, list]]]:
                 continue
             if not isinstance(layer, torch.nn.Linear):
                 raise ValueError(f"{name}: cannot copy LoRA on a {type(layer).__name__}; use rollout.engine=lean")
-            side = SideLinear(layer.weight, layer.bias, [(a, b, s) for _, a, _, b, s in adapters])
+            side = SideLinear(layer.weight, layer.bias, [(a, b, s) for _, a, _, b, s in adapters],
+                              f"{name}.base_layer.weight" if isinstance(module, LoraLayer) else f"{name}.weight")
             side.load([(a, b) for _, a, _, b, _ in adapters])
             parent, _, leaf = rel[id(module)].rpartition(".")
             plain.get_submodule(parent).add_module(leaf, side)
@@ -213,6 +225,8 @@ def _sync(device: torch.device) -> None:
 class UnmergedEngine:
     """lean / hf: sample from the peft model itself; noise by `noise_context` (in place or per-row hooks)."""
 
+    space = "lora"  # noise on the adapter only: the 4-bit base cannot take σ·ε
+
     def __init__(self, model, name: str = "lean"):
         self.model, self.name, self.stats = model, name, {}
         if next(model.parameters()).device.type == "cpu":
@@ -237,12 +251,17 @@ class UnmergedEngine:
 
 
 class CopyEngine:
-    """fast: sample from a plain copy of the base with the (perturbed) adapter as fp32 side paths."""
+    """fast: sample from a plain copy of the base with the (perturbed) adapter as fp32 side paths. With
+    `space="weight"` the noise goes on the copy's dense base weights of the target projections instead
+    (W + σ·ε, the paper's form; the adapter stays clean), rebuilt from the base on exit: bit-exact."""
 
     name = "fast"
 
-    def __init__(self, model, max_new_tokens: int, static_cache: bool | None = None, compile_step: bool | None = None):
-        self.model = model
+    def __init__(self, model, max_new_tokens: int, static_cache: bool | None = None, compile_step: bool | None = None,
+                 space: str = "lora"):
+        if space not in ("lora", "weight"):
+            raise ValueError(f"unknown noise space {space!r}; use lora or weight")
+        self.model, self.space = model, space
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
         if not cuda:
@@ -266,12 +285,15 @@ class CopyEngine:
         if sigma > 0 and len(set(seeds)) > 1:
             raise ValueError("the fast engine holds one noise draw per step; per-group or per-rollout noise "
                              "needs the unmerged path (rollout.engine=lean)")
-        noisy = set(lora_parameters(self.model, targets)) if sigma > 0 else set()
+        weight = sigma > 0 and self.space == "weight"
+        noisy = set(lora_parameters(self.model, targets)) if sigma > 0 and not weight else set()
         if noisy - self.copied_names:
             raise RuntimeError(f"noise targets not in the copy: {sorted(noisy - self.copied_names)[:3]}")
         t0 = time.perf_counter()
         try:
             load_adapters(self.sides, sigma, seeds[0] if seeds else 0, noisy)
+            for side in self.weight_targets(targets) if weight else ():
+                side.add_weight_noise(sigma, seeds[0] if seeds else 0)
             _sync(self.device)
             self.stats = {"noise_in_s": time.perf_counter() - t0}
             yield self.sampler, None
@@ -285,6 +307,25 @@ class CopyEngine:
         """(N, T) log π_clean of the sampled tokens: the copy with the clean adapter."""
         with self.policy(0.0, [0], targets):
             return rollout.rescore(self.plain, ro, rcfg, budget_tokens)
+
+    def weight_targets(self, targets: str) -> list[SideLinear]:
+        """The copy's projections named by `targets` (mlp, attn, all): where weight-space noise goes."""
+        from minipsn.models import TARGETS
+
+        found = [side for side, _ in self.sides if side.proj in TARGETS[targets]]
+        if not found:
+            raise ValueError(f"the sampler's copy has no {targets} projections to put weight-space noise on")
+        return found
+
+    @torch.no_grad()
+    def weight_noise_size(self, sigma: float, seed: int, targets: str) -> float:
+        """‖σ·ε‖_F / ‖W‖_F over the target projections' base weights (noise.space=weight): `noise/delta_w_rel`."""
+        noise_sq = base_sq = 0.0
+        for side in self.weight_targets(targets):
+            w = dense_weight(side.source).double()
+            noise_sq += float(noise.noise_for(w.float(), seed, side.name).double().pow(2).sum()) * sigma**2
+            base_sq += float(w.pow(2).sum())
+        return (noise_sq / base_sq) ** 0.5 if base_sq > 0 else 0.0
 
 
 class StaticDecoder(torch.nn.Module):
@@ -408,11 +449,13 @@ def choose_engine(requested: str, device_type: str, per_row_noise: bool, quantiz
     return "fast", f"auto on cpu: the dense copy sampled {CPU_SPEEDUP:.1f}× faster than NF4 + unmerged LoRA (tiny)"
 
 
-def build_engine(model, name: str, max_new_tokens: int, **fast_kwargs):
-    """An engine by name (no auto): fast → CopyEngine, lean/hf → UnmergedEngine."""
+def build_engine(model, name: str, max_new_tokens: int, space: str = "lora", **fast_kwargs):
+    """An engine by name (no auto): fast → CopyEngine, lean/hf → UnmergedEngine (lora noise only)."""
     if name == "fast":
-        return CopyEngine(model, max_new_tokens, **fast_kwargs)
+        return CopyEngine(model, max_new_tokens, space=space, **fast_kwargs)
     elif name in ("lean", "hf"):
+        if space != "lora":
+            raise ValueError(f"noise.space={space} needs the sampler's dense copy: use rollout.engine=fast (or auto)")
         return UnmergedEngine(model, name)
     else:
         raise ValueError(f"unknown engine {name!r}; use fast, lean or hf")
@@ -429,7 +472,13 @@ def make_engine(model, cfg: Config):
         free, total = torch.cuda.mem_get_info(device)
     name, why = choose_engine(cfg.rollout.engine, device.type, per_row, quantized, free, total,
                               copy_bytes(model, dtype))
-    engine = build_engine(model, name, max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens))  # eval samples too
+    if cfg.noise.space == "weight" and cfg.noise.sigma > 0 and name != "fast":
+        if cfg.rollout.engine != "auto":
+            raise ValueError(f"noise.space=weight needs the sampler's dense copy; rollout.engine={cfg.rollout.engine} "
+                             "has none: use rollout.engine=fast (or auto)")
+        name, why = "fast", "noise.space=weight needs the dense copy"
+    engine = build_engine(model, name, max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens),  # eval samples too
+                          cfg.noise.space)
     what = {"fast": f"a {str(dtype).removeprefix('torch.')} copy of the base, the adapter beside it in float32",
             "lean": "4-bit base + unmerged LoRA", "hf": "base + unmerged LoRA"}[name]
     print(f"rollout engine: {name} ({what}; {why})")

@@ -33,6 +33,12 @@ Where `adaptive` departs from the paper, which moves σ ← β·σ when I = λ·
   2-grams), and s is the mean self-certainty KL(U ‖ p) of the sampler's logits (the perturbed policy,
   before temperature) over the sampled tokens: both come from passes the step makes anyway.
 
+    paper     variant II as published: I_p = λ·D + (1 − λ)·ŝ, ŝ the self-certainty min-max normalised over the
+              last `paper_window` steps (0.5 while they have no spread); I_p ≤ paper_target: σ ← β·σ,
+              else σ ← σ/β. No reference window and no operating point: σ random-walks by ×β or ÷β. The rule
+              and its signs are the paper's; β and the target are this kit's (config.py), as the text gives
+              no values we could use for a 0.8 M model. Every controller logs ŝ and I_p.
+
 After any rule σ is clamped to [σ_min, σ_max]. σ = 0 means noise off (plain GRPO): every controller
 keeps it at exactly 0. `update` logs the signals, z-scores and I of *this* step for every controller
 (so runs compare) and moves σ for the *next* step; `state_dict` holds everything needed to continue
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 
 from minipsn.config import ControlConfig, NoiseConfig
 
@@ -60,6 +67,13 @@ def _read(signals: dict[str, float]) -> tuple[float, float, float]:
     if bad:
         raise ValueError(f"σ controller signals must be finite, got {', '.join(bad)} (a diverged loss or empty rollouts?)")
     return out
+
+
+def minmax_normalise(value: float, window: list[float]) -> float:
+    """(value − min) / (max − min) over `window` (which holds `value`), in [0, 1]; 0.5 while the window has no
+    spread (one step, or all equal): no evidence either way."""
+    lo, hi = min(window), max(window)
+    return 0.5 if hi <= lo else (value - lo) / (hi - lo)
 
 
 def standardise(value: float, reference: list[float]) -> float:
@@ -82,15 +96,16 @@ class FixedSigma:
         self.sigma0 = self.sigma = float(noise.sigma)
         self.ref_div: list[float] = []   # D of the first `window` steps: the reference
         self.ref_cert: list[float] = []  # s of the first `window` steps
+        self.recent_cert: deque[float] = deque(maxlen=cfg.paper_window)  # s of the last paper_window steps
 
     @property
     def calibrating(self) -> bool:
         """True while the reference window is still being recorded (σ holds)."""
         return len(self.ref_div) < self.cfg.window
 
-    def _next(self, kl_noise: float, indicator: float, recording: bool) -> float:
+    def _next(self, kl_noise: float, indicator: float, recording: bool, paper_indicator: float) -> float:
         """σ of the next step by this controller's rule, before the clamp (`recording`: this step
-        was part of the reference window)."""
+        was part of the reference window; `paper_indicator`: the published variant II's I_p)."""
         return self.sigma
 
     def update(self, signals: dict[str, float]) -> dict[str, float]:
@@ -104,20 +119,24 @@ class FixedSigma:
         z_div, z_cert = standardise(diversity, self.ref_div), standardise(certainty, self.ref_cert)
         lam = self.cfg.lam
         indicator = max(-INDICATOR_CLIP, min(INDICATOR_CLIP, lam * z_div - (1.0 - lam) * z_cert))
+        self.recent_cert.append(certainty)
+        cert_minmax = minmax_normalise(certainty, list(self.recent_cert))
+        paper_indicator = lam * diversity + (1.0 - lam) * cert_minmax
         before = self.sigma
-        wanted = self._next(kl_noise, indicator, recording) if before > 0 else 0.0  # σ = 0: noise off, stays 0
+        wanted = self._next(kl_noise, indicator, recording, paper_indicator) if before > 0 else 0.0  # σ = 0 stays 0
         if before > 0:
             self.sigma = min(max(wanted, self.noise.sigma_min), self.noise.sigma_max)
         # direction is where σ went (after the clamp); clamped: the bounds held back the rule's move
         return {"noise/kl_noise": kl_noise, "noise/diversity": diversity, "noise/certainty": certainty,
                 "noise/diversity_z": z_div, "noise/certainty_z": z_cert, "noise/indicator": indicator,
+                "noise/certainty_minmax": cert_minmax, "noise/paper_indicator": paper_indicator,
                 "noise/calibrating": float(recording),
                 "noise/direction": float((self.sigma > before) - (self.sigma < before)),
                 "noise/clamped": float(before > 0 and self.sigma != wanted), "noise/sigma_next": self.sigma}
 
     def state_dict(self) -> dict:
         return {"controller": self.name, "sigma": self.sigma, "sigma0": self.sigma0,
-                "ref_div": list(self.ref_div), "ref_cert": list(self.ref_cert)}
+                "ref_div": list(self.ref_div), "ref_cert": list(self.ref_cert), "recent_cert": list(self.recent_cert)}
 
     def load_state_dict(self, state: dict) -> None:
         kind = state.get("controller", state.get("scheduler", self.name))
@@ -128,6 +147,7 @@ class FixedSigma:
         self.sigma0 = float(state.get("sigma0", self.sigma0))
         self.ref_div = [float(v) for v in state.get("ref_div", [])]
         self.ref_cert = [float(v) for v in state.get("ref_cert", [])]
+        self.recent_cert = deque((float(v) for v in state.get("recent_cert", [])), maxlen=self.cfg.paper_window)
 
 
 class KLSigma(FixedSigma):
@@ -135,7 +155,7 @@ class KLSigma(FixedSigma):
 
     name = "kl"
 
-    def _next(self, kl_noise: float, indicator: float, recording: bool) -> float:
+    def _next(self, kl_noise: float, indicator: float, recording: bool, paper_indicator: float) -> float:
         if kl_noise > self.cfg.kl_target * self.cfg.kl_band:
             return self.sigma / self.cfg.kl_alpha  # the noisy policy drifts too far: less noise
         if kl_noise < self.cfg.kl_target / self.cfg.kl_band:
@@ -148,18 +168,28 @@ class AdaptiveSigma(FixedSigma):
 
     name = "adaptive"
 
-    def _next(self, kl_noise: float, indicator: float, recording: bool) -> float:
+    def _next(self, kl_noise: float, indicator: float, recording: bool, paper_indicator: float) -> float:
         if recording:
             return self.sigma  # σ holds at σ₀ while the reference is recorded
         set_point = math.log(self.sigma0) + self.cfg.gain * (self.cfg.target - indicator)
         return math.exp(math.log(self.sigma) + self.cfg.rate * (set_point - math.log(self.sigma)))
 
 
+class PaperSigma(FixedSigma):
+    """Variant II as published: σ ← β·σ while I_p = λ·D + (1 − λ)·ŝ is at or below its target, else σ/β."""
+
+    name = "paper"
+
+    def _next(self, kl_noise: float, indicator: float, recording: bool, paper_indicator: float) -> float:
+        beta = self.cfg.paper_beta
+        return self.sigma * beta if paper_indicator <= self.cfg.paper_target else self.sigma / beta
+
+
 def make_controller(noise: NoiseConfig, cfg: ControlConfig) -> FixedSigma:
     """The σ controller named by `noise.control`, starting at `noise.sigma`."""
-    kinds = {"fixed": FixedSigma, "kl": KLSigma, "adaptive": AdaptiveSigma}
+    kinds = {"fixed": FixedSigma, "kl": KLSigma, "adaptive": AdaptiveSigma, "paper": PaperSigma}
     if noise.control not in kinds:
-        raise ValueError(f"unknown noise.control {noise.control!r}; use fixed, kl or adaptive")
+        raise ValueError(f"unknown noise.control {noise.control!r}; use {', '.join(kinds)}")
     if noise.sigma == 0 and noise.control != "fixed":
         print(f"note: noise.sigma=0 means noise off; the {noise.control} controller keeps σ at 0 "
               f"(set noise.sigma within [{noise.sigma_min:g}, {noise.sigma_max:g}] to start it)")

@@ -331,11 +331,13 @@ class Trainer:
 
     def _measure_noise(self, ro: Rollouts, sigma: float, seed: int) -> float:
         """σ > 0: the clean sampler's log-probs of the sampled tokens into `ro.clean_logp` (so the noise's
-        own KL is told apart from sampler/learner numerics); returns ‖ΔW_noise‖/‖W‖ (0 at σ = 0)."""
+        own KL is told apart from numerics); returns ‖ΔW_noise‖/‖W‖ (0 at σ = 0)."""
         if sigma == 0:
             return 0.0
         targets = self.cfg.noise.targets
         ro.clean_logp = self.engine.rescore(ro, self.rollout_cfg, targets, self.grpo_cfg.micro_batch_tokens)
+        if self.cfg.noise.space == "weight":
+            return self.engine.weight_noise_size(sigma, seed, targets)
         return perturbation_size(self.model, sigma, seed, targets)
 
     def _diversity(self, ro: Rollouts, pooled: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ def data_file(name: str) -> Path:
 
 # Modules whose tests load the warm-started `tiny` model (some in subprocesses under a time limit).
 TINY_MODULES = {"test_bench", "test_core", "test_distributed", "test_engine", "test_errors", "test_evaluate", "test_examples", "test_learner",
-                "test_methods", "test_noise", "test_noise_terms", "test_resume", "test_run_integrity", "test_sampler", "test_train", "test_verify"}
+                "test_methods", "test_noise", "test_noise_terms", "test_resume", "test_run_integrity", "test_sampler", "test_train", "test_verify", "test_arms"}
 TINY_BUILD_LIMIT_S = 3600  # about 3 min on 2 quiet cores; a slow, busy laptop gets twenty times that
 
 
