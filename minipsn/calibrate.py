@@ -40,12 +40,12 @@ from minipsn.config import Config
 from minipsn.data import format_prompt, load_problems
 from minipsn.engine import build_engine, make_engine
 from minipsn.folders import check_writable
+from minipsn.learner import completion_forward, micro_batches
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size
 from minipsn.overrides import settings_diff
 from minipsn.rewards import correctness_reward
 from minipsn.rollout import sample
-from minipsn.learner import completion_forward, micro_batches
 from minipsn.train import step_records
 
 DEFAULT_SIGMAS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)

@@ -8,8 +8,8 @@ import torch
 
 from minipsn import engine as E
 from minipsn.config import ControlConfig, NoiseConfig, RolloutConfig, build_config
-from minipsn.sigma_control import PaperSigma, make_controller, minmax_normalise
 from minipsn.rollout import sample
+from minipsn.sigma_control import PaperSigma, make_controller, minmax_normalise
 
 
 def sig(div, cert, kl=0.003):
