@@ -92,7 +92,7 @@ def resume_config(resume: str, ignored: list[str], steps, sets: list[str]):
 @friendly
 def train(
     model: Optional[str] = typer.Option(None, help="alias (tiny, qwen-1.5b, ...), hub id or local folder"),
-    method: Optional[str] = typer.Option(None, help="grpo, psn, psn-notis, psn-kl, psn-adaptive, temperature, passk, psn-passk"),
+    method: Optional[str] = typer.Option(None, help="grpo, psn, psn-notis, psn-kl, psn-adaptive, psn-paper, psn-weight, temperature, passk, psn-passk"),
     steps: Optional[int] = typer.Option(None, help="optimizer steps (run.steps)"),
     sigma: Optional[float] = typer.Option(None, help="initial noise std σ (noise.sigma)"),
     seed: Optional[int] = typer.Option(None, help="run seed (run.seed)"),
@@ -122,7 +122,7 @@ def train(
 @friendly
 def config_(
     model: Optional[str] = typer.Option(None, help="alias (tiny, qwen-1.5b, ...), hub id or local folder"),
-    method: Optional[str] = typer.Option(None, help="grpo, psn, psn-notis, psn-kl, psn-adaptive, temperature, passk, psn-passk"),
+    method: Optional[str] = typer.Option(None, help="grpo, psn, psn-notis, psn-kl, psn-adaptive, psn-paper, psn-weight, temperature, passk, psn-passk"),
     config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
@@ -321,7 +321,7 @@ def verify_audit(
 @app.command()
 @friendly
 def compare(
-    methods: str = typer.Option("grpo,psn-adaptive", help="comma-separated: grpo, psn, psn-notis, psn-kl, psn-adaptive, temperature, passk, psn-passk"),
+    methods: str = typer.Option("grpo,psn-adaptive", help="comma-separated: grpo, psn, psn-notis, psn-kl, psn-adaptive, psn-paper, psn-weight, temperature, passk, psn-passk"),
     seeds: int = typer.Option(3, help="seeds per method"),
     model: str = typer.Option("tiny", help="alias, hub id or local folder"),
     steps: Optional[int] = typer.Option(None, help="training steps per run (run.steps)"),
