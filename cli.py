@@ -333,21 +333,32 @@ def compare(
                                 "(1 under torchrun: each job runs on all the ranks)"),
     recompute: bool = typer.Option(False, "--recompute", help="redo the finished jobs made with other settings "
                                    "(without it they are an error)"),
+    ref: str = typer.Option("grpo", help="the method (or base) every other one is compared with, paired on the problems"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (applies to every run)"),
+    method_set: list[str] = typer.Option([], "--method-set", help="METHOD:section.key=value, repeatable: one "
+                                         "method's own override (e.g. psn-weight:noise.sigma=0.01)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
-    """Train and evaluate every (method, seed); write compare.md, compare.json and compare.png.
-    Finished jobs are reused when they were made with these settings. Under torchrun every job
-    trains and evaluates on all the ranks, one job after another."""
+    """Train and evaluate every (method, seed); write compare.md, compare.json, compare.png and compare_diff.png
+    (each method's pass@k minus the reference's, with paired 95 % intervals). Finished jobs are reused when
+    they were made with these settings. Under torchrun every job trains and evaluates on all the ranks."""
     from minipsn.compare import compare as run_compare
     from minipsn.config import parse_sets
 
     sets = {k: v for k, v in {"run.steps": steps, "noise.sigma": sigma, "eval.n": n}.items() if v is not None}
     sets.update(parse_sets(set_))
+    per_method: dict[str, dict] = {}
+    for item in method_set:
+        method, sep, rest = item.partition(":")
+        if not sep:
+            raise ValueError(f"--method-set expects METHOD:section.key=value, got {item!r}")
+        per_method.setdefault(method.strip(), {}).update(parse_sets([rest]))
     result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,
-                         tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers, recompute)
+                         tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers, recompute, ref,
+                         per_method)
     typer.echo((Path(out) / "compare.md").read_text())
-    typer.echo(f"wrote {out}/compare.md, compare.json, compare.png ({len(result['methods'])} methods × {seeds} seeds)")
+    typer.echo(f"wrote {out}/compare.md, compare.json, compare.png, compare_diff.png "
+               f"({len(result['methods'])} methods × {seeds} seeds)")
 
 
 @app.command("data")

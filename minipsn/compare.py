@@ -2,8 +2,11 @@
 
     RUN/base/eval/                 the starting model, no RL (the "base" row: what RL has to beat)
     RUN/<method>-s<seed>/          a normal run folder (metrics.jsonl, adapter/, eval/eval.json)
-    RUN/compare.json, compare.md   pass@k (k = 1, 4, 16, 64, 256 where n allows) and accuracy per method
+    RUN/compare.json, compare.md   pass@k (k = 1, 4, 16, 64, 256 where n allows) and accuracy per method, and
+                                   each method's Δ pass@k against a reference (`ref`, default grpo) with a
+                                   paired 95 % interval over seeds and problems (paired.py)
     RUN/compare.png                pass@k curves, mean over seeds with a ±1 std band
+    RUN/compare_diff.png           Δ pass@k against the reference, with the interval as a band
 
 Resumable at the grain of a run: a (method, seed) whose eval.json exists is not redone, one
 with a checkpoint resumes its training, but only when it was made with the settings asked for now:
@@ -68,7 +71,7 @@ def job_config(model: str, method: str, seed: int, sets: dict, run_dir: Path) ->
 
 
 def base_config(model: str, sets: dict) -> Config:
-    return build_config(model=model, sets={**sets, "run.seed": 0})
+    return build_config(model=model, sets={**{k: v for k, v in sets.items() if k != "per_method"}, "run.seed": 0})
 
 
 def _differences(folder: Path, cfg: Config, benchmarks: list[str], train: bool) -> tuple[dict, dict]:
@@ -131,10 +134,13 @@ def _on_main(fn, *args):
 
 def method_sets(method: str, sets: dict) -> dict:
     """The grid's overrides for one method: noise.* settings (`--sigma`) reach only the methods with
-    noise, so a baseline (grpo, temperature, passk: σ = 0) stays one."""
+    noise, so a baseline (grpo, temperature, passk: σ = 0) stays one; then that method's own overrides
+    (`sets["per_method"][method]`, e.g. the σ calibrated for its noise space, or a temperature)."""
+    own = sets.get("per_method", {}).get(method, {})
+    sets = {k: v for k, v in sets.items() if k != "per_method"}
     if METHODS[method].get("noise.sigma") == 0.0:
-        return {k: v for k, v in sets.items() if not k.startswith("noise.")}
-    return sets
+        sets = {k: v for k, v in sets.items() if not k.startswith("noise.")}
+    return {**sets, **own}
 
 
 def evaluate_base(model: str, sets: dict, out: Path, benchmarks: list[str]) -> dict:
@@ -232,15 +238,21 @@ def _one_thread() -> None:
 
 
 def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: dict | None = None,
-            benchmarks: tuple[str, ...] = ("synthetic",), workers: int = 1, recompute: bool = False) -> dict:
-    """Train and evaluate every (method, seed); write compare.json, compare.md and compare.png in `out`.
-    `workers` > 1 runs that many (method, seed) jobs at once, one process and torch thread each (on a
-    CPU with that many cores, about `workers` times faster for small models). Under torchrun each job
+            benchmarks: tuple[str, ...] = ("synthetic",), workers: int = 1, recompute: bool = False,
+            ref: str = "grpo", per_method: dict[str, dict] | None = None) -> dict:
+    """Train and evaluate every (method, seed); write compare.json, compare.md, compare.png and
+    compare_diff.png in `out`. `ref` (a method of the grid, or base) is what the paired differences are
+    taken against; `per_method` {method: overrides} applies after the grid's `sets` (a σ per noise space, a
+    temperature). `workers` > 1 runs that many (method, seed) jobs at once, one process and torch thread each
+    (on a CPU with that many cores, about `workers` times faster for small models). Under torchrun each job
     runs on all the ranks in turn (`workers` must be 1); rank 0 writes the files. A stored result made
     with other settings is an error, or with `recompute` is redone (`check_reuse`)."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods + list(per_method or {}) if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if ref not in methods and ref != "base":
+        raise ValueError(f"--ref {ref} is not in the grid ({', '.join(['base', *methods])}); add it to --methods "
+                         "or choose one of them")
     if seeds < 1:
         raise ValueError("--seeds must be >= 1")
     if workers > 1 and dist.launched():
@@ -250,9 +262,10 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
     joined = not dist.active() and dist.init()  # torchrun: one process group for every job of the grid
     try:
         _on_main(folders.hold, out)  # one compare per grid folder (its jobs lock their own run folders)
-        sets = {"eval.every": 0, **(sets or {}), **({"run.threads": 1} if workers > 1 else {})}
+        sets = {"eval.every": 0, **(sets or {}), **({"run.threads": 1} if workers > 1 else {}),
+                **({"per_method": per_method} if per_method else {})}
         _on_main(check_reuse, out, model, methods, seeds, sets, list(benchmarks), recompute)
-        return _grid(model, methods, seeds, out, sets, benchmarks, workers)
+        return _grid(model, methods, seeds, out, sets, benchmarks, workers, ref)
     finally:
         if dist.is_main():
             folders.release(out)
@@ -261,7 +274,7 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
 
 
 def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, benchmarks: tuple[str, ...],
-          workers: int) -> dict:
+          workers: int, ref: str) -> dict:
     if workers > 1:
         from minipsn.models import resolve_name
 
@@ -278,8 +291,16 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
                "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
                                               for m, s in summary.items()}}
     if dist.is_main():
-        (out / "compare.md").write_text(markdown(summary, n))
+        from minipsn import paired
+
+        folders = {"base": [out / "base" / "eval"], **{m: [out / f"{m}-s{s}" / "eval" for s in range(seeds)]
+                                                       for m in methods}}
+        payload["paired"] = {"ref": ref, "benchmarks": paired.paired(folders, ref, list(benchmarks), TABLE_KS)}
+        (out / "compare.md").write_text(markdown(summary, n) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
+                                                                                          ref, seeds))
         (out / "compare.json").write_text(json.dumps(payload, indent=2))
         plot_bands(summary, out / "compare.png")
+        paired.diff_figure(payload["paired"]["benchmarks"], ref, ["base", *methods], seeds).savefig(
+            out / "compare_diff.png", dpi=120)
     dist.barrier()  # torchrun: the files exist before any rank returns (and reads them)
     return payload

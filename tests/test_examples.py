@@ -121,3 +121,23 @@ def test_every_generator_is_made_on_the_models_device():
         bad += [f"{f.relative_to(REPO)}:{line}" for line, arg in calls if not _from_a_tensor(arg, assigned)]
     assert seen >= 5  # quickstart, train, evaluate (2), noise, bench: the check sees them
     assert not bad, f"torch.Generator without the model's device at {bad}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="calibrates 3 grids and trains 9 arms (~3 min): MINIPSN_SLOW=1")
+def test_the_exploration_example_runs_every_arm_on_the_tiny_model(tmp_path):
+    out = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "exploration.py"), "tiny", str(out), "1", "1", "2",
+                           "4", "1"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "compare.json").read_text())
+    assert result["methods"] == ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "temperature",
+                                 "passk", "psn-passk"]
+    cfgs = {m: json.loads((out / f"{m}-s0" / "config.json").read_text()) for m in result["methods"]}
+    cal = json.loads((out / "calibrate" / "calibrate.json").read_text())
+    assert cfgs["psn-weight"]["noise"]["space"] == "weight"
+    assert cfgs["psn-weight"]["noise"]["sigma"] == round(cal["weight"]["suggested_sigma"], 4)
+    assert cfgs["psn"]["noise"]["sigma"] == round(cal["suggested_sigma"], 4)
+    assert cfgs["temperature"]["rollout"]["temperature"] == round(cal["temperature"]["suggested_temperature"], 3)
+    assert set(result["paired"]["benchmarks"]["synthetic"]["kinds"]["all"]) == {"base", *result["methods"]} - {"grpo"}
+    assert (out / "compare_diff.png").is_file()

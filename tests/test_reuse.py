@@ -37,6 +37,10 @@ def jobs(monkeypatch):
         report = {"model": cfg.model.name, "adapter": adapter, "n": cfg.eval.n, "seed": cfg.run.seed,
                   "benchmarks": {b: bench for b in benchmarks}, "average": bench, "config": cfg.to_dict()}
         (out / "eval.json").write_text(json.dumps(report))
+        (out / "samples").mkdir(exist_ok=True)
+        for b in benchmarks:  # what compare's paired differences read: one row per problem
+            rows = [{"meta": {}}] + [{"id": f"p{i}", "correct": [i % 2] * cfg.eval.n} for i in range(2)]
+            (out / "samples" / f"{b}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         ran.append(("eval", out.parent.name))
         return report
 
