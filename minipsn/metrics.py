@@ -22,8 +22,7 @@ import torch
 from minipsn import distributed as dist
 from minipsn.rollout import Rollouts
 
-PER_ROW = ("reward", "correct", "len", "truncated", "certainty")
-PER_GROUP = ("zero_adv", "diversity")
+PER_GROUP = ("zero_adv", "diversity")  # means over the groups; the others over the rows
 
 
 def _f32(x: float) -> float:
