@@ -8,7 +8,7 @@
 (arXiv 2602.02555, Alg. 1). Deviations: noise only on LoRA adapters of a 4-bit base; by default
 one optimizer step per batch (on-policy: π_θold = π_θ, so the PPO ratio is 1), `grpo.epochs` ×
 `grpo.mini_batches` steps as an option (`learner.py`); `algo.py` holds every formula. Around the step:
-`step_batch` (this process's prompts, generators and noise seeds), metrics.py (the step's means over every
+`Trainer.batch` (this process's prompts, generators and noise seeds), metrics.py (the step's means over every
 process; perf/*), oom.py (halve and retry), checkpoint.RunState (what a checkpoint saves), trackers.py (records).
 """
 from __future__ import annotations
@@ -99,20 +99,12 @@ def per_prompt_rng(cfg: Config) -> bool:
     return cfg.rollout.rng != "batch"
 
 
-def sampling_generators(cfg: Config, device: torch.device, step: int, prompts: range):
-    """The generators the step's `prompts` (their indices in the step) sample with: one per prompt, seeded by that
-    index, so a prompt samples the same tokens whichever process samples it; or one for the step (rollout.rng=batch)."""
-    if per_prompt_rng(cfg):
-        return [torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "sample", step, i)) for i in prompts]
-    return torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
-
-
 @dataclass
 class StepBatch:
     """What a process samples at one step: its share lo … hi − 1 of the step's P prompts (all of them on one process)."""
     records: list[dict]          # (P_r,) the problems
     prompts: list[str]           # (P_r,) the problems as prompts
-    generators: object           # sampling_generators
+    generators: object           # one per prompt, seeded by its index in the step, or one for the step (Trainer.batch)
     noise_seed: int              # the step's noise seed (noise/seed): rebuilds its noisy policies
     step_seeds: list[int]        # (N,) the noise seed of every row of the step, prompt-major (noise.row_seeds)
     first_row: int               # this process's rows are first_row … first_row + P_r·G − 1 of the step's N = P·G
@@ -133,17 +125,6 @@ class StepBatch:
         if granularity == "step":
             return {}
         return {"noise/row_seeds": self.step_seeds[:: self.G] if granularity == "group" else self.step_seeds}
-
-
-def step_batch(cfg: Config, records: list[dict], tok, device: torch.device, step: int) -> StepBatch:
-    """This process's prompts of step `step`, their sampling generators and the noise seeds of their rows."""
-    P, G = cfg.grpo.prompts_per_step, cfg.grpo.group_size
-    lo, hi = dist.shard(P)  # torchrun: this rank's prompts lo … hi − 1 of the step's P
-    recs = step_records(records, step, P, cfg.run.seed)[lo:hi]
-    noise_seed = derive_seed(cfg.run.seed, "noise", step)
-    return StepBatch(recs, [format_prompt(tok, r["problem"], cfg.data.template) for r in recs],
-                     sampling_generators(cfg, device, step, range(lo, hi)), noise_seed,
-                     row_seeds(noise_seed, P, G, cfg.noise.granularity), lo * G, G)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: Config, step: int) -> float:
@@ -206,10 +187,23 @@ class Trainer:
             trackers.truncate(self.run_dir, self.state.step)
         print(f"resumed {self.run_dir} at step {self.state.step}")
 
+    def batch(self, step: int) -> StepBatch:
+        """This process's prompts of step `step`, their sampling generators and the noise seeds of their rows."""
+        cfg, P, G = self.cfg, self.cfg.grpo.prompts_per_step, self.cfg.grpo.group_size
+        lo, hi = dist.shard(P)  # torchrun: this rank's prompts lo … hi − 1 of the step's P
+        recs = step_records(self.records, step, P, cfg.run.seed)[lo:hi]
+        if per_prompt_rng(cfg):  # one per prompt: a prompt samples the same tokens whichever process samples it
+            gens = [torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step, i)) for i in range(lo, hi)]
+        else:
+            gens = torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
+        noise_seed = derive_seed(cfg.run.seed, "noise", step)
+        return StepBatch(recs, [format_prompt(self.tok, r["problem"], cfg.data.template) for r in recs], gens, noise_seed,
+                         row_seeds(noise_seed, P, G, cfg.noise.granularity), lo * G, G)
+
     def step(self, step: int) -> dict:
         """One PSN-GRPO step (arXiv 2602.02555, Alg. 1) on this process's share of the step's prompts."""
         cfg, G, state, clock = self.cfg, self.cfg.grpo.group_size, self.state, metrics.Stopwatch()
-        batch, sigma = step_batch(cfg, self.records, self.tok, self.device, step), self.controller.sigma
+        batch, sigma = self.batch(step), self.controller.sigma  # this process's prompts, generators, noise seeds
 
         # 1-3. perturb the LoRA weights by σ·ε (each row's seed), sample G completions per prompt with π_θ̃, restore θ
         with self.engine.policy(sigma, batch.seeds, cfg.noise.targets) as (noisy, row_noise):
