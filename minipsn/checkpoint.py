@@ -3,7 +3,7 @@
 Layout of a run folder:
     config.json                  resolved config (also inside every checkpoint)
     metrics.jsonl                one JSON object per step
-    checkpoints/step-000050/     adapter/ (peft format) + state.pt (optimizer, σ controller, RNGs, step)
+    checkpoints/step-000050/     adapter/ (peft format) + state.pt (RunState: step, optimizer, σ controller, RNGs, …)
     checkpoints/latest           name of the newest complete checkpoint
     adapter/                     the final adapter (PeftModel.from_pretrained loads it)
 
@@ -12,13 +12,18 @@ replaced atomically after that. A kill between the two leaves the previous check
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from minipsn.config import GRPOConfig, RolloutConfig
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -41,18 +46,58 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, step: int, model, optimizer, controller, config: dict, keep: int = 1,
-         extra: dict | None = None) -> Path:
-    """Write checkpoint `step` (the number of finished steps) and point `latest` at it; `extra` is the
-    trainer's own state (skipped-step count, batch sizes halved after out-of-memory)."""
+@dataclass
+class RunState:
+    """What a run carries from one step to the next besides the adapter: saved in every checkpoint's state.pt,
+    restored by a resume. The learning rate is a function of the step, the data order and noise seeds of
+    (seed, step): they need no state."""
+    optimizer: torch.optim.Optimizer
+    controller: Any              # the σ controller (sigma_control.py)
+    rollout: RolloutConfig       # the rollout settings in force: batch_size halved after out-of-memory (oom.py)
+    grpo: GRPOConfig             # the learner's: micro_batch_tokens halved after out-of-memory
+    step: int = 0                # finished steps
+    skipped: int = 0             # updates skipped for a non-finite loss or gradient (guard/skipped_steps)
+    processes: int = 1           # K, the processes the run has (under torchrun)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "sigma_control": self.controller.state_dict(),
+                "rng": rng_state(), "trainer": {"skipped_steps": self.skipped, "rollout_batch_size": self.rollout.batch_size,
+                                                "micro_batch_tokens": self.grpo.micro_batch_tokens,
+                                                "processes": self.processes}}
+
+    def load_state_dict(self, state: dict) -> list[str]:
+        """Restore from a state.pt; returns the notes a resume prints. Older checkpoints load: "scheduler" for the
+        σ controller; without "trainer", the configured batch sizes, none skipped, one process."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.controller.load_state_dict(state.get("sigma_control", state.get("scheduler")))
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        trainer = state.get("trainer", {})
+        self.skipped = trainer.get("skipped_steps", 0)
+        notes = []
+        for key, section, name, saved in (
+                ("rollout.batch_size", "rollout", "batch_size", trainer.get("rollout_batch_size")),
+                ("grpo.micro_batch_tokens", "grpo", "micro_batch_tokens", trainer.get("micro_batch_tokens"))):
+            if saved is not None and saved != getattr(getattr(self, section), name):
+                setattr(self, section, dataclasses.replace(getattr(self, section), **{name: saved}))
+                notes.append(f"note: {key} stays at {saved} (halved after out of memory earlier in this run)")
+        if trainer.get("processes", 1) != self.processes:
+            notes.append(f"note: this run was checkpointed on {trainer.get('processes', 1)} process(es) and continues "
+                         f"on {self.processes}: the data order and noise seeds are the same (functions of seed and "
+                         "step), the samples may differ from the uninterrupted run's")
+        return notes
+
+
+def save(run_dir: Path, model, state: RunState, config: dict, keep: int = 1) -> Path:
+    """Write checkpoint `state.step` (the number of finished steps): the adapter and the run state, and point
+    `latest` at it."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:06d}"
+    name = f"step-{state.step:06d}"
     tmp = root / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp / "adapter")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "sigma_control": controller.state_dict(),
-                "rng": rng_state(), "config": config, **(extra or {})}, tmp / "state.pt")
+    torch.save({**state.state_dict(), "config": config}, tmp / "state.pt")
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -61,6 +106,12 @@ def save(run_dir: Path, step: int, model, optimizer, controller, config: dict, k
     for p in old[: max(len(old) - (keep - 1), 0)]:
         shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def restore(ckpt: Path, model, state: RunState) -> list[str]:
+    """Load checkpoint `ckpt` into the live adapter and `state`; returns the notes a resume prints."""
+    load_adapter_weights(model, ckpt)
+    return state.load_state_dict(load_state(ckpt))
 
 
 def latest(run_dir: Path) -> Path | None:

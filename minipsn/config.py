@@ -391,14 +391,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# the builders live in overrides.py (they need the classes above); imported here so that
-# `from minipsn.config import build_config` keeps working
-from minipsn.overrides import (  # noqa: E402, F401
-    apply_overrides,
-    build_config,
-    config_from_dict,
-    field_help,
-    flatten,
-    load_file,
-    parse_sets,
-)
+def __getattr__(name: str):
+    """The builders live in overrides.py, which imports this module: `from minipsn.config import build_config`
+    fetches them from there when first asked for (so there is no import circle)."""
+    if name in ("apply_overrides", "build_config", "config_from_dict", "field_help", "flatten", "load_file", "parse_sets"):
+        from minipsn import overrides
+
+        return getattr(overrides, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

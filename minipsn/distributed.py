@@ -70,6 +70,17 @@ def shard(n: int) -> tuple[int, int]:
     return n * r // k, n * (r + 1) // k
 
 
+def check_world(cfg) -> None:
+    """Under torchrun: settings that cannot be split over the K processes are errors that say so."""
+    K, P = world(), cfg.grpo.prompts_per_step
+    if P < K:
+        raise ValueError(f"grpo.prompts_per_step={P} is fewer than the {K} processes (each samples at least one "
+                         "prompt's group); raise it or start fewer processes")
+    if cfg.rollout.rng == "batch" and K > 1:
+        raise ValueError("rollout.rng=batch draws every row from one generator, which cannot be split over "
+                         "processes; use rollout.rng=prompt (the default) under torchrun")
+
+
 def _reduce(values: list, op: str) -> list:
     import torch.distributed as td
 

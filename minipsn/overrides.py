@@ -3,7 +3,8 @@
 Overrides are dotted strings (`noise.sigma=0.01`) parsed against the field types of config.py's
 dataclasses; renamed keys (presets.RENAMED) fail with the new name; a method's defining keys cannot
 be overridden. `field_help` reads each field's help from the comment above it in config.py, so the
-help has one copy. `minipsn.config` re-exports every public name here.
+help has one copy. This module imports config.py, never the reverse; `from minipsn.config import build_config`
+still works (config.py fetches the builders from here when asked).
 """
 from __future__ import annotations
 

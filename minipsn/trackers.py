@@ -1,10 +1,11 @@
-"""Where a run's records go: metrics.jsonl, samples.jsonl and the trackers that `run.log_to` names.
+"""Where a run's records go: metrics.jsonl, samples.jsonl and the trackers that `run.log_to` names; the status line.
 
 metrics.jsonl (one JSON object per step) is always written and is what every reader uses; tensorboard
 writes event files in RUN/tensorboard/, wandb a W&B run (RUN/wandb/, offline with WANDB_MODE=offline).
 Both are imported lazily: one asked for but not installed prints one line, and the run goes on with
 the others. samples.jsonl holds `run.log_samples` completions per step with their answer, reward and
 advantage, so what the policy wrote at step 120 can be read back.
+Under torchrun rank 0 writes them all (every rank's picked samples gathered), the other ranks nothing.
 A resume first cuts metrics.jsonl and samples.jsonl back to the checkpoint's step (train.py);
 TensorBoard is told the same (purge_step), W&B drops steps it has already seen.
 """
@@ -19,6 +20,7 @@ from typing import Protocol
 import torch
 
 from minipsn import checkpoint
+from minipsn import distributed as dist
 from minipsn.config import Config
 from minipsn.rollout import Rollouts
 from minipsn.verify import extract_answer
@@ -115,6 +117,42 @@ def open_sinks(cfg: Config, run_dir: Path, start: int) -> list[Sink]:
     return sinks
 
 
+def status_line(m: dict, steps: int) -> str:
+    """The one line printed per step, in a fixed order."""
+    held_out = f" | pass@1 {m['eval/pass@1']:.2f}" if "eval/pass@1" in m else ""
+    return (f"step {m['step']}/{steps} | reward {m['reward/mean']:.2f} | acc {m['reward/accuracy']:.2f}{held_out} | "
+            f"σ {m['noise/sigma']:.1e} | tis_clip {m['tis/clip_frac']:.2f} | "
+            f"tok/s {m['perf/tokens_per_s'] / 1e3:.1f}k | {m['perf/step_s']:.1f} s")
+
+
+def eval_summary(run_dir: Path, cfg: Config) -> str | None:
+    """One line comparing the first and last held-out evaluations of the run, when there are two."""
+    evals = [r for r in checkpoint.read_metrics(run_dir / "metrics.jsonl") if "eval/pass@1" in r]
+    if len(evals) < 2:
+        return None
+    first, last = evals[0], evals[-1]
+    return (f"held-out pass@1: {first['eval/pass@1']:.3f} at step {first['step']} → {last['eval/pass@1']:.3f} at "
+            f"step {last['step']} ({cfg.eval.problems or 'all'} problems × {cfg.eval.n} samples)")
+
+
+def open_log(cfg: Config, run_dir: Path, start: int) -> RunLog | NoLog:
+    """Where a step's records go: the run's sinks on rank 0 (one process: always), nowhere on the other ranks."""
+    return RunLog(cfg, run_dir, start) if dist.is_main() else NoLog()
+
+
+class NoLog:
+    """What ranks other than 0 write records to under torchrun: nothing."""
+
+    def write(self, metrics: dict, samples: list[dict] = ()) -> None:
+        pass
+
+    def __enter__(self) -> NoLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 class RunLog:
     """The run's sinks and samples.jsonl, as one context manager: `write(metrics, samples)` per step."""
 
@@ -156,3 +194,11 @@ def pick_samples(step: int, cfg: Config, prompts: list[str], recs: list[dict], r
              "gold": recs[i]["answer"], "reward": float(rewards[i]), "correct": bool(correct[i]),
              "advantage": float(adv[i]), "truncated": bool(ro.truncated[i]), "noise_seed": int(seeds[i])}
             for i in (j - offset for j in picked if offset <= j < offset + N)]
+
+
+def step_samples(step: int, cfg: Config, prompts: list[str], recs: list[dict], ro: Rollouts, rewards: torch.Tensor,
+                 correct: torch.Tensor, adv: torch.Tensor, seeds: list[int], offset: int, total: int) -> list[dict]:
+    """`pick_samples` of this rank's rows (`offset` … of the step's `total`), gathered from every rank in row order
+    (rank 0 writes them; one process: its own)."""
+    mine = pick_samples(step, cfg, prompts, recs, ro, rewards, correct, adv, seeds, offset, total)
+    return [s for part in dist.gather(mine) for s in part]

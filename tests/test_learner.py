@@ -54,10 +54,10 @@ def _previous_policy_loss(logp, old_logp, advantages, mask, tis_w, clip_eps):
     return -surrogate if tis_w is None else -tis_w * surrogate
 
 
-def previous_learner_step(model, optimizer, ro, advantages, cfg, max_len, keep=None, sample_temperature=None):
+def previous_learner_step(model, optimizer, ro, advantages, cfg, max_len, keep=None, shard=None, sample_temperature=None):
     """minipsn.train.learner_step before grpo.epochs, mini_batches, entropy and overlong (commit 7a50089), with
     the diversity pooling fixed since (the completion's own positions, not one position early)."""
-    assert keep is None
+    assert keep is None and shard in (None, (0, ro.completion_ids.shape[0]))  # one process: every row is its own
     n_tokens = ro.n_tokens
     totals = {"loss/policy": 0.0, "loss/kl": 0.0, "loss/total": 0.0}
     means = {"tis/weight_mean": 0.0, "tis/weight_sq_mean": 0.0, "tis/clip_frac": 0.0,

@@ -1,6 +1,7 @@
 """What the logged numbers mean, and that no run folder is a dead end: reward/accuracy is the
 verifier's verdict (loss/policy, the policy term alone: test_methods), trainer state survives a resume, a run killed before
 its first checkpoint restarts, a cut metrics line is dropped, and --resume refuses what it would ignore."""
+import dataclasses
 import json
 import signal
 from types import SimpleNamespace
@@ -84,15 +85,54 @@ def test_skipped_steps_and_halved_batches_survive_a_resume(tmp_path, capsys):
     out = str(tmp_path / "run")
     tr = Trainer(build_config(model="tiny", sets={**SMALL, "run.out": out}))
     tr.step(0)
-    tr.skipped = 3
-    tr.rollout_cfg = type(tr.rollout_cfg)(**{**tr.rollout_cfg.__dict__, "batch_size": 2})
-    tr.grpo_cfg = type(tr.grpo_cfg)(**{**tr.grpo_cfg.__dict__, "micro_batch_tokens": 128})
-    tr.save(1)
+    tr.state.skipped = 3
+    tr.state.rollout = dataclasses.replace(tr.state.rollout, batch_size=2)
+    tr.state.grpo = dataclasses.replace(tr.state.grpo, micro_batch_tokens=128)
+    tr.save()
     again = Trainer(tr.cfg, resume=True)
-    assert again.start == 1 and again.skipped == 3
-    assert (again.rollout_cfg.batch_size, again.grpo_cfg.micro_batch_tokens) == (2, 128)
+    assert again.state.step == 1 and again.state.skipped == 3
+    assert (again.state.rollout.batch_size, again.state.grpo.micro_batch_tokens) == (2, 128)
     assert "rollout.batch_size stays at 2" in capsys.readouterr().out
     assert again.step(1)["guard/skipped_steps"] == 3
+
+
+def _run_state(**configured):
+    from minipsn.config import NoiseConfig, RolloutConfig
+    from minipsn.sigma_control import make_controller
+
+    w = torch.nn.Parameter(torch.ones(3))
+    noise = NoiseConfig(control="adaptive")
+    return checkpoint.RunState(torch.optim.AdamW([w], lr=0.1), make_controller(noise, build_config().control),
+                               RolloutConfig(**configured), GRPOConfig())
+
+
+def test_the_run_state_round_trips_and_older_checkpoints_load(capsys):
+    """state.pt keeps its format: what it saves a resume restores, and a checkpoint from before the trainer's own
+    state (no "trainer") or the controller's rename ("scheduler") loads with the configured sizes."""
+    state = _run_state(batch_size=8)
+    state.optimizer.param_groups[0]["params"][0].grad = torch.ones(3)
+    state.optimizer.step()
+    state.controller.update({"kl_noise": 0.001, "diversity": 0.2, "certainty": 3.0})
+    state.step, state.skipped, state.processes = 5, 2, 2
+    state.rollout = dataclasses.replace(state.rollout, batch_size=4)
+    saved = state.state_dict()
+    assert set(saved) == {"step", "optimizer", "sigma_control", "rng", "trainer"}
+    assert saved["trainer"] == {"skipped_steps": 2, "rollout_batch_size": 4, "micro_batch_tokens": 4096, "processes": 2}
+
+    again = _run_state(batch_size=8)
+    notes = again.load_state_dict(saved)
+    assert (again.step, again.skipped, again.rollout.batch_size, again.grpo.micro_batch_tokens) == (5, 2, 4, 4096)
+    assert again.controller.state_dict() == state.controller.state_dict()
+    assert again.optimizer.state_dict()["state"][0]["step"] == 1
+    assert notes[0] == "note: rollout.batch_size stays at 4 (halved after out of memory earlier in this run)"
+    assert notes[1].startswith("note: this run was checkpointed on 2 process(es) and continues on 1")
+
+    older = {k: v for k, v in saved.items() if k not in ("trainer", "sigma_control")}
+    older["scheduler"] = saved["sigma_control"]
+    old = _run_state(batch_size=8)
+    assert old.load_state_dict(older) == []
+    assert (old.step, old.skipped, old.rollout.batch_size, old.processes) == (5, 0, 8, 1)
+    assert old.controller.state_dict() == state.controller.state_dict()
 
 
 # ------------------------------------------------------------ metrics.jsonl: one reader

@@ -105,7 +105,7 @@ def test_an_out_of_memory_after_an_update_is_not_retried(small_policy, monkeypat
     monkeypatch.setattr(L, "completion_forward", oom_on(3))  # in the second pass: one update applied
     with pytest.raises(MemoryError, match="after 1 of 2 optimizer steps") as err:
         L.learner_step(small_policy, opt, ro, ADV, cfg, TW)
-    assert not isinstance(err.value, torch.OutOfMemoryError)  # so Trainer._on_oom_halve does not catch it
+    assert not isinstance(err.value, torch.OutOfMemoryError)  # so oom.retry_halving does not catch it
 
 
 def test_the_trainer_refuses_to_retry_a_partly_applied_batch(tmp_path, monkeypatch):
@@ -120,7 +120,7 @@ def test_the_trainer_refuses_to_retry_a_partly_applied_batch(tmp_path, monkeypat
     monkeypatch.setattr(T, "learner_step", partly_applied)
     with pytest.raises(MemoryError, match="after 1 of 2"):
         tr.step(0)
-    assert tr.grpo_cfg.micro_batch_tokens == tr.cfg.grpo.micro_batch_tokens  # not halved and retried
+    assert tr.state.grpo.micro_batch_tokens == tr.cfg.grpo.micro_batch_tokens  # not halved and retried
     monkeypatch.setattr(T, "learner_step", real)
 
 

@@ -124,7 +124,7 @@ def test_simulated_oom_halves_the_rollout_batch_and_the_learner_budget(tmp_path,
     monkeypatch.setattr(T, "learner_step", learn_small_only)
     m = tr.step(0)
     assert m["step"] == 1
-    assert tr.rollout_cfg.batch_size == 2 and tr.grpo_cfg.micro_batch_tokens == 512
+    assert tr.state.rollout.batch_size == 2 and tr.state.grpo.micro_batch_tokens == 512
     monkeypatch.setattr(T, "sample", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("always")))
     with pytest.raises(MemoryError, match="smallest batch"):
         tr.step(1)
