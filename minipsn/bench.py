@@ -1,4 +1,5 @@
-"""Benchmarks: rollout tokens/s per engine, a full PSN-GRPO step, PSN overhead, TRL's GRPOTrainer, the verifier.
+"""Benchmarks: rollout tokens/s per engine, evaluation sampling next to HF generate, a full PSN-GRPO step, PSN
+overhead, TRL's GRPOTrainer, the verifier.
 
     python cli.py bench --out bench            # tiny on CPU; + a Qwen2.5-1.5B-shaped random model on CUDA
     python cli.py bench --quick --no-trl       # smaller, a smoke test
@@ -11,7 +12,9 @@ row stops early (minipsn: a tokenizer view without an end token; TRL: `min_new_t
 loaded afresh per engine (4-bit NF4 + LoRA, method psn-adaptive), timed after a warm-up (compile, caches),
 best of the repeats. Memory is the CUDA peak, or the process's peak RSS on CPU (monotone over the whole
 run). PSN overhead = perturb/fold + restore/unfold; σ-controller overhead = diversity + σ update; both as a
-share of the step. A number that could not be measured is recorded with the reason, never estimated.
+share of the step. Evaluation sampling (`bench_eval`) is the exception to suppressed end tokens: n samples of a
+few held-out problems that stop where they stop, as evaluation samples them, by minipsn's evaluation path, its
+plain loop and HF `generate`. A number that could not be measured is recorded with the reason, never estimated.
 """
 from __future__ import annotations
 
@@ -256,6 +259,77 @@ def bench_engine(spec: Spec, engine: str, work: str, sigma: float, steps: int, r
     return out
 
 
+def eval_size(spec: Spec, quick: bool) -> tuple[int, int, int]:
+    """(problems, n samples each, new tokens) of the evaluation benchmark: one sampling call of 1,024 rows on the
+    tiny model (the exploration experiment's eval.batch_size, n and length)."""
+    if spec.label == SHAPE_NAME:
+        return (2, 16, 64) if quick else (4, 64, 256)
+    return (2, 16, 16) if quick else (4, 256, 64)
+
+
+def _generated(seqs: torch.Tensor, Tp: int, stops: list[int]) -> int:
+    """Tokens `generate` sampled in (rows, Tp + T) sequences: each row's up to and including its first end id."""
+    ended = torch.isin(seqs[:, Tp:], torch.tensor(stops, dtype=torch.long, device=seqs.device)).long()
+    return int(((ended.cumsum(1) - ended) == 0).sum())
+
+
+def bench_eval(spec: Spec, work: str, quick: bool, reps: int) -> dict:
+    """Evaluation sampling tokens/s: n completions of each of P held-out problems, T new tokens at most, end
+    tokens on (rows stop where they stop), from the clean policy of the fast engine, in one call of P·n rows.
+    Three paths on the same copy: minipsn's evaluation path (each prompt encoded once, ended rows dropped), its
+    plain decode loop (training's), and Hugging Face `generate` (num_return_sequences = n, top_k off, same
+    temperature). Tokens are the completion tokens sampled (to the end token), so a path that stops rows
+    early is not credited for padding; best of `reps` after a warm-up."""
+    from minipsn.engine import build_engine
+    from minipsn.evaluate import FAST_SAMPLING
+    from minipsn.noise import derive_seed
+    from minipsn.rollout import end_ids, encode_prompts, sample
+
+    P, n, T = eval_size(spec, quick)
+    cfg = _config(spec, tempfile.mkdtemp(dir=work), "fast", T, 0.0)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)  # as an evaluation worker runs (the tiny preset: one thread)
+    model, tok = load_policy(cfg)
+    engine = build_engine(model, "fast", T)
+    rcfg = dataclasses.replace(cfg.rollout, max_new_tokens=T, batch_size=P * n)
+    prompts = [format_prompt(tok, r["problem"], spec.template) for r in synthetic_split(cfg.data, "test")[:P]]
+    gens = lambda: [torch.Generator(spec.device).manual_seed(derive_seed(0, "eval", "bench", i)) for i in range(P)]
+
+    def minipsn(opts):
+        return lambda sampler: sample(sampler, tok, prompts, n, rcfg, gens(), cfg.model.max_prompt_tokens, **opts).n_tokens
+
+    def generate(_):
+        ids, mask = (x.to(spec.device) for x in encode_prompts(tok, prompts, cfg.model.max_prompt_tokens))
+        with torch.no_grad():
+            seqs = engine.plain.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=rcfg.temperature,
+                                         top_p=rcfg.top_p, top_k=0, max_new_tokens=T, num_return_sequences=n,
+                                         eos_token_id=end_ids(engine.plain, tok), pad_token_id=tok.pad_token_id)
+        return _generated(seqs, ids.shape[1], end_ids(engine.plain, tok))
+
+    paths = {"minipsn eval": minipsn(FAST_SAMPLING), "minipsn plain loop": minipsn({}), "HF generate": generate}
+    out = {"problems": P, "n": n, "new_tokens": T, "rows_per_call": P * n, "torch_threads": torch.get_num_threads(),
+           "engine": engine.name, "paths": {}}
+    with engine.policy(0.0, [0], cfg.noise.targets) as (sampler, _):
+        for name, run in paths.items():
+            runs = []
+            for r in range(reps + 1):
+                torch.manual_seed(r)  # generate's draws
+                _sync(spec.device)
+                t0 = time.perf_counter()
+                tokens = run(sampler)
+                _sync(spec.device)
+                runs.append((time.perf_counter() - t0, tokens))
+            best = min(runs[1:], key=lambda x: x[0])
+            out["paths"][name] = {"seconds": best[0], "tokens": best[1], "tokens_per_s": best[1] / best[0],
+                                  "all_seconds": [x[0] for x in runs[1:]]}
+    top = out["paths"]["HF generate"]["tokens_per_s"]
+    for v in out["paths"].values():
+        v["vs_generate"] = v["tokens_per_s"] / top
+    del model, engine
+    _free()
+    return out
+
+
 def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
     """TRL's GRPOTrainer on the same policy (NF4 + peft LoRA), P·G rows × T tokens, HF generate, in-process."""
     try:
@@ -379,6 +453,7 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
             reps = 3 if spec.device == "cpu" and not quick else 1  # best of 3 on a (possibly shared) CPU
             for name in dict.fromkeys((*paths, *stepped)):
                 entry["engines"][name] = bench_engine(spec, name, work, sigma, steps, reps, name in stepped)
+            entry["eval"] = bench_eval(spec, work, quick, reps)
             entry["trl"] = bench_trl(spec, work, sigma, steps) if trl else {"skipped": "--no-trl"}
             entry["trl_ratio"] = {e: entry["trl"]["step_s"] / v["step"]["step_s"] for e, v in entry["engines"].items()
                                   if "step" in v and "step_s" in entry["trl"]}
@@ -392,6 +467,17 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
         report["fidelity"] = bench_fidelity(device, shape, T=24 if shape == "tiny" else 64)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def eval_table(e: dict, label: str, table):
+    """Evaluation sampling: tokens/s of each path over the same work, and its ratio to HF generate."""
+    t = table(f"evaluation sampling · {label} · {e['problems']} problems × n = {e['n']} · ≤ {e['new_tokens']} new tokens",
+              "path", "tokens/s", "seconds", "tokens", "vs generate")
+    for name, v in e["paths"].items():
+        t.add_row(name, f"{v['tokens_per_s']:,.0f}", f"{v['seconds']:.2f}", f"{v['tokens']:,}", f"{v['vs_generate']:.2f}")
+    t.caption = (f"{e['engine']} engine, clean policy, end tokens on, {e['rows_per_call']} rows per call, "
+                 f"{e['torch_threads']} torch thread(s); minipsn eval: each prompt encoded once, ended rows dropped")
+    return t
 
 
 def tables(report: dict) -> list:
@@ -425,13 +511,15 @@ def tables(report: dict) -> list:
                 st.add_row(name, f"{x['step_s']:.2f}", f"{x['sample_s']:.2f}", f"{x['learn_s']:.2f}",
                            f"{x['psn_pct']:.2f}", f"{x['sched_pct']:.3f}", f"{x['peak_gb']:.2f}",
                            f"{ratio:.2f}" if ratio else "–")
+        out += [ro, st]
+        if "eval" in entry:
+            out.append(eval_table(entry["eval"], label, table))
         trl = entry["trl"]
         if "step_s" in trl:
             st.add_row("TRL", f"{trl['step_s']:.2f}", "–", "–", "–", "–", f"{trl['peak_gb']:.2f}", "1.00")
             st.caption = f"vs TRL: TRL {trl['trl']} GRPOTrainer step time ÷ this step time"
         else:
             st.caption = f"TRL: {trl['skipped']}"
-        out += [ro, st]
     v = report["verifier"]
     vt = table("verifier · MATH-500 gold pairs", "mix", "checks", "equivalent", "checks/s", "sympy worker", "timeouts")
     if "skipped" in v:

@@ -35,6 +35,13 @@ def test_cli_bench_writes_every_section(tmp_path):
     assert STEP_KEYS <= tiny["engines"]["fast"]["step"].keys()
     assert 0 <= tiny["engines"]["fast"]["step"]["psn_pct"] <= 100
     assert tiny["trl"] == {"skipped": "--no-trl"} and tiny["trl_ratio"] == {}
+    ev = tiny["eval"]  # evaluation sampling: the kit's paths next to HF generate on the same work
+    assert (ev["problems"], ev["n"], ev["new_tokens"]) == (2, 16, 16) and ev["engine"] == "fast"
+    assert set(ev["paths"]) == {"minipsn eval", "minipsn plain loop", "HF generate"}
+    for path in ev["paths"].values():
+        assert 0 < path["tokens"] <= 2 * 16 * 16 and path["tokens_per_s"] > 0
+    assert ev["paths"]["minipsn eval"]["tokens"] == ev["paths"]["minipsn plain loop"]["tokens"]  # the same samples
+    assert ev["paths"]["HF generate"]["vs_generate"] == 1.0 and "evaluation sampling · tiny" in proc.stdout
     v = report["verifier"]  # MATH-500 ships in data/, the default: a fresh clone reports the verifier too
     assert v["source"] == str(DATA / "math500_test.jsonl")
     assert v["checks"] == 5 and v["checks_per_s"] > 0

@@ -283,3 +283,31 @@ def test_problems_batched_into_one_call_sample_as_they_would_alone(small_policy,
         alone = tmp_path / f"alone{i}.jsonl"
         ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", [rec], cfg, alone)
         assert alone.read_text().splitlines()[1] == batched.read_text().splitlines()[i + 1]
+
+
+def test_evaluation_drops_ended_rows_and_a_problem_samples_the_same_in_any_call(small_policy, toy_tok, tmp_path,
+                                                                                 monkeypatch):
+    """Evaluation's decode path (each prompt encoded once, ended rows dropped as the batch decodes) on problems
+    whose rows end far apart: a problem's samples are the same alone as in a call of three."""
+    from minipsn import rollout
+
+    recs = [{"id": f"p{i}", "problem": f"Start at {d}, add {d}. What number do you get?", "answer": str(2 * d)}
+            for i, d in enumerate((3, 5, 7))]  # one length: no padding differs between the batched and lone calls
+    cfg = _small_cfg(**{"eval.n": 16, "eval.max_new_tokens": 40, "eval.batch_size": 48})
+    calls, decode = [], rollout.decode
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("repeats"), kwargs.get("drop_finished")))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(rollout, "decode", spy)
+    batched = tmp_path / "batched.jsonl"
+    ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", recs, cfg, batched)
+    assert len(calls) == 1 and calls[0][0].tolist() == [16, 16, 16] and calls[0][1]  # one prefill row per problem
+    lines = batched.read_text().splitlines()[1:]
+    lengths = [x for line in lines for x in json.loads(line)["lengths"]]
+    assert min(lengths) < 20 and max(lengths) == 40  # rows ended far apart: most of them left the batch early
+    for i, rec in enumerate(recs):
+        alone = tmp_path / f"alone{i}.jsonl"
+        ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", [rec], cfg, alone)
+        assert alone.read_text().splitlines()[1] == lines[i]
