@@ -1,0 +1,74 @@
+"""TRL's GRPOTrainer on the work of a minipsn step, for the step-time ratio the bench prints ("vs TRL").
+
+The same policy (NF4 base + peft LoRA, loaded by minipsn), P prompts × G generations × T new tokens with the end
+token held off by `min_new_tokens = T`, β = 0, minipsn's learning rate, temperature and learner micro-batch
+(gradient accumulation makes up the P·G rows); transformers `generate` (no vLLM), no PSN, in-process. The reward is
+a constant 0: the score does not change the work, and the verifier is timed apart (bench_verify.py). Step time is
+the mean between `on_step_end` marks after one warm-up step; memory as in bench_engines.py. If TRL is missing or
+fails, the section says why instead of a number.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+
+from minipsn.bench_engines import Spec, bench_config, free_memory, peak_gb, sync
+from minipsn.data import format_prompt, synthetic_split
+from minipsn.models import load_policy
+
+
+def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
+    """TRL's GRPOTrainer on the same policy (NF4 + peft LoRA), P·G rows × T tokens, HF generate, in-process."""
+    try:
+        import trl
+        from datasets import Dataset
+        from transformers import TrainerCallback
+    except ImportError as e:
+        return {"skipped": f"TRL is not usable: {e}"}
+    cfg = bench_config(spec, tempfile.mkdtemp(dir=work), "lean", spec.T, sigma)
+    model, tok = load_policy(cfg)
+    N, cuda = spec.P * spec.G, spec.device == "cuda"
+    prompts = [format_prompt(tok, r["problem"], spec.template) for r in synthetic_split(cfg.data, "train", 0)]
+    Tp = max(len(ids) for ids in tok(prompts[: spec.P * (steps + 1)], add_special_tokens=False)["input_ids"])
+    rows_per_micro = max(1, cfg.grpo.micro_batch_tokens // (Tp + spec.T))  # minipsn's learner micro-batch
+    mb = max(d for d in range(1, N + 1) if N % d == 0 and d <= rows_per_micro)
+    data = Dataset.from_dict({"prompt": prompts[: spec.P * (steps + 1)]})
+    args = trl.GRPOConfig(output_dir=tempfile.mkdtemp(dir=work), per_device_train_batch_size=mb,
+                          gradient_accumulation_steps=N // mb, num_generations=spec.G, max_completion_length=spec.T,
+                          temperature=cfg.rollout.temperature, beta=0.0, learning_rate=cfg.grpo.lr,
+                          max_steps=steps + 1, logging_strategy="no", save_strategy="no", report_to=[],
+                          gradient_checkpointing=cfg.model.gradient_checkpointing, bf16=cuda, use_cpu=not cuda,
+                          generation_kwargs={"min_new_tokens": spec.T}, shuffle_dataset=False, seed=0,
+                          disable_tqdm=True, dataloader_num_workers=0)
+
+    class Clock(TrainerCallback):
+        marks: list[float] = []
+
+        def on_train_begin(self, *a, **k):
+            Clock.marks = [time.perf_counter()]
+
+        def on_step_end(self, *a, **k):
+            sync(spec.device)
+            Clock.marks.append(time.perf_counter())
+
+    def zero_reward(completions, **kwargs):
+        return [0.0] * len(completions)  # the score does not change the work; the verifier is timed apart
+
+    try:
+        trainer = trl.GRPOTrainer(model=model, reward_funcs=zero_reward, args=args, train_dataset=data,
+                                  processing_class=tok, callbacks=[Clock()])
+        peak_gb(spec.device, reset=True)
+        trainer.train()
+    except (RuntimeError, ValueError, TypeError, AttributeError, ImportError, KeyError) as e:
+        return {"skipped": f"TRL failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+    finally:
+        model = trainer = None
+        free_memory()
+    times = [b - a for a, b in zip(Clock.marks, Clock.marks[1:])]
+    if len(times) < 2:
+        return {"skipped": f"TRL ran {len(times)} steps, need a warm-up and a timed one"}
+    timed = times[1:]
+    return {"trl": trl.__version__, "step_s": sum(timed) / len(timed), "warmup_step_s": times[0],
+            "steps_timed": len(timed), "peak_gb": peak_gb(spec.device), "micro_batch_rows": mb,
+            "generation": "transformers generate (use_vllm=False), NF4 base + peft LoRA, no PSN",
+            "loss": args.loss_type}
