@@ -89,7 +89,7 @@ def test_a_prompts_samples_are_the_same_alone_or_in_company(small_policy, toy_to
 
 
 @pytest.mark.parametrize("kind", ["hf", "lean", "fast", "fast-static"])
-def test_every_engine_samples_the_same_and_logs_the_teacher_forced_logp(small_policy, nf4_policy, toy_tok, kind):
+def test_every_engine_samples_the_same_and_logs_the_teacher_forced_logp(small_policy, nf4_policy, toy_tok, kind):  # noqa: F811
     """The clean policy, as evaluation samples it; temperature 0.7, so a log-prob at temperature 1 would be caught."""
     cfg = RolloutConfig(max_new_tokens=8, batch_size=12, temperature=0.7)
     _, engine = _engine(kind, small_policy, nf4_policy)
