@@ -32,7 +32,7 @@ METHODS: dict[str, dict[str, object]] = {
     "psn-adaptive": {"noise.control": "adaptive", "grpo.tis": True},
     "psn-paper": {"noise.control": "paper", "grpo.tis": True},  # variant II as published (sigma_control.py)
     # the paper's own form: σ·ε on the dense weights of the target projections in the sampler's copy, fixed σ
-    "psn-weight": {"noise.control": "fixed", "noise.space": "weight", "grpo.tis": True},
+    "psn-weight": {"noise.control": "fixed", "noise.space": "weight", "noise.granularity": "step", "grpo.tis": True},
     # action-space noise: sample hotter than the policy, importance-corrected by TIS
     "temperature": {"noise.sigma": 0.0, "noise.control": "fixed", "rollout.temperature": 1.2, "grpo.tis": True},
     "passk": {"noise.sigma": 0.0, "noise.control": "fixed", "grpo.advantage": "passk"},
