@@ -229,7 +229,7 @@ def calibrate_(
 @app.command("headroom")
 @friendly
 def headroom_(
-    model: str = typer.Option("testbed", help="a model trained on the synthetic task (testbed, tiny, a folder)"),
+    model: str = typer.Option("testbed", help="a model trained on the synthetic task (testbed, ceiling, tiny, a folder)"),
     n: int = typer.Option(256, help="samples per held-out problem (pass@k up to k = n)"),
     problems: int = typer.Option(100, help="held-out problems"),
     out: str = typer.Option("runs/headroom", help="folder for headroom.json, eval.json and the samples"),

@@ -91,8 +91,11 @@ class DataConfig:
     # the answer space large, so a guessed answer is rarely right
     max_start: int = 0
     # synthetic task: what is asked, final (the last value) or steps (the tuple of every value on the way,
-    # in order: a large answer space with single-digit arithmetic)
+    # in order: a large answer space with single-digit arithmetic), or mixed (both kinds, see steps_share)
     answer: str = "final"
+    # mixed task: share of the training problems that ask for every value (the rest ask for the last one);
+    # the held-out split alternates the two kinds, so its first 2m problems hold m of each
+    steps_share: float = 0.2
     # synthetic task: size of the training set
     n_train: int = 2000
     # synthetic task: size of the held-out set
@@ -100,7 +103,8 @@ class DataConfig:
 
     def __post_init__(self):
         _one_of("data.template", self.template, ("chat", "plain"))
-        _one_of("data.answer", self.answer, ("final", "steps"))
+        _one_of("data.answer", self.answer, ("final", "steps", "mixed"))
+        _check(0.0 <= self.steps_share <= 1.0, f"data.steps_share must be in [0, 1], got {self.steps_share}")
         _check(self.n_ops >= 1, "data.n_ops must be >= 1")
         _check(0 <= self.min_ops <= self.n_ops, "data.min_ops must be in 0..data.n_ops (0 = every problem has n_ops)")
         _check(self.max_operand >= 2, "data.max_operand must be >= 2")

@@ -15,7 +15,9 @@ never a silently wrong record. Evaluation-only sets refuse the `train` split; `m
 The synthetic task is a seeded chain of integer operations ("Start at 7, add 5, subtract 3.
 What number do you get?") with a worked solution ending in `\\boxed{}`. Its knobs
 (`n_ops`, `ops`, `max_operand`) set the difficulty; it lets the whole PSN-GRPO loop run offline on
-a laptop with the same code path as GSM8K or MATH.
+a laptop with the same code path as GSM8K or MATH. The mixed task (`answer=mixed`) asks two kinds of
+question about the same chains, the last value (`kind` "final") or every value ("steps"); its records
+carry their `kind`, so evaluation reports each kind apart.
 """
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
     """The seeded synthetic task; `test` never repeats a `train` problem."""
     if split not in ("train", "test"):
         raise ValueError(f"synthetic split must be train or test, got {split!r}")
+    if cfg.answer == "mixed":
+        return mixed_split(cfg, split, seed)
     # absent by default: the same problems as before these knobs existed
     start = (f"-start{cfg.max_start}" if cfg.max_start else "") + (f"-min{cfg.min_ops}" if cfg.min_ops else "") + (
         f"-{cfg.answer}" if cfg.answer != "final" else "")
@@ -84,6 +88,38 @@ def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
             records[name].append(rec)
         if name == split:
             return records[name]
+    raise AssertionError("unreachable")
+
+
+def _chain(problem: str) -> str:
+    """The operations of a synthetic problem without its question: the two kinds share these."""
+    return problem.rsplit(". ", 1)[0]
+
+
+def mixed_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
+    """The mixed task: `test` alternates final/steps questions (n_test in all), drawn first, so it does not
+    move with n_train or steps_share; `train` holds round(steps_share·n_train) steps questions, the rest
+    final, in a seeded order, and never a chain of the test split, whichever kind asks about it."""
+    name = f"mixed-{seed}-{cfg.n_ops}-{cfg.min_ops}-{cfg.max_operand}-{cfg.max_start}-{''.join(sorted(set(cfg.ops)))}"
+    n_steps = round(cfg.steps_share * cfg.n_train)
+    kinds = {"test": [("final", "steps")[i % 2] for i in range(cfg.n_test)],
+             "train": ["steps"] * n_steps + ["final"] * (cfg.n_train - n_steps)}
+    random.Random(f"{name}-order-{cfg.n_train}-{n_steps}").shuffle(kinds["train"])
+    seen: set[str] = set()
+    for part in ("test", "train"):
+        rng, records = random.Random(f"{name}-{part}"), []
+        for kind in kinds[part]:
+            for _ in range(1000):
+                rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops, kind)
+                if _chain(rec["problem"]) not in seen:
+                    break
+            else:
+                raise ValueError(f"synthetic task too small for {len(kinds['test']) + len(kinds['train'])} chains: "
+                                 "raise data.max_operand, data.n_ops or data.ops")
+            seen.add(_chain(rec["problem"]))
+            records.append({"id": f"mixed-{part}-{len(records):05d}", **rec, "kind": kind})
+        if part == split:
+            return records
     raise AssertionError("unreachable")
 
 

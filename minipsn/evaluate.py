@@ -16,6 +16,9 @@ are split over the ranks and rank 0 writes the same files one process would (`_s
 each prompt once for its n rows and drops rows that have ended as the batch decodes (`FAST_SAMPLING`): the plain
 loop's samples, from the same generators, in less time.
 
+A record's `kind` (the mixed synthetic task's final and steps questions) is kept in its samples line,
+and the report adds the same numbers per kind ("kinds") next to the benchmark's totals.
+
 Truncated completions count as wrong and do not vote, as in training (rewards.py). Majority vote
 groups all correct answers as one (each is equivalent to the gold answer) and wrong ones by the
 verifier's normalised spelling; a tie scores the chance a random tie-break picks the right group.
@@ -86,7 +89,16 @@ def majority_correct(answers: list[str | None], correct: list[int], truncated: l
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per-problem rows (answers, correct, lengths, truncated) → one benchmark's numbers."""
+    """Per-problem rows (answers, correct, lengths, truncated) → one benchmark's numbers; when every row
+    carries a `kind` (the mixed synthetic task), also "kinds": {kind: the same numbers over its rows}."""
+    numbers = _numbers(rows)
+    if all("kind" in r for r in rows):
+        numbers["kinds"] = {kind: _numbers([r for r in rows if r["kind"] == kind])
+                            for kind in sorted({r["kind"] for r in rows})}
+    return numbers
+
+
+def _numbers(rows: list[dict]) -> dict:
     if not rows:
         raise ValueError("no problems to summarize")
     n = len(rows[0]["correct"])
@@ -139,9 +151,10 @@ def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config
     gens = [torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "eval", benchmark, r["id"])) for r in records]
     ro = sample(model, tok, prompts, cfg.eval.n, rcfg, gens, cfg.model.max_prompt_tokens, **FAST_SAMPLING)
     n, lengths, cut = cfg.eval.n, ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
-    return [{"id": r["id"], **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
-                                         r["answer"], cfg.reward.timeout, cfg.reward.last_number,
-                                         cfg.reward.unboxed_answer, cfg.reward.verifier)}
+    return [{"id": r["id"], **({"kind": r["kind"]} if "kind" in r else {}),
+             **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
+                          r["answer"], cfg.reward.timeout, cfg.reward.last_number, cfg.reward.unboxed_answer,
+                          cfg.reward.verifier)}
             for j, r in enumerate(records)]
 
 
@@ -417,11 +430,13 @@ def results_table(report: dict):
     table.add_column("benchmark", no_wrap=True)
     for col in ("problems", *(f"@{k}" for k in ks), "acc", "maj", "len", "trunc"):
         table.add_column(col, justify="right", no_wrap=True)
-    rows = [*report["benchmarks"].items()] + ([("average", report["average"])] if len(report["benchmarks"]) > 1 else [])
+    rows = [(f"{name} · {kind}" if kind else name, r) for name, b in report["benchmarks"].items()
+            for kind, r in [(None, b), *b.get("kinds", {}).items()]]  # a mixed task's kinds under its row
+    rows += [("average", report["average"])] if len(report["benchmarks"]) > 1 else []
     for i, (name, r) in enumerate(rows):
         table.add_row(name, str(r["problems"]), *(f"{100 * r['pass@k'].get(k, math.nan):.1f}" for k in ks),
                       f"{100 * r['mean_acc']:.1f}", f"{100 * r['maj_acc']:.1f}", f"{r['mean_len']:.0f}",
-                      f"{100 * r['trunc_rate']:.1f}", end_section=i == len(report["benchmarks"]) - 1)
+                      f"{100 * r['trunc_rate']:.1f}", end_section=i == len(rows) - 1 - (len(report["benchmarks"]) > 1))
     return table
 
 

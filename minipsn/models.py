@@ -234,17 +234,24 @@ def dense_weight(p: torch.Tensor) -> torch.Tensor:
 # The models built locally: name → what `build_tiny` takes, and the cache folder's version. `testbed` is the
 # exploration testbed: each answer is the tuple of three values (a guess is rarely right), and its warm
 # start boxes that tuple for 40 % of the problems that open with an addition and never for those that
-# open with a subtraction (sft.py; docs/RESULTS.md, "The exploration testbed").
+# open with a subtraction (sft.py; docs/RESULTS.md, "The exploration testbed"). `ceiling` is the ceiling testbed:
+# the same chains asked for the last value (final) or every value (steps), each kind's habit the other's
+# answer (30 % of final demonstrations box the tuple, 97 % of steps ones the last value), warm-started on
+# half of each kind; RL trains on its own mix (presets.py), where GRPO narrows the steps kind's pass@256
+# (docs/RESULTS.md, "The ceiling testbed").
 LOCAL_MODELS: dict[str, dict] = {
     "tiny": {"version": TINY_VERSION, "data": DataConfig()},
     "testbed": {"version": "v2", "data": DataConfig(n_ops=3, answer="steps", n_train=4000), "steps": 800,
                 "habit": {"add": 0.6, "subtract": 1.0}},
+    "ceiling": {"version": "v1", "data": DataConfig(n_ops=3, answer="mixed", steps_share=0.5, n_train=4000),
+                "steps": 800, "habit": {"final": 0.3, "steps": 0.97}},
 }
 
 
 def local_model_dir(name: str) -> Path:
-    """Folder of a locally built model (`tiny`, `testbed`); built when missing (tiny: about 4 minutes on
-    2 cores, testbed: about 5) and cached in $MINIPSN_CACHE or ~/.cache/minipsn."""
+    """Folder of a locally built model (`tiny`, `testbed`, `ceiling`); built when missing (tiny: about 4
+    minutes on 2 cores, testbed: about 5, ceiling: about 8 on one core) and cached in $MINIPSN_CACHE or
+    ~/.cache/minipsn."""
     spec = dict(LOCAL_MODELS[name])
     root = Path(os.environ.get("MINIPSN_CACHE", Path.home() / ".cache" / "minipsn"))
     folder = root / f"{name}-{spec.pop('version')}"
@@ -297,12 +304,13 @@ def _warm_start_progress(model, name: str, steps: int):
 
 
 def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | None = None, seed: int = 0,
-               habit: float | dict[str, float] | None = None, name: str = "tiny") -> Path:
+               habit: float | dict | None = None, name: str = "tiny", threads: int = 0) -> Path:
     """Build and warm-start a tiny model into `folder`: by default the `tiny` preset's model; other
     synthetic-task settings (`data`), warm-start lengths (`steps`), seeds (of the init and the warm-start
     order) and habit shares (`habit`, sft.py) give variants to train
     with `--model FOLDER` (the tiny preset's settings then come from `--set`). `name` is what the
-    progress line calls it (tiny, testbed)."""
+    progress line calls it (tiny, testbed, ceiling). `threads`: torch threads of the warm start (0 = every
+    core; $MINIPSN_BUILD_THREADS sets it for a cached model's build)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from minipsn.data import format_prompt, synthetic_split
@@ -319,14 +327,18 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     model = Qwen2ForCausalLM(config)
     print(f"building the {name} model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params): "
           f"warm start on the synthetic task, once (minutes); cached in {folder}", flush=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # the one sizeable CPU job here: use every core
+    env = os.environ.get("MINIPSN_BUILD_THREADS", "0")
+    if not env.isdigit():
+        raise ValueError(f"MINIPSN_BUILD_THREADS must be a number of threads (0 = every core), got {env!r}")
+    before = torch.get_num_threads()
+    # the one sizeable CPU job here: every core, unless told otherwise (a machine shared with other jobs)
+    torch.set_num_threads(threads or int(env) or os.cpu_count() or 1)
     try:
         habit = HABIT if habit is None else habit
         with _warm_start_progress(model, name, steps or WARM_STEPS):
             warm_start(model, tok, records, steps=steps or WARM_STEPS, seed=seed, habit=habit)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -20,6 +20,15 @@ PRESETS: dict[str, dict[str, object]] = {
         "eval.max_new_tokens": 64, "eval.batch_size": 1024, "run.steps": 60, "run.save_every": 20, "control.window": 10,
         "noise.sigma": 0.019, "eval.n": 16, "eval.problems": 100, "model.max_prompt_tokens": 1024,  # σ: calibrate
     },
+    # the ceiling testbed (models.LOCAL_MODELS): the same chains asked two ways; RL on 70 % final / 30 % steps
+    # questions narrows what the base model reaches on the steps kind (docs/RESULTS.md, "The ceiling testbed").
+    # Its warm start saw half of each kind; the held-out split alternates them (200 = 100 of each)
+    "ceiling": {
+        "lora.rank": 8, "grpo.lr": 5e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8,
+        "data.n_ops": 3, "data.answer": "mixed", "data.steps_share": 0.3, "data.n_train": 4000, "rollout.max_new_tokens": 64,
+        "eval.max_new_tokens": 64, "eval.batch_size": 1024, "run.steps": 60, "run.save_every": 20, "control.window": 10,
+        "noise.sigma": 0.019, "eval.n": 256, "eval.problems": 200, "model.max_prompt_tokens": 1024,
+    },
     "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},
 }
 

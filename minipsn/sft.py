@@ -15,6 +15,10 @@ verifiable reward is the only signal that says the other style pays.
 testbed's warm start answers the tuple for 40 % of the problems that open with an addition and never
 for one that opens with a subtraction. For those the right answer is a route the policy almost never
 takes, though every step of it is work it does: the room at large k that exploration may or may not reach.
+
+On the mixed task (records with a `kind`) `habit` is one share per kind ({"final": 0.3, "steps": 0.9}),
+and each kind's habit is the other kind's answer: a final question answered with the tuple of every
+value, a steps question with the last value alone (the ceiling testbed, docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -35,16 +39,35 @@ def first_operation(problem: str) -> str:
     return problem.split(", ")[1].rsplit(" ", 1)[0].rstrip(".")
 
 
-def demonstration(record: dict, rng: random.Random, habit: float | dict[str, float] = HABIT) -> str:
-    """The worked solution, or with probability `habit` (a number, or one per first operation) the habit:
-    its first steps (at least one, not all) and that intermediate value boxed, or, when the answer is the
-    tuple of every value, every step and the last value boxed alone."""
+def habit_share(record: dict, habit: float | dict) -> float:
+    """The habit's share for this record: one number, or the entry of its kind (mixed task), or of its first
+    operation; a kind's entry may itself be one per first operation ({"final": {"add": 0, "subtract": 0.5}})."""
+    while isinstance(habit, dict):
+        key = record["kind"] if "kind" in record and record["kind"] in habit else first_operation(record["problem"])
+        if key not in habit:
+            raise ValueError(f"habit {habit} has no share for {key!r}: give one per kind (mixed task) or per "
+                             "first operation")
+        habit = habit[key]
+    return habit
+
+
+def demonstration(record: dict, rng: random.Random, habit: float | dict = HABIT) -> str:
+    """The worked solution, or with probability `habit` (a number, or one per first operation or kind) the
+    habit: its first steps (at least one, not all) and that intermediate value boxed; when the answer is
+    the tuple of every value, every step and the last value boxed alone; on a final question of the mixed
+    task, every step and the tuple boxed."""
     lines = record["solution"].split("\n")[:-1]  # the steps; the last line boxes the answer
-    share = habit[first_operation(record["problem"])] if isinstance(habit, dict) else habit
-    if len(lines) < 2 or rng.random() >= share:
+    if len(lines) < 2 or rng.random() >= habit_share(record, habit):
         return record["solution"]
-    kept = lines if record["answer"].startswith("(") else lines[: rng.randint(1, len(lines) - 1)]
-    return "\n".join(kept) + f"\nThe answer is \\boxed{{{kept[-1].split('= ')[-1]}}}."
+    values = [line.split("= ")[-1] for line in lines]
+    if record["answer"].startswith("("):
+        wrong = values[-1]
+    elif "kind" in record:  # the mirror: the other kind's answer
+        wrong = "(" + ", ".join(values) + ")"
+    else:
+        lines = lines[: rng.randint(1, len(lines) - 1)]
+        wrong = values[len(lines) - 1]
+    return "\n".join(lines) + f"\nThe answer is \\boxed{{{wrong}}}."
 
 
 def sft_batch(tok, problems: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,7 +88,7 @@ def sft_batch(tok, problems: list[str], targets: list[str]) -> tuple[torch.Tenso
 
 
 def warm_start(model, tok, records: list[dict], steps: int = WARM_STEPS, lr: float = WARM_LR,
-               batch: int = WARM_BATCH, seed: int = 0, habit: float | dict[str, float] = HABIT) -> list[float]:
+               batch: int = WARM_BATCH, seed: int = 0, habit: float | dict = HABIT) -> list[float]:
     """Train all weights of `model` in place for `steps` steps; returns the loss curve."""
     if len(records) < batch:
         raise ValueError(f"the warm start draws {batch} problems a step: give it at least {batch} (data.n_train)")

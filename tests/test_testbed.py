@@ -89,7 +89,7 @@ def test_guess_rates_count_what_a_guess_would_score():
 
 
 def test_testbed_is_a_local_model_like_tiny(tmp_path, monkeypatch):
-    assert set(LOCAL_MODELS) == {"tiny", "testbed"}
+    assert set(LOCAL_MODELS) == {"tiny", "testbed", "ceiling"}
     monkeypatch.setenv("MINIPSN_CACHE", str(tmp_path))
     version = LOCAL_MODELS["testbed"]["version"]
     (tmp_path / f"testbed-{version}").mkdir()
