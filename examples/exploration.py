@@ -12,7 +12,8 @@ held-out problems, WORKERS jobs at once, each arm's Δ pass@k against grpo with 
     psn-paper     variant II as published            psn-weight    σ on the base weights, the paper's form
     temperature   action-space noise, the same KL    passk         Pass@k training (Chen et al. 2025)
     psn-passk     PSN composed with Pass@k
-Defaults: the model's preset steps, 5 seeds, 100 problems, n = 256, 2 workers. docs/RESULTS.md has the
+Defaults: the model's preset steps and problems (ceiling: 60 steps, 200 problems, 100 of each kind), 5 seeds,
+n = 256, 2 workers. docs/RESULTS.md has the
 measured tables, plots and time. Finished runs and the calibration are reused, so an interrupted experiment
 picks up where it stopped; a rerun with other arguments into the same OUT stops with one line naming what
 differs (choose another OUT).
@@ -52,8 +53,9 @@ def calibrated(model: str, out: Path) -> dict:
 def main() -> None:
     args = sys.argv[1:] + [None] * 7
     model, out = args[0] or "ceiling", Path(args[1] or f"runs/exploration-{args[0] or 'ceiling'}")
-    steps = int(args[2]) if args[2] else build_config(model=model).run.steps
-    seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[3:7], (5, 100, 256, 2)))
+    preset = build_config(model=model)
+    steps = int(args[2]) if args[2] else preset.run.steps
+    seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[3:7], (5, preset.eval.problems, 256, 2)))
     try:
         per_method = calibrated(model, out)
         compare(model, METHODS, seeds, out, {"run.steps": steps, "eval.n": n, "eval.problems": problems},
