@@ -7,6 +7,8 @@
                                    paired 95 % interval over seeds and problems (paired.py)
     RUN/compare.png                pass@k curves, mean over seeds with a ±1 std band
     RUN/compare_diff.png           Δ pass@k against the reference, with the interval as a band
+On a task with kinds of question (the ceiling testbed's final and steps questions) each table and figure
+repeats per kind: a kind's ceiling can move while the average hides it.
 
 Resumable at the grain of a run: a (method, seed) whose eval.json exists is not redone, one
 with a checkpoint resumes its training, but only when it was made with the settings asked for now:
@@ -162,17 +164,38 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def summarize(reports: dict[str, list[dict]]) -> dict[str, dict]:
-    """{method: [report per seed]} → {method: {"pass@k": {k: [mean, std]}, "acc": [mean, std], "seeds": n}}."""
+    """{method: [report per seed]} → {method: {"pass@k": {k: [mean, std]}, "acc": [mean, std], "seeds": n}}, over
+    the benchmarks' average; on a task with kinds of question (the mixed task), also "kinds": {kind: the same
+    over that kind's problems} (a kind is named with its benchmark when there are several benchmarks)."""
     out = {}
     for method, reps in reports.items():
-        ks = sorted(int(k) for k in reps[0]["average"]["pass@k"])  # JSON keys are strings
-        passk = {k: _mean_std([r["average"]["pass@k"][str(k)] for r in reps]) for k in ks}
-        out[method] = {"pass@k": passk, "acc": _mean_std([r["average"]["mean_acc"] for r in reps]),
-                       "maj": _mean_std([r["average"]["maj_acc"] for r in reps]), "seeds": len(reps)}
+        out[method] = _summary([r["average"] for r in reps])
+        benches = reps[0].get("benchmarks", {})
+        kinds = {(b, kind) for b, numbers in benches.items() for kind in numbers.get("kinds", {})}
+        if kinds:
+            out[method]["kinds"] = {(kind if len(benches) == 1 else f"{b} · {kind}"):
+                                    _summary([r["benchmarks"][b]["kinds"][kind] for r in reps]) for b, kind in sorted(kinds)}
     return out
 
 
+def _summary(numbers: list[dict]) -> dict:
+    ks = sorted(int(k) for k in numbers[0]["pass@k"])  # JSON keys are strings
+    return {"pass@k": {k: _mean_std([x["pass@k"][str(k)] for x in numbers]) for k in ks},
+            "acc": _mean_std([x["mean_acc"] for x in numbers]), "maj": _mean_std([x["maj_acc"] for x in numbers]),
+            "seeds": len(numbers)}
+
+
 def markdown(summary: dict[str, dict], n: int) -> str:
+    """The pass@k table (mean ± std over seeds), then one per kind of question when the task has kinds."""
+    kinds = next(iter(summary.values())).get("kinds", {})
+    parts = [_table({m: s for m, s in summary.items()}, n)]
+    for kind in kinds:
+        parts.append(f"**{kind}** (the held-out problems of this kind)\n\n" + _table({m: s["kinds"][kind] for m, s in
+                                                                                   summary.items()}, n))
+    return "\n".join(parts)
+
+
+def _table(summary: dict[str, dict], n: int) -> str:
     ks = [k for k in TABLE_KS if k <= n]
     head = "| method | seeds | " + " | ".join(f"pass@{k}" for k in ks) + " | mean acc | maj acc |"
     lines = [head, "|" + "---|" * (len(ks) + 4)]
@@ -188,30 +211,36 @@ def markdown(summary: dict[str, dict], n: int) -> str:
 
 def bands_figure(summary: dict[str, dict]):
     """pass@k, mean over seeds with a ±1 std band, one colour and marker per method as `plot` gives
-    its sources (minipsn/plot.py); the Agg canvas directly, as there."""
+    its sources (minipsn/plot.py); one panel for all problems, then one per kind of question when the task
+    has kinds; the Agg canvas directly, as there."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from minipsn.plot import MARKERS, palette
 
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    kinds = list(next(iter(summary.values())).get("kinds", {}))
+    fig = Figure(figsize=(5.5 * (1 + len(kinds)), 3.8), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    axes = fig.subplots(1, 1 + len(kinds), squeeze=False)[0]
     colors = palette(list(summary))
-    for i, (method, s) in enumerate(summary.items()):
-        ks = sorted(s["pass@k"])
-        mean = [100 * s["pass@k"][k][0] for k in ks]
-        std = [100 * s["pass@k"][k][1] for k in ks]
-        label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seed{'s' if s['seeds'] > 1 else ''})"
-        ax.plot(ks, mean, marker=MARKERS[i % len(MARKERS)], color=colors[method], label=label)
-        if s["seeds"] > 1:
-            ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                            color=colors[method], alpha=0.2)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter("{x:g}")
-    ax.set(xlabel="k (samples per problem)", ylabel="pass@k (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, kind in zip(axes, [None, *kinds]):
+        for i, (method, s) in enumerate(summary.items()):
+            s = s if kind is None else s["kinds"][kind]
+            ks = sorted(s["pass@k"])
+            mean = [100 * s["pass@k"][k][0] for k in ks]
+            std = [100 * s["pass@k"][k][1] for k in ks]
+            label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seed{'s' if s['seeds'] > 1 else ''})"
+            ax.plot(ks, mean, marker=MARKERS[i % len(MARKERS)], color=colors[method], label=label)
+            if s["seeds"] > 1:
+                ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=colors[method], alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter("{x:g}")
+        ax.set(xlabel="k (samples per problem)", ylabel="pass@k (%)")
+        if kinds:
+            ax.set_title("all problems" if kind is None else f"{kind} questions")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     return fig
 
 

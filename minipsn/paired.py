@@ -9,7 +9,8 @@ An interval that excludes 0 is marked in the table (✱). With one seed there is
 resample, so no interval is printed (compare.json keeps the problems-only one, labelled so).
 
 Written here: the `paired` part of compare.json, the difference table of compare.md, and compare_diff.png
-(method − reference against k, with the interval as a band), one colour per method as in compare.png.
+(method − reference against k, with the interval as a band; a panel per kind of question too), one colour
+per method as in compare.png.
 """
 from __future__ import annotations
 
@@ -75,18 +76,20 @@ def markdown(result: dict, ref: str, seeds: int) -> str:
 
 
 def diff_figure(result: dict, ref: str, order: list[str], seeds: int):
-    """Δ pass@k (method − ref) against k, one panel per benchmark (all kinds together), interval bands."""
+    """Δ pass@k (method − ref) against k, one panel per benchmark and kind of question (all problems first),
+    interval bands."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from minipsn.plot import MARKERS, palette
 
     colors = palette(order)  # the colours compare.png gives the same methods
-    fig = Figure(figsize=(5.5 * len(result), 3.8), layout="constrained")
+    panels = [(bench, kind, methods) for bench, b in result.items() for kind, methods in b["kinds"].items()]
+    fig = Figure(figsize=(5.5 * len(panels), 3.8), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(result), squeeze=False)[0]
-    for ax, (bench, b) in zip(axes, result.items()):
-        for method, r in b["kinds"]["all"].items():
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (bench, kind, methods) in zip(axes, panels):
+        for method, r in methods.items():
             i = order.index(method)
             diff = [100 * d for d in r["diff"]]
             ax.plot(r["k"], diff, marker=MARKERS[i % len(MARKERS)], color=colors[method],
@@ -97,7 +100,8 @@ def diff_figure(result: dict, ref: str, order: list[str], seeds: int):
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter("{x:g}")
-        ax.set(title=f"{bench}: pass@k − {ref}", xlabel="k (samples per problem)", ylabel="Δ pass@k (points)")
+        where = bench if kind == "all" else f"{bench}, {kind} questions"
+        ax.set(title=f"{where}: pass@k − {ref}", xlabel="k (samples per problem)", ylabel="Δ pass@k (points)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return fig
