@@ -167,6 +167,7 @@ def eval_(
 
     from minipsn import evaluate as ev
     from minipsn.config import load_file, parse_sets
+    from minipsn.reports import print_table, results_table
 
     first = {"eval.n": n, "eval.problems": problems, "data.data_dir": data_dir, "run.seed": seed}
     adapter_dir, run_dir = ev.resolve_adapter(adapter) if adapter else (None, None)
@@ -179,7 +180,7 @@ def eval_(
     names = [b.strip() for b in (benchmarks or cfg.data.dataset).split(",") if b.strip()]
     out_dir = Path(out) if out else ev.default_out(cfg.model.name, adapter_dir, run_dir)
     report = ev.evaluate(cfg, names, out_dir, adapter_dir)
-    ev.print_table(ev.results_table(report))
+    print_table(results_table(report))
     typer.echo(f"eval: {out_dir / 'eval.json'}")
 
 

@@ -1,10 +1,7 @@
 """Evaluation: sample n completions per problem from the clean policy, score them, report pass@k.
 
-    pass@k = E_problems[ 1 − C(n − c, k) / C(n, k) ],   c = correct completions out of n
-
-(Chen et al. 2021, the unbiased estimator; arXiv 2602.02555 reports pass@1 … pass@256 on AIME24/25
-and other math sets). The ratio of binomials is computed as the product Π_{i=n−c+1}^{n} (1 − k/i),
-so n in the thousands never builds a giant integer or a float overflow.
+This module samples, keeps the samples files and runs an evaluation (`evaluate`); the scoring (the pass@k
+estimator, majority vote, per-kind numbers) is in scoring.py and the report's tables in reports.py.
 
 Each problem is sampled on its own with a generator seeded from (seed, benchmark, problem id), so a
 result does not depend on which other problems are evaluated, and one JSON line per problem (its n
@@ -18,10 +15,6 @@ loop's samples, from the same generators, in less time.
 
 A record's `kind` (the mixed synthetic task's final and steps questions) is kept in its samples line,
 and the report adds the same numbers per kind ("kinds") next to the benchmark's totals.
-
-Truncated completions count as wrong and do not vote, as in training (rewards.py). Majority vote
-groups all correct answers as one (each is equivalent to the gold answer) and wrong ones by the
-verifier's normalised spelling; a tie scores the chance a random tie-break picks the right group.
 """
 from __future__ import annotations
 
@@ -29,10 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
-import operator
 import os
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -42,105 +32,23 @@ from minipsn import folders
 from minipsn.config import Config, EvalConfig, RolloutConfig
 from minipsn.data import format_prompt, load_benchmark, load_problems
 from minipsn.noise import derive_seed
-from minipsn.rewards import correctness_rewards
 from minipsn.rollout import sample
-from minipsn.verify import VERIFIERS, extract_answer
-from minipsn.verify import normalise as normalise_answer  # the verifier's canonical spelling
+from minipsn.scoring import average, score_rows, summarize
+from minipsn.scoring import pass_at_k as pass_at_k  # public: minipsn.evaluate.pass_at_k
+from minipsn.verify import VERIFIERS
 
-_ANSWER_CHARS = 200  # stored answers are cut here: enough to vote on, keeps samples files small
 # evaluation encodes each prompt once for its n rows and drops ended rows as the batch decodes (`rollout.decode`):
 # the plain loop's samples; a whole `eval` of the tiny model at n = 256 takes 0.37-0.52 of its time (docs/RESULTS.md)
 FAST_SAMPLING = {"shared_prefill": True, "drop_finished": True}
 
 
-# ---------------------------------------------------------------- the math
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one problem with c correct out of n samples: 1 − C(n−c, k)/C(n, k)."""
-    n, c, k = operator.index(n), operator.index(c), operator.index(k)
-    if n < 1 or c < 0 or k < 1:
-        raise ValueError(f"pass@k needs n >= 1, c >= 0, k >= 1; got n={n}, c={c}, k={k}")
-    if c > n or k > n:
-        raise ValueError(f"pass@k needs c <= n and k <= n; got n={n}, c={c}, k={k}")
-    if n - c < k:  # every k-subset holds a correct sample
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def ks_for(n: int) -> list[int]:
-    """k = 1, 2, 4, ... <= n, and n itself."""
-    ks = [2**j for j in range(n.bit_length()) if 2**j <= n]
-    return ks if ks[-1] == n else [*ks, n]
-
-
-def majority_correct(answers: list[str | None], correct: list[int], truncated: list[bool]) -> float:
-    """Majority-vote accuracy of one problem in [0, 1] (see the module docstring for the grouping)."""
-    right, wrong = 0, Counter()
-    for answer, ok, cut in zip(answers, correct, truncated):
-        if ok:
-            right += 1
-        elif answer is not None and not cut:
-            wrong[normalise_answer(answer)] += 1
-    top = max(wrong.values(), default=0)
-    if right == 0 or right < top:
-        return 0.0
-    return 1.0 if right > top else 1.0 / (1 + sum(v == top for v in wrong.values()))
-
-
-def summarize(rows: list[dict]) -> dict:
-    """Per-problem rows (answers, correct, lengths, truncated) → one benchmark's numbers; when every row
-    carries a `kind` (the mixed synthetic task), also "kinds": {kind: the same numbers over its rows}."""
-    numbers = _numbers(rows)
-    if all("kind" in r for r in rows):
-        numbers["kinds"] = {kind: _numbers([r for r in rows if r["kind"] == kind])
-                            for kind in sorted({r["kind"] for r in rows})}
-    return numbers
-
-
-def _numbers(rows: list[dict]) -> dict:
-    if not rows:
-        raise ValueError("no problems to summarize")
-    n = len(rows[0]["correct"])
-    if any(len(r["correct"]) != n for r in rows):
-        raise ValueError("rows hold different numbers of samples; evaluate every problem with the same n")
-    flat = lambda key: [x for r in rows for x in r[key]]
-    return {"n": n, "problems": len(rows),
-            "pass@k": {str(k): sum(pass_at_k(n, sum(r["correct"]), k) for r in rows) / len(rows) for k in ks_for(n)},
-            "mean_acc": sum(flat("correct")) / (n * len(rows)),
-            "maj_acc": sum(majority_correct(r["answers"], r["correct"], r["truncated"]) for r in rows) / len(rows),
-            "mean_len": sum(flat("lengths")) / (n * len(rows)),
-            "trunc_rate": sum(flat("truncated")) / (n * len(rows))}
-
-
-def average(results: dict[str, dict]) -> dict:
-    """Unweighted mean over benchmarks (as the paper's "avg" column); pass@k over the shared ks."""
-    vals = list(results.values())
-    ks = [k for k in vals[0]["pass@k"] if all(k in v["pass@k"] for v in vals)]
-    mean = lambda key: sum(v[key] for v in vals) / len(vals)
-    return {"n": vals[0]["n"], "problems": sum(v["problems"] for v in vals),
-            "pass@k": {k: sum(v["pass@k"][k] for v in vals) / len(vals) for k in ks},
-            **{key: mean(key) for key in ("mean_acc", "maj_acc", "mean_len", "trunc_rate")}}
-
-
-# ---------------------------------------------------------------- sampling and scoring
+# ---------------------------------------------------------------- sampling
 
 
 def eval_rollout_config(rollout: RolloutConfig, ev: EvalConfig) -> RolloutConfig:
     """The rollout settings of evaluation: EvalConfig's temperature, length and batch, the rest as in training."""
     return dataclasses.replace(rollout, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens,
                                batch_size=ev.batch_size or rollout.batch_size)
-
-
-def score_rows(texts: list[str], truncated: list[bool], lengths: list[int], answer: str,
-               timeout: float = 3.0, last_number: bool = True, unboxed: bool = True,
-               verifier: str = VERIFIERS[0]) -> dict:
-    """One problem's completions → {answers, correct, lengths, truncated, gold}, scored like training rewards."""
-    answers = [extract_answer(t, last_number=last_number, unboxed=unboxed) for t in texts]
-    correct = [int(c) for c in correctness_rewards(texts, [answer] * len(texts), truncated, 0.0, timeout, last_number,
-                                                   unboxed, verifier=verifier)]
-    return {"answers": [a[:_ANSWER_CHARS] if a else None for a in answers], "correct": correct,
-            "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated], "gold": answer}
 
 
 def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config, rcfg: RolloutConfig) -> list[dict]:
@@ -416,34 +324,3 @@ def _evaluate(cfg: Config, benchmarks: list[str], records: dict[str, list[dict]]
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, out / "eval.json")
     return report
-
-
-def results_table(report: dict):
-    """A rich table: one row per benchmark and an average row; pass@k columns for k = 1, 2, 4, ..."""
-    from rich import box
-    from rich.table import Table
-
-    ks = list(report["average"]["pass@k"])
-    title = report["model"] + (f" + {report['adapter']}" if report.get("adapter") else "")
-    table = Table(title=f"{title}, n = {report['n']}", box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption="@k: pass@k, acc: mean accuracy, maj: majority vote, trunc: truncated (all in %); len: tokens")
-    table.add_column("benchmark", no_wrap=True)
-    for col in ("problems", *(f"@{k}" for k in ks), "acc", "maj", "len", "trunc"):
-        table.add_column(col, justify="right", no_wrap=True)
-    rows = [(f"{name} · {kind}" if kind else name, r) for name, b in report["benchmarks"].items()
-            for kind, r in [(None, b), *b.get("kinds", {}).items()]]  # a mixed task's kinds under its row
-    rows += [("average", report["average"])] if len(report["benchmarks"]) > 1 else []
-    for i, (name, r) in enumerate(rows):
-        table.add_row(name, str(r["problems"]), *(f"{100 * r['pass@k'].get(k, math.nan):.1f}" for k in ks),
-                      f"{100 * r['mean_acc']:.1f}", f"{100 * r['maj_acc']:.1f}", f"{r['mean_len']:.0f}",
-                      f"{100 * r['trunc_rate']:.1f}", end_section=i == len(rows) - 1 - (len(report["benchmarks"]) > 1))
-    return table
-
-
-def print_table(table) -> None:
-    """Print at full width even on a narrow terminal: wrapped lines beat numbers cut to "…"."""
-    from rich.console import Console
-
-    console = Console()
-    width = console.measure(table, options=console.options.update(max_width=1000)).maximum
-    (console if width <= console.width else Console(width=width)).print(table)

@@ -2,7 +2,7 @@
 
     Δ(k) = mean over seeds and problems of pass@k(method) − the same of the reference
 
-pass@k per (seed, problem) is the unbiased estimator 1 − C(n − c, k)/C(n, k) (evaluate.pass_at_k)
+pass@k per (seed, problem) is the unbiased estimator 1 − C(n − c, k)/C(n, k) (scoring.pass_at_k)
 of the c correct samples out of n. The 95 % interval is the percentile interval of a bootstrap that
 resamples problems and seeds. Δ splits into a problem part, the mean over problems of d_p (problem p's
 pass@k averaged over the method's seeds, minus the same for the reference), and a seed part, each
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minipsn.evaluate import pass_at_k
+from minipsn.scoring import pass_at_k
 
 
 def count_matrix(runs: list[list[dict]], kind: str | None = None) -> tuple[np.ndarray, int, list[str]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from minipsn import evaluate as ev
+from minipsn import scoring
 from minipsn.config import DataConfig, build_config
 from minipsn.data import synthetic_split
 
@@ -31,47 +32,48 @@ def test_pass_at_k_matches_brute_force_enumeration():
     for n in range(1, 9):
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert ev.pass_at_k(n, c, k) == pytest.approx(_brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+                assert scoring.pass_at_k(n, c, k) == pytest.approx(_brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
 
 
 def test_pass_at_k_edge_cases_and_argument_checks():
-    assert ev.pass_at_k(10, 0, 3) == 0.0
-    assert ev.pass_at_k(10, 10, 3) == 1.0
-    assert ev.pass_at_k(10, 1, 10) == 1.0  # k = n: any correct sample is in the one subset
-    assert ev.pass_at_k(10, 0, 10) == 0.0
-    assert ev.pass_at_k(5, 2, 1) == pytest.approx(0.4)  # pass@1 is c / n
+    assert scoring.pass_at_k(10, 0, 3) == 0.0
+    assert scoring.pass_at_k(10, 10, 3) == 1.0
+    assert scoring.pass_at_k(10, 1, 10) == 1.0  # k = n: any correct sample is in the one subset
+    assert scoring.pass_at_k(10, 0, 10) == 0.0
+    assert scoring.pass_at_k(5, 2, 1) == pytest.approx(0.4)  # pass@1 is c / n
+    assert ev.pass_at_k is scoring.pass_at_k  # public API kept where it was
     for bad in [(4, 1, 5), (4, 5, 1), (4, -1, 1), (-1, 0, 1), (4, 1, 0), (4, 1, -2), (0, 0, 1)]:
         with pytest.raises(ValueError):
-            ev.pass_at_k(*bad)
+            scoring.pass_at_k(*bad)
     with pytest.raises(TypeError):
-        ev.pass_at_k(4.0, 1, 1)
+        scoring.pass_at_k(4.0, 1, 1)
 
 
 def test_pass_at_k_is_stable_for_large_n():
     n = 2000
     for c in (0, 1, 3, 50, 1000, 1999, 2000):
-        values = [ev.pass_at_k(n, c, k) for k in (1, 2, 4, 16, 64, 256, 1024, 2000)]
+        values = [scoring.pass_at_k(n, c, k) for k in (1, 2, 4, 16, 64, 256, 1024, 2000)]
         assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values), (c, values)
         assert values == sorted(values), (c, values)  # monotone in k
-    assert ev.pass_at_k(n, 1, 1) == pytest.approx(1 / n)
-    assert ev.pass_at_k(n, 1, 256) == pytest.approx(256 / n)  # one correct: pass@k = k / n exactly
+    assert scoring.pass_at_k(n, 1, 1) == pytest.approx(1 / n)
+    assert scoring.pass_at_k(n, 1, 256) == pytest.approx(256 / n)  # one correct: pass@k = k / n exactly
 
 
 def test_ks_majority_and_summary():
-    assert ev.ks_for(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    assert ev.ks_for(6) == [1, 2, 4, 6]
-    assert ev.ks_for(1) == [1]
+    assert scoring.ks_for(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert scoring.ks_for(6) == [1, 2, 4, 6]
+    assert scoring.ks_for(1) == [1]
     F = False
     # correct answers form one group even when spelled differently; wrong ones group by normalised text
-    assert ev.majority_correct(["1/2", "\\frac12", "3", "3 "], [1, 1, 0, 0], [F] * 4) == 0.5  # tie of 2 groups
-    assert ev.majority_correct(["5", "5", "5", "7"], [1, 1, 1, 0], [F] * 4) == 1.0
-    assert ev.majority_correct(["5", "7", "7", "7"], [1, 0, 0, 0], [F] * 4) == 0.0
-    assert ev.majority_correct(["7", "7", "7", "5"], [0, 0, 0, 1], [F, True, True, F]) == 0.5  # truncated don't vote
-    assert ev.majority_correct([None, None, "5"], [0, 0, 1], [F] * 3) == 1.0  # no answer: no vote
-    assert ev.majority_correct(["5", "5"], [0, 0], [F, F]) == 0.0
+    assert scoring.majority_correct(["1/2", "\\frac12", "3", "3 "], [1, 1, 0, 0], [F] * 4) == 0.5  # tie of 2 groups
+    assert scoring.majority_correct(["5", "5", "5", "7"], [1, 1, 1, 0], [F] * 4) == 1.0
+    assert scoring.majority_correct(["5", "7", "7", "7"], [1, 0, 0, 0], [F] * 4) == 0.0
+    assert scoring.majority_correct(["7", "7", "7", "5"], [0, 0, 0, 1], [F, True, True, F]) == 0.5  # truncated don't vote
+    assert scoring.majority_correct([None, None, "5"], [0, 0, 1], [F] * 3) == 1.0  # no answer: no vote
+    assert scoring.majority_correct(["5", "5"], [0, 0], [F, F]) == 0.0
     rows = [{"answers": ["1", "2"], "correct": [1, 0], "lengths": [10, 20], "truncated": [False, False]},
             {"answers": ["3", None], "correct": [0, 0], "lengths": [30, 48], "truncated": [False, True]}]
-    s = ev.summarize(rows)
+    s = scoring.summarize(rows)
     assert s["n"] == 2 and s["problems"] == 2
     assert s["pass@k"] == {"1": pytest.approx(0.25), "2": pytest.approx(0.5)}
     assert s["mean_acc"] == pytest.approx(0.25) and s["maj_acc"] == pytest.approx(0.25)  # 1 vs 2: a tie, 1/2
@@ -202,10 +204,10 @@ def test_plot_draws_passk_and_training_curves(tmp_path):
                 if step % 10 == 0:
                     f.write(json.dumps({"step": step, "eval/pass@1": step / 60}) + "\n")
             f.write('{"step": 41, "rew')  # a line cut by a kill is ignored
-        bench = {"n": 16, "problems": 5, "pass@k": {str(k): min(1, k / 20 + sigma * 10) for k in ev.ks_for(16)},
+        bench = {"n": 16, "problems": 5, "pass@k": {str(k): min(1, k / 20 + sigma * 10) for k in scoring.ks_for(16)},
                  "mean_acc": .1, "maj_acc": .1, "mean_len": 20, "trunc_rate": 0}
         report = {"model": "tiny", "adapter": None, "n": 16, "benchmarks": {"synthetic": bench, "aime24": dict(bench)}}
-        report["average"] = ev.average(report["benchmarks"])
+        report["average"] = scoring.average(report["benchmarks"])
         (run / "eval" / "eval.json").write_text(json.dumps(report))
         runs.append(str(run))
     paths = plot(runs, tmp_path / "plots")

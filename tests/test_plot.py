@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from minipsn import compare, plot
-from minipsn import evaluate as ev
+from minipsn import compare, plot, scoring
 
 
 def _metrics(steps: int, sigma: float, shaped: float = 0.0, seed: int = 0) -> list[dict]:
@@ -63,7 +62,7 @@ def test_a_flat_panel_spans_a_stated_range_and_says_its_value():
     kl = next(ax for ax in fig.axes if ax.get_ylabel() == "noise/kl_noise")  # exactly 0 at σ = 0
     lo, hi = kl.get_ylim()
     assert lo <= 0 and hi >= 1 and "constant: 0" in [t.get_text() for t in kl.texts]
-    bench = {"n": 4, "problems": 2, "pass@k": {str(k): 0.0 for k in ev.ks_for(4)}, "mean_acc": 0, "maj_acc": 0,
+    bench = {"n": 4, "problems": 2, "pass@k": {str(k): 0.0 for k in scoring.ks_for(4)}, "mean_acc": 0, "maj_acc": 0,
              "mean_len": 3, "trunc_rate": 0}
     fig = plot.passk_figure([("base", {"n": 4, "benchmarks": {"aime24": bench}, "average": bench})])
     assert fig.axes[0].get_ylim()[1] >= 100  # pass@k that is 0 everywhere, on 0 … 100 %
@@ -85,10 +84,10 @@ def test_the_smoothing_window_is_fixed_in_steps_not_a_share_of_the_run():
 def test_passk_figure_one_colour_per_eval_in_every_panel_and_one_legend():
     evals = []
     for i, name in enumerate(("base", "grpo", "psn")):
-        bench = {"n": 16, "problems": 5, "pass@k": {str(k): min(1.0, k / 20 + i / 10) for k in ev.ks_for(16)},
+        bench = {"n": 16, "problems": 5, "pass@k": {str(k): min(1.0, k / 20 + i / 10) for k in scoring.ks_for(16)},
                  "mean_acc": .1, "maj_acc": .1, "mean_len": 20, "trunc_rate": 0}
         report = {"n": 16, "benchmarks": {"synthetic": bench, "aime24": dict(bench)}}
-        report["average"] = ev.average(report["benchmarks"])
+        report["average"] = scoring.average(report["benchmarks"])
         evals.append((name, report))
     fig = plot.passk_figure(evals)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["synthetic", "aime24", "average"]

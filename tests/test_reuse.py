@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from minipsn import calibrate, compare, folders
 from minipsn.config import build_config
-from minipsn.evaluate import ks_for
+from minipsn.scoring import ks_for
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minipsn.evaluate import pass_at_k
+from minipsn.scoring import pass_at_k
 from minipsn.stats import paired_bootstrap, pass_at_k_table
 
 

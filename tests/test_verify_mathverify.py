@@ -167,7 +167,8 @@ def test_reward_rules_hold_with_every_verifier(verifier):
 
 
 def test_the_verifier_reaches_every_scorer():
-    from minipsn.evaluate import sampling_meta, score_rows
+    from minipsn.evaluate import sampling_meta
+    from minipsn.scoring import score_rows
     from minipsn.train import score
 
     texts, gold = ["\\boxed{AB=4,CD=5}", "\\boxed{4, 6}"], "4, 5"
