@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import cli
 from minipsn import compare, folders
-from minipsn.evaluate import summarize
+from minipsn.scoring import summarize
 
 N, PROBLEMS = 4, 20  # half final, half steps questions, as the mixed task's held-out split alternates them
 
