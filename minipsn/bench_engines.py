@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from minipsn.config import GRPOConfig, build_config
-from minipsn.data import format_prompt, synthetic_split
+from minipsn.data import format_prompt
 from minipsn.models import load_policy
+from minipsn.synthetic import synthetic_split
 
 SHAPE_NAME = "qwen2.5-1.5b-shape"  # bench.py builds it (shape_model_dir)
 

@@ -13,8 +13,9 @@ import tempfile
 import time
 
 from minipsn.bench_engines import Spec, bench_config, free_memory, peak_gb, sync
-from minipsn.data import format_prompt, synthetic_split
+from minipsn.data import format_prompt
 from minipsn.models import load_policy
+from minipsn.synthetic import synthetic_split
 
 
 def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:

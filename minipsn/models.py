@@ -313,8 +313,9 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     core; $MINIPSN_BUILD_THREADS sets it for a cached model's build)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from minipsn.data import format_prompt, synthetic_split
+    from minipsn.data import format_prompt
     from minipsn.sft import HABIT, WARM_STEPS, warm_start
+    from minipsn.synthetic import synthetic_split
 
     folder, data = Path(folder), data or DataConfig()
     records = synthetic_split(data, "train", seed=0)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from minipsn.config import DataConfig, build_config
-from minipsn.data import synthetic_split
 from minipsn.headroom import GUESSABLE, _with_guesses
 from minipsn.models import LOCAL_MODELS
 from minipsn.scoring import summarize
+from minipsn.synthetic import synthetic_split
 
 MIXED = DataConfig(n_ops=3, answer="mixed", steps_share=0.25, n_train=400, n_test=40)
 chain = lambda r: r["problem"].rsplit(". ", 1)[0]

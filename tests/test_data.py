@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minipsn import data
+from minipsn import data, synthetic
 from minipsn.config import DataConfig
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # the training sets, where a checkout has them
@@ -153,7 +153,7 @@ def test_hub_math_answers_reproduce_the_local_file(monkeypatch):
 
 def test_synthetic_by_name():
     cfg = DataConfig(n_train=20, n_test=5)
-    assert data.load_problems(cfg, "train") == data.synthetic_split(cfg, "train")
+    assert data.load_problems(cfg, "train") == synthetic.synthetic_split(cfg, "train")
     assert len(data.load_benchmark("synthetic", "test")) == DataConfig().n_test
 
 
@@ -161,7 +161,7 @@ def test_synthetic_ops_knob_and_worked_solution():
     import random
 
     for ops in ("+", "-*", "+-*"):
-        for rec in data.synthetic_split(DataConfig(ops=ops, n_ops=3, n_train=50, n_test=5), "train"):
+        for rec in synthetic.synthetic_split(DataConfig(ops=ops, n_ops=3, n_train=50, n_test=5), "train"):
             steps = rec["solution"].split("\n")[:-1]
             assert len(steps) == 3 and {line.split()[1] for line in steps} <= set(ops)
             value = int(steps[0].split()[0])
@@ -170,11 +170,11 @@ def test_synthetic_ops_knob_and_worked_solution():
                 assert int(a) == value and int(new) == {"+": value + int(x), "-": value - int(x), "*": value * int(x)}[op]
                 value = int(new)
             assert rec["answer"] == str(value) and rec["solution"].endswith(f"\\boxed{{{value}}}.")
-    assert data.synthetic_problem(random.Random(0), 2, 9, "*")["problem"].count("multiply by") == 2
+    assert synthetic.synthetic_problem(random.Random(0), 2, 9, "*")["problem"].count("multiply by") == 2
     with pytest.raises(ValueError, match=r"data.ops must be made of \+ - \*, got '/'"):
         DataConfig(ops="/")
     with pytest.raises(ValueError, match="synthetic task too small for n_train=500: raise data.max_operand"):
-        data.synthetic_split(DataConfig(ops="+", n_ops=1, max_operand=3, n_train=500), "train")
+        synthetic.synthetic_split(DataConfig(ops="+", n_ops=1, max_operand=3, n_train=500), "train")
 
 
 def test_warm_start_demonstrations_mix_worked_and_early_answers():
@@ -182,7 +182,7 @@ def test_warm_start_demonstrations_mix_worked_and_early_answers():
 
     from minipsn.sft import demonstration
 
-    rec = data.synthetic_split(DataConfig(n_ops=3, n_train=1, n_test=1), "train")[0]
+    rec = synthetic.synthetic_split(DataConfig(n_ops=3, n_train=1, n_test=1), "train")[0]
     steps = rec["solution"].split("\n")[:-1]
     rng = random.Random(0)
     demos = [demonstration(rec, rng, habit=0.5) for _ in range(400)]
@@ -193,7 +193,7 @@ def test_warm_start_demonstrations_mix_worked_and_early_answers():
         assert 1 <= len(kept) < len(steps) and kept == steps[: len(kept)]
         assert d.endswith(f"\\boxed{{{kept[-1].split('= ')[-1]}}}.")
     assert {demonstration(rec, rng, habit=0.0) for _ in range(20)} == {rec["solution"]}
-    one_step = data.synthetic_split(DataConfig(n_ops=1, n_train=1, n_test=1), "train")[0]
+    one_step = synthetic.synthetic_split(DataConfig(n_ops=1, n_train=1, n_test=1), "train")[0]
     assert demonstration(one_step, rng, habit=1.0) == one_step["solution"]  # nothing to cut
 
 

@@ -11,7 +11,7 @@ import pytest
 from minipsn import evaluate as ev
 from minipsn import scoring
 from minipsn.config import DataConfig, build_config
-from minipsn.data import synthetic_split
+from minipsn.synthetic import synthetic_split
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import random
 import pytest
 
 from minipsn.config import DataConfig
-from minipsn.data import synthetic_split
 from minipsn.headroom import guess_rates
 from minipsn.models import LOCAL_MODELS, resolve_name
+from minipsn.synthetic import synthetic_split
 
 
 def test_the_default_task_is_unchanged_by_the_new_knobs():
