@@ -153,8 +153,9 @@ def test_ceiling_base_band_and_per_kind_guess_rates(ceiling_base):
                     "(~5 min after the base test): MINIPSN_SLOW=1")
 def test_one_grpo_seed_narrows_the_steps_kind_and_lifts_the_mix(ceiling_base, tmp_path):
     """A reduced check of issue 24's GRPO bands: one seed instead of five, so the interval resamples problems
-    only. Measured (docs/RESULTS.md): steps pass@256 71.0 → 22–41 over 5 seeds; the mix's pass@1 +8.9 to
-    +13.3 per seed (+11.8 mean, the band is 10 on the mean): one seed is held to 6 points, 3 seed sd below."""
+    only. Measured (docs/RESULTS.md, the exploration experiment): steps pass@256 71.0 → 25–40 over 5 seeds;
+    the mix's pass@1 +10.1 to +13.6 per seed (+11.8 mean, the band is 10 on the mean; on the code before
+    issue 23's fixes, +8.9 to +13.3): one seed is held to 6 points, about 3 seed sd below the mean."""
     from minipsn.evaluate import evaluate
     from minipsn.stats import count_matrix, paired_bootstrap
     from minipsn.train import train
