@@ -52,15 +52,19 @@ def calibrated(model: str, out: Path) -> dict:
 
 def main() -> None:
     args = sys.argv[1:] + [None] * 7
+    bad = [a for a in args[2:7] if a is not None and not a.isdigit()]
+    if bad or len(sys.argv) > 8:
+        raise SystemExit(f"error: STEPS SEEDS PROBLEMS N WORKERS are whole numbers, got {' '.join(sys.argv[3:])} "
+                         "(usage: python examples/exploration.py [MODEL] [OUT] [STEPS] [SEEDS] [PROBLEMS] [N] [WORKERS])")
     model, out = args[0] or "ceiling", Path(args[1] or f"runs/exploration-{args[0] or 'ceiling'}")
-    preset = build_config(model=model)
-    steps = int(args[2]) if args[2] else preset.run.steps
-    seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[3:7], (5, preset.eval.problems, 256, 2)))
     try:
+        preset = build_config(model=model)
+        steps = int(args[2]) if args[2] else preset.run.steps
+        seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[3:7], (5, preset.eval.problems, 256, 2)))
         per_method = calibrated(model, out)
         compare(model, METHODS, seeds, out, {"run.steps": steps, "eval.n": n, "eval.problems": problems},
                 workers=workers, ref="grpo", per_method=per_method)
-    except ValueError as e:  # a calibration or a grid made with other settings: say so in one line
+    except ValueError as e:  # an unknown model, a calibration or a grid made with other settings: one line
         raise SystemExit(f"error: {e}") from None
     print((out / "compare.md").read_text())
 

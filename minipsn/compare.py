@@ -279,6 +279,10 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
     unknown = [m for m in methods + list(per_method or {}) if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    outside = [m for m in per_method or {} if m not in methods]
+    if outside:
+        raise ValueError(f"--method-set names {', '.join(outside)}, not in the grid ({', '.join(methods)}); add it to "
+                         "--methods or drop its --method-set")
     if ref not in methods and ref != "base":
         raise ValueError(f"--ref {ref} is not in the grid ({', '.join(['base', *methods])}); add it to --methods "
                          "or choose one of them")

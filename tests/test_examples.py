@@ -82,6 +82,17 @@ def test_psn_vs_grpo_example_takes_each_argument_it_names():
             example.parse(bad)
 
 
+def test_exploration_example_refuses_bad_arguments_in_one_line(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("exploration", REPO / "examples" / "exploration.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # defines main(); runs nothing
+    for argv in (["tiny", str(tmp_path / "a"), "abc"], ["tiny", str(tmp_path / "b"), *"111111"], ["nosuch", str(tmp_path / "c")]):
+        monkeypatch.setattr(sys, "argv", ["exploration.py", *argv])
+        with pytest.raises(SystemExit, match="error: ") as exc:
+            example.main()
+        assert "\n" not in str(exc.value) and not (tmp_path / argv[1].rsplit("/", 1)[-1]).exists(), exc.value
+
+
 def _generator_calls(path):
     """([(line, device argument or None)] of every `torch.Generator(...)` call, {name: values assigned}) of a file."""
     import ast

@@ -114,3 +114,12 @@ def test_a_reference_outside_the_grid_fails_in_one_line(tmp_path):
     line = result.output.strip()
     assert len(line.splitlines()) == 1 and "--ref passk is not in the grid" in line, result.output
     assert not (tmp_path / "g").exists()  # refused before anything ran or was written
+
+
+def test_a_method_set_outside_the_grid_fails_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli.app, ["compare", "--model", "tiny", "--methods", "grpo", "--method-set",
+                                          "psn:noise.sigma=0.1", "--out", str(tmp_path / "g")])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "--method-set names psn, not in the grid" in line, result.output
+    assert not (tmp_path / "g").exists()
