@@ -188,7 +188,7 @@ def _summary(numbers: list[dict]) -> dict:
 def markdown(summary: dict[str, dict], n: int) -> str:
     """The pass@k table (mean ± std over seeds), then one per kind of question when the task has kinds."""
     kinds = next(iter(summary.values())).get("kinds", {})
-    parts = [_table({m: s for m, s in summary.items()}, n)]
+    parts = [_table(summary, n)]
     for kind in kinds:
         parts.append(f"**{kind}** (the held-out problems of this kind)\n\n" + _table({m: s["kinds"][kind] for m, s in
                                                                                    summary.items()}, n))
