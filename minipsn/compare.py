@@ -326,8 +326,8 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
     if dist.is_main():
         from minipsn import paired
 
-        folders = {"base": [out / "base" / "eval"], **{m: [out / f"{m}-s{s}" / "eval" for s in range(seeds)]
-                                                       for m in methods}}
+        folders = {"base": {None: out / "base" / "eval"}, **{m: {s: out / f"{m}-s{s}" / "eval" for s in range(seeds)}
+                                                             for m in methods}}
         payload["paired"] = {"ref": ref, "benchmarks": paired.paired(folders, ref, list(benchmarks), TABLE_KS)}
         (out / "compare.md").write_text(markdown(summary, n) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
                                                                                           ref, seeds))

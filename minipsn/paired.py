@@ -3,21 +3,25 @@
     Δ(k) = mean over seeds and problems of pass@k(method) − the same of the reference (`--ref`, default grpo)
 
 Each (method, seed) and the base model leave one samples file per benchmark (RUN/eval/samples/<name>.jsonl:
-each problem's `correct` list, and `kind` on a task with several question types); `stats.paired_bootstrap`
-turns their counts into Δ(k) with a 95 % interval that resamples seeds and problems, paired on the problems.
-An interval that excludes 0 is marked in the table (✱). With one seed there is no run-to-run spread to
-resample, so no interval is printed (compare.json keeps the problems-only one, labelled so).
+each problem's `correct` list, and `kind` on a task with several question types). `stats.paired_difference`
+turns their counts into Δ(k) with a 95 % interval: where both sides hold the same seeds (every method of a
+grid), seed s is paired with seed s (they share the data order, init and generators) and problems with
+problems; against the one-evaluation base model only the problems pair. Each side's pass@k comes from its
+own n, and the two sides must hold the same problem ids (checked, not assumed). An interval that excludes 0 is
+marked in the table (✱). With one seed there is no run-to-run spread, so no interval is printed (compare.json
+keeps the problems-only one, labelled so).
 
-Written here: the `paired` part of compare.json, the difference table of compare.md, and compare_diff.png
-(method − reference against k, with the interval as a band; a panel per kind of question too), one colour
-per method as in compare.png.
+Written here: the `paired` part of compare.json (with each method's per-(seed, problem) counts, so an analysis
+can be redone without rerunning), the difference table of compare.md, and compare_diff.png (method −
+reference against k, with the interval as a band; a panel per kind of question too), one colour per method as
+in compare.png.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from minipsn.stats import count_matrix, paired_bootstrap
+from minipsn.stats import count_matrix, paired_difference
 
 MARK = "✱"  # the interval excludes 0
 
@@ -33,23 +37,46 @@ def _ks(n: int, table_ks: tuple[int, ...]) -> list[int]:
     return ks if n in ks else [*ks, n]
 
 
-def paired(folders: dict[str, list[Path]], ref: str, benchmarks: list[str], table_ks: tuple[int, ...],
-           resamples: int = 2000) -> dict:
-    """{benchmark: {"n", "kinds": {kind or "all": {method: bootstrap of method − ref}}}} for every method in
-    `folders` ({method: [its eval folders, one per seed]}; "base" has one) but the reference itself."""
+def _side(name: str, runs: list[list[dict]], kind: str | None) -> tuple:
+    try:
+        return count_matrix(runs, kind)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def paired(folders: dict[str, dict[int | None, Path]], ref: str, benchmarks: list[str],
+           table_ks: tuple[int, ...]) -> dict:
+    """{benchmark: {"n", "ids", "kinds": {kind or "all": {method: paired_difference of method − ref}}, "counts"}}
+    for every method in `folders` ({method: {seed: its eval folder}}; the base model's seed is None) but the
+    reference itself. Seeds pair where both sides hold the same seeds; the problem ids must be the same."""
     if ref not in folders:
         raise ValueError(f"--ref {ref} is not in the grid; choose one of {', '.join(folders)}")
     out = {}
     for bench in benchmarks:
-        runs = {m: [read_rows(f / "samples" / f"{bench}.jsonl") for f in fs] for m, fs in folders.items()}
+        runs = {m: [read_rows(f / "samples" / f"{bench}.jsonl") for f in fs.values()] for m, fs in folders.items()}
+        ref_ids = _side(ref, runs[ref], None)[2]
+        counts = {}
+        for m in runs:
+            c, n, ids = _side(m, runs[m], None)
+            if ids != ref_ids:
+                only = lambda a, b: next(iter(sorted(set(a) - set(b))), "none")  # noqa: E731
+                raise ValueError(f"{m} was evaluated on other problems than {ref} on {bench} (first id only in {m}: "
+                                 f"{only(ids, ref_ids)}; only in {ref}: {only(ref_ids, ids)}); pair them on the same "
+                                 "problems (same eval.problems and data.*)")
+            counts[m] = {"seeds": list(folders[m]), "n": n, "counts": c.tolist()}
         kinds = sorted({r["kind"] for r in runs[ref][0] if "kind" in r})
-        by_kind, n = {}, None
+        by_kind = {}
         for kind in [None, *kinds]:
-            ref_counts, n, _ = count_matrix(runs[ref], kind)
-            ks = _ks(n, table_ks)
-            by_kind[kind or "all"] = {m: paired_bootstrap(count_matrix(rows, kind)[0], ref_counts, n, ks, resamples)
-                                      for m, rows in runs.items() if m != ref}
-        out[bench] = {"n": n, "kinds": by_kind}
+            ref_counts, n_ref, _ = _side(ref, runs[ref], kind)
+            by_kind[kind or "all"] = {}
+            for m, rows in runs.items():
+                if m == ref:
+                    continue
+                m_counts, n_m, _ = _side(m, rows, kind)
+                same_seeds = None not in folders[m] and list(folders[m]) == list(folders[ref])
+                by_kind[kind or "all"][m] = paired_difference(m_counts, ref_counts, n_m, _ks(min(n_m, n_ref), table_ks),
+                                                              n_ref, paired_seeds=same_seeds)
+        out[bench] = {"n": n_ref, "ids": ref_ids, "kinds": by_kind, "counts": counts}
     return out
 
 
@@ -60,8 +87,8 @@ def markdown(result: dict, ref: str, seeds: int) -> str:
         for kind, methods in b["kinds"].items():
             ks = next(iter(methods.values()))["k"]
             title = f"**Δ pass@k against {ref}** ({bench}{'' if kind == 'all' else ', ' + kind}; points; "
-            title += (f"95 % interval over seeds and problems, paired on the problems; {MARK}: excludes 0)"
-                      if seeds > 1 else "one seed: no interval)")
+            title += (f"95 % interval over seeds and problems, seed s paired with seed s and problem with problem "
+                      f"(against the base model: problems only); {MARK}: excludes 0)" if seeds > 1 else "one seed: no interval)")
             lines = [title, "", "| method | " + " | ".join(f"Δ@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
             for method, r in methods.items():
                 cells = []
@@ -71,6 +98,10 @@ def markdown(result: dict, ref: str, seeds: int) -> str:
                         cell += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" + (f" {MARK}" if lo > 0 or hi < 0 else "")
                     cells.append(cell)
                 lines.append(f"| {'base (before RL)' if method == 'base' else method} | " + " | ".join(cells) + " |")
+            if seeds > 1:  # what this design can see: the difference a test at 5 % finds 4 times in 5
+                mde = [sorted(r["mde"][j] for r in methods.values())[len(methods) // 2] for j in range(len(ks))]
+                lines += ["", "minimum detectable effect (80 % power, two-sided 5 %; median over the methods): "
+                          + ", ".join(f"@{k} {100 * x:.1f}" for k, x in zip(ks, mde)) + " points"]
             parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 

@@ -123,3 +123,35 @@ def test_a_method_set_outside_the_grid_fails_in_one_line(tmp_path):
     line = result.output.strip()
     assert len(line.splitlines()) == 1 and "--method-set names psn, not in the grid" in line, result.output
     assert not (tmp_path / "g").exists()
+
+
+def _samples(folder: Path, rows: list[tuple[str, list[int]]]) -> Path:
+    (folder / "samples").mkdir(parents=True)
+    lines = [{"meta": {}}, *({"id": i, "correct": c} for i, c in rows)]
+    (folder / "samples" / "synthetic.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return folder
+
+
+def test_each_side_is_scored_with_its_own_n_and_seeds_pair_by_seed(tmp_path):
+    from minipsn import paired
+
+    ref = {s: _samples(tmp_path / f"grpo-s{s}", [("a", [0] * 8), ("b", [1] + [0] * 7)]) for s in (0, 1)}
+    method = {s: _samples(tmp_path / f"psn-s{s}", [("a", [1, 1, 0, 0]), ("b", [1, 0, 0, 0])]) for s in (0, 1)}
+    base = {None: _samples(tmp_path / "base", [("a", [0] * 8), ("b", [0] * 8)])}
+    result = paired.paired({"base": base, "grpo": ref, "psn": method}, "grpo", ["synthetic"], (1, 4))
+    psn = result["synthetic"]["kinds"]["all"]["psn"]
+    # psn pass@1 (2/4 + 1/4)/2 = 0.375 from its own n = 4; grpo's (0/8 + 1/8)/2 = 0.0625 from n = 8
+    assert psn["n"] == [4, 8] and psn["method"][0] == pytest.approx(0.375) and psn["reference"][0] == pytest.approx(0.0625)
+    assert psn["k"] == [1, 4] and psn["pairing"] == "seeds and problems"
+    assert result["synthetic"]["kinds"]["all"]["base"]["pairing"] == "problems (seeds drawn apart)"
+    assert result["synthetic"]["counts"]["psn"] == {"seeds": [0, 1], "n": 4, "counts": [[2, 1], [2, 1]]}
+
+
+def test_sides_on_other_problems_are_refused_naming_the_method_and_the_first_id(tmp_path):
+    from minipsn import paired
+
+    ref = {0: _samples(tmp_path / "grpo-s0", [("a", [0, 1]), ("b", [1, 1]), ("c", [0, 0])])}
+    method = {0: _samples(tmp_path / "psn-s0", [("a", [0, 1]), ("d", [1, 1]), ("c", [0, 0])])}
+    with pytest.raises(ValueError, match="psn was evaluated on other problems than grpo on synthetic .first id only in "
+                                         "psn: d; only in grpo: b"):
+        paired.paired({"grpo": ref, "psn": method}, "grpo", ["synthetic"], (1,))
