@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 
 from minipsn.scoring import pass_at_k
-from minipsn.stats import (DATA_MODELS, count_matrix, coverage, difference_interval, paired_difference,
-                           pass_at_k_table, t_quantile)
+from minipsn.stats import (
+    DATA_MODELS,
+    count_matrix,
+    coverage,
+    difference_interval,
+    paired_difference,
+    pass_at_k_table,
+    t_quantile,
+)
 
 
 def test_table_is_the_unbiased_estimator_per_seed_and_problem():
