@@ -335,6 +335,8 @@ def compare(
     recompute: bool = typer.Option(False, "--recompute", help="redo the finished jobs made with other settings "
                                    "(without it they are an error)"),
     ref: str = typer.Option("grpo", help="the method (or base) every other one is compared with, paired on the problems"),
+    other_code: bool = typer.Option(False, "--other-code", help="reuse finished jobs made by other code (compare.json "
+                                    "and compare.md list the code versions); without it they are an error"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable (applies to every run)"),
     method_set: list[str] = typer.Option([], "--method-set", help="METHOD:section.key=value, repeatable: one "
                                          "method's own override (e.g. psn-weight:noise.sigma=0.01)"),
@@ -356,7 +358,7 @@ def compare(
         per_method.setdefault(method.strip(), {}).update(parse_sets([rest]))
     result = run_compare(model, [m.strip() for m in methods.split(",") if m.strip()], seeds, out, sets,
                          tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers, recompute, ref,
-                         per_method)
+                         per_method, other_code)
     typer.echo((Path(out) / "compare.md").read_text())
     typer.echo(f"wrote {out}/compare.md, compare.json, compare.png, compare_diff.png "
                f"({len(result['methods'])} methods × {seeds} seeds)")

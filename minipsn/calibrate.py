@@ -43,7 +43,7 @@ from minipsn.folders import check_writable
 from minipsn.learner import completion_forward, micro_batches
 from minipsn.models import load_policy
 from minipsn.noise import derive_seed, perturbation_size
-from minipsn.overrides import settings_diff
+from minipsn.provenance import provenance, provenance_differences, settings_differences
 from minipsn.rewards import correctness_reward
 from minipsn.rollout import sample
 from minipsn.train import step_records
@@ -210,9 +210,10 @@ def calibrate(cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws:
 
 def settings(cfg: Config, sigmas: list[float], target_kl: float, draws: int, adapter: str | None,
              weight_sigmas: list[float] | None = None, temperatures: list[float] | None = None) -> dict:
-    """What a calibration's numbers depend on (stored in calibrate.json)."""
+    """What a calibration's numbers depend on (stored in calibrate.json), with the code, build, device and dtype."""
     return {"config": cfg.to_dict(), "sigmas": list(sigmas), "target_kl": target_kl, "draws": draws,
-            "adapter": adapter, "weight_sigmas": list(weight_sigmas or []), "temperatures": list(temperatures or [])}
+            "adapter": adapter, "weight_sigmas": list(weight_sigmas or []), "temperatures": list(temperatures or []),
+            "provenance": provenance(cfg)}
 
 
 def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws: int = 2,
@@ -225,11 +226,12 @@ def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float =
         return None
     report = json.loads(path.read_text())
     stored, now = report.get("settings"), settings(cfg, sigmas, target_kl, draws, adapter, weight_sigmas, temperatures)
-    stored = stored if stored is None else {"weight_sigmas": [], "temperatures": [], **stored}  # older reports
     if stored is None:
         raise ValueError(f"{path} does not record the settings it was measured with; delete it to measure again")
-    diff = {k: (stored.get(k), v) for k, v in now.items() if k != "config" and stored.get(k) != v}
-    diff.update(settings_diff(stored["config"], cfg, lambda k: k.startswith(MEASURED_WITH)))
+    diff = {k: (stored.get(k, "absent"), v) for k, v in now.items()
+            if k not in ("config", "provenance") and stored.get(k, "absent") != v}
+    diff.update(settings_differences(stored["config"], cfg.to_dict(), lambda k: k.startswith(MEASURED_WITH)))
+    diff.update(provenance_differences(stored.get("provenance"), now["provenance"]))
     if diff:
         said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
         raise ValueError(f"{path} was measured with other settings: {said}; delete it to measure again, "

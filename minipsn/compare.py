@@ -33,7 +33,9 @@ from pathlib import Path
 from minipsn import checkpoint, folders
 from minipsn import distributed as dist
 from minipsn.config import METHODS, Config, build_config
-from minipsn.overrides import settings_diff
+from minipsn.data import load_problems
+from minipsn.evaluate import benchmark_records
+from minipsn.provenance import provenance, provenance_differences, settings_differences
 
 TABLE_KS = (1, 4, 16, 64, 256)
 # settings that do not change a job's result: where it writes and logs (`--workers` sets run.threads)
@@ -77,34 +79,41 @@ def base_config(model: str, sets: dict) -> Config:
 
 
 def _differences(folder: Path, cfg: Config, benchmarks: list[str], train: bool) -> tuple[dict, dict]:
-    """(training settings of `cfg` that differ from folder/config.json, evaluation settings and benchmarks
-    that differ from folder/eval/eval.json); both empty where nothing was stored yet. `train=False`: the
-    base evaluation (folder/eval only, compared on what an evaluation depends on)."""
+    """(what of the training differs from folder/config.json, what of the evaluation differs from
+    folder/eval/eval.json); both empty where nothing was stored yet. Settings, and provenance: the code, the
+    model's build, device, dtype and torch, and the problems (provenance.py). A key a stored result lacks is a
+    difference. `train=False`: the base evaluation (folder/eval only, compared on what an evaluation depends on)."""
     trained, evaluated = folder / "config.json", folder / "eval" / "eval.json"
     train_diff, eval_diff = {}, {}
     if train and trained.is_file():
-        train_diff = settings_diff(json.loads(trained.read_text()), cfg,
-                                   lambda k: not k.startswith("eval.") and k not in BOOKKEEPING)
+        stored = json.loads(trained.read_text())
+        now = provenance(cfg, {"train": load_problems(cfg.data, "train")})
+        train_diff = {**settings_differences(stored, cfg.to_dict(), lambda k: not k.startswith("eval.") and k not in BOOKKEEPING),
+                      **provenance_differences(stored.get("provenance"), now)}
     if evaluated.is_file():
         report = json.loads(evaluated.read_text())
         keep = (lambda k: k.startswith("eval.")) if train else (lambda k: k.startswith(BASE_KEYS))
-        eval_diff = settings_diff(report["config"], cfg, lambda k: keep(k) and k not in BOOKKEEPING)
-        if list(report["benchmarks"]) != benchmarks:
+        now = provenance(cfg, {b: benchmark_records(b, cfg) for b in benchmarks})
+        eval_diff = {**settings_differences(report["config"], cfg.to_dict(), lambda k: keep(k) and k not in BOOKKEEPING),
+                     **provenance_differences(report.get("provenance"), now)}
+        if sorted(report["benchmarks"]) != sorted(benchmarks):  # the order is cosmetic: each is sampled on its own
             eval_diff["benchmarks"] = (",".join(report["benchmarks"]), ",".join(benchmarks))
     return train_diff, eval_diff
 
 
 def check_reuse(out: Path, model: str, methods: list[str], seeds: int, sets: dict, benchmarks: list[str],
-                recompute: bool) -> None:
-    """Before any job runs: every stored result of the grid must have been made with the settings asked
-    for now. A mismatch is one error naming the jobs and keys, or, with `recompute`, those jobs are
-    cleared (the whole run folder when a training setting differs, else its evaluation) to be redone."""
+                recompute: bool, other_code: bool = False) -> None:
+    """Before any job runs: every stored result of the grid must have been made with the settings and the
+    provenance asked for now. A mismatch is one error naming the jobs and keys, or, with `recompute`, those jobs
+    are cleared (the whole run folder when a training setting differs, else its evaluation) to be redone.
+    `other_code`: results of other code (provenance `source`) are reused, and compare.json lists the versions."""
     jobs = [("base", out / "base", base_config(model, sets), False)]
     jobs += [(f"{m}-s{s}", out / f"{m}-s{s}", job_config(model, m, s, sets, out / f"{m}-s{s}"), True)
              for m in methods for s in range(seeds)]
     stale = {}
     for name, folder, cfg, train in jobs:
-        train_diff, eval_diff = _differences(folder, cfg, benchmarks, train)
+        train_diff, eval_diff = (
+            {k: v for k, v in d.items() if not (other_code and k == "source")} for d in _differences(folder, cfg, benchmarks, train))
         if train_diff or eval_diff:
             stale[name] = (folder, train_diff, eval_diff)
     if not stale:
@@ -112,8 +121,9 @@ def check_reuse(out: Path, model: str, methods: list[str], seeds: int, sets: dic
     keys = {k: v for _, t, e in stale.values() for k, v in {**t, **e}.items()}
     said = ", ".join(f"{k} ({v[0]} → {v[1]})" for k, v in list(keys.items())[:6]) + (", …" if len(keys) > 6 else "")
     if not recompute:
+        code = " (or --other-code to reuse results of other code)" if "source" in keys else ""
         raise ValueError(f"{out} holds results made with other settings: {', '.join(stale)} differ in {said}; "
-                         "rerun with --recompute to redo them, or choose another --out")
+                         f"rerun with --recompute to redo them{code}, or choose another --out")
     for name, (folder, train_diff, eval_diff) in stale.items():
         print(f"── {name}: made with other settings ({', '.join({**train_diff, **eval_diff})}); recomputing its "
               f"{'training and evaluation' if train_diff else 'evaluation'}")
@@ -268,14 +278,15 @@ def _one_thread() -> None:
 
 def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: dict | None = None,
             benchmarks: tuple[str, ...] = ("synthetic",), workers: int = 1, recompute: bool = False,
-            ref: str = "grpo", per_method: dict[str, dict] | None = None) -> dict:
+            ref: str = "grpo", per_method: dict[str, dict] | None = None, other_code: bool = False) -> dict:
     """Train and evaluate every (method, seed); write compare.json, compare.md, compare.png and
     compare_diff.png in `out`. `ref` (a method of the grid, or base) is what the paired differences are
     taken against; `per_method` {method: overrides} applies after the grid's `sets` (a σ per noise space, a
     temperature). `workers` > 1 runs that many (method, seed) jobs at once, one process and torch thread each
     (on a CPU with that many cores, about `workers` times faster for small models). Under torchrun each job
     runs on all the ranks in turn (`workers` must be 1); rank 0 writes the files. A stored result made
-    with other settings is an error, or with `recompute` is redone (`check_reuse`)."""
+    with other settings is an error, or with `recompute` is redone (`check_reuse`); `other_code` reuses results of
+    other code, and compare.json and compare.md say which code made each."""
     unknown = [m for m in methods + list(per_method or {}) if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -297,7 +308,7 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
         _on_main(folders.hold, out)  # one compare per grid folder (its jobs lock their own run folders)
         sets = {"eval.every": 0, **(sets or {}), **({"run.threads": 1} if workers > 1 else {}),
                 **({"per_method": per_method} if per_method else {})}
-        _on_main(check_reuse, out, model, methods, seeds, sets, list(benchmarks), recompute)
+        _on_main(check_reuse, out, model, methods, seeds, sets, list(benchmarks), recompute, other_code)
         return _grid(model, methods, seeds, out, sets, benchmarks, workers, ref)
     finally:
         if dist.is_main():
@@ -320,8 +331,11 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
         reports.setdefault(m, []).append(report)
     summary = summarize(reports)
     n = next(iter(reports.values()))[0]["n"]
+    made_by: dict[str, list[str]] = {}  # code digest → jobs: more than one only with --other-code
+    for name, report in [("base", results[0]), *((f"{m}-s{s}", r) for (m, s), r in zip(grid, results[1:]))]:
+        made_by.setdefault(report.get("provenance", {}).get("code", {}).get("source", "absent"), []).append(name)
     payload = {"model": model, "methods": methods, "seeds": seeds, "n": n, "benchmarks": list(benchmarks),
-               "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
+               "code": made_by, "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
                                               for m, s in summary.items()}}
     if dist.is_main():
         from minipsn import paired
@@ -329,8 +343,10 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
         folders = {"base": {None: out / "base" / "eval"}, **{m: {s: out / f"{m}-s{s}" / "eval" for s in range(seeds)}
                                                              for m in methods}}
         payload["paired"] = {"ref": ref, "benchmarks": paired.paired(folders, ref, list(benchmarks), TABLE_KS)}
-        (out / "compare.md").write_text(markdown(summary, n) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
-                                                                                          ref, seeds))
+        mixed = ("" if len(made_by) == 1 else f"**Made by {len(made_by)} code versions** (provenance source digest: jobs): "
+                 + "; ".join(f"{k}: {', '.join(v)}" for k, v in made_by.items()) + "\n\n")
+        (out / "compare.md").write_text(mixed + markdown(summary, n) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
+                                                                                                  ref, seeds))
         (out / "compare.json").write_text(json.dumps(payload, indent=2))
         plot_bands(summary, out / "compare.png")
         paired.diff_figure(payload["paired"]["benchmarks"], ref, ["base", *methods], seeds).savefig(

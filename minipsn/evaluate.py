@@ -32,6 +32,7 @@ from minipsn import folders
 from minipsn.config import Config, EvalConfig, RolloutConfig
 from minipsn.data import format_prompt, load_benchmark, load_problems
 from minipsn.noise import derive_seed
+from minipsn.provenance import compared, provenance, row_digest
 from minipsn.rollout import sample
 from minipsn.scoring import average, score_rows, summarize
 from minipsn.scoring import pass_at_k as pass_at_k  # public: minipsn.evaluate.pass_at_k
@@ -59,7 +60,7 @@ def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config
     gens = [torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "eval", benchmark, r["id"])) for r in records]
     ro = sample(model, tok, prompts, cfg.eval.n, rcfg, gens, cfg.model.max_prompt_tokens, **FAST_SAMPLING)
     n, lengths, cut = cfg.eval.n, ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
-    return [{"id": r["id"], **({"kind": r["kind"]} if "kind" in r else {}),
+    return [{"id": r["id"], "hash": row_digest(r), **({"kind": r["kind"]} if "kind" in r else {}),
              **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
                           r["answer"], cfg.reward.timeout, cfg.reward.last_number, cfg.reward.unboxed_answer,
                           cfg.reward.verifier)}
@@ -107,13 +108,16 @@ def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cf
 
 
 def sampling_meta(cfg: Config, benchmark: str, adapter: str | None, engine: str = "") -> dict:
-    """Everything that decides the samples of a benchmark; a samples file made otherwise is not reused."""
+    """Everything that decides the samples of a benchmark (with the code, model build, device, dtype and torch
+    that made them); a samples file made otherwise is not reused. The problems themselves are checked row by
+    row (`hash`), so other data.* settings never reuse a row by its id."""
     rcfg = eval_rollout_config(cfg.rollout, cfg.eval)
     return {"benchmark": benchmark, "model": cfg.model.name, "quantize": cfg.model.quantize,
             "adapter": adapter_fingerprint(adapter), "engine": engine, "n": cfg.eval.n, "seed": cfg.run.seed,
             "temperature": rcfg.temperature, "top_p": rcfg.top_p, "max_new_tokens": rcfg.max_new_tokens,
             "batch_size": rcfg.batch_size, "template": cfg.data.template, "last_number": cfg.reward.last_number,
-            **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False}), "verifier": cfg.reward.verifier}
+            **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False}), "verifier": cfg.reward.verifier,
+            "made_with": compared(provenance(cfg))}
 
 
 def adapter_fingerprint(adapter: str | None) -> str | None:
@@ -164,6 +168,10 @@ def evaluate_benchmark(model, tok, name: str, records: list[dict], cfg: Config, 
         raise ValueError(f"{name} has duplicate problem ids; resumable evaluation keys on them")
     meta = sampling_meta(cfg, name, adapter, engine)
     done = _read_samples_on_rank0(samples, meta) if dist.active() else read_samples(samples, meta)
+    for r in records:
+        if r["id"] in done and done[r["id"]].get("hash") != row_digest(r):
+            raise ValueError(f"{samples} holds samples of another problem under the id {r['id']} (other data.* "
+                             "settings?); choose another --out or delete the file")
     todo = [r for r in records if r["id"] not in done]
     rcfg = eval_rollout_config(cfg.rollout, cfg.eval)
     task = progress.add_task(name, total=len(records), completed=len(records) - len(todo)) if progress else None
@@ -318,7 +326,7 @@ def _evaluate(cfg: Config, benchmarks: list[str], records: dict[str, list[dict]]
                                                adapter, bar, engine.name)
     report = {"model": cfg.model.name, "adapter": None if adapter is None else str(Path(adapter).resolve()),
               "n": cfg.eval.n, "seed": cfg.run.seed, "benchmarks": results, "average": average(results),
-              "config": cfg.to_dict()}
+              "config": cfg.to_dict(), "provenance": provenance(cfg, records)}
     if dist.is_main():  # every rank holds the report; rank 0 writes it
         tmp = out / f".eval.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(report, indent=2))

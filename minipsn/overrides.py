@@ -109,16 +109,6 @@ def flatten(nested: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def settings_diff(before: dict, now: Config, keep=lambda key: True) -> dict[str, tuple[object, object]]:
-    """{key: (before, now)} for the settings of `now` that differ from `before`, a config that
-    `Config.to_dict` wrote (a run's config.json, eval.json, calibrate.json), over the flat keys `keep`
-    accepts. `before` goes through `config_from_dict`, so renamed keys and fields added since it was
-    written (at their defaults) compare as they would load."""
-    as_json = lambda cfg: flatten(json.loads(json.dumps(cfg.to_dict())))  # tuples and lists compare alike
-    old, new = as_json(config_from_dict(before)), as_json(now)
-    return {k: (old.get(k), v) for k, v in new.items() if keep(k) and old.get(k) != v}
-
-
 def load_file(path: str | Path) -> dict[str, object]:
     """Read a TOML or JSON config file (sections as tables) into flat overrides."""
     path = Path(path)
@@ -159,6 +149,7 @@ def config_from_dict(data: dict) -> Config:
         section, _, name = key.partition(".")
         flat[RENAMED.get(key) or (f"{RENAMED[section]}.{name}" if section in RENAMED else key)] = value
     flat.pop("control.beta", None)  # the old bang-bang rule's factor has no counterpart
+    flat = {k: v for k, v in flat.items() if not k.startswith("provenance.")}  # what made it, not a setting
     return apply_overrides(Config(), flat)
 
 

@@ -30,6 +30,7 @@ from minipsn.engine import make_engine
 from minipsn.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
 from minipsn.models import check_available, load_policy
 from minipsn.noise import derive_seed, perturbation_size, row_seeds
+from minipsn.provenance import provenance, provenance_differences
 from minipsn.rewards import correctness_rewards, overlong_penalty, shaped_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.sigma_control import make_controller
@@ -74,10 +75,11 @@ def advantages(rewards: torch.Tensor, correct: torch.Tensor, cfg: GRPOConfig) ->
         raise ValueError(f"unknown advantage estimator {cfg.advantage!r}; use grpo or passk")
 
 
-def prepare_run_dir(cfg: Config, resume: bool) -> Path:
+def prepare_run_dir(cfg: Config, resume: bool, records: list[dict] | None = None) -> Path:
     """Check the run folder can be written, take it for this process (one writer per run folder: a
     second `train` or `--resume` on it fails here, at once), check it holds no other run (on resume:
-    that it holds this one) and write the resolved config."""
+    that it holds this one) and write the resolved config with its provenance (`records`: the training problems,
+    loaded here when not given)."""
     run_dir = folders.check_writable(cfg.run.out)
     if resume and checkpoint.latest(run_dir) is None and not (run_dir / "config.json").is_file():
         raise ValueError(f"{run_dir} is not a run folder (no config.json, no checkpoint); nothing to resume")
@@ -85,13 +87,32 @@ def prepare_run_dir(cfg: Config, resume: bool) -> Path:
     try:
         if not resume and (run_dir / "metrics.jsonl").exists():
             raise ValueError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        made = provenance(cfg, {"train": load_problems(cfg.data, "train") if records is None else records})
+        if resume and (run_dir / "config.json").is_file():
+            made = _resumed_provenance(run_dir, json.loads((run_dir / "config.json").read_text()).get("provenance"), made)
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "provenance": made}, indent=2))
     except (OSError, ValueError) as e:
         folders.release(run_dir)
         if isinstance(e, ValueError):
             raise
         raise ValueError(f"cannot write to the run folder {run_dir}: {e.strerror}; choose another --out") from None
     return run_dir
+
+
+def _resumed_provenance(run_dir: Path, stored: dict | None, now: dict) -> dict:
+    """A resume under another model build or other training problems is another run: an error. Under other code,
+    device, dtype or torch it goes on, says so in one line, and the run records each resume's provenance."""
+    differ = provenance_differences(stored, now)
+    fatal = {k: v for k, v in differ.items() if k == "model" or k.startswith("records.")}
+    if fatal:
+        said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in fatal.items())
+        raise ValueError(f"{run_dir} was started with another {said}; resuming would mix two runs: start a new one "
+                         "with --out")
+    if not differ or stored is None:
+        return stored or now
+    print(f"note: resuming {run_dir} under another {', '.join(f'{k} ({a} → {b})' for k, (a, b) in differ.items())}; "
+          "config.json records it under provenance.resumes")
+    return {**stored, "resumes": [*stored.get("resumes", []), now]}
 
 
 def per_prompt_rng(cfg: Config) -> bool:
@@ -141,18 +162,18 @@ class Trainer:
 
     def __init__(self, cfg: Config, reward_fn=None, resume: bool = False):
         check_available(cfg.model.name)  # a hub model that cannot load fails before the run folder is made
+        self.records = load_problems(cfg.data, "train")  # before the run folder and the model: data errors come fast
         if dist.init():  # torchrun: K processes, each with its share of every step's prompts (distributed.py)
             dist.check_world(cfg)
-            self.run_dir = prepare_run_dir(cfg, resume) if dist.is_main() else Path(cfg.run.out)
+            self.run_dir = prepare_run_dir(cfg, resume, self.records) if dist.is_main() else Path(cfg.run.out)
             dist.barrier()  # the folder exists before any rank reads it
         else:
-            self.run_dir = prepare_run_dir(cfg, resume)
+            self.run_dir = prepare_run_dir(cfg, resume, self.records)
         self.cfg = cfg
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
-        self.records = load_problems(cfg.data, "train")  # before the model: data errors should come fast
         self.model, self.tok = load_policy(cfg)
         self.device = next(self.model.parameters()).device
         self.engine = make_engine(self.model, cfg)  # where rollouts sample from: folded copy or the peft model

@@ -141,6 +141,12 @@ def test_interrupted_evaluation_resumes_exactly(small_policy, toy_tok, tmp_path,
     # other sampling settings never mix into an existing file
     with pytest.raises(ValueError, match="other settings"):
         ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", recs, _small_cfg(**{"eval.n": 8}), cut)
+    # nor another dtype (auto resolved elsewhere) or another problem under the same id (other data.* settings)
+    with pytest.raises(ValueError, match="other settings .{'made_with'"):
+        ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", recs, _small_cfg(**{"model.dtype": "bfloat16"}), cut)
+    moved = [{**r, "problem": r["problem"].replace("What", "Then add 1. What"), "answer": "0"} for r in recs]
+    with pytest.raises(ValueError, match="samples of another problem under the id " + recs[0]["id"]):
+        ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", moved, cfg, cut)
 
 
 def test_quick_eval_keys_and_reproducibility(small_policy, toy_tok):

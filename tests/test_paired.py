@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 import cli
 from minipsn import compare, folders
+from minipsn.evaluate import benchmark_records
+from minipsn.provenance import provenance
 from minipsn.scoring import summarize
 
 N, PROBLEMS = 4, 20  # half final, half steps questions, as the mixed task's held-out split alternates them
@@ -52,7 +54,8 @@ def jobs(monkeypatch):
         bench = summarize(rows)
         report = {"model": cfg.model.name, "adapter": adapter, "n": N, "seed": cfg.run.seed,
                   "benchmarks": {"synthetic": bench}, "average": {k: v for k, v in bench.items() if k != "kinds"},
-                  "config": cfg.to_dict()}
+                  "config": cfg.to_dict(),
+                  "provenance": provenance(cfg, {b: benchmark_records(b, cfg) for b in benchmarks})}
         (out / "eval.json").write_text(json.dumps(report))
         return report
 

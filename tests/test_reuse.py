@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from minipsn import calibrate, compare, folders
 from minipsn.config import build_config
+from minipsn.evaluate import benchmark_records
+from minipsn.provenance import provenance
 from minipsn.scoring import ks_for
 
 
@@ -35,7 +37,8 @@ def jobs(monkeypatch):
                  "maj_acc": 0.5,
                  "mean_len": 3.0, "trunc_rate": 0.0}
         report = {"model": cfg.model.name, "adapter": adapter, "n": cfg.eval.n, "seed": cfg.run.seed,
-                  "benchmarks": {b: bench for b in benchmarks}, "average": bench, "config": cfg.to_dict()}
+                  "benchmarks": {b: bench for b in benchmarks}, "average": bench, "config": cfg.to_dict(),
+                  "provenance": provenance(cfg, {b: benchmark_records(b, cfg) for b in benchmarks})}
         (out / "eval.json").write_text(json.dumps(report))
         (out / "samples").mkdir(exist_ok=True)
         for b in benchmarks:  # what compare's paired differences read: one row per problem
@@ -115,18 +118,87 @@ def _report(p):
 
 
 def test_calibrate_json_is_reused_only_with_its_settings(tmp_path):
-    cfg, sigmas = build_config("testbed"), [0.0, 0.01, 0.02]
+    cfg, sigmas = build_config("tiny"), [0.0, 0.01, 0.02]
     path = tmp_path / "calibrate.json"
     assert calibrate.reuse(path, cfg, sigmas, 0.003, 2) is None
     report = json.loads(json.dumps({"suggested_sigma": 0.019, "settings": calibrate.settings(cfg, sigmas, 0.003, 2, None)}))
     path.write_text(json.dumps(report))
     assert calibrate.reuse(path, cfg, sigmas, 0.003, 2) == report
-    longer = build_config("testbed", sets={"run.steps": 500, "grpo.lr": 1e-3})  # not what σ is measured with
+    longer = build_config("tiny", sets={"run.steps": 500, "grpo.lr": 1e-3})  # not what σ is measured with
     assert calibrate.reuse(path, longer, sigmas, 0.003, 2) == report
     with pytest.raises(ValueError, match=r"measured with other settings: draws \(2 → 1\)"):
         calibrate.reuse(path, cfg, sigmas, 0.003, 1)
     with pytest.raises(ValueError, match=r"measured with other settings: lora.rank \(8 → 16\)"):
-        calibrate.reuse(path, build_config("testbed", sets={"lora.rank": 16}), sigmas, 0.003, 2)
+        calibrate.reuse(path, build_config("tiny", sets={"lora.rank": 16}), sigmas, 0.003, 2)
+    other = json.loads(json.dumps(report))
+    other["settings"]["provenance"]["dtype"] = "bfloat16"  # measured in another dtype: another σ
+    path.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"measured with other settings: dtype \(bfloat16 → float32\)"):
+        calibrate.reuse(path, cfg, sigmas, 0.003, 2)
     path.write_text(json.dumps({"suggested_sigma": 0.019}))  # made before the settings were stored
     with pytest.raises(ValueError, match="does not record the settings"):
         calibrate.reuse(path, cfg, sigmas, 0.003, 2)
+
+
+def _edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("where, change, said", [
+    ("grpo-s0/config.json", lambda d: d["reward"].pop("verifier"), "grpo-s0 differ in reward.verifier (absent → math-verify)"),
+    ("grpo-s0/config.json", lambda d: d["provenance"]["code"].update(source="0123456789abcdef"),
+     "grpo-s0 differ in source (0123456789abcdef → "),
+    ("base/eval/eval.json", lambda d: d["provenance"].update(model="another-build"), "base differ in model (another-build → "),
+    ("grpo-s0/eval/eval.json", lambda d: d["provenance"].update(dtype="bfloat16"), "grpo-s0 differ in dtype (bfloat16 → float32)"),
+    ("grpo-s0/eval/eval.json", lambda d: d["provenance"].pop("torch"), "grpo-s0 differ in torch (absent → "),
+    ("grpo-s0/eval/eval.json", lambda d: d["provenance"]["records"].update(synthetic="other-problems"),
+     "grpo-s0 differ in records.synthetic (other-problems → "),
+])
+def test_a_result_made_by_other_code_build_dtype_or_data_is_refused_naming_it(tmp_path, jobs, where, change, said):
+    out = tmp_path / "grid"
+    compare.compare("tiny", ["grpo"], 1, out, SETS)
+    _edit(out / where, change)
+    jobs.clear()
+    with pytest.raises(ValueError) as e:
+        compare.compare("tiny", ["grpo"], 1, out, SETS)
+    assert said in str(e.value) and jobs == []
+
+
+def test_other_code_is_reused_only_when_asked_and_then_said(tmp_path, jobs):
+    out = tmp_path / "grid"
+    compare.compare("tiny", ["grpo"], 1, out, SETS)
+    for where in ("grpo-s0/config.json", "grpo-s0/eval/eval.json"):
+        _edit(out / where, lambda d: d["provenance"]["code"].update(source="0123456789abcdef"))
+    with pytest.raises(ValueError, match="or --other-code to reuse results of other code"):
+        compare.compare("tiny", ["grpo"], 1, out, SETS)
+    jobs.clear()
+    payload = compare.compare("tiny", ["grpo"], 1, out, SETS, other_code=True)
+    assert jobs == [] and payload["code"]["0123456789abcdef"] == ["grpo-s0"] and len(payload["code"]) == 2
+    assert (out / "compare.md").read_text().startswith("**Made by 2 code versions**")
+
+
+def test_values_that_resolve_alike_and_benchmark_order_do_not_refuse(tmp_path, jobs):
+    out = tmp_path / "grid"
+    compare.compare("tiny", ["grpo"], 1, out, SETS, benchmarks=("synthetic", "aime24"))
+    _edit(out / "grpo-s0" / "config.json", lambda d: d["rollout"].update(rng="auto"))  # auto is prompt
+    jobs.clear()
+    compare.compare("tiny", ["grpo"], 1, out, SETS, benchmarks=("aime24", "synthetic"))
+    assert jobs == []
+
+
+def test_a_resume_under_another_build_is_refused_and_under_other_code_is_recorded(tmp_path, capsys):
+    from minipsn.train import _resumed_provenance
+
+    stored = {"code": {"source": "a"}, "model": "m1", "device": "cpu", "dtype": "float32", "torch": "2.13",
+              "records": {"train": "r1"}}
+    assert _resumed_provenance(tmp_path, stored, json.loads(json.dumps(stored))) == stored
+    with pytest.raises(ValueError, match=r"started with another model \(m1 → m2\)"):
+        _resumed_provenance(tmp_path, stored, {**stored, "model": "m2"})
+    with pytest.raises(ValueError, match=r"another records.train \(r1 → r2\)"):
+        _resumed_provenance(tmp_path, stored, {**stored, "records": {"train": "r2"}})
+    now = {**stored, "code": {"source": "b"}}
+    made = _resumed_provenance(tmp_path, stored, now)
+    assert made["resumes"] == [now] and made["code"] == {"source": "a"}
+    assert "resuming" in capsys.readouterr().out
