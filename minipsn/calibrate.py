@@ -105,14 +105,17 @@ def _learner_pass(model, ro, cfg: Config, temperature: float, other: float) -> t
 
 
 def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed: int, sample_seed: int) -> dict:
-    """One σ, one noise draw: sample, rescore clean, learner pass, verify."""
+    """One σ, one noise draw: sample, rescore clean and noisy (the exact KL), learner pass, verify."""
     G = cfg.grpo.group_size
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(sample_seed)
     with engine.policy(sigma, [seed], cfg.noise.targets) as (sampler, row_noise):
         ro = sample(sampler, tok, prompts, G, cfg.rollout, gen, cfg.model.max_prompt_tokens, row_noise=row_noise)
-    clean = engine.rescore(ro, cfg.rollout, cfg.noise.targets, cfg.grpo.micro_batch_tokens) if sigma > 0 else ro.raw_logp
     mask = ro.completion_mask.bool()
+    if sigma > 0:  # the clean sampler's log-probs and the noise's exact KL per position, as the trainer measures them
+        clean, _, kl = engine.measure(ro, cfg.rollout, cfg.noise.targets, cfg.grpo.micro_batch_tokens, sigma, [seed] * mask.shape[0])
+    else:
+        clean, kl = ro.raw_logp, torch.zeros_like(ro.raw_logp)
     # log π_θ at the rollout temperature, as the sampler's raw log-probs
     learner, pooled = _learner_pass(model, ro, cfg, cfg.grpo.temperature, cfg.rollout.temperature)
     if cfg.control.diversity == "hidden":
@@ -120,7 +123,7 @@ def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed:
     else:
         div = algo.ngram_diversity([r[m].tolist() for r, m in zip(ro.completion_ids, mask)], G)
     correct = _correct(ro, recs, cfg)
-    return {"kl_noise": algo.masked_mean(algo.kl_k3(ro.raw_logp, clean), mask).item(),
+    return {"kl_noise": algo.masked_mean(kl, mask).item(),
             "kl_numerics": algo.masked_mean(clean - learner, mask).item(),
             "sampler_gap": algo.masked_mean((clean - learner).abs(), mask).item(),
             "accuracy": sum(correct) / len(correct), "diversity": float(div.mean()),

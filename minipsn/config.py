@@ -57,14 +57,16 @@ class LoraConfig:
     rank: int = 16
     # LoRA scale is alpha / R
     alpha: float = 32.0
-    # dropout on the adapter's input in training (0 keeps sampler and learner the same function)
+    # dropout on the adapter's input: only 0, which keeps the learner (in train mode) the sampler's function; with
+    # dropout the TIS ratio π_θ/π_θ̃ would compare another function than the one sampled, even at σ = 0
     dropout: float = 0.0
     # which projections get adapters: attn, mlp, or all (attention + MLP)
     targets: str = "all"
 
     def __post_init__(self):
         _check(self.rank >= 1, f"lora.rank must be >= 1, got {self.rank}")
-        _check(0.0 <= self.dropout < 1.0, "lora.dropout must be in [0, 1)")
+        _check(self.dropout == 0.0, f"lora.dropout={self.dropout:g}: only 0 is supported (the learner runs in train "
+               "mode, so dropout would make it another function than the sampler); drop the setting")
         _one_of("lora.targets", self.targets, ("attn", "mlp", "all"))
 
 

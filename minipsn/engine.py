@@ -53,13 +53,22 @@ def base_of(model):
 
 
 def copy_bytes(model, dtype: torch.dtype) -> int:
-    """Bytes a plain `dtype` copy of the base (LoRA weights excluded) would take."""
+    """Bytes the fast engine's plain copy allocates: each 4-bit weight dequantized into `dtype` (the compute dtype),
+    every other tensor of the base as the base holds it (under NF4 the norms, embeddings and head stay fp32: at
+    1.5B the embedding alone is 0.47 GB more than at bf16), and each adapter's A and B as fp32 side buffers."""
     seen, total = set(), 0
-    for name, p in base_of(model).named_parameters():
-        if "lora_" not in name and id(p) not in seen:
-            seen.add(id(p))
-            total += _numel(p)
-    return total * torch.finfo(dtype).bits // 8
+    base = base_of(model)
+    for name, t in [*base.named_parameters(), *base.named_buffers()]:
+        if id(t) in seen:  # tied embeddings: one tensor
+            continue
+        seen.add(id(t))
+        if "lora_" in name:
+            total += t.numel() * 4
+        elif getattr(t, "quant_state", None) is not None:
+            total += _numel(t) * torch.finfo(dtype).bits // 8
+        else:
+            total += t.numel() * t.element_size()
+    return total
 
 
 class SideLinear(torch.nn.Module):
@@ -248,6 +257,18 @@ class UnmergedEngine:
         """(N, T) log π_clean of the sampled tokens: this engine's sampler without noise."""
         return rollout.rescore(self.model, ro, rcfg, budget_tokens)
 
+    def measure(self, ro, rcfg, targets: str, budget_tokens: int, sigma: float, seeds: list[int]):
+        """`rollout.rescore_with_noise` on this engine: (log π_clean, log π_θ̃, exact KL), each (N, T); row r's noise
+        is seeds[r]'s, applied by the same hooks or in-place perturbation as when it was sampled."""
+        @contextmanager
+        def noisy(rows):
+            with noise.noise_context(self.model, sigma, [seeds[i] for i in rows.tolist()], targets) as row_noise:
+                if row_noise is not None:
+                    row_noise.select(torch.arange(len(rows)))
+                yield
+
+        return rollout.rescore_with_noise(self.model, noisy, ro, rcfg, budget_tokens)
+
 
 class CopyEngine:
     """fast: sample from a plain copy of the base with the (perturbed) adapter as fp32 side paths. With
@@ -306,6 +327,17 @@ class CopyEngine:
         """(N, T) log π_clean of the sampled tokens: the copy with the clean adapter."""
         with self.policy(0.0, [0], targets):
             return rollout.rescore(self.plain, ro, rcfg, budget_tokens)
+
+    def measure(self, ro, rcfg, targets: str, budget_tokens: int, sigma: float, seeds: list[int]):
+        """`rollout.rescore_with_noise` on the copy: (log π_clean, log π_θ̃, exact KL), each (N, T). The noise is
+        loaded for each pass of the noisy policy and taken out after it (one draw: seeds[0])."""
+        @contextmanager
+        def noisy(rows):
+            with self.policy(sigma, seeds, targets):
+                yield
+
+        with self.policy(0.0, [0], targets):  # clean outside the noisy passes
+            return rollout.rescore_with_noise(self.plain, noisy, ro, rcfg, budget_tokens)
 
     def weight_targets(self, targets: str) -> list[SideLinear]:
         """The copy's projections named by `targets` (mlp, attn, all): where weight-space noise goes."""
@@ -378,8 +410,8 @@ def make_engine(model, cfg: Config):
             raise ValueError(f"noise.space=weight needs the sampler's dense copy; rollout.engine={cfg.rollout.engine} "
                              "has none: use rollout.engine=fast (or auto)")
         name, why = "fast", "noise.space=weight needs the dense copy"
-    engine = build_engine(model, name, max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens),  # eval samples too
-                          cfg.noise.space)
+    space = cfg.noise.space if cfg.noise.sigma > 0 else "lora"  # σ = 0 (evaluation) needs no copy to put noise on
+    engine = build_engine(model, name, max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens), space)  # eval too
     what = {"fast": f"a {str(dtype).removeprefix('torch.')} copy of the base, the adapter beside it in float32",
             "lean": "4-bit base + unmerged LoRA", "hf": "base + unmerged LoRA"}[name]
     print(f"rollout engine: {name} ({what}; {why})")

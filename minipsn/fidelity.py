@@ -7,9 +7,10 @@
                  `guard/sampler_gap`)
     kl_numerics  mean (log π_sampler − log π_learner) per sampled token (`noise/kl_numerics`)
 
-`route="copy"` measures the fast engine as it is (`engine.SideLinear`: the base in the compute dtype, the
-adapter beside it in fp32; folded in an fp32 copy); `route="fold"` folds s·BA into the copy's weights in their
-dtype, the route the engine does not take in bf16, kept here so the table shows what it would lose (docs/RESULTS.md, "The sampler samples
+On the model, `route="copy"` measures the fast engine as it is (`engine.SideLinear`: the base in the compute dtype,
+the adapter beside it in fp32; folded in an fp32 copy) and `route="fold"` folds s·BA into the copy's weights in
+their dtype, the route the engine does not take in bf16, kept so the table shows what it would lose; on one
+layer only the fold is measured (the side path is the learner's term itself there) (docs/RESULTS.md, "The sampler samples
 the learner's policy"). `python cli.py bench` prints both.
 """
 from __future__ import annotations
@@ -37,10 +38,12 @@ def rel_error(sampler_delta: torch.Tensor, learner_delta: torch.Tensor) -> float
 
 @torch.no_grad()
 def layer_fidelity(width: int = 1536, rank: int = 16, scale: float = 2.0, b_std: float = 1e-3,
-                   dtype: torch.dtype = torch.bfloat16, route: str = "copy", seed: int = 0) -> dict:
-    """One Qwen2.5-1.5B-width projection (W ~ N(0, 0.02²) on the `dtype` grid, as a dequantized NF4 base is;
-    A as peft initialises it; B ~ N(0, b_std²)): {projection, rel_error} of the sampler's output change
-    against the learner's, for 64 inputs x ~ N(0, 1) in fp32 activations (k-bit training's)."""
+                   dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> dict:
+    """What a fold W + s·BA in `dtype` keeps of the update, on one Qwen2.5-1.5B-width projection (W ~ N(0, 0.02²)
+    on the `dtype` grid, as a dequantized NF4 base is; A as peft initialises it; B ~ N(0, b_std²)): {projection,
+    rel_error} of the folded layer's output change against the learner's fp32 LoRA term, for 64 inputs x ~ N(0, 1)
+    in fp32 activations (k-bit training's). Only the fold is measured here: the engine's side path computes the
+    learner's term itself, so on one layer it would be compared with itself; `model_fidelity` measures it."""
     device = torch.zeros(0).device  # the layer measure runs where tensors are made by default (the CPU)
     g = torch.Generator(device).manual_seed(seed)
     W = (torch.randn(width, width, generator=g) * 0.02).to(dtype)
@@ -49,13 +52,8 @@ def layer_fidelity(width: int = 1536, rank: int = 16, scale: float = 2.0, b_std:
     x = torch.randn(64, width, generator=g)
     base = F.linear(x.to(dtype), W).float()
     learner = scale * F.linear(F.linear(x, A), B)  # the learner's LoRA term, fp32, on top of `base`
-    if route == "copy":
-        sampler = (base + scale * F.linear(F.linear(x, A), B)).float() - base
-    elif route == "fold":
-        folded = (W.float() + scale * B @ A).to(dtype)
-        sampler = F.linear(x.to(dtype), folded).float() - base
-    else:
-        raise ValueError(f"unknown route {route!r}; use copy or fold")
+    folded = (W.float() + scale * B @ A).to(dtype)
+    sampler = F.linear(x.to(dtype), folded).float() - base
     return {"projection": projection(sampler, learner), "rel_error": rel_error(sampler, learner)}
 
 
@@ -153,8 +151,8 @@ def bench_fidelity(device: str = "cpu", model_name: str = "tiny", prompts: int =
     from minipsn.models import load_policy
 
     dtypes = ("bfloat16", "float32")
-    out = {"layer": {d: {r: {str(b): layer_fidelity(b_std=b, dtype=getattr(torch, d), route=r) for b in B_SCALES}
-                         for r in ("fold", "copy")} for d in dtypes}, "model": {}, "model_name": model_name}
+    out = {"layer": {d: {"fold": {str(b): layer_fidelity(b_std=b, dtype=getattr(torch, d)) for b in B_SCALES}}
+                     for d in dtypes}, "model": {}, "model_name": model_name}
     for d in dtypes:
         cfg = build_config(model=model_name, sets={"model.dtype": d, "model.device": device, "rollout.max_new_tokens": T})
         torch.manual_seed(0)
@@ -178,7 +176,8 @@ def table(report: dict):
 
     t = Table(title=f"sampler vs learner · layer 1536² and {report['model_name']} · projection (gap, nats/token)",
               caption="projection ≥ 0.99: the sampler applies the learner's whole update; fold: W + s·BA in the "
-                      "copy's dtype (not used), copy: the fast engine")
+                      "copy's dtype (not used), copy: the fast engine (measured on the model only: on one layer its "
+                      "side path is the learner's own term)")
     t.add_column("dtype · route")
     for b in B_SCALES:
         t.add_column(f"B {b:.0e}: layer", justify="right")
@@ -187,7 +186,7 @@ def table(report: dict):
         for r, by_b in routes.items():
             cells = []
             for b in B_SCALES:
-                layer, model = report["layer"][d][r][str(b)], by_b[str(b)]
-                cells += [f"{layer['projection']:.3f}", f"{model['projection']:.3f} ({model['gap']:.1e})"]
+                layer, model = report["layer"][d].get(r, {}).get(str(b)), by_b[str(b)]
+                cells += [f"{layer['projection']:.3f}" if layer else "—", f"{model['projection']:.3f} ({model['gap']:.1e})"]
             t.add_row(f"{d} · {r}", *cells)
     return t

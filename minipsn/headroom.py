@@ -6,7 +6,8 @@ measures how often a *guess* is right, per sample:
     mode       always answer the most frequent gold answer of the training split
     shuffled   answer what the policy answered on another problem: for problem i, every sample of
                every problem j ≠ i scored against i's gold answer (answers of the right form and of
-               the policy's own distribution, with the reasoning for i removed)
+               the policy's own distribution, with the reasoning for i removed); answers compare as the
+               verifier's cheap stage compares them (`answer_key`: "(12,9,13)" is "(12, 9, 13)")
     uniform    a uniformly random integer from the range of the gold answers, or for tuple answers
                ("(12, 9, 13)") one per position from that position's range (analytic: the share of
                problems whose answer lies in the box, over the box's size)
@@ -23,10 +24,12 @@ import collections
 import json
 import math
 import time
+from fractions import Fraction
 from pathlib import Path
 
 from minipsn.config import Config
 from minipsn.data import load_problems
+from minipsn.verify.normalise import normalise
 
 GUESSABLE = 1e-3  # a best guess above this per sample gives pass@256 above 1 − (1 − 1e-3)^256 ≈ 23 %
 
@@ -37,12 +40,12 @@ def guess_rates(test: list[dict], rows: list[dict], train: list[dict]) -> dict[s
     if len(test) != len(rows) or len(test) < 2:
         raise ValueError("guess_rates needs one row of samples per problem, and at least two problems")
     mode = collections.Counter(r["answer"] for r in train).most_common(1)[0][0]
-    counts = [collections.Counter(a for a in row["answers"] if a is not None) for row in rows]
+    counts = [collections.Counter(answer_key(a) for a in row["answers"] if a is not None) for row in rows]
     total = collections.Counter()
     for c in counts:
         total.update(c)
     n_other = sum(len(row["answers"]) for row in rows)
-    hits = sum(total[rec["answer"]] - counts[i][rec["answer"]] for i, rec in enumerate(test))
+    hits = sum(total[answer_key(rec["answer"])] - counts[i][answer_key(rec["answer"])] for i, rec in enumerate(test))
     others = sum(n_other - len(row["answers"]) for row in rows)
     values = [v for v in map(_integers, (r["answer"] for r in train + test)) if v is not None]
     width = collections.Counter(map(len, values)).most_common(1)[0][0]
@@ -51,8 +54,18 @@ def guess_rates(test: list[dict], rows: list[dict], train: list[dict]) -> dict[s
     size = math.prod(hi - lo + 1 for lo, hi in box)
     inside = lambda v: v is not None and len(v) == width and all(lo <= x <= hi for x, (lo, hi) in zip(v, box))
     in_range = sum(inside(_integers(r["answer"])) for r in test)
-    return {"mode": sum(r["answer"] == mode for r in test) / len(test), "shuffled": hits / others,
+    return {"mode": sum(answer_key(r["answer"]) == answer_key(mode) for r in test) / len(test), "shuffled": hits / others,
             "uniform": in_range / len(test) / size, "mode_answer": mode, "range": [list(b) for b in box]}
+
+
+def answer_key(answer: str) -> tuple | str:
+    """An answer as the verifier's cheap stage compares it: its normal form (verify.normalise), then numbers and
+    tuples of numbers by value ("(12,9,13)" = "(12, 9, 13)", "12.0" = "12"), else the normalised text."""
+    norm = normalise(answer)
+    try:
+        return tuple(Fraction(p) for p in norm.removeprefix("(").removesuffix(")").split(","))
+    except (ValueError, ZeroDivisionError):
+        return norm
 
 
 def _integers(answer: str) -> tuple[int, ...] | None:

@@ -87,7 +87,8 @@ class OldPolicy:
         self.logp = self.w = self.ref = None  # (N, T) each, filled block by block
         self.pooled: list[torch.Tensor] = []
         self.means = dict.fromkeys(("tis/weight_mean", "tis/weight_sq_mean", "tis/clip_frac", "noise/kl_total",
-                                    "noise/kl_numerics", "noise/kl_noise", "guard/sampler_gap", "policy/entropy"), 0.0)
+                                    "noise/kl_numerics", "noise/kl_noise", "guard/sampler_gap", "guard/decode_gap",
+                                    "policy/entropy"), 0.0)
         self.ratio_max = 1.0
 
     def put(self, name: str, rows: torch.Tensor, part: torch.Tensor) -> None:
@@ -114,8 +115,10 @@ class OldPolicy:
         self.means["noise/kl_total"] += algo.masked_mean(ro.sampler_logp[rows] - learner, mask).item() * share
         self.means["noise/kl_numerics"] += algo.masked_mean(gap, mask).item() * share
         self.means["guard/sampler_gap"] += algo.masked_mean(gap.abs(), mask).item() * share
-        if ro.clean_logp is not None:  # k3 of KL(π_θ̃ ‖ π_clean) on tokens drawn from π_θ̃: ≥ 0, low variance
-            self.means["noise/kl_noise"] += algo.masked_mean(algo.kl_k3(ro.raw_logp[rows], clean), mask).item() * share
+        if ro.noise_kl is not None:  # KL(π_θ̃ ‖ π_clean) over the vocabulary at each sampled position (exact, ≥ 0)
+            self.means["noise/kl_noise"] += algo.masked_mean(ro.noise_kl[rows], mask).item() * share
+        if ro.noisy_logp is not None:  # the decode path (KV cache, static or compiled step) against a full pass
+            self.means["guard/decode_gap"] += algo.masked_mean((ro.raw_logp[rows] - ro.noisy_logp[rows]).abs(), mask).item() * share
         self.means["policy/entropy"] += algo.masked_mean(entropy, mask).item() * share
         self.pooled.append(pooled)
 
@@ -131,6 +134,7 @@ class OldPolicy:
                 "tis/ess": algo.effective_sample_size(m["tis/weight_mean"], m["tis/weight_sq_mean"]),
                 "noise/kl_total": m["noise/kl_total"], "noise/kl_numerics": m["noise/kl_numerics"],
                 "noise/kl_noise": m["noise/kl_noise"], "guard/sampler_gap": m["guard/sampler_gap"],
+                **({"guard/decode_gap": m["guard/decode_gap"]} if self.ro.noisy_logp is not None else {}),
                 "policy/entropy": m["policy/entropy"]}
 
 

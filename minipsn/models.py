@@ -37,7 +37,7 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 TARGETS = {"attn": ATTN, "mlp": MLP, "all": ATTN + MLP}
 
 # Bump when the tiny model's recipe changes, so stale caches are rebuilt.
-TINY_VERSION = "v3"
+TINY_VERSION = "v4"
 TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
 TINY_CHAT_TEMPLATE = (
@@ -241,9 +241,9 @@ def dense_weight(p: torch.Tensor) -> torch.Tensor:
 # (docs/RESULTS.md, "The ceiling testbed").
 LOCAL_MODELS: dict[str, dict] = {
     "tiny": {"version": TINY_VERSION, "data": DataConfig()},
-    "testbed": {"version": "v2", "data": DataConfig(n_ops=3, answer="steps", n_train=4000), "steps": 800,
+    "testbed": {"version": "v3", "data": DataConfig(n_ops=3, answer="steps", n_train=4000), "steps": 800,
                 "habit": {"add": 0.6, "subtract": 1.0}},
-    "ceiling": {"version": "v1", "data": DataConfig(n_ops=3, answer="mixed", steps_share=0.5, n_train=4000),
+    "ceiling": {"version": "v2", "data": DataConfig(n_ops=3, answer="mixed", steps_share=0.5, n_train=4000),
                 "steps": 800, "habit": {"final": 0.3, "steps": 0.97}},
 }
 

@@ -46,6 +46,8 @@ class Rollouts:
     # is sampler_logp): finite for every sampled token, what the noise KL and the sampler/learner gap compare
     top_p_raw_logp: torch.Tensor | None = None
     clean_logp: torch.Tensor | None = None  # (N, T) `raw_logp` of the sampler without noise (`rescore`), σ > 0
+    noisy_logp: torch.Tensor | None = None  # (N, T) `raw_logp` of the noisy sampler, teacher-forced, σ > 0
+    noise_kl: torch.Tensor | None = None    # (N, T) KL(π_θ̃ ‖ π_clean) per position, exact over the vocabulary, σ > 0
 
     @property
     def raw_logp(self) -> torch.Tensor:
@@ -114,27 +116,60 @@ def _blocks(gens: list[torch.Generator], owner: torch.Tensor) -> list[tuple[torc
     return [(gens[int(owner[a])], a, b) for a, b in zip(change, change[1:])]
 
 
+def _teacher_forced(ro: "Rollouts", budget_tokens: int):
+    """(rows, forward kwargs) of teacher-forced passes over prompt + completion, at most `budget_tokens` padded
+    tokens each; the logits they give, cut to [:, :-1], predict the completion tokens (n, T, V)."""
+    Tp, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
+    for rows in torch.arange(ro.completion_ids.shape[0]).split(max(1, budget_tokens // (Tp + T))):
+        mask = torch.cat([ro.prompt_mask[rows], ro.completion_mask[rows]], dim=1)
+        yield rows, {"input_ids": torch.cat([ro.prompt_ids[rows], ro.completion_ids[rows]], dim=1), "attention_mask": mask,
+                     "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0), "use_cache": False, "logits_to_keep": T + 1}
+
+
+def _gather(logp: torch.Tensor, ro: "Rollouts", rows: torch.Tensor) -> torch.Tensor:
+    picked = logp.gather(-1, ro.completion_ids[rows].unsqueeze(-1)).squeeze(-1)
+    return picked.masked_fill(~ro.completion_mask[rows].bool(), 0.0)
+
+
 @torch.no_grad()
 def rescore(model, ro: "Rollouts", cfg: RolloutConfig, budget_tokens: int = 16384) -> torch.Tensor:
     """(N, T) log-probs of the sampled tokens under `model`'s log-softmax at the sampling temperature, before
     top-p (as `Rollouts.raw_logp`: finite for every sampled token), by teacher-forced passes of at most
     `budget_tokens` padded tokens; 0 on padding. With the sampler's clean weights this is log π_clean, the
     policy the noise was added to."""
-    Tp, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
     out = torch.zeros_like(ro.sampler_logp)
     was_training = model.training
     model.eval()
     try:
-        for rows in torch.arange(ro.completion_ids.shape[0]).split(max(1, budget_tokens // (Tp + T))):
-            ids = torch.cat([ro.prompt_ids[rows], ro.completion_ids[rows]], dim=1)
-            mask = torch.cat([ro.prompt_mask[rows], ro.completion_mask[rows]], dim=1)
-            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=T + 1).logits
-            logp = sampling_logp(logits[:, :-1], cfg)[1].gather(-1, ro.completion_ids[rows].unsqueeze(-1)).squeeze(-1)
-            out[rows] = logp.masked_fill(~ro.completion_mask[rows].bool(), 0.0).to(out.dtype)
+        for rows, kwargs in _teacher_forced(ro, budget_tokens):
+            out[rows] = _gather(sampling_logp(model(**kwargs).logits[:, :-1], cfg)[1], ro, rows).to(out.dtype)
     finally:
         model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def rescore_with_noise(model, noisy, ro: "Rollouts", cfg: RolloutConfig,
+                       budget_tokens: int = 16384) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, T) each, 0 on padding: log π_clean and log π_θ̃ of the sampled tokens, and KL(π_θ̃ ‖ π_clean) at each
+    position over the whole vocabulary, all at the sampling temperature before top-p, from teacher-forced passes of
+    `model`, with `noisy(rows)` (a context manager) making it the noisy policy of those rows. The KL is exact, not
+    a sampled estimate: under top-p the sampled tokens never reach the tail the noise moves, so an estimate from
+    them would be biased low. log π_θ̃ checks the decode path that produced the TIS denominators (`guard/decode_gap`)."""
+    clean, noisy_lp, kl = (torch.zeros_like(ro.sampler_logp) for _ in range(3))
+    was_training = model.training
+    model.eval()
+    try:
+        for rows, kwargs in _teacher_forced(ro, budget_tokens):
+            with noisy(rows):
+                lp_n = sampling_logp(model(**kwargs).logits[:, :-1], cfg)[1]  # (n, T, V)
+            lp_c = sampling_logp(model(**kwargs).logits[:, :-1], cfg)[1]
+            noisy_lp[rows], clean[rows] = _gather(lp_n, ro, rows), _gather(lp_c, ro, rows)
+            kl[rows] = (lp_n.exp() * (lp_n - lp_c)).sum(-1).masked_fill(~ro.completion_mask[rows].bool(), 0.0)
+            del lp_n, lp_c
+    finally:
+        model.train(was_training)
+    return clean, noisy_lp, kl
 
 
 def end_ids(model, tok) -> list[int]:

@@ -8,7 +8,10 @@ question about the same chains, the last value (`kind` "final") or every value (
 carry their `kind`, so evaluation reports each kind apart.
 
 Records have the shape of every dataset (data.py): `{"id", "problem", "answer", "solution"}`, plus
-`kind` in the mixed task. The same settings and seed give the same problems, in the same order.
+`kind` in the mixed task. The same settings and seed give the same problems, in the same order. Each task has a
+fixed held-out pool (HELD_OUT problems, or a tenth of a smaller task's chains), drawn first from a stream of its
+own: the test split is its first `n_test`, whatever n_test or n_train, and no training split (RL's or a warm
+start's) ever holds one of them.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import random
 from minipsn.config import DataConfig
 
 _VERBS = {"+": "add", "-": "subtract", "*": "multiply by"}
+HELD_OUT = 500  # problems in a task's held-out pool (a tenth of a smaller task's chains): data.n_test is at most this
 
 
 def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str = "+-", max_start: int = 0,
@@ -45,33 +49,54 @@ def synthetic_problem(rng: random.Random, n_ops: int, max_operand: int, ops: str
     return {"problem": problem, "answer": gold, "solution": solution}
 
 
+def pool_size(cfg: DataConfig) -> int:
+    """The task's held-out pool: HELD_OUT problems, or a tenth of its distinct chains when that is fewer."""
+    lengths = range(cfg.min_ops or cfg.n_ops, cfg.n_ops + 1)
+    chains = (cfg.max_start or cfg.max_operand) * sum((len(set(cfg.ops)) * cfg.max_operand) ** n for n in lengths)
+    return min(HELD_OUT, chains // 10)
+
+
+def _check_test_size(cfg: DataConfig) -> int:
+    pool = pool_size(cfg)
+    if cfg.n_test > pool:
+        raise ValueError(f"data.n_test={cfg.n_test} is beyond this task's held-out pool of {pool} problems, which no "
+                         f"training split draws from; use data.n_test <= {pool}")
+    return pool
+
+
+def _unique(rng: random.Random, size: int, draw, key, seen: set[str], what: str) -> list[dict]:
+    """`size` records from `draw(rng)` whose key(record) is not in `seen` (which they join)."""
+    out, tries = [], 0
+    while len(out) < size:
+        rec, tries = draw(rng), tries + 1
+        if tries > 50 * size + 1000:
+            raise ValueError(f"synthetic task too small for {what}: raise data.max_operand, data.n_ops or data.ops")
+        if key(rec) not in seen:
+            seen.add(key(rec))
+            out.append(rec)
+    return out
+
+
 def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
-    """The seeded synthetic task; `test` never repeats a `train` problem."""
+    """The seeded synthetic task: `test` is the first n_test of the task's held-out pool, which `train` never
+    draws from."""
     if split not in ("train", "test"):
         raise ValueError(f"synthetic split must be train or test, got {split!r}")
+    pool_n = _check_test_size(cfg)
     if cfg.answer == "mixed":
         return mixed_split(cfg, split, seed)
-    # absent by default: the same problems as before these knobs existed
-    start = (f"-start{cfg.max_start}" if cfg.max_start else "") + (f"-min{cfg.min_ops}" if cfg.min_ops else "") + (
+    # absent by default: the same stream names as before these knobs existed
+    task = f"{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}" + (
+        f"-start{cfg.max_start}" if cfg.max_start else "") + (f"-min{cfg.min_ops}" if cfg.min_ops else "") + (
         f"-{cfg.answer}" if cfg.answer != "final" else "")
-    rng = random.Random(f"synthetic-{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}{start}")
+    draw = lambda rng: synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops, cfg.answer)  # noqa: E731
     seen: set[str] = set()
-    records: dict[str, list[dict]] = {"train": [], "test": []}
-    for name, size in (("train", cfg.n_train), ("test", cfg.n_test)):
-        tries = 0
-        while len(records[name]) < size:
-            rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops, cfg.answer)
-            tries += 1
-            if tries > 50 * size + 1000:
-                raise ValueError(f"synthetic task too small for n_{name}={size}: raise data.max_operand, data.n_ops or data.ops")
-            if rec["problem"] in seen:
-                continue
-            seen.add(rec["problem"])
-            rec["id"] = f"synthetic-{name}-{len(records[name]):05d}"
-            records[name].append(rec)
-        if name == split:
-            return records[name]
-    raise AssertionError("unreachable")
+    pool = _unique(random.Random(f"synthetic-held-out-{task}"), pool_n, draw, lambda r: r["problem"], seen,
+                   f"a held-out pool of {pool_n}")
+    records = pool[: cfg.n_test] if split == "test" else _unique(
+        random.Random(f"synthetic-train-{task}"), cfg.n_train, draw, lambda r: r["problem"], seen,
+        f"n_train={cfg.n_train} besides the held-out pool of {pool_n}")
+    return [{**rec, "id": f"synthetic-{split}-{i:05d}"} for i, rec in enumerate(records)]
 
 
 def _chain(problem: str) -> str:
@@ -80,12 +105,13 @@ def _chain(problem: str) -> str:
 
 
 def mixed_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
-    """The mixed task: `test` alternates final/steps questions (n_test in all), drawn first, so it does not
-    move with n_train or steps_share; `train` holds round(steps_share·n_train) steps questions, the rest
-    final, in a seeded order, and never a chain of the test split, whichever kind asks about it."""
+    """The mixed task: the held-out pool alternates final/steps questions (its first 2m hold m of each), drawn
+    first, so `test` (its first n_test) does not move with n_test, n_train or steps_share; `train` holds
+    round(steps_share·n_train) steps questions, the rest final, in a seeded order, and never a chain of the pool,
+    whichever kind asks about it."""
     name = f"mixed-{seed}-{cfg.n_ops}-{cfg.min_ops}-{cfg.max_operand}-{cfg.max_start}-{''.join(sorted(set(cfg.ops)))}"
     n_steps = round(cfg.steps_share * cfg.n_train)
-    kinds = {"test": [("final", "steps")[i % 2] for i in range(cfg.n_test)],
+    kinds = {"test": [("final", "steps")[i % 2] for i in range(pool_size(cfg))],
              "train": ["steps"] * n_steps + ["final"] * (cfg.n_train - n_steps)}
     random.Random(f"{name}-order-{cfg.n_train}-{n_steps}").shuffle(kinds["train"])
     seen: set[str] = set()
@@ -102,5 +128,5 @@ def mixed_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
             seen.add(_chain(rec["problem"]))
             records.append({"id": f"mixed-{part}-{len(records):05d}", **rec, "kind": kind})
         if part == split:
-            return records
+            return records[: cfg.n_test] if part == "test" else records
     raise AssertionError("unreachable")

@@ -125,11 +125,20 @@ class StepBatch:
     """What a process samples at one step: its share lo … hi − 1 of the step's P prompts (all of them on one process)."""
     records: list[dict]          # (P_r,) the problems
     prompts: list[str]           # (P_r,) the problems as prompts
-    generators: object           # one per prompt, seeded by its index in the step, or one for the step (Trainer.batch)
+    generator_seeds: list[int]   # (P_r,) one per prompt, seeded by its index in the step, or (1,) one for the step
+    per_prompt: bool             # which of the two (rollout.rng)
+    device: torch.device
     noise_seed: int              # the step's noise seed (noise/seed): rebuilds its noisy policies
     step_seeds: list[int]        # (N,) the noise seed of every row of the step, prompt-major (noise.row_seeds)
     first_row: int               # this process's rows are first_row … first_row + P_r·G − 1 of the step's N = P·G
     G: int
+
+    def generators(self) -> torch.Generator | list[torch.Generator]:
+        """Fresh sampling generators, one per prompt or one for the step: a rollout retried after out-of-memory
+        starts from these again, so with one per prompt and batch sizes that are multiples of G the retry samples
+        what the first try would have (tests/test_train.py)."""
+        gens = [torch.Generator(self.device).manual_seed(s) for s in self.generator_seeds]
+        return gens if self.per_prompt else gens[0]
 
     @property
     def seeds(self) -> list[int]:
@@ -213,13 +222,12 @@ class Trainer:
         cfg, P, G = self.cfg, self.cfg.grpo.prompts_per_step, self.cfg.grpo.group_size
         lo, hi = dist.shard(P)  # torchrun: this rank's prompts lo … hi − 1 of the step's P
         recs = step_records(self.records, step, P, cfg.run.seed)[lo:hi]
-        if per_prompt_rng(cfg):  # one per prompt: a prompt samples the same tokens whichever process samples it
-            gens = [torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step, i)) for i in range(lo, hi)]
-        else:
-            gens = torch.Generator(self.device).manual_seed(derive_seed(cfg.run.seed, "sample", step))
+        # one per prompt: a prompt samples the same tokens whichever process samples it
+        gens = ([derive_seed(cfg.run.seed, "sample", step, i) for i in range(lo, hi)] if per_prompt_rng(cfg)
+                else [derive_seed(cfg.run.seed, "sample", step)])
         noise_seed = derive_seed(cfg.run.seed, "noise", step)
-        return StepBatch(recs, [format_prompt(self.tok, r["problem"], cfg.data.template) for r in recs], gens, noise_seed,
-                         row_seeds(noise_seed, P, G, cfg.noise.granularity), lo * G, G)
+        return StepBatch(recs, [format_prompt(self.tok, r["problem"], cfg.data.template) for r in recs], gens, per_prompt_rng(cfg),
+                         self.device, noise_seed, row_seeds(noise_seed, P, G, cfg.noise.granularity), lo * G, G)
 
     def step(self, step: int) -> dict:
         """One PSN-GRPO step (arXiv 2602.02555, Alg. 1) on this process's share of the step's prompts."""
@@ -230,11 +238,11 @@ class Trainer:
         with self.engine.policy(sigma, batch.seeds, cfg.noise.targets) as (noisy, row_noise):
             clock.mark("noise")
             ro = oom.retry_halving("rollout", state, lambda: sample(noisy, self.tok, batch.prompts, G, state.rollout,
-                                                                    batch.generators, cfg.model.max_prompt_tokens,
+                                                                    batch.generators(), cfg.model.max_prompt_tokens,
                                                                     row_noise=row_noise))
         clock.mark("sample")
-        with clock.timed("rescore"):  # σ > 0: the clean sampler rescores the samples (the noise's own KL); ‖ΔW‖/‖W‖
-            delta_w = self._measure_noise(ro, sigma, batch.step_seeds[0])
+        with clock.timed("rescore"):  # σ > 0: clean and noisy samplers rescore the samples (the noise's own KL); ‖ΔW‖/‖W‖
+            delta_w = self._measure_noise(ro, sigma, batch)
 
         # 4. score with the verifier
         with clock.timed("verify"):
@@ -287,29 +295,36 @@ class Trainer:
         state.skipped += int(out.stats["guard/skipped"])
         if out.stats["guard/skipped"] and state.skipped == 1:
             print(f"warning: non-finite loss or gradient at step {step + 1}: update skipped (counted in guard/skipped_steps)")
-        self._check_sampler(step, out.stats["guard/sampler_gap"])
+        self._check_sampler(step, out.stats)
         return out
 
-    def _check_sampler(self, step: int, gap: float) -> None:
-        """One warning line when the sampler without its noise has drifted from the learner (a stale or detached
-        adapter in the sampler: rollouts of another policy than the one trained), again after each healthy step."""
+    def _check_sampler(self, step: int, stats: dict) -> None:
+        """One warning line when the sampler has drifted from the learner (a stale or detached adapter in the sampler:
+        rollouts of another policy than the one trained), or its decode path from a full pass of itself (the
+        TIS denominators at σ > 0), again after each healthy step."""
         limit = self.cfg.rollout.gap_warn
-        if limit and gap > limit and not self.gap_warned and dist.is_main():
-            print(f"warning: step {step + 1}: the sampler without noise is {gap:.2g} nats per token from the learner "
-                  f"(guard/sampler_gap > rollout.gap_warn = {limit:g}): rollouts may come from another policy than "
-                  "the one trained (a stale or detached adapter, or a sampler in lower precision)")
-        self.gap_warned = bool(limit) and gap > limit
+        gaps = {k: stats[k] for k in ("guard/sampler_gap", "guard/decode_gap") if k in stats}
+        over = {k: v for k, v in gaps.items() if limit and v > limit}
+        if over and not self.gap_warned and dist.is_main():
+            said = ", ".join(f"{k} {v:.2g}" for k, v in over.items())
+            print(f"warning: step {step + 1}: the sampler is {said} nats per token from the learner or from itself "
+                  f"(> rollout.gap_warn = {limit:g}): rollouts may come from another policy than the one trained (a "
+                  "stale or detached adapter, a sampler in lower precision, a decode path that drifts)")
+        self.gap_warned = bool(over)
 
-    def _measure_noise(self, ro: Rollouts, sigma: float, seed: int) -> float:
-        """σ > 0: the clean sampler's log-probs of the sampled tokens into `ro.clean_logp` (so the noise's
-        own KL is told apart from numerics); returns ‖ΔW_noise‖/‖W‖ (0 at σ = 0)."""
+    def _measure_noise(self, ro: Rollouts, sigma: float, batch: StepBatch) -> float:
+        """σ > 0: the clean and the noisy sampler's log-probs of the sampled tokens by teacher-forced passes, and the
+        exact KL between them at each position (`ro.clean_logp`, `ro.noisy_logp`, `ro.noise_kl`: the noise's own KL
+        apart from numerics, and a check of the decode path that produced the TIS denominators); returns
+        ‖ΔW_noise‖/‖W‖ (0 at σ = 0)."""
         if sigma == 0:
             return 0.0
         targets = self.cfg.noise.targets
-        ro.clean_logp = self.engine.rescore(ro, self.state.rollout, targets, self.state.grpo.micro_batch_tokens)
+        ro.clean_logp, ro.noisy_logp, ro.noise_kl = self.engine.measure(
+            ro, self.state.rollout, targets, self.state.grpo.micro_batch_tokens, sigma, batch.seeds)
         if self.cfg.noise.space == "weight":
-            return self.engine.weight_noise_size(sigma, seed, targets)
-        return perturbation_size(self.model, sigma, seed, targets)
+            return self.engine.weight_noise_size(sigma, batch.step_seeds[0], targets)
+        return perturbation_size(self.model, sigma, batch.step_seeds[0], targets)
 
     def _diversity(self, ro: Rollouts, pooled: torch.Tensor) -> torch.Tensor:
         """(P,) semantic diversity of each group: hidden-state cosine distance, or distinct n-grams."""

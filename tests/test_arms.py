@@ -120,3 +120,17 @@ def test_calibrate_finds_the_temperature_that_hits_the_target_kl(tmp_path):
     kls = [C._temperature(model, engine, tok, prompts, recs, cfg, T, seed)["kl"] for seed in (11, 12)]
     got = sum(kls) / len(kls)
     assert target / 1.5 < got < target * 1.5, (T, kls)
+
+
+def test_a_weight_space_run_is_evaluated_on_any_engine(small_policy, tmp_path):
+    """Evaluation has σ = 0: no noise to put on dense weights, so no dense copy is needed (lean, hf, fast alike)."""
+    import dataclasses
+
+    from minipsn.evaluate import evaluate
+
+    cfg = build_config(model="tiny", method="psn-weight", sets={"rollout.engine": "lean", "eval.n": 2, "eval.problems": 2})
+    clean = dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, sigma=0.0))
+    assert isinstance(E.make_engine(small_policy, clean), E.UnmergedEngine)
+    report = evaluate(cfg, ["synthetic"], tmp_path / "eval")
+    assert report["benchmarks"]["synthetic"]["problems"] == 2
+    assert "lean" in (tmp_path / "eval" / "samples" / "synthetic.jsonl").read_text().splitlines()[0]

@@ -70,3 +70,14 @@ def test_update_schedule_and_overlong_keys_validate_with_one_line_errors():
             build_config(model="tiny", sets=sets)
         assert "\n" not in str(err.value)
     build_config(model="tiny", sets={"reward.overlong": "mask"})  # the window binds only for soft
+
+
+def test_lora_dropout_is_refused_in_one_line():
+    """With dropout the learner (train mode) would be another function than the sampler, even at σ = 0."""
+    from minipsn.config import LoraConfig
+
+    assert LoraConfig(dropout=0.0).dropout == 0.0
+    with pytest.raises(ValueError, match=r"lora.dropout=0.05: only 0 is supported"):
+        build_config(model="tiny", sets={"lora.dropout": 0.05})
+    with pytest.raises(ValueError, match="only 0 is supported"):
+        LoraConfig(dropout=0.1)

@@ -1,5 +1,6 @@
 """Datasets by name: the real local benchmark files, the hub field mappings (on a stub `datasets`),
 malformed rows, the data-folder lookup, and the prompt templates. Offline, a few seconds."""
+import dataclasses
 import json
 import re
 import sys
@@ -151,6 +152,27 @@ def test_hub_math_answers_reproduce_the_local_file(monkeypatch):
 
 # ---- synthetic and names --------------------------------------------------------------------
 
+def test_the_held_out_pool_is_fixed_and_no_training_split_draws_from_it():
+    """The test split is a prefix of a pool drawn first; no training split of any size, warm start or RL mix,
+    holds a pool problem; an n_test beyond the pool fails in one line. (Before, the test chains were a prefix
+    that grew with n_test and the ceiling's warm start excluded only the first 200: at n_test = 1000, 63 of the
+    held-out chains had been trained on.)"""
+    from minipsn.models import LOCAL_MODELS
+
+    chain = lambda r: r["problem"].rsplit(". ", 1)[0]  # noqa: E731  (the mixed task's kinds share a chain)
+    for spec in LOCAL_MODELS.values():
+        build = spec["data"]
+        pool = synthetic.synthetic_split(dataclasses.replace(build, n_test=synthetic.pool_size(build)), "test")
+        held = {chain(r) for r in pool}
+        assert len(held) == len(pool) == synthetic.pool_size(build)
+        for n_train, n_test, share in ((build.n_train, 10, build.steps_share), (500, 100, 0.3), (4000, 200, 0.7)):
+            cfg = dataclasses.replace(build, n_train=min(n_train, build.n_train), n_test=n_test, steps_share=share)
+            assert not held & {chain(r) for r in synthetic.synthetic_split(cfg, "train")}
+            assert synthetic.synthetic_split(cfg, "test") == pool[:n_test]  # the same problems, whatever the sizes
+    with pytest.raises(ValueError, match="data.n_test=1000 is beyond this task's held-out pool of 500 problems"):
+        synthetic.synthetic_split(DataConfig(n_ops=3, answer="mixed", n_train=4000, n_test=1000), "test")
+
+
 def test_synthetic_by_name():
     cfg = DataConfig(n_train=20, n_test=5)
     assert data.load_problems(cfg, "train") == synthetic.synthetic_split(cfg, "train")
@@ -173,8 +195,10 @@ def test_synthetic_ops_knob_and_worked_solution():
     assert synthetic.synthetic_problem(random.Random(0), 2, 9, "*")["problem"].count("multiply by") == 2
     with pytest.raises(ValueError, match=r"data.ops must be made of \+ - \*, got '/'"):
         DataConfig(ops="/")
-    with pytest.raises(ValueError, match="synthetic task too small for n_train=500: raise data.max_operand"):
-        synthetic.synthetic_split(DataConfig(ops="+", n_ops=1, max_operand=3, n_train=500), "train")
+    with pytest.raises(ValueError, match="synthetic task too small for n_train=900 besides the held-out pool of 90"):
+        synthetic.synthetic_split(DataConfig(ops="+", n_ops=1, max_operand=30, n_train=900, n_test=5), "train")
+    with pytest.raises(ValueError, match="data.n_test=200 is beyond this task's held-out pool of 0 problems"):
+        synthetic.synthetic_split(DataConfig(ops="+", n_ops=1, max_operand=3), "train")
 
 
 def test_warm_start_demonstrations_mix_worked_and_early_answers():

@@ -82,3 +82,59 @@ def test_rescore_gives_the_samplers_own_logp_at_sigma_zero_and_the_clean_logp_un
         noisy_again = rescore(m if engine_name == "lean" else engine.plain, noisy, cfg)
     nmask = noisy.completion_mask.bool()
     assert torch.allclose(noisy_again[nmask], noisy.raw_logp[nmask], atol=2e-5)
+
+
+def _exact_kl(model, ro, cfg, sigma, seeds):  # noqa: F811
+    """(KL(π_θ̃ ‖ π_clean) per position over the vocabulary, and the expectation of the sampled k3 estimate the kit
+    used before: k3 = e^r − 1 − r, r = log π_clean − log π_θ̃, averaged over the noisy nucleus it samples from), row by
+    row through `noise.perturbed` on the peft model itself: another route than the engines' (no hooks, no copy)."""
+    import torch.nn.functional as F
+
+    from minipsn.rollout import sampling_logp
+
+    kl, old = torch.zeros_like(ro.sampler_logp), torch.zeros_like(ro.sampler_logp)
+    T = ro.completion_ids.shape[1]
+    for r in range(ro.completion_ids.shape[0]):
+        ids = torch.cat([ro.prompt_ids[r:r + 1], ro.completion_ids[r:r + 1]], 1)
+        mask = torch.cat([ro.prompt_mask[r:r + 1], ro.completion_mask[r:r + 1]], 1)
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        run = lambda: model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -T - 1:-1]  # noqa: E731
+        with torch.no_grad():
+            with noise.perturbed(model, sigma, seeds[r], "mlp"):
+                nucleus, lp_n = sampling_logp(run(), cfg)
+            lp_c = F.log_softmax(run().float() / cfg.temperature, -1)
+        kl[r] = (lp_n.exp() * (lp_n - lp_c)).sum(-1)[0] * ro.completion_mask[r]
+        k3 = torch.expm1(lp_c - lp_n) - (lp_c - lp_n)
+        old[r] = (nucleus.exp() * k3).nan_to_num().sum(-1)[0] * ro.completion_mask[r]
+    return kl, old
+
+
+@pytest.mark.parametrize("engine_name, granularity", [("lean", "step"), ("fast", "step"), ("lean", "rollout")])
+def test_the_noise_kl_is_exact_over_the_vocabulary_even_under_top_p(model, engine_name, granularity):  # noqa: F811
+    """engine.measure gives the per-position KL of the whole distributions (the same as a direct computation); the
+    sampled k3 estimate it replaced sees only the nucleus under top-p, so even in expectation it is not that KL."""
+    cfg = RolloutConfig(max_new_tokens=6, temperature=1.0, top_p=0.5, batch_size=8)
+    engine = (UnmergedEngine(model) if engine_name == "lean"
+              else CopyEngine(model, max_new_tokens=6, static_cache=False, compile_step=False))
+    seeds = row_seeds(5, 2, 4, granularity)
+    with engine.policy(0.2, seeds, "mlp") as (m, rn):
+        ro = sample(m, _Tok(), ["5 9 13", "7 2 40"], 4, cfg, torch.Generator().manual_seed(0), row_noise=rn)
+    clean, noisy, kl = engine.measure(ro, cfg, "mlp", 20, 0.2, seeds)  # several chunks
+    mask = ro.completion_mask.bool()
+    exact, old = _exact_kl(model, ro, cfg, 0.2, seeds)
+    assert torch.allclose(kl[mask], exact[mask], atol=1e-5)
+    assert torch.allclose(clean, engine.rescore(ro, cfg, "mlp", 1000), atol=2e-5)
+    assert torch.allclose(noisy[mask], ro.raw_logp[mask], atol=2e-5)  # the decode path = a full pass of the noisy policy
+    # what the sampled estimate measured instead, in expectation over the nucleus, is another number at each position
+    assert exact[mask].mean() > 1e-3 and ((old[mask] - exact[mask]).abs() > 0.05 * exact[mask]).float().mean() > 0.5
+
+
+def test_copy_bytes_counts_what_the_copy_allocates(model):  # noqa: F811
+    from minipsn.engine import copy_bytes
+
+    engine = CopyEngine(model, max_new_tokens=4, static_cache=False, compile_step=False)
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in [*engine.plain.parameters(), *engine.plain.buffers()]}
+    for side, _ in engine.sides:  # the side buffers are not persistent, but allocated
+        for name, buf in side.named_buffers():
+            tensors[buf.data_ptr()] = buf.numel() * buf.element_size()
+    assert copy_bytes(model, engine.dtype) == sum(tensors.values())

@@ -15,11 +15,10 @@ from tests.test_learner import ADV, TP, TW, make_rollouts, trainable
 
 
 @pytest.mark.parametrize("b_std", B_SCALES)
-def test_a_bf16_fold_loses_a_small_update_and_the_copy_keeps_it(b_std):
-    """One Qwen2.5-1.5B-width layer: the sampler's output change against the learner's."""
-    copy = layer_fidelity(b_std=b_std, dtype=torch.bfloat16, route="copy")
-    assert copy["projection"] >= 0.99 and copy["rel_error"] < 0.01
-    fold = layer_fidelity(b_std=b_std, dtype=torch.bfloat16, route="fold")
+def test_a_bf16_fold_loses_a_small_update(b_std):
+    """One Qwen2.5-1.5B-width layer: the folded layer's output change against the learner's (the copy's side path
+    is measured on the model below, where it is not the learner's own term by construction)."""
+    fold = layer_fidelity(b_std=b_std, dtype=torch.bfloat16)
     if b_std <= 3e-4:  # the measure sees what folding loses (0.33 and 0.77 here)
         assert fold["projection"] < 0.9
     assert fold["rel_error"] > 0.05  # at every scale the fold gets a share of the update wrong
@@ -178,3 +177,16 @@ def test_logits_are_upcast_before_the_softmax():
     got, raw = sampling_logp(z, cfg)
     assert got.dtype == raw.dtype == torch.float32
     torch.testing.assert_close(raw, torch.log_softmax(z.float() / 0.7, -1), rtol=0, atol=0)
+
+
+def test_the_fidelity_table_measures_the_copy_on_the_model_only():
+    """On one layer the copy's side path is the learner's own LoRA term: comparing them measures nothing, so the
+    layer column of the copy row is empty and only the model measure (the whole engine) is shown."""
+    from minipsn import fidelity
+
+    cell = {"projection": 0.5, "rel_error": 0.5, "gap": 1e-4}
+    report = {"model_name": "tiny", "layer": {"bfloat16": {"fold": {str(b): cell for b in B_SCALES}}},
+              "model": {"bfloat16": {r: {str(b): cell for b in B_SCALES} for r in ("fold", "copy")}}}
+    rows = {fidelity.table(report).columns[0]._cells[i]: [c._cells[i] for c in fidelity.table(report).columns[1:]]
+            for i in range(2)}
+    assert rows["bfloat16 · copy"][0] == "—" and rows["bfloat16 · fold"][0] == "0.500"
