@@ -97,8 +97,11 @@ def train(
     sigma: Optional[float] = typer.Option(None, help="initial noise std σ (noise.sigma)"),
     seed: Optional[int] = typer.Option(None, help="run seed (run.seed)"),
     out: Optional[str] = typer.Option(None, help="run folder (run.out)"),
-    dataset: Optional[str] = typer.Option(None, help="synthetic, gsm8k, math, ... (data.dataset)"),
+    dataset: Optional[str] = typer.Option(None, help="synthetic, gsm8k, math, ..., a .jsonl/.json/.parquet/.csv file, "
+                                          "a folder or a hub dataset id (data.dataset)"),
     data_dir: Optional[str] = typer.Option(None, help="folder of local JSON Lines files (data.data_dir)"),
+    reward: list[str] = typer.Option([], "--reward", help="reward function module:function, path/file.py:function "
+                                     "or verifier, repeatable; weights: --set reward.weights=1,0.5 (reward.functions)"),
     config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
     resume: Optional[str] = typer.Option(None, help="continue the run in this folder"),
@@ -109,11 +112,12 @@ def train(
 
     if resume is not None:
         given = {"--model": model, "--method": method, "--sigma": sigma, "--seed": seed, "--out": out,
-                 "--dataset": dataset, "--data-dir": data_dir, "--config": config}
+                 "--dataset": dataset, "--data-dir": data_dir, "--reward": reward or None, "--config": config}
         cfg = resume_config(resume, [flag for flag, v in given.items() if v is not None], steps, set_)
     else:
         cfg = resolve(model, method, config, set_, **{"run.steps": steps, "noise.sigma": sigma, "run.seed": seed,
-                      "run.out": out, "data.dataset": dataset, "data.data_dir": data_dir})
+                      "run.out": out, "data.dataset": dataset, "data.data_dir": data_dir,
+                      "reward.functions": reward or None})
     run_dir = run_train(cfg, resume=resume is not None)
     typer.echo(f"run folder: {run_dir}")
 
@@ -135,7 +139,7 @@ def config_(
     from minipsn.config import Config, field_help, flatten
 
     values, defaults = flatten(resolve(model, method, config, set_).to_dict()), flatten(Config().to_dict())
-    shown = lambda v: str(v).lower() if isinstance(v, bool) else ",".join(v) if isinstance(v, (list, tuple)) else str(v)
+    shown = lambda v: str(v).lower() if isinstance(v, bool) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
     table = Table("key", "value", "help", title="resolved config (bold: not the default; change one with --set key=value)")
     section = None
     for key, text in field_help().items():

@@ -4,7 +4,8 @@
 
 Here: the verifier's correctness, plus a small bonus for short answers and a penalty for
 completions without a \\boxed{} answer. `reward/accuracy` in the metrics stays the plain
-verifier accuracy, so shaped rewards can be compared honestly.
+verifier accuracy, so shaped rewards can be compared honestly. TRL-style functions (dataset columns as
+keyword arguments, several with weights, `--reward` on the command line): examples/trl_reward.py.
 """
 import sys
 from pathlib import Path

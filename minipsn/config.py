@@ -12,6 +12,7 @@ in the order preset → method → config file → `--set` (overrides.py). No de
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from minipsn.presets import METHODS, PRESETS, RENAMED, TUNABLE  # noqa: F401  (re-exported: config.METHODS)
@@ -72,11 +73,13 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # synthetic, gsm8k, math, math500, aime24, aime25, amc23, minerva, olympiadbench
+    # a bundled set (synthetic, gsm8k, math, math500, aime24, aime25, amc23, minerva, olympiadbench), else a local
+    # file (.jsonl, .json, .parquet, .csv) or folder, else a Hugging Face dataset id (owner/name); user_data.py
     dataset: str = "synthetic"
     # folder of local JSON Lines files (else $MINIPSN_DATA_DIR, else the hub)
     data_dir: str = ""
-    # prompt template: chat (tokenizer's chat template) or plain (base models)
+    # prompt template: chat (tokenizer's chat template) or plain (base models), or your own text with {problem}: the
+    # user's message in the chat template, or after "plain:" the whole prompt (data.py, format_prompt)
     template: str = "chat"
     # skip (and count) malformed rows instead of failing on the first one
     skip_bad_rows: bool = False
@@ -102,9 +105,23 @@ class DataConfig:
     n_train: int = 2000
     # synthetic task: size of the held-out set
     n_test: int = 200
+    # your own data: the column that holds the problem ("" = the first of problem, question, prompt, query, input)
+    problem_field: str = ""
+    # your own data: the column that holds the gold answer ("" = the first of answer, final_answer, final,
+    # ground_truth, gold, target, else solution); a worked solution's last \boxed{} (or #### N) is the answer
+    answer_field: str = ""
+    # a hub dataset's configuration (load_dataset's name; "" = its default)
+    config: str = ""
+    # the training split of a hub dataset or folder ("" = train); a file is one split
+    split: str = ""
+    # your own data's held-out problems: a split of the same hub dataset or folder, or a file ("" = none: the
+    # periodic held-out evaluation, eval.every, is off)
+    test_split: str = ""
 
     def __post_init__(self):
-        _one_of("data.template", self.template, ("chat", "plain"))
+        _check(self.template in ("chat", "plain") or "{problem}" in self.template,
+               f"data.template={self.template!r} is not chat, plain, or a prompt with {{problem}} where the problem "
+               "goes (e.g. \"Solve: {problem}\")")
         _one_of("data.answer", self.answer, ("final", "steps", "mixed"))
         _check(0.0 <= self.steps_share <= 1.0, f"data.steps_share must be in [0, 1], got {self.steps_share}")
         _check(self.n_ops >= 1, "data.n_ops must be >= 1")
@@ -314,6 +331,11 @@ class RewardConfig:
     overlong: str = "none"
     # soft: tokens over which the penalty falls from 0 to −1 (DAPO's L_cache); at most rollout.max_new_tokens
     overlong_window: int = 64
+    # reward functions, summed with reward.weights (--reward, repeatable): module:function, path/file.py:function,
+    # or verifier (the reward above); () = the verifier's alone (reward_funcs.py)
+    functions: tuple[str, ...] = ()
+    # the weight of each reward function, in order (() = 1 each), as TRL's reward_weights
+    weights: tuple[float, ...] = ()
 
     def __post_init__(self):
         _one_of("reward.verifier", self.verifier, VERIFIERS)
@@ -321,6 +343,9 @@ class RewardConfig:
         _check(self.verify_workers >= 1, f"reward.verify_workers must be >= 1, got {self.verify_workers}")
         _one_of("reward.overlong", self.overlong, ("none", "soft", "mask"))
         _check(self.overlong_window >= 1, f"reward.overlong_window must be >= 1, got {self.overlong_window}")
+        _check(not self.weights or not self.functions or len(self.weights) == len(self.functions),
+               f"reward.weights has {len(self.weights)} weights for {len(self.functions)} reward.functions; give one each")
+        _check(all(math.isfinite(w) for w in self.weights), f"reward.weights must be finite numbers, got {self.weights}")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Problems and prompts: benchmark loaders, prompt templates, and `load_problems`, which hands the
-synthetic task to synthetic.py.
+synthetic task to synthetic.py and any other name (a file, a folder, a hub id) to user_data.py.
 
 Every dataset yields records of one shape, `{"id": str, "problem": str, "answer": str}` (plus
-`solution` where there is one), so training, rewards and evaluation never look at a source's
-own field names.
+`solution` where there is one, your own data's `columns`), so training, rewards and evaluation never
+look at a source's own field names.
 
 Benchmarks (gsm8k, math, math500, aime24, aime25, amc23, minerva, olympiadbench) load from local
 JSON Lines files: from the data folder given (`data.data_dir`, else $MINIPSN_DATA_DIR), else from
@@ -29,14 +29,20 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 
 
 def format_prompt(tokenizer, problem: str, template: str) -> str:
-    """The text the policy sees: chat (tokenizer's chat template) or plain (base models)."""
+    """The text the policy sees: chat (tokenizer's chat template) or plain (base models), or your own text with
+    {problem}: the user's message in the chat template, or after "plain:" the whole prompt."""
     if template == "chat":
-        messages = [{"role": "user", "content": f"{problem}\n{INSTRUCTION}"}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        message = f"{problem}\n{INSTRUCTION}"
     elif template == "plain":
         return f"Question: {problem}\n{INSTRUCTION}\nAnswer:"
+    elif "{problem}" in template:  # replace, not str.format: a prompt may hold braces of its own (\boxed{})
+        if template.startswith("plain:"):
+            return template.removeprefix("plain:").replace("{problem}", problem)
+        message = template.replace("{problem}", problem)
     else:
-        raise ValueError(f"unknown template {template!r}; use chat or plain")
+        raise ValueError(f"unknown template {template!r}; use chat or plain, or a prompt with {{problem}}")
+    messages = [{"role": "user", "content": message}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 # ---- benchmarks ------------------------------------------------------------------------------
@@ -283,6 +289,9 @@ def load_benchmark(name: str, split: str = "test", data_dir: str | None = None,
     JSON Lines, else from the hub. With `skip_bad_rows`
     malformed rows are skipped, counted and reported in one line; `stats`, when given, receives
     {"source", "loaded", "skipped"}. Zero records is an error."""
+    if name not in DATASETS and (Path(name).expanduser().exists() or re.fullmatch(r"[\w.-]+/[\w.-]+", name)):
+        raise ValueError(f"{name} is not a bundled benchmark: eval reads those by name ({', '.join(DATASETS)}); "
+                         "your own data's held-out problems (data.test_split) are evaluated during training (eval.every)")
     check_name_and_split(name, split)
     if name == "synthetic":
         records, skipped, first, source = synthetic_split(DataConfig(), split), 0, "", "synthetic"
@@ -302,8 +311,17 @@ def load_benchmark(name: str, split: str = "test", data_dir: str | None = None,
 
 
 def load_problems(cfg: DataConfig, split: str, seed: int = 0, *, stats: dict | None = None) -> list[dict]:
-    """Records `{id, problem, answer}` of the configured dataset and split. `seed` only shapes the
-    synthetic task; benchmarks keep their source order (the trainer draws from them by seed)."""
+    """Records `{id, problem, answer}` of the configured dataset and split: a bundled set, or your own data
+    (user_data.py). `seed` only shapes the synthetic task; the others keep their source order (the trainer
+    draws from them by seed)."""
+    if cfg.dataset not in DATASETS:
+        from minipsn.user_data import load_user_problems  # datasets and the verifier's parser: only for your own data
+
+        return load_user_problems(cfg, split, stats=stats)
+    own = [k for k in ("problem_field", "answer_field", "config", "split", "test_split") if getattr(cfg, k)]
+    if own:
+        raise ValueError(f"data.{own[0]} applies to your own data (a file, folder or hub id), not to the bundled "
+                         f"{cfg.dataset}; drop it")
     if cfg.dataset == "synthetic":
         records = synthetic_split(cfg, split, seed)
         if stats is not None:

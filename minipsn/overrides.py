@@ -52,6 +52,12 @@ def _parse_value(raw: object, typ: type, key: str) -> object:
         if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
             raise ValueError(f"{key} expects text, got {raw!r}")
         return str(raw)
+    if typing.get_origin(typ) is tuple and typing.get_args(typ)[0] is float:  # numbers: "1,0.5", or a list
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{key} expects comma-separated numbers, got {raw!r}")
+        return tuple(_parse_value(x.strip() if isinstance(x, str) else x, float, key) for x in items
+                     if not isinstance(x, str) or x.strip())
     if typing.get_origin(typ) is tuple:  # a list of names: "a,b" from the CLI, a list from TOML/JSON
         items = raw.split(",") if isinstance(raw, str) else raw
         if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):

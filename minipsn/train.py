@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from minipsn import algo, checkpoint, folders, metrics, oom, trackers
+from minipsn import algo, checkpoint, folders, metrics, oom, reward_funcs, trackers
 from minipsn import distributed as dist
 from minipsn.config import Config, GRPOConfig, RewardConfig
 from minipsn.data import format_prompt, load_problems
@@ -34,6 +34,7 @@ from minipsn.provenance import provenance, provenance_differences
 from minipsn.rewards import correctness_rewards, overlong_penalty, shaped_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.sigma_control import make_controller
+from minipsn.user_data import heldout_eval, problems
 from minipsn.verify import verify_stats
 
 
@@ -49,18 +50,19 @@ def step_records(records: list[dict], step: int, P: int, seed: int) -> list[dict
     return out
 
 
-def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig):
+def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig, prompts: list[str] | None = None,
+          stats: dict | None = None):
     """Rewards (N,) and the verifier's correctness (N,) of the rollouts. Correctness is the verifier's
     judgement alone (no format bonus, a truncated completion counts as wrong), whatever the reward;
-    the default reward is built from it, so each completion is verified once."""
+    the default reward is built from it, so each completion is verified once. Reward functions give their
+    weighted sum instead, NaN where none scored a row; `stats` receives their reward/* means (reward_funcs.py)."""
     truncated = ro.truncated.tolist()
     correct = torch.tensor(correctness_rewards(ro.texts, [r["answer"] for r in recs], truncated, 0.0, cfg.timeout,
                                                cfg.last_number, cfg.unboxed_answer, cfg.verify_workers, cfg.verifier))
-    if reward_fn is None:
-        rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
-                   for c, t, tr in zip(correct.tolist(), ro.texts, truncated)]
-    else:
-        rewards = reward_fn(ro.texts, recs, truncated)
+    rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
+               for c, t, tr in zip(correct.tolist(), ro.texts, truncated)]
+    if reward_fn is not None:
+        rewards = reward_funcs.combine(reward_fn, ro, recs, truncated, rewards, cfg, prompts, stats)
     return torch.tensor(rewards, dtype=torch.float32), correct
 
 
@@ -68,6 +70,8 @@ def advantages(rewards: torch.Tensor, correct: torch.Tensor, cfg: GRPOConfig) ->
     """(P, G) rewards and verifier correctness → (P, G) advantages by the configured estimator:
     GRPO normalises the reward within groups; Pass@k training reads pass/fail from the verifier."""
     if cfg.advantage == "grpo":
+        if rewards.isnan().any():  # rows no reward function scored: out of their group's mean and std, as in TRL
+            return reward_funcs.scored_group_advantages(rewards, cfg.scale_advantages)
         return algo.group_advantages(rewards, scale=cfg.scale_advantages)
     elif cfg.advantage == "passk":
         return algo.passk_advantages(correct, cfg.passk_k)
@@ -169,9 +173,12 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: Config, step: int) 
 class Trainer:
     """The state of one run; `step()` is one PSN-GRPO step, `run()` the loop with logging."""
 
-    def __init__(self, cfg: Config, reward_fn=None, resume: bool = False):
+    def __init__(self, cfg: Config, reward_fn=None, resume: bool = False, dataset=None, test_dataset=None):
         check_available(cfg.model.name)  # a hub model that cannot load fails before the run folder is made
-        self.records = load_problems(cfg.data, "train")  # before the run folder and the model: data errors come fast
+        cfg = heldout_eval(cfg, dataset, test_dataset)  # your own data without held-out problems: eval.every off
+        self.records = problems(cfg.data, "train", dataset)  # before the run folder and the model: data errors come fast
+        self.test_given = test_dataset  # held-out rows handed to train(), else data.dataset's (see evaluate)
+        self.rewards = reward_funcs.resolve(reward_fn, cfg.reward)  # None: the verifier's reward (see score)
         if dist.init():  # torchrun: K processes, each with its share of every step's prompts (distributed.py)
             dist.check_world(cfg)
             self.run_dir = prepare_run_dir(cfg, resume, self.records) if dist.is_main() else Path(cfg.run.out)
@@ -183,10 +190,10 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
+        reward_funcs.check_resume(self.run_dir, self.rewards, resume)  # a resume with other reward functions: refused
         self.model, self.tok = load_policy(cfg)
         self.device = next(self.model.parameters()).device
         self.engine = make_engine(self.model, cfg)  # where rollouts sample from: folded copy or the peft model
-        self.reward_fn = reward_fn  # None: the default, rewards.build_reward_fn's formula (see score)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay)
         self.state = checkpoint.RunState(optimizer, make_controller(cfg.noise, cfg.control), cfg.rollout, cfg.grpo,
@@ -250,6 +257,7 @@ class Trainer:
 
         # 5. group advantages (P_r, G): a group never spans processes
         adv = advantages(rewards.view(-1, G), correct.view(-1, G), cfg.grpo)
+        rewards = rewards.nan_to_num(0.0)  # a row no reward function scored (advantage 0) is logged as 0
         assert torch.equal(ro.prompt_ids[::G].repeat_interleave(G, 0), ro.prompt_ids), "rows must be prompt-major"
         self.samples = trackers.step_samples(step + 1, cfg, batch.prompts, batch.row_records, ro, rewards, correct,
                                              adv.view(-1), batch.seeds, batch.first_row, len(batch.step_seeds))
@@ -268,7 +276,8 @@ class Trainer:
         state.step = step + 1
         m = {"step": step + 1, **means.metrics, **out.stats, **noise_stats, "noise/sigma": sigma,
              "noise/seed": batch.noise_seed, "noise/delta_w_rel": delta_w, "guard/skipped_steps": state.skipped,
-             "optim/lr": lr, **batch.logged_seeds(cfg.noise.granularity), **clock.perf(means.tokens, self.device)}
+             "optim/lr": lr, **batch.logged_seeds(cfg.noise.granularity), **clock.perf(means.tokens, self.device),
+             **self.reward_means}
         if cfg.reward.verifier != "both":  # strict and Math-Verify are both asked only with `both`
             del m["verify/disagree"]
         return m
@@ -276,8 +285,9 @@ class Trainer:
     def _score(self, ro: Rollouts, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
         """Rewards (N_r,) (with DAPO's soft overlong penalty when asked), the verifier's correctness (N_r,), and
         its timeouts, errors and disagreements while it scored them."""
-        before = verify_stats()
-        rewards, correct = score(self.reward_fn, ro, batch.row_records, self.cfg.reward)
+        before, self.reward_means = verify_stats(), {}  # reward/<name> of each reward function
+        rewards, correct = score(self.rewards, ro, batch.row_records, self.cfg.reward, [p for p in batch.prompts
+                                 for _ in range(batch.G)], self.reward_means)  # each row's prompt, prompt-major
         after = verify_stats()
         if self.cfg.reward.overlong == "soft":  # DAPO's length penalty, 0 … −1 over the window, on any reward function's
             rewards = rewards + overlong_penalty(ro.completion_mask.sum(1).float().cpu(), self.cfg.rollout.max_new_tokens,
@@ -342,7 +352,7 @@ class Trainer:
         from minipsn.evaluate import quick_eval
 
         if not hasattr(self, "test_records"):
-            self.test_records = load_problems(self.cfg.data, "test")
+            self.test_records = problems(self.cfg.data, "test", self.test_given)
         with self.engine.policy(0.0, [0], self.cfg.noise.targets) as (clean, _):
             return quick_eval(clean, self.tok, self.test_records, self.cfg.eval, self.state.rollout, self.cfg.data.template,
                               derive_seed(self.cfg.run.seed, "eval", step), self.cfg.model.max_prompt_tokens,
@@ -414,12 +424,13 @@ class Trainer:
         print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to stop at once)")
 
 
-def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None) -> Path:
-    """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/).
-    Under torchrun, every process runs this (see distributed.py); rank 0 writes the run folder."""
+def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None, dataset=None, test_dataset=None) -> Path:
+    """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/). reward_fn: one or a
+    list (reward_funcs.py); dataset, test_dataset: rows instead of data.dataset's (user_data.py). Under torchrun
+    every process runs this."""
     joined = not dist.active()  # a caller's process group (compare's) stays open for its next job
     try:
-        run_dir = Trainer(cfg, reward_fn, resume).run(on_step)
+        run_dir = Trainer(cfg, reward_fn, resume, dataset, test_dataset).run(on_step)
     except KeyboardInterrupt as e:  # Ctrl-C while the model loads, before the trainer's own handler is set
         raise folders.interrupted(e, Path(cfg.run.out)) from None
     if joined:

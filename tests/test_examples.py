@@ -37,6 +37,16 @@ def test_custom_reward_is_used(tmp_path):
     assert any(abs(r["reward/mean"] - r["reward/accuracy"]) > 1e-6 for r in rows)
 
 
+def test_trl_reward_example_sums_its_format_reward_with_the_verifier(tmp_path):
+    """examples/trl_reward.py: reward = 1·verifier + 0.5·format_reward, each function's mean logged by name."""
+    run_example("trl_reward.py", "2", str(tmp_path / "t"))
+    rows = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["reward/verifier"] == r["reward/accuracy"]
+        assert r["reward/mean"] == pytest.approx(r["reward/verifier"] + 0.5 * r["reward/format_reward"], abs=1e-6)
+
+
 def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
     env_tiny = {**ENV, "TINY": "1"}
     for name in ("qwen_gsm8k.py", "qwen_math.py"):
