@@ -98,11 +98,11 @@ def _exact_kl(model, ro, cfg, sigma, seeds):  # noqa: F811
         ids = torch.cat([ro.prompt_ids[r:r + 1], ro.completion_ids[r:r + 1]], 1)
         mask = torch.cat([ro.prompt_mask[r:r + 1], ro.completion_mask[r:r + 1]], 1)
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        run = lambda: model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -T - 1:-1]  # noqa: E731
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
         with torch.no_grad():
             with noise.perturbed(model, sigma, seeds[r], "mlp"):
-                nucleus, lp_n = sampling_logp(run(), cfg)
-            lp_c = F.log_softmax(run().float() / cfg.temperature, -1)
+                nucleus, lp_n = sampling_logp(model(**kwargs).logits[:, -T - 1:-1], cfg)
+            lp_c = F.log_softmax(model(**kwargs).logits[:, -T - 1:-1].float() / cfg.temperature, -1)
         kl[r] = (lp_n.exp() * (lp_n - lp_c)).sum(-1)[0] * ro.completion_mask[r]
         k3 = torch.expm1(lp_c - lp_n) - (lp_c - lp_n)
         old[r] = (nucleus.exp() * k3).nan_to_num().sum(-1)[0] * ro.completion_mask[r]
@@ -135,6 +135,6 @@ def test_copy_bytes_counts_what_the_copy_allocates(model):  # noqa: F811
     engine = CopyEngine(model, max_new_tokens=4, static_cache=False, compile_step=False)
     tensors = {t.data_ptr(): t.numel() * t.element_size() for t in [*engine.plain.parameters(), *engine.plain.buffers()]}
     for side, _ in engine.sides:  # the side buffers are not persistent, but allocated
-        for name, buf in side.named_buffers():
+        for buf in side.buffers():
             tensors[buf.data_ptr()] = buf.numel() * buf.element_size()
     assert copy_bytes(model, engine.dtype) == sum(tensors.values())
