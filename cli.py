@@ -386,6 +386,26 @@ def data_(
             typer.echo(f"{path}: {rows} rows" if rows is not None else f"{path}: exists, kept (--force writes it again)")
 
 
+@app.command("build")
+@friendly
+def build_(
+    model: str = typer.Option("tiny", help="a local model: tiny, testbed, ceiling, or NAME-bK (build seed K)"),
+    out: Optional[str] = typer.Option(None, help="folder to build into (default runs/build-MODEL)"),
+    threads: int = typer.Option(0, help="torch threads of the warm start (0 = every core)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Build a local model again from its recipe and say whether its files are the shipped bits (a build differs
+    from one CPU to another: the shipped models are why every machine loads the same ones)."""
+    from minipsn.local_models import rebuild
+
+    one_process("build")
+    r = rebuild(model, out or f"runs/build-{model}", threads)
+    verdict = ("nothing of this name ships: a new build" if r["same"] is None else
+               "the same bits as the shipped build" if r["same"] else
+               f"differs from the shipped build ({', '.join(r['differ'])}): this machine sums floats in another order")
+    typer.echo(f"built {model} into {r['folder']} in {r['seconds']:.0f} s: {verdict}")
+
+
 def main() -> None:
     """`python cli.py ...` and the `minipsn` console script (pyproject.toml) run this."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

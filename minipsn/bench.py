@@ -161,6 +161,26 @@ def eval_table(e: dict, label: str, table):
     return t
 
 
+def phase_table(entry: dict, label: str, table):
+    """Where a step's time goes, per phase, for each engine timed and for TRL's step on the same work."""
+    cols = ("sample", "rescore", "verify", "learn", "other")
+    t = table(f"where a step goes · {label} · seconds (share of the step)", "engine", "step", *cols, "start-up")
+    for name, e in entry["engines"].items():
+        if "step" in e:
+            x = e["step"]
+            t.add_row(name, f"{x['step_s']:.3f}", *(f"{x[c + '_s']:.3f} ({100 * x[c + '_s'] / x['step_s']:.0f} %)"
+                                                   for c in cols), f"{e['startup_s']:.1f}")
+    trl = entry["trl"]
+    if "sample_s" in trl:
+        t.add_row("TRL", f"{trl['step_s']:.3f}", f"{trl['sample_s']:.3f} ({100 * trl['sample_s'] / trl['step_s']:.0f} %)",
+                  "–", f"{trl['score_s']:.3f} (scoring + old log-probs)", f"{trl['learn_s']:.3f} "
+                  f"({100 * trl['learn_s'] / trl['step_s']:.0f} %)", "–", "–")
+    t.caption = ("sample: rollouts (noise in and out included); rescore: the clean and noisy teacher-forced passes at "
+                 "σ > 0; verify: answer checks; learn: log-probs, loss, backward, AdamW; other: advantages, σ "
+                 "controller, metrics; start-up: model load, LoRA and the engine's copy")
+    return t
+
+
 def tables(report: dict) -> list:
     """rich Tables: machine and settings; per model its rollouts and its steps; the verifier."""
     from rich.table import Table
@@ -192,7 +212,7 @@ def tables(report: dict) -> list:
                 st.add_row(name, f"{x['step_s']:.2f}", f"{x['sample_s']:.2f}", f"{x['learn_s']:.2f}",
                            f"{x['psn_pct']:.2f}", f"{x['sched_pct']:.3f}", f"{x['peak_gb']:.2f}",
                            f"{ratio:.2f}" if ratio else "–")
-        out += [ro, st]
+        out += [ro, st, phase_table(entry, label, table)]
         if "eval" in entry:
             out.append(eval_table(entry["eval"], label, table))
         trl = entry["trl"]

@@ -143,15 +143,17 @@ def bench_steps(trainer, steps: int, device: str) -> dict:
         sync(device)
         psn = trainer.engine.stats.get("noise_in_s", 0.0) + trainer.engine.stats.get("noise_out_s", 0.0)
         N = trainer.cfg.grpo.prompts_per_step * trainer.cfg.grpo.group_size
-        rows.append({"step_s": m["perf/step_s"], "sample_s": m["perf/sample_s"], "learn_s": m["perf/learn_s"],
-                     "psn_s": psn, "sched_s": sched[0], "peak_gb": peak_gb(device),
-                     "tokens": m["completion/len_mean"] * N})
+        rows.append({"step_s": m["perf/step_s"], "sample_s": m["perf/sample_s"], "rescore_s": m["perf/rescore_s"],
+                     "verify_s": m["perf/verify_s"], "learn_s": m["perf/learn_s"], "psn_s": psn, "sched_s": sched[0],
+                     "peak_gb": peak_gb(device), "tokens": m["completion/len_mean"] * N})
     timed = rows[1:]
     mean = {k: sum(r[k] for r in timed) / len(timed) for k in timed[0]}
     mean["peak_gb"] = max(r["peak_gb"] for r in timed)
     mean["psn_pct"] = 100 * mean["psn_s"] / mean["step_s"]
     mean["sched_pct"] = 100 * mean["sched_s"] / mean["step_s"]
     mean["step_s_min"] = min(r["step_s"] for r in timed)  # a shared CPU: the least disturbed step
+    # the rest of the step: scoring's advantages, the σ controller, the metrics and the status bookkeeping
+    mean["other_s"] = mean["step_s"] - sum(mean[k] for k in ("sample_s", "rescore_s", "verify_s", "learn_s"))
     mean["warmup_step_s"] = rows[0]["step_s"]
     mean["steps_timed"] = len(timed)
     return mean
@@ -163,10 +165,13 @@ def bench_engine(spec: Spec, engine: str, work: str, sigma: float, steps: int, r
 
     quantize = "none" if engine == "hf" else "nf4"
     T = spec.T if engine == "fast" or spec.device == "cpu" else min(spec.T, spec.T_unmerged)
+    t0 = time.perf_counter()
     trainer = Trainer(bench_config(spec, tempfile.mkdtemp(dir=work), engine, spec.T, sigma, quantize))
+    startup = time.perf_counter() - t0  # model load, LoRA, the engine's copy (imports were paid before)
     trainer.tok = NoEos(trainer.tok)
     peak_gb(spec.device, reset=True)
-    out = {"rollout": bench_rollouts(trainer, spec, T, reps, sigma), "torch_threads": torch.get_num_threads()}
+    out = {"rollout": bench_rollouts(trainer, spec, T, reps, sigma), "torch_threads": torch.get_num_threads(),
+           "startup_s": startup}
     out["rollout"]["peak_gb"] = peak_gb(spec.device)  # run.threads (the tiny preset: 1) is set by the Trainer
     if do_steps:
         out["step"] = bench_steps(trainer, steps, spec.device)

@@ -4,11 +4,14 @@ The same policy (NF4 base + peft LoRA, loaded by minipsn), P prompts × G genera
 token held off by `min_new_tokens = T`, β = 0, minipsn's learning rate, temperature and learner micro-batch
 (gradient accumulation makes up the P·G rows); transformers `generate` (no vLLM), no PSN, in-process. The reward is
 a constant 0: the score does not change the work, and the verifier is timed apart (bench_verify.py). Step time is
-the mean between `on_step_end` marks after one warm-up step; memory as in bench_engines.py. If TRL is missing or
-fails, the section says why instead of a number.
+the mean between `on_step_end` marks after one warm-up step, split into sampling (its `_generate`), scoring and old
+log-probs (the rest of `_prepare_inputs`) and learning (the rest of the step); memory as in bench_engines.py. The
+NF4 model dequantizes at every call, as a TRL user loads it. If TRL is missing or fails, the section says why
+instead of a number.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 
@@ -27,6 +30,8 @@ def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
     except ImportError as e:
         return {"skipped": f"TRL is not usable: {e}"}
     cfg = bench_config(spec, tempfile.mkdtemp(dir=work), "lean", spec.T, sigma)
+    # the NF4 model as a TRL user loads it: bitsandbytes dequantizing at every call (model.dequantize_once is minipsn's)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dequantize_once="off"))
     model, tok = load_policy(cfg)
     N, cuda = spec.P * spec.G, spec.device == "cuda"
     prompts = [format_prompt(tok, r["problem"], spec.template) for r in synthetic_split(cfg.data, "train", 0)]
@@ -42,8 +47,11 @@ def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
                           generation_kwargs={"min_new_tokens": spec.T}, shuffle_dataset=False, seed=0,
                           disable_tqdm=True, dataloader_num_workers=0)
 
+    running = {"generate": 0.0, "prepare": 0.0}  # this step's sampling, and sampling + scoring + old log-probs
+
     class Clock(TrainerCallback):
         marks: list[float] = []
+        phases: list[dict] = []  # per step: the running sums at its end
 
         def on_train_begin(self, *a, **k):
             Clock.marks = [time.perf_counter()]
@@ -51,13 +59,27 @@ def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
         def on_step_end(self, *a, **k):
             sync(spec.device)
             Clock.marks.append(time.perf_counter())
+            Clock.phases.append(dict(running))
+            running.update(generate=0.0, prepare=0.0)
 
     def zero_reward(completions, **kwargs):
         return [0.0] * len(completions)  # the score does not change the work; the verifier is timed apart
 
+    def clocked(fn, key):  # _prepare_inputs runs once per micro-batch, and samples on the first of the step
+        def run(*a, **k):
+            sync(spec.device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(spec.device)
+            running[key] += time.perf_counter() - t0
+            return out
+        return run
+
     try:
         trainer = trl.GRPOTrainer(model=model, reward_funcs=zero_reward, args=args, train_dataset=data,
                                   processing_class=tok, callbacks=[Clock()])
+        trainer._generate = clocked(trainer._generate, "generate")
+        trainer._prepare_inputs = clocked(trainer._prepare_inputs, "prepare")
         peak_gb(spec.device, reset=True)
         trainer.train()
     except (RuntimeError, ValueError, TypeError, AttributeError, ImportError, KeyError) as e:
@@ -69,7 +91,10 @@ def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
     if len(times) < 2:
         return {"skipped": f"TRL ran {len(times)} steps, need a warm-up and a timed one"}
     timed = times[1:]
-    return {"trl": trl.__version__, "step_s": sum(timed) / len(timed), "warmup_step_s": times[0],
+    phases = Clock.phases[1:]  # after the warm-up step
+    gen, prep = (sum(p[key] for p in phases) / len(phases) for key in ("generate", "prepare"))
+    split = {"sample_s": gen, "score_s": prep - gen, "learn_s": sum(timed) / len(timed) - prep}
+    return {"trl": trl.__version__, "step_s": sum(timed) / len(timed), **split, "warmup_step_s": times[0],
             "steps_timed": len(timed), "peak_gb": peak_gb(spec.device), "micro_batch_rows": mb,
             "generation": "transformers generate (use_vllm=False), NF4 base + peft LoRA, no PSN",
             "loss": args.loss_type}

@@ -195,18 +195,38 @@ def _summary(numbers: list[dict]) -> dict:
             "seeds": len(numbers)}
 
 
-def markdown(summary: dict[str, dict], n: int) -> str:
-    """The pass@k table (mean ± std over seeds), then one per kind of question when the task has kinds."""
+def markdown(summary: dict[str, dict]) -> str:
+    """The pass@k table (mean ± std over seeds), then one per kind of question when the task has kinds; each with
+    the k columns of its Δ table (TABLE_KS up to its n, and n)."""
     kinds = next(iter(summary.values())).get("kinds", {})
-    parts = [_table(summary, n)]
+    parts = [_table(summary)]
     for kind in kinds:
         parts.append(f"**{kind}** (the held-out problems of this kind)\n\n" + _table({m: s["kinds"][kind] for m, s in
-                                                                                   summary.items()}, n))
+                                                                                   summary.items()}))
     return "\n".join(parts)
 
 
-def _table(summary: dict[str, dict], n: int) -> str:
+def header(model: str, methods: list[str], seeds: int, cfg: Config, base_report: dict) -> str:
+    """compare.md's opening lines: what was compared, on what, and what the numbers are."""
+    problems = {b: r["problems"] for b, r in base_report["benchmarks"].items()}
+    kinds = cfg.eval.kind_n()
+    n = f"n = {cfg.eval.n}" + (f" ({', '.join(f'{k}: {v}' for k, v in kinds.items())}; other kinds {cfg.eval.n})" if kinds else "")
+    return (f"# compare: {', '.join(methods)} on {model}\n\n"
+            f"{seeds} seed{'s' if seeds > 1 else ''} per method (seed s of every method shares its data order, init and "
+            f"generators), {cfg.run.steps} training steps each; evaluated on "
+            f"{', '.join(f'{b} ({p} problems)' for b, p in problems.items())}, {n} samples per problem at T = "
+            f"{cfg.eval.temperature:g}. pass@k is the unbiased estimator, mean ± std over seeds (population std); Δ is a "
+            "method's pass@k minus the reference's with a 95 % interval paired on seeds and problems (stats.py).\n\n")
+
+
+def table_ks(n: int) -> list[int]:
+    """The k columns of every compare table: TABLE_KS up to n, and n itself."""
     ks = [k for k in TABLE_KS if k <= n]
+    return ks if n in ks else [*ks, n]
+
+
+def _table(summary: dict[str, dict]) -> str:
+    ks = table_ks(min(max(s["pass@k"]) for s in summary.values()))
     head = "| method | seeds | " + " | ".join(f"pass@{k}" for k in ks) + " | mean acc | maj acc |"
     lines = [head, "|" + "---|" * (len(ks) + 4)]
     for method, s in summary.items():
@@ -259,21 +279,75 @@ def plot_bands(summary: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def _jobs(jobs: list[tuple], workers: int) -> list[dict]:
-    """Run `(function, *args)` jobs, in order, or in `workers` processes of one torch thread each."""
-    if workers <= 1:
-        return [fn(*args) for fn, *args in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
-        return [f.result() for f in [pool.submit(fn, *args) for fn, *args in jobs]]
-
-
 def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def _train_job(model: str, method: str, seed: int, sets: dict, run_dir: Path) -> None:
+    """A worker's training of one (method, seed), resumed from its checkpoint when it has one."""
+    from minipsn.train import train
+
+    _, trained, resume = _job_state(run_dir)
+    if not trained:
+        print(f"── {run_dir.name}: training {method}, seed {seed}")
+        train(job_config(model, method, seed, sets, run_dir), resume=resume)
+
+
+def _eval_share(model: str, method: str | None, seed: int, sets: dict, folder: Path, benchmarks: list[str],
+                share: tuple[int, int]) -> None:
+    """A worker's evaluation of one share of a job's problems (method None: the base model)."""
+    from minipsn.evaluate import evaluate, share_folder
+
+    cfg = base_config(model, sets) if method is None else job_config(model, method, seed, sets, folder)
+    adapter = None if method is None else str(folder / "adapter")
+    evaluate(cfg, benchmarks, share_folder(folder / "eval" if method else folder, share), adapter, share)
+
+
+def _in_workers(model: str, grid: list[tuple[str, int]], sets: dict, out: Path, benchmarks: list[str],
+                workers: int) -> list[dict]:
+    """The base evaluation and every (method, seed) on `workers` processes of one torch thread each: trainings
+    first, then each evaluation in `workers` shares of its problems, joined when its shares are done, so no
+    worker idles while another finishes a long job. Returns the reports, base first, in the grid's order."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from minipsn.evaluate import merge_shares
+
+    jobs = [(None, 0, out / "base" / "eval")] + [(m, s, out / f"{m}-s{s}") for m, s in grid]
+    report = lambda j: (j[2] if j[0] is None else j[2] / "eval") / "eval.json"  # noqa: E731
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+    running: dict = {}
+    left = {j: workers for j in jobs}
+
+    def evaluate_in_shares(job):
+        for i in range(workers):
+            running[pool.submit(_eval_share, model, job[0], job[1], sets, job[2], benchmarks, (i, workers))] = ("eval", job)
+
+    try:
+        for job in jobs:
+            if report(job).is_file():
+                print(f"{job[2].name if job[0] else 'base'}: done, reusing {report(job)}")
+            elif job[0] is None or _job_state(job[2])[1]:
+                evaluate_in_shares(job)
+            else:
+                running[pool.submit(_train_job, model, job[0], job[1], sets, job[2])] = ("train", job)
+        while running:
+            for future in wait(running, return_when=FIRST_COMPLETED)[0]:
+                kind, job = running.pop(future)
+                future.result()  # a worker's error ends the grid here, with its message
+                if kind == "train":
+                    evaluate_in_shares(job)
+                    continue
+                left[job] -= 1
+                if left[job] == 0:
+                    cfg = base_config(model, sets) if job[0] is None else job_config(model, job[0], job[1], sets, job[2])
+                    merge_shares(cfg, benchmarks, report(job).parent, None if job[0] is None else str(job[2] / "adapter"),
+                                 workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [json.loads(report(j).read_text()) for j in jobs]
 
 
 def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: dict | None = None,
@@ -282,8 +356,9 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
     """Train and evaluate every (method, seed); write compare.json, compare.md, compare.png and
     compare_diff.png in `out`. `ref` (a method of the grid, or base) is what the paired differences are
     taken against; `per_method` {method: overrides} applies after the grid's `sets` (a σ per noise space, a
-    temperature). `workers` > 1 runs that many (method, seed) jobs at once, one process and torch thread each
-    (on a CPU with that many cores, about `workers` times faster for small models). Under torchrun each job
+    temperature). `workers` > 1 runs that many processes of one torch thread each: trainings, then each
+    evaluation split in `workers` shares (on a CPU with that many cores, about `workers` times faster for small
+    models, and no worker idles at the end). Under torchrun each job
     runs on all the ranks in turn (`workers` must be 1); rank 0 writes the files. A stored result made
     with other settings is an error, or with `recompute` is redone (`check_reuse`); `other_code` reuses results of
     other code, and compare.json and compare.md say which code made each."""
@@ -324,8 +399,11 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
 
         resolve_name(model)  # a locally built model is built once, here, not by every worker at once
     grid = [(m, s) for m in methods for s in range(seeds)]
-    results = _jobs([(evaluate_base, model, sets, out / "base" / "eval", list(benchmarks))]
-                    + [(run_one, model, m, s, sets, out / f"{m}-s{s}", list(benchmarks)) for m, s in grid], workers)
+    if workers > 1:
+        results = _in_workers(model, grid, sets, out, list(benchmarks), workers)
+    else:
+        results = [evaluate_base(model, sets, out / "base" / "eval", list(benchmarks))] + [
+            run_one(model, m, s, sets, out / f"{m}-s{s}", list(benchmarks)) for m, s in grid]
     reports = {"base": [results[0]]}
     for (m, _), report in zip(grid, results[1:]):
         reports.setdefault(m, []).append(report)
@@ -345,7 +423,7 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
         payload["paired"] = {"ref": ref, "benchmarks": paired.paired(folders, ref, list(benchmarks), TABLE_KS)}
         mixed = ("" if len(made_by) == 1 else f"**Made by {len(made_by)} code versions** (provenance source digest: jobs): "
                  + "; ".join(f"{k}: {', '.join(v)}" for k, v in made_by.items()) + "\n\n")
-        (out / "compare.md").write_text(mixed + markdown(summary, n) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
+        (out / "compare.md").write_text(header(model, methods, seeds, base_config(model, sets), results[0]) + mixed + markdown(summary) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
                                                                                                   ref, seeds))
         (out / "compare.json").write_text(json.dumps(payload, indent=2))
         plot_bands(summary, out / "compare.png")

@@ -44,9 +44,13 @@ class ModelConfig:
     gradient_checkpointing: bool = True
     # prompts longer than this many tokens are an error, not silently cut
     max_prompt_tokens: int = 512
+    # nf4: dequantize each 4-bit weight once and keep it for the learner (the same values, bit for bit, as
+    # dequantizing at every forward and backward; memory of a full-precision base): auto = on the CPU only, on, off
+    dequantize_once: str = "auto"
 
     def __post_init__(self):
         _one_of("model.quantize", self.quantize, ("nf4", "none"))
+        _one_of("model.dequantize_once", self.dequantize_once, ("auto", "on", "off"))
         _one_of("model.device", self.device, ("auto", "cpu", "cuda"))
         _one_of("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _check(self.max_prompt_tokens > 0, "model.max_prompt_tokens must be > 0")
@@ -352,6 +356,9 @@ class RewardConfig:
 class EvalConfig:
     # completions per problem (pass@k for k = 1, 2, 4, ... <= n)
     n: int = 16
+    # another n for a kind of question, "kind=n,…" (the ceiling's "final=32": its guessable final questions need
+    # no large-k numbers, its steps questions keep eval.n); a kind not named takes eval.n
+    n_by_kind: str = ""
     # sampling temperature of the evaluated (clean) policy
     temperature: float = 1.0
     # completion length cap in evaluation; a truncated completion counts as wrong
@@ -366,6 +373,21 @@ class EvalConfig:
 
     def __post_init__(self):
         _check(1 <= self.n <= 4096, "eval.n must be in [1, 4096]")
+        _check(all(1 <= n <= 4096 for n in self.kind_n().values()), "eval.n_by_kind's n must be in [1, 4096]")
+
+    def kind_n(self) -> dict[str, int]:
+        """eval.n_by_kind as {kind: n}; a malformed one is an error naming the form."""
+        out = {}
+        for item in filter(None, (x.strip() for x in self.n_by_kind.split(","))):
+            kind, sep, n = item.partition("=")
+            _check(bool(sep) and kind.strip() != "" and n.strip().isdigit(),
+                   f"eval.n_by_kind expects kind=n,… (e.g. final=32), got {self.n_by_kind!r}")
+            out[kind.strip()] = int(n)
+        return out
+
+    def n_for(self, record: dict) -> int:
+        """Samples for this problem: its kind's n, else eval.n."""
+        return self.kind_n().get(record.get("kind"), self.n)
         _check(self.temperature > 0 and self.max_new_tokens >= 1, "eval.temperature > 0, eval.max_new_tokens >= 1")
         _check(self.problems >= 0 and self.every >= 0 and self.batch_size >= 0,
                "eval.problems, eval.every and eval.batch_size must be >= 0")

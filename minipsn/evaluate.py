@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -52,14 +53,16 @@ def eval_rollout_config(rollout: RolloutConfig, ev: EvalConfig) -> RolloutConfig
                                batch_size=ev.batch_size or rollout.batch_size)
 
 
-def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config, rcfg: RolloutConfig) -> list[dict]:
-    """n completions of each problem, scored; problems share sampling calls, but each draws from its own
-    generator seeded by (seed, benchmark, id), so its samples do not depend on its neighbours."""
+def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config, rcfg: RolloutConfig,
+                    n: int | None = None) -> list[dict]:
+    """n completions of each problem (default eval.n), scored; problems share sampling calls, but each draws from
+    its own generator seeded by (seed, benchmark, id), so its samples do not depend on its neighbours."""
     device = next(model.parameters()).device
+    n = n or cfg.eval.n
     prompts = [format_prompt(tok, r["problem"], cfg.data.template) for r in records]
     gens = [torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "eval", benchmark, r["id"])) for r in records]
-    ro = sample(model, tok, prompts, cfg.eval.n, rcfg, gens, cfg.model.max_prompt_tokens, **FAST_SAMPLING)
-    n, lengths, cut = cfg.eval.n, ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
+    ro = sample(model, tok, prompts, n, rcfg, gens, cfg.model.max_prompt_tokens, **FAST_SAMPLING)
+    lengths, cut = ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
     return [{"id": r["id"], "hash": row_digest(r), **({"kind": r["kind"]} if "kind" in r else {}),
              **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
                           r["answer"], cfg.reward.timeout, cfg.reward.last_number, cfg.reward.unboxed_answer,
@@ -113,7 +116,8 @@ def sampling_meta(cfg: Config, benchmark: str, adapter: str | None, engine: str 
     row (`hash`), so other data.* settings never reuse a row by its id."""
     rcfg = eval_rollout_config(cfg.rollout, cfg.eval)
     return {"benchmark": benchmark, "model": cfg.model.name, "quantize": cfg.model.quantize,
-            "adapter": adapter_fingerprint(adapter), "engine": engine, "n": cfg.eval.n, "seed": cfg.run.seed,
+            "adapter": adapter_fingerprint(adapter), "engine": engine, "n": cfg.eval.n,
+            **({"n_by_kind": cfg.eval.kind_n()} if cfg.eval.n_by_kind else {}), "seed": cfg.run.seed,
             "temperature": rcfg.temperature, "top_p": rcfg.top_p, "max_new_tokens": rcfg.max_new_tokens,
             "batch_size": rcfg.batch_size, "template": cfg.data.template, "last_number": cfg.reward.last_number,
             **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False}), "verifier": cfg.reward.verifier,
@@ -175,18 +179,20 @@ def evaluate_benchmark(model, tok, name: str, records: list[dict], cfg: Config, 
     todo = [r for r in records if r["id"] not in done]
     rcfg = eval_rollout_config(cfg.rollout, cfg.eval)
     task = progress.add_task(name, total=len(records), completed=len(records) - len(todo)) if progress else None
-    per_call = max(1, rcfg.batch_size // cfg.eval.n)  # problems per sampling call (eval.batch_size rows)
-    if dist.active():
-        _sample_split(model, tok, name, todo, cfg, rcfg, per_call, samples, done, progress, task)
-        return summarize([done[i] for i in ids])
-    with open(samples, "a") as f:
-        for s in range(0, len(todo), per_call):
-            for row in sample_problems(model, tok, todo[s : s + per_call], name, cfg, rcfg):
-                f.write(json.dumps(row) + "\n")
-                f.flush()  # a kill loses at most the problems being sampled
-                done[row["id"]] = row
-                if progress is not None:
-                    progress.advance(task)
+    for n in sorted({cfg.eval.n_for(r) for r in todo}, reverse=True):  # a kind with its own n is sampled apart
+        part = [r for r in todo if cfg.eval.n_for(r) == n]
+        per_call = max(1, rcfg.batch_size // n)  # problems per sampling call (eval.batch_size rows)
+        if dist.active():
+            _sample_split(model, tok, name, part, cfg, rcfg, per_call, samples, done, progress, task, n)
+            continue
+        with open(samples, "a") as f:
+            for s in range(0, len(part), per_call):
+                for row in sample_problems(model, tok, part[s : s + per_call], name, cfg, rcfg, n):
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()  # a kill loses at most the problems being sampled
+                    done[row["id"]] = row
+                    if progress is not None:
+                        progress.advance(task)
     return summarize([done[i] for i in ids])
 
 
@@ -206,7 +212,7 @@ def _read_samples_on_rank0(path: Path, meta: dict) -> dict[str, dict]:
 
 
 def _sample_split(model, tok, name: str, todo: list[dict], cfg: Config, rcfg: RolloutConfig, per_call: int,
-                  samples: Path, done: dict, progress, task) -> None:
+                  samples: Path, done: dict, progress, task, n: int) -> None:
     """torchrun: `todo` in rounds of K·per_call problems, rank r sampling the round's r-th contiguous
     share of per_call. These are the sampling calls one process makes (the same problems batched, so
     the same padding and the same samples bit for bit, whatever K); after each round rank 0 appends
@@ -216,7 +222,7 @@ def _sample_split(model, tok, name: str, todo: list[dict], cfg: Config, rcfg: Ro
     with open(samples, "a") if dist.is_main() else contextlib.nullcontext() as f:
         for s in range(0, len(todo), K * per_call):
             mine = todo[s + r * per_call : s + (r + 1) * per_call]
-            rows = sample_problems(model, tok, mine, name, cfg, rcfg) if mine else []
+            rows = sample_problems(model, tok, mine, name, cfg, rcfg, n) if mine else []
             for row in (row for part in dist.gather(rows) for row in part):
                 if f is not None:
                     f.write(json.dumps(row) + "\n")
@@ -281,16 +287,21 @@ def default_out(model: str, adapter: str | None, run_dir: Path | None) -> Path:
     return Path("runs") / name
 
 
-def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str | None = None) -> dict:
+def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str | None = None,
+             share: tuple[int, int] | None = None) -> dict:
     """Evaluate the clean policy (base + `adapter`) on `benchmarks`; write OUT/eval.json and
     OUT/samples/<benchmark>.jsonl; return the report. Under torchrun every rank runs this, samples its
-    share of the problems and returns the report; rank 0 writes the files (and holds OUT meanwhile)."""
+    share of the problems and returns the report; rank 0 writes the files (and holds OUT meanwhile).
+    `share` (i, K): only the i-th of K contiguous shares of each benchmark's problems (`merge_shares` joins them)."""
     if not benchmarks:
         raise ValueError("no benchmarks given")
     from minipsn.models import check_available
 
     out = folders.check_writable(out)
     records = {name: benchmark_records(name, cfg) for name in benchmarks}  # fail on data before loading a model
+    if share is not None:
+        i, K = share
+        records = {name: recs[len(recs) * i // K : len(recs) * (i + 1) // K] for name, recs in records.items()}
     check_available(cfg.model.name)  # and on a hub model that cannot load, before OUT is made
     joined = not dist.active() and dist.init()  # torchrun: the problems are split over the ranks (_sample_split)
     if dist.is_main():
@@ -324,11 +335,50 @@ def _evaluate(cfg: Config, benchmarks: list[str], records: dict[str, list[dict]]
         for name, recs in records.items():
             results[name] = evaluate_benchmark(sampler, tok, name, recs, cfg, out / "samples" / f"{name}.jsonl",
                                                adapter, bar, engine.name)
-    report = {"model": cfg.model.name, "adapter": None if adapter is None else str(Path(adapter).resolve()),
-              "n": cfg.eval.n, "seed": cfg.run.seed, "benchmarks": results, "average": average(results),
-              "config": cfg.to_dict(), "provenance": provenance(cfg, records)}
+    report = _report(cfg, adapter, results, records)
     if dist.is_main():  # every rank holds the report; rank 0 writes it
-        tmp = out / f".eval.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, out / "eval.json")
+        _write_report(out, report)
+    return report
+
+
+def _report(cfg: Config, adapter: str | None, results: dict, records: dict[str, list[dict]]) -> dict:
+    return {"model": cfg.model.name, "adapter": None if adapter is None else str(Path(adapter).resolve()),
+            "n": cfg.eval.n, "seed": cfg.run.seed, "benchmarks": results, "average": average(results),
+            "config": cfg.to_dict(), "provenance": provenance(cfg, records)}
+
+
+def _write_report(out: Path, report: dict) -> None:
+    tmp = out / f".eval.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out / "eval.json")
+
+
+def share_folder(out: str | Path, share: tuple[int, int]) -> Path:
+    """Where `evaluate(..., share=share)` for OUT writes: OUT/shares/<i>-of-<K>."""
+    return Path(out) / "shares" / f"{share[0]}-of-{share[1]}"
+
+
+def merge_shares(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str | None, K: int) -> dict:
+    """Join the K shares evaluated into OUT/shares/ (see `evaluate`) into OUT/samples/<benchmark>.jsonl (the meta
+    line, then every problem's row in the benchmark's order: the file one evaluation would write) and OUT/eval.json;
+    returns the report. The shares are removed once joined."""
+    out = Path(out)
+    records = {name: benchmark_records(name, cfg) for name in benchmarks}
+    results = {}
+    for name, recs in records.items():
+        lines = [(share_folder(out, (i, K)) / "samples" / f"{name}.jsonl").read_text().splitlines() for i in range(K)]
+        metas = {line[0] for line in lines}
+        if len(metas) != 1:
+            raise ValueError(f"the shares of {out} were sampled with other settings; delete {out / 'shares'}")
+        rows = {r["id"]: r for part in lines for r in map(json.loads, part[1:])}
+        missing = [r["id"] for r in recs if r["id"] not in rows]
+        if missing:
+            raise ValueError(f"the shares of {out} lack problem {missing[0]} of {name}; evaluate them again")
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        ordered = [rows[r["id"]] for r in recs]
+        (out / "samples" / f"{name}.jsonl").write_text("".join(x + "\n" for x in [metas.pop(), *map(json.dumps, ordered)]))
+        results[name] = summarize(ordered)
+    report = _report(cfg, adapter, results, records)
+    _write_report(out, report)
+    shutil.rmtree(out / "shares")
     return report

@@ -1,28 +1,22 @@
-"""Models: resolve a name, load the base (NF4 4-bit or full precision), attach LoRA, build `tiny`.
+"""Models: resolve a name, load the base (NF4 4-bit or full precision), attach LoRA.
 
 The base is loaded in 4-bit NF4 with bitsandbytes (double quantization, bf16 compute on CUDA,
 fp32 on CPU) and prepared for k-bit training; peft adds LoRA adapters (rank R, scale α/R) to
 the attention and/or MLP projections. Only the adapters train, and only they get PSN noise.
 
-`tiny` is a small Qwen2-architecture model built from a config with a tokenizer trained in
-seconds by the `tokenizers` library, warm-started by a short supervised pass on the synthetic
-task (sft.py: worked solutions mixed with answers given after the first step, so RL starts with
-pass@1 between 0 and 1 and a habit to unlearn) and cached on disk. It takes the exact same
-loading path as a hub model afterwards.
+The local models (`tiny`, `testbed`, `ceiling`: local_models.py, shipped in the repository's models/) take the
+exact same loading path as a hub model.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import difflib
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-from minipsn.config import Config, DataConfig, LoraConfig, ModelConfig
+from minipsn.config import Config, LoraConfig, ModelConfig
+from minipsn.local_models import LOCAL_MODELS, local_model_dir, local_spec
 
 ALIASES = {
     "qwen-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -36,19 +30,9 @@ ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 TARGETS = {"attn": ATTN, "mlp": MLP, "all": ATTN + MLP}
 
-# Bump when the tiny model's recipe changes, so stale caches are rebuilt.
-TINY_VERSION = "v4"
-TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def resolve_name(name: str) -> str:
     """An alias, a local folder or a hub id (`org/name`) → what `from_pretrained` takes."""
-    if name in LOCAL_MODELS:
+    if local_spec(name) is not None:
         return str(local_model_dir(name))
     if name in ALIASES:
         return ALIASES[name]
@@ -65,7 +49,7 @@ def check_available(name: str) -> None:
     not in the local cache while offline (HF_HUB_OFFLINE), the hub unreachable, or no such model.
     One request at most (the hub's downloads retry a dead network for close to a minute per file);
     a cached or local model is not checked."""
-    if name in LOCAL_MODELS or (Path(name).is_dir() and name not in ALIASES):
+    if local_spec(name) is not None or (Path(name).is_dir() and name not in ALIASES):
         return
     repo = resolve_name(name)
     if name not in ALIASES and (repo.startswith((".", "/", "~")) or repo.count("/") != 1):
@@ -167,7 +151,47 @@ def load_base(cfg: ModelConfig):
         kwargs.pop("quantization_config")
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.config.use_cache = False  # the learner never needs a KV cache; rollout passes its own
+    if quant is not None and (cfg.dequantize_once == "on" or cfg.dequantize_once == "auto" and device.type == "cpu"):
+        dequantize_once(model)
     return model, load_tokenizer(path)
+
+
+def _dequantized(weight, state, dtype: torch.dtype) -> torch.Tensor:
+    """A 4-bit weight's values in `dtype`, by the very ops bitsandbytes' 4-bit matmul runs at each call (its nested
+    absmax first), so the cached weight is bit for bit the one each call would make."""
+    absmax = state.absmax
+    if state.nested:
+        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(state.absmax, state.state2.absmax, state.state2.code,
+                                                                     256, torch.float32) + state.offset
+    return torch.ops.bitsandbytes.dequantize_4bit.default(weight.view(-1, 1), absmax, state.blocksize, state.quant_type,
+                                                         state.shape, dtype)
+
+
+def _forward_dequantized(module, x: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' Linear4bit.forward with the weight dequantized once: x in the compute dtype, the bias cast to
+    it, F.linear, back to x's dtype (what its matmul does after dequantizing)."""
+    dtype = module.compute_dtype or x.dtype
+    cache = module.__dict__.setdefault("_minipsn_dense", {})
+    if dtype not in cache:
+        cache[dtype] = _dequantized(module.weight.data, module.weight.quant_state, dtype)
+    bias = None if module.bias is None else module.bias.to(dtype)
+    return torch.nn.functional.linear(x.to(dtype), cache[dtype], bias).to(x.dtype)
+
+
+def dequantize_once(model) -> int:
+    """Every bitsandbytes 4-bit linear layer of `model` computes with its weight dequantized once (the first call)
+    instead of at every forward and backward; returns how many. The 4-bit weights stay (the sampler's copy and a
+    saved adapter read them); the learner gets a full-precision base's speed and memory."""
+    import types
+
+    from bitsandbytes.nn import Linear4bit
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.forward = types.MethodType(_forward_dequantized, module)
+            count += 1
+    return count
 
 
 def attach_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = True):
@@ -226,130 +250,3 @@ def dense_weight(p: torch.Tensor) -> torch.Tensor:
     if not p.is_floating_point():
         raise ValueError(f"cannot fold into a {p.dtype} base weight (8-bit?); use rollout.engine=lean")
     return p.data
-
-
-# ---------------------------------------------------------------- the tiny model
-
-
-# The models built locally: name → what `build_tiny` takes, and the cache folder's version. `testbed` is the
-# exploration testbed: each answer is the tuple of three values (a guess is rarely right), and its warm
-# start boxes that tuple for 40 % of the problems that open with an addition and never for those that
-# open with a subtraction (sft.py; docs/RESULTS.md, "The exploration testbed"). `ceiling` is the ceiling testbed:
-# the same chains asked for the last value (final) or every value (steps), each kind's habit the other's
-# answer (30 % of final demonstrations box the tuple, 97 % of steps ones the last value), warm-started on
-# half of each kind; RL trains on its own mix (presets.py), where GRPO narrows the steps kind's pass@256
-# (docs/RESULTS.md, "The ceiling testbed").
-LOCAL_MODELS: dict[str, dict] = {
-    "tiny": {"version": TINY_VERSION, "data": DataConfig()},
-    "testbed": {"version": "v3", "data": DataConfig(n_ops=3, answer="steps", n_train=4000), "steps": 800,
-                "habit": {"add": 0.6, "subtract": 1.0}},
-    "ceiling": {"version": "v2", "data": DataConfig(n_ops=3, answer="mixed", steps_share=0.5, n_train=4000),
-                "steps": 800, "habit": {"final": 0.3, "steps": 0.97}},
-}
-
-
-def local_model_dir(name: str) -> Path:
-    """Folder of a locally built model (`tiny`, `testbed`, `ceiling`); built when missing (tiny: about 4
-    minutes on 2 cores, testbed: about 5, ceiling: about 8 on one core) and cached in $MINIPSN_CACHE or
-    ~/.cache/minipsn."""
-    spec = dict(LOCAL_MODELS[name])
-    root = Path(os.environ.get("MINIPSN_CACHE", Path.home() / ".cache" / "minipsn"))
-    folder = root / f"{name}-{spec.pop('version')}"
-    if not (folder / "done").exists():
-        build_tiny(folder, **spec, name=name)
-    return folder
-
-
-def tiny_model_dir() -> Path:
-    """Folder of the warm-started tiny model; built (about 4 minutes on 2 cores) when missing."""
-    return local_model_dir("tiny")
-
-
-def _train_tokenizer(texts: list[str]):
-    """A byte-level BPE with Qwen2's normaliser and pre-tokenizer, so `AutoTokenizer` reloads it
-    as `Qwen2Tokenizer` with the same ids."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    tk = Tokenizer(models.BPE())
-    tk.normalizer = normalizers.NFC()
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tk.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", chat_template=TINY_CHAT_TEMPLATE)
-
-
-@contextlib.contextmanager
-def _warm_start_progress(model, name: str, steps: int):
-    """A progress bar over the warm start's steps. Each step is one forward pass of the model, so a
-    forward hook counts them (sft.warm_start stays a plain loop without a callback)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn(f"[bold]building {name}: warm start"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("warm start", total=steps)
-        hook = model.register_forward_hook(lambda *_: bar.advance(task))
-        try:
-            yield
-        finally:
-            hook.remove()
-
-
-def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | None = None, seed: int = 0,
-               habit: float | dict | None = None, name: str = "tiny", threads: int = 0) -> Path:
-    """Build and warm-start a tiny model into `folder`: by default the `tiny` preset's model; other
-    synthetic-task settings (`data`), warm-start lengths (`steps`), seeds (of the init and the warm-start
-    order) and habit shares (`habit`, sft.py) give variants to train
-    with `--model FOLDER` (the tiny preset's settings then come from `--set`). `name` is what the
-    progress line calls it (tiny, testbed, ceiling). `threads`: torch threads of the warm start (0 = every
-    core; $MINIPSN_BUILD_THREADS sets it for a cached model's build)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from minipsn.data import format_prompt
-    from minipsn.sft import HABIT, WARM_STEPS, warm_start
-    from minipsn.synthetic import synthetic_split
-
-    folder, data = Path(folder), data or DataConfig()
-    records = synthetic_split(data, "train", seed=0)
-    tok = _train_tokenizer([r["problem"] + "\n" + r["solution"] for r in records[:5000]]
-                           + [format_prompt(None, "x", "plain"), "user\nassistant\n"] * 50)
-    tok.chat_template = TINY_CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **TINY_SHAPE)
-    model = Qwen2ForCausalLM(config)
-    print(f"building the {name} model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params): "
-          f"warm start on the synthetic task, once (minutes); cached in {folder}", flush=True)
-    env = os.environ.get("MINIPSN_BUILD_THREADS", "0")
-    if not env.isdigit():
-        raise ValueError(f"MINIPSN_BUILD_THREADS must be a number of threads (0 = every core), got {env!r}")
-    before = torch.get_num_threads()
-    # the one sizeable CPU job here: every core, unless told otherwise (a machine shared with other jobs)
-    torch.set_num_threads(threads or int(env) or os.cpu_count() or 1)
-    try:
-        habit = HABIT if habit is None else habit
-        with _warm_start_progress(model, name, steps or WARM_STEPS):
-            warm_start(model, tok, records, steps=steps or WARM_STEPS, seed=seed, habit=habit)
-    finally:
-        torch.set_num_threads(before)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "done").write_text(json.dumps({"version": TINY_VERSION, "data": dataclasses.asdict(data),
-                                          "warm_steps": steps or WARM_STEPS, "seed": seed,
-                                          "habit": habit}))
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(folder)  # atomic: a concurrent builder that lost the race keeps its own copy out
-    except OSError:
-        if not (folder / "done").exists():
-            raise
-    return folder

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 
 from minipsn.config import Config
+from minipsn.local_models import local_spec
 from minipsn.presets import METHODS, PRESETS, RENAMED, TUNABLE
 
 
@@ -137,7 +138,8 @@ def build_config(model: str | None = None, method: str | None = None, file: str 
         overrides.update(load_file(file))
     overrides.update(sets or {})
     model = model or str(overrides.get("model.name", cfg.model.name))
-    cfg = apply_overrides(cfg, {"model.name": model, **PRESETS.get(model, {})})
+    spec = local_spec(model)  # a local model's build seed (ceiling-b2) takes its design's preset
+    cfg = apply_overrides(cfg, {"model.name": model, **PRESETS.get(spec[0] if spec else model, {})})
     if method is not None:
         if method not in METHODS:
             close = difflib.get_close_matches(method, METHODS, n=3)

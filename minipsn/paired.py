@@ -33,6 +33,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _ks(n: int, table_ks: tuple[int, ...]) -> list[int]:
+    """table_ks up to n, and n itself: the k columns of compare's tables."""
     ks = [k for k in table_ks if k <= n]
     return ks if n in ks else [*ks, n]
 
@@ -54,19 +55,22 @@ def paired(folders: dict[str, dict[int | None, Path]], ref: str, benchmarks: lis
     out = {}
     for bench in benchmarks:
         runs = {m: [read_rows(f / "samples" / f"{bench}.jsonl") for f in fs.values()] for m, fs in folders.items()}
-        ref_ids = _side(ref, runs[ref], None)[2]
+        ref_ids = sorted(r["id"] for r in runs[ref][0])
+        kinds = sorted({r["kind"] for r in runs[ref][0] if "kind" in r})
+        one_n = len({len(r["correct"]) for r in runs[ref][0]}) == 1  # else each kind has its own (eval.n_by_kind)
         counts = {}
         for m in runs:
-            c, n, ids = _side(m, runs[m], None)
+            ids = sorted(r["id"] for r in runs[m][0])
             if ids != ref_ids:
                 only = lambda a, b: next(iter(sorted(set(a) - set(b))), "none")  # noqa: E731
                 raise ValueError(f"{m} was evaluated on other problems than {ref} on {bench} (first id only in {m}: "
                                  f"{only(ids, ref_ids)}; only in {ref}: {only(ref_ids, ids)}); pair them on the same "
                                  "problems (same eval.problems and data.*)")
-            counts[m] = {"seeds": list(folders[m]), "n": n, "counts": c.tolist()}
-        kinds = sorted({r["kind"] for r in runs[ref][0] if "kind" in r})
-        by_kind = {}
-        for kind in [None, *kinds]:
+            by_id = [{r["id"]: r["correct"] for r in rows} for rows in runs[m]]  # one per seed
+            counts[m] = {"seeds": list(folders[m]), "n": [len(by_id[0][i]) for i in ids],  # (P,), ids in "ids"
+                         "correct": [[sum(seed[i]) for i in ids] for seed in by_id]}  # (S, P)
+        by_kind, n_ref = {}, None
+        for kind in ([None] if one_n else []) + kinds:
             ref_counts, n_ref, _ = _side(ref, runs[ref], kind)
             by_kind[kind or "all"] = {}
             for m, rows in runs.items():

@@ -70,18 +70,19 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def _numbers(rows: list[dict]) -> dict:
+    """A set of problems' numbers; problems may hold different n (eval.n_by_kind): pass@k is then reported up to
+    the smallest n (each problem's estimate from its own n), and the means are over problems (each problem's own
+    mean first), so a kind sampled more often does not weigh more."""
     if not rows:
         raise ValueError("no problems to summarize")
-    n = len(rows[0]["correct"])
-    if any(len(r["correct"]) != n for r in rows):
-        raise ValueError("rows hold different numbers of samples; evaluate every problem with the same n")
-    flat = lambda key: [x for r in rows for x in r[key]]
+    n = min(len(r["correct"]) for r in rows)
+    mean = lambda key: sum(sum(r[key]) / len(r[key]) for r in rows) / len(rows)  # noqa: E731
     return {"n": n, "problems": len(rows),
-            "pass@k": {str(k): sum(pass_at_k(n, sum(r["correct"]), k) for r in rows) / len(rows) for k in ks_for(n)},
-            "mean_acc": sum(flat("correct")) / (n * len(rows)),
+            "pass@k": {str(k): sum(pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in rows) / len(rows)
+                       for k in ks_for(n)},
+            "mean_acc": mean("correct"),
             "maj_acc": sum(majority_correct(r["answers"], r["correct"], r["truncated"]) for r in rows) / len(rows),
-            "mean_len": sum(flat("lengths")) / (n * len(rows)),
-            "trunc_rate": sum(flat("truncated")) / (n * len(rows))}
+            "mean_len": mean("lengths"), "trunc_rate": mean("truncated")}
 
 
 def average(results: dict[str, dict]) -> dict:

@@ -32,7 +32,7 @@ def tiny_model():
     import subprocess
     import sys
 
-    code = "from minipsn.models import tiny_model_dir; print(tiny_model_dir())"
+    code = "from minipsn.local_models import tiny_model_dir; print(tiny_model_dir())"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=TINY_BUILD_LIMIT_S)
     if proc.returncode != 0:

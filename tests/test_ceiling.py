@@ -10,7 +10,7 @@ import pytest
 
 from minipsn.config import DataConfig, build_config
 from minipsn.headroom import GUESSABLE, _with_guesses
-from minipsn.models import LOCAL_MODELS
+from minipsn.local_models import LOCAL_MODELS
 from minipsn.scoring import summarize
 from minipsn.synthetic import synthetic_split
 
@@ -180,7 +180,7 @@ def test_a_build_runs_on_the_threads_it_is_given(tmp_path, monkeypatch):
     import torch
 
     import minipsn.sft
-    from minipsn.models import build_tiny
+    from minipsn.local_models import build_tiny
 
     seen = []
     monkeypatch.setattr(minipsn.sft, "warm_start", lambda *a, **k: seen.append(torch.get_num_threads()))

@@ -2,7 +2,7 @@
 without Pass@k training) cannot fail a run, while a nonsensical value (a count below 1) always does."""
 import pytest
 
-from minipsn import models
+from minipsn import local_models, models
 from minipsn.config import METHODS, GRPOConfig, NoiseConfig, build_config
 
 
@@ -11,7 +11,7 @@ def no_model_build(monkeypatch):
     """Building a config must never build or resolve the model (the tiny build takes minutes)."""
     def refuse(*args, **kwargs):
         raise AssertionError("config building touched the model")
-    monkeypatch.setattr(models, "tiny_model_dir", refuse)
+    monkeypatch.setattr(local_models, "local_model_dir", refuse)
     monkeypatch.setattr(models, "resolve_name", refuse)
 
 

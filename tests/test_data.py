@@ -157,7 +157,7 @@ def test_the_held_out_pool_is_fixed_and_no_training_split_draws_from_it():
     holds a pool problem; an n_test beyond the pool fails in one line. (Before, the test chains were a prefix
     that grew with n_test and the ceiling's warm start excluded only the first 200: at n_test = 1000, 63 of the
     held-out chains had been trained on.)"""
-    from minipsn.models import LOCAL_MODELS
+    from minipsn.local_models import LOCAL_MODELS
 
     chain = lambda r: r["problem"].rsplit(". ", 1)[0]  # noqa: E731  (the mixed task's kinds share a chain)
     for spec in LOCAL_MODELS.values():

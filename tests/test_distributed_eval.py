@@ -72,7 +72,7 @@ def _split_on(rank: int, monkeypatch, samples) -> tuple[list, list, dict]:
     monkeypatch.setattr(ev, "sample_problems", lambda m, t, recs, *a: calls.append([r["id"] for r in recs]) or
                         [{"id": r["id"]} for r in recs])
     ev._sample_split(None, None, "synthetic", [{"id": f"p{i}"} for i in range(5)], None, None, 2, samples, done,
-                     None, None)
+                     None, None, 4)
     return calls, gathers, done
 
 

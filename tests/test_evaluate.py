@@ -319,3 +319,21 @@ def test_evaluation_drops_ended_rows_and_a_problem_samples_the_same_in_any_call(
         alone = tmp_path / f"alone{i}.jsonl"
         ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", [rec], cfg, alone)
         assert alone.read_text().splitlines()[1] == lines[i]
+
+
+def test_a_kind_can_have_its_own_n_and_each_problem_is_scored_with_its_own(small_policy, toy_tok, tmp_path):
+    """eval.n_by_kind: the mixed task's final questions at n = 2, its steps questions at eval.n = 4; a problem samples
+    the same tokens as it would at that n alone; the totals report pass@k up to the smaller n."""
+    recs = synthetic_split(DataConfig(n_ops=2, answer="mixed", n_test=4), "test")
+    cfg = _small_cfg(**{"eval.n_by_kind": "final=2"})
+    report = ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", recs, cfg, tmp_path / "mixed.jsonl")
+    rows = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "mixed.jsonl").read_text().splitlines()[1:]}
+    assert {r["kind"]: len(r["correct"]) for r in rows.values()} == {"final": 2, "steps": 4}
+    assert report["kinds"]["final"]["n"] == 2 and report["kinds"]["steps"]["n"] == 4 and report["n"] == 2
+    assert set(report["pass@k"]) == {"1", "2"} and set(report["kinds"]["steps"]["pass@k"]) == {"1", "2", "4"}
+    alone = ev.evaluate_benchmark(small_policy, toy_tok, "synthetic", recs[:1], _small_cfg(**{"eval.n": 2}),
+                                  tmp_path / "alone.jsonl")
+    assert alone["problems"] == 1
+    assert json.loads((tmp_path / "alone.jsonl").read_text().splitlines()[1])["answers"] == rows[recs[0]["id"]]["answers"]
+    with pytest.raises(ValueError, match="eval.n_by_kind expects kind=n"):
+        _small_cfg(**{"eval.n_by_kind": "final:2"})

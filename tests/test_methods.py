@@ -111,3 +111,7 @@ def test_compare_with_two_workers_gives_the_same_grid_as_one(tmp_path):
     two = compare("tiny", ["grpo", "psn"], 1, tmp_path / "two", sets, workers=2)
     assert one["summary"] == two["summary"]  # each job is seeded by itself, so where it ran does not matter
     assert (tmp_path / "two" / "psn-s0" / "eval" / "eval.json").is_file()
+    for job in ("base/eval", "psn-s0/eval"):  # evaluated in 2 shares, joined: the rows one evaluation writes
+        rows = [(tmp_path / grid / job / "samples" / "synthetic.jsonl").read_text().splitlines()[1:] for grid in ("one", "two")]
+        assert rows[0] == rows[1] and len(rows[0]) == 3
+        assert not (tmp_path / "two" / job / "shares").exists()

@@ -147,7 +147,8 @@ def test_each_side_is_scored_with_its_own_n_and_seeds_pair_by_seed(tmp_path):
     assert psn["n"] == [4, 8] and psn["method"][0] == pytest.approx(0.375) and psn["reference"][0] == pytest.approx(0.0625)
     assert psn["k"] == [1, 4] and psn["pairing"] == "seeds and problems"
     assert result["synthetic"]["kinds"]["all"]["base"]["pairing"] == "problems (seeds drawn apart)"
-    assert result["synthetic"]["counts"]["psn"] == {"seeds": [0, 1], "n": 4, "counts": [[2, 1], [2, 1]]}
+    assert result["synthetic"]["counts"]["psn"] == {"seeds": [0, 1], "n": [4, 4], "correct": [[2, 1], [2, 1]]}
+    assert result["synthetic"]["ids"] == ["a", "b"] and result["synthetic"]["counts"]["base"]["seeds"] == [None]
 
 
 def test_sides_on_other_problems_are_refused_naming_the_method_and_the_first_id(tmp_path):

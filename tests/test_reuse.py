@@ -107,7 +107,7 @@ def test_cli_compare_with_other_steps_fails_in_one_line_naming_run_steps(tmp_pat
 
 def test_one_seed_prints_no_spread_and_several_do():
     summary = compare.summarize({"base": [_report(0.1)], "grpo": [_report(0.2)], "psn": [_report(0.2), _report(0.4)]})
-    table = compare.markdown(summary, 1)
+    table = compare.markdown(summary)
     assert "| base (before RL) | 1 | 10.0 |" in table and "| grpo | 1 | 20.0 |" in table
     assert "| psn | 2 | 30.0 ± 10.0 |" in table and "± 0.0" not in table
 
@@ -176,7 +176,7 @@ def test_other_code_is_reused_only_when_asked_and_then_said(tmp_path, jobs):
     jobs.clear()
     payload = compare.compare("tiny", ["grpo"], 1, out, SETS, other_code=True)
     assert jobs == [] and payload["code"]["0123456789abcdef"] == ["grpo-s0"] and len(payload["code"]) == 2
-    assert (out / "compare.md").read_text().startswith("**Made by 2 code versions**")
+    assert "**Made by 2 code versions**" in (out / "compare.md").read_text()
 
 
 def test_values_that_resolve_alike_and_benchmark_order_do_not_refuse(tmp_path, jobs):

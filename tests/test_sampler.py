@@ -153,7 +153,7 @@ def test_the_noise_kl_stays_finite_under_top_p(small_policy, toy_tok):
     engine = E.CopyEngine(small_policy.eval(), 8, static_cache=False, compile_step=False)
     with engine.policy(0.5, [3], "all") as (sampler, _):
         ro = sample(sampler, toy_tok, ["ab", "cdef"], 8, cfg, torch.Generator().manual_seed(0))
-    ro.clean_logp = engine.rescore(ro, cfg, "all", 4096)
+    ro.clean_logp, ro.noisy_logp, ro.noise_kl = engine.measure(ro, cfg, "all", 4096, 0.5, [3] * 16)
     m = ro.completion_mask.bool()
     with torch.no_grad(), E.noise.perturbed(small_policy, 0.0, 0, "all"):
         ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
@@ -165,10 +165,11 @@ def test_the_noise_kl_stays_finite_under_top_p(small_policy, toy_tok):
     with torch.no_grad():
         old.record(torch.arange(16), *L.completion_forward(small_policy, ro, torch.arange(16), 1.0, cfg.temperature))
     stats = old.stats()
-    want = algo.masked_mean(algo.kl_k3(ro.raw_logp, ro.clean_logp), m).item()
+    want = algo.masked_mean(ro.noise_kl, m).item()  # the exact KL per position (test_noise_measure.py)
     assert torch.isfinite(torch.tensor([stats["noise/kl_noise"], stats["noise/kl_numerics"], stats["guard/sampler_gap"]])).all()
     assert stats["noise/kl_noise"] == pytest.approx(want, rel=1e-6) and want > 0
     assert stats["guard/sampler_gap"] < 1e-5  # the clean copy is the learner; top-p does not count
+    assert stats["guard/decode_gap"] < 1e-5  # the decoded log-probs are a full pass of the noisy copy
 
 
 def test_logits_are_upcast_before_the_softmax():

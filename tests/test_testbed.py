@@ -10,7 +10,8 @@ import pytest
 
 from minipsn.config import DataConfig
 from minipsn.headroom import guess_rates
-from minipsn.models import LOCAL_MODELS, resolve_name
+from minipsn.local_models import LOCAL_MODELS
+from minipsn.models import resolve_name
 from minipsn.synthetic import synthetic_split
 
 
@@ -95,12 +96,17 @@ def test_guess_rates_count_what_a_guess_would_score():
 
 
 def test_testbed_is_a_local_model_like_tiny(tmp_path, monkeypatch):
+    from minipsn.local_models import SHIPPED, folder_name, local_spec
+
     assert set(LOCAL_MODELS) == {"tiny", "testbed", "ceiling"}
+    assert local_spec("testbed") == ("testbed", 0) and local_spec("testbed-b3") == ("testbed", 3)
+    assert local_spec("testbed-3") is None and local_spec("nope-b1") is None
+    assert resolve_name("testbed") == str(SHIPPED / folder_name("testbed"))  # the shipped build
     monkeypatch.setenv("MINIPSN_CACHE", str(tmp_path))
-    version = LOCAL_MODELS["testbed"]["version"]
-    (tmp_path / f"testbed-{version}").mkdir()
-    (tmp_path / f"testbed-{version}" / "done").write_text("{}")  # a finished build is reused, never rebuilt
-    assert resolve_name("testbed") == str(tmp_path / f"testbed-{version}")
+    built = tmp_path / folder_name("testbed-b1")  # another build seed: built on first use, cached
+    built.mkdir()
+    (built / "done").write_text("{}")  # a finished build is reused, never rebuilt
+    assert resolve_name("testbed-b1") == str(built) and built.name == f"testbed-b1-{LOCAL_MODELS['testbed']['version']}"
     with pytest.raises(ValueError, match="testbed"):
         resolve_name("testbd")
 

@@ -44,7 +44,7 @@ def test_cli_train_tiny_writes_metrics_and_a_reloadable_adapter(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from minipsn.models import tiny_model_dir
+    from minipsn.local_models import tiny_model_dir
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
     fresh = {n: p.clone() for n, p in base.named_parameters()}
@@ -134,7 +134,7 @@ def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path
     """A tiny model for another synthetic task (2 warm-start steps here, to stay quick) loads by folder;
     the build names the model it builds."""
     from minipsn.config import DataConfig, build_config
-    from minipsn.models import build_tiny
+    from minipsn.local_models import build_tiny
     from minipsn.train import Trainer
 
     data = DataConfig(n_ops=3, ops="+-*", n_train=80, n_test=5)  # a warm-start batch takes 64
@@ -163,3 +163,74 @@ def test_cli_headroom_reports_pass_at_k_next_to_guessing(tmp_path):
     [(lo, hi)] = result["guess"]["range"]
     assert hi - lo < 100 and result["guess"]["uniform"] > 0.01
     assert result["guess_pass@k"]["8"] == pytest.approx(1 - (1 - max(result["guess"][k] for k in ("mode", "shuffled", "uniform"))) ** 8)
+
+
+def test_a_rollout_retried_after_out_of_memory_samples_what_the_first_try_would_have(tmp_path, monkeypatch):
+    """The first try consumed its generators before it ran out of memory; the retry starts from fresh ones seeded
+    as the first try's (per prompt, with batch sizes that are multiples of G), so the step is the step without
+    out-of-memory: the same completions, the same rewards."""
+    from minipsn import train as T
+
+    sets = {"rollout.batch_size": "8", "noise.sigma": "0.02"}
+    clean = T.Trainer(tiny_cfg(tmp_path / "clean", **sets))
+    want, want_texts = clean.step(0), clean.samples
+    tr = T.Trainer(tiny_cfg(tmp_path / "oom", **sets))
+    real_sample, failed = T.sample, []
+
+    def out_of_memory_once(model, tok, prompts, G, cfg, gen, *a, **k):
+        if not failed:
+            failed.append(1)
+            for g in gen if isinstance(gen, list) else [gen]:
+                torch.rand(100, generator=g)  # what a partial first try consumes before it dies
+            raise torch.OutOfMemoryError("simulated")
+        return real_sample(model, tok, prompts, G, cfg, gen, *a, **k)
+
+    monkeypatch.setattr(T, "sample", out_of_memory_once)
+    got = tr.step(0)
+    assert failed and tr.state.rollout.batch_size == 4
+    assert [s["completion"] for s in tr.samples] == [s["completion"] for s in want_texts]
+    assert got["reward/mean"] == want["reward/mean"] and got["noise/kl_noise"] == pytest.approx(want["noise/kl_noise"])
+
+
+def test_the_learner_on_a_base_dequantized_once_is_the_nf4_learner_bit_for_bit(tmp_path):
+    """model.dequantize_once (on by default on the CPU) keeps each 4-bit weight's dequantized values: the learner's
+    log-probs and the adapter's gradients are those of dequantizing at every call."""
+    from minipsn import learner
+    from minipsn import train as T
+
+    outs = []
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        tr = T.Trainer(tiny_cfg(tmp_path / mode, **{"model.dequantize_once": mode}))
+        ro = T.sample(tr.model, tr.tok, [T.format_prompt(tr.tok, "Start at 3, add 4. What number do you get?", "chat")],
+                      4, tr.cfg.rollout, torch.Generator().manual_seed(0), 1024)
+        logp, pooled = learner.completion_logprobs(tr.model, ro, torch.arange(4), 1.0)
+        (logp * ro.completion_mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.requires_grad}
+        dense = [m for m in tr.model.modules() if "_minipsn_dense" in m.__dict__]
+        outs.append((ro.completion_ids, logp.detach(), grads, len(dense)))
+    (ids_off, lp_off, g_off, n_off), (ids_on, lp_on, g_on, n_on) = outs
+    assert n_off == 0 and n_on == 28  # 4 layers × 7 projections computed from their cached weights
+    assert torch.equal(ids_off, ids_on) and torch.equal(lp_off, lp_on)
+    assert all(torch.equal(g_off[n], g_on[n]) for n in g_off), [n for n in g_off if not torch.equal(g_off[n], g_on[n])][:3]
+
+
+def test_the_guard_watches_the_decode_path_that_gives_the_tis_denominators(tmp_path, monkeypatch, capsys):
+    """At σ > 0 the decoded log-probs (TIS's π_θ̃) are checked against a full teacher-forced pass of the same noisy
+    sampler: a healthy decode is within float noise of it; one whose log-probs drift is warned about."""
+    from minipsn import train as T
+
+    tr = T.Trainer(tiny_cfg(tmp_path / "r", **{"noise.sigma": "0.02"}))
+    healthy = tr.step(0)
+    assert 0 <= healthy["guard/decode_gap"] < 1e-5 and healthy["guard/sampler_gap"] < 1e-5
+    real_sample = T.sample
+
+    def drifting(*a, **k):
+        ro = real_sample(*a, **k)
+        ro.sampler_logp = ro.sampler_logp - 0.01 * ro.completion_mask  # a decode path 0.01 nats off per token
+        return ro
+
+    monkeypatch.setattr(T, "sample", drifting)
+    drifted = tr.step(1)
+    assert drifted["guard/decode_gap"] == pytest.approx(0.01, rel=1e-3)
+    assert "guard/decode_gap 0.01" in capsys.readouterr().out
