@@ -20,15 +20,17 @@ import re
 import time
 from fractions import Fraction
 
-from minipsn.verify.extract import answer_candidates, boxed_contents, extract_answer
+from minipsn.verify.extract import box_spans, boxed_contents, extract_answer, join_boxes, stated_answer
 from minipsn.verify.normalise import clock, decimal_comma, normalise, ratio
-from minipsn.verify.worker import _ask_worker, _count, ask_many, verify_stats, warm_up
+from minipsn.verify.worker import _ask_worker, _count, _extract, ask_many, verify_stats, warm_up
 from minipsn.verify.worker import _restart_worker as _restart_worker  # a test hook (a slow worker)
 
-__all__ = ["extract_answer", "answer_candidates", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents",
-           "verify_stats", "warm_up", "bench_verifier", "VERIFIERS"]  # _ask_worker, _count, _restart_worker: test hooks
+__all__ = ["extract_answer", "extract_answers", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents",
+           "verify_stats", "warm_up", "bench_verifier", "VERIFIERS", "EXTRACTS"]  # _ask_worker, _count,
+# _restart_worker: test hooks
 
 VERIFIERS = ("math-verify", "strict", "both")  # reward.verifier; the first is the default
+EXTRACTS = ("math-verify", "kit")  # reward.extract; the first is the default
 
 _MAX_CHARS = 2000  # longer answers are compared by exact match only
 _MAX_DIGITS = 400  # number literals the fast path converts exactly
@@ -139,6 +141,36 @@ def is_equivalent_many(pairs: list[tuple[str, str]], timeout: float = 3.0, worke
     for i, v in zip(hard, ask_many([(*staged[i][1:], verifier, *pairs[i]) for i in hard], workers)):
         verdicts[i] = v
     return verdicts
+
+
+def extract_answers(texts: list[str], extract: str = EXTRACTS[0], last_number: bool = True, unboxed: bool = True,
+                    timeout: float = 3.0, workers: int = 1) -> list[str | None]:
+    """The final answer of each completion (None: no answer). Boxes first, read in-process by the kit's box
+    reader (extract.py: the last run of boxes). A completion without a box has no answer when unboxed=False;
+    else `extract` reads it: "kit" with extract_answer; "math-verify" with Math-Verify's parse in the worker
+    (judge.extract, each under `timeout`, up to `workers` at once), behind two rules of the kit: where it
+    finds nothing, the kit's reading stands in (verify_stats()["extract_fallbacks"]); where the completion
+    says "the answer is X" and Math-Verify reads a value not equal to X ("The answer is 6 because 2 + 3 = 5"
+    reads 5), it states two values and has no answer (verify_stats()["extract_conflicts"])."""
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"extract_answers expects str completions, got {type(text).__name__}")
+    if extract == "kit":
+        return [extract_answer(t, last_number=last_number, unboxed=unboxed) for t in texts]
+    elif extract != "math-verify":
+        raise ValueError(f"unknown extract {extract!r}; use {', '.join(EXTRACTS)}")
+    spans = [box_spans(t) for t in texts]
+    answers = [join_boxes(t, s) if s else None for t, s in zip(texts, spans)]
+    todo = [i for i, (t, s) in enumerate(zip(texts, spans)) if unboxed and not s and t.strip()]
+    for i, found in zip(todo, ask_many([(texts[i], timeout, last_number) for i in todo], workers, _extract)):
+        stated = stated_answer(texts[i], last_number, clear=True)
+        if found is None and (found := extract_answer(texts[i], last_number=last_number)) is not None:
+            _count("extract_fallbacks")
+        elif found is not None and stated is not None and not is_equivalent(found, stated, timeout):
+            found = None
+            _count("extract_conflicts")
+        answers[i] = found
+    return answers
 
 
 def bench_verifier(pairs: list[tuple[str, str]], timeout: float = 3.0, verifier: str = VERIFIERS[0]) -> dict:

@@ -13,6 +13,9 @@ against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
   intervals, equations of numbers), its exact comparison decides. Math-Verify rounds to 6 places and
   compares at 15 digits (1/2004! = 1/2006!, 10^{-20} = 2·10^{-20}), reads 1.5e3 as 1.5·e·3, takes
   the last side of a false 5+5=11, and matches the set {1,2} with the pair (1,2);
+- several values: when either answer is a chain (x = 14 = 13) or one is a list and the other is not
+  (x = 12 \\mid x = 13 against 13), strict decides: Math-Verify grades a chain by its last side and reads
+  the last of two statements, so a hedge would pay;
 - percent: an answer with % is compared as strict does (the sign dropped, never rescaled: 50 is not
   0.5), where Math-Verify reads 50\\%x as 0.5x;
 - misreadings: strict decides when Math-Verify's reading drops a letter, changes the number of
@@ -27,16 +30,22 @@ against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
 
 import logging
 import re
+import warnings
 
 import math_verify
 import sympy
+from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+from math_verify import ExprExtractionConfig, LatexExtractionConfig
 from sympy.core.function import AppliedUndef
 from sympy.core.relational import Relational
+from sympy.utilities.exceptions import SymPyDeprecationWarning
 
 from minipsn.verify import parse, symbolic
-from minipsn.verify.normalise import pick_approx
+from minipsn.verify.normalise import LIST_SEP, pick_approx, prepare, unwrap
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns once that its timeouts are off: ours is on
+# its readings of a percent multiply sympy sets (deprecated in sympy): noise on the worker's stderr, no verdict
+warnings.filterwarnings("ignore", category=SymPyDeprecationWarning)
 
 MV_CHARS = 300  # longer answers go to strict (the longest MATH-500, OlympiadBench, Minerva gold: 210)
 STAGES = {}  # stage name -> replacement function; tests inject a slow one (worker._restart_worker)
@@ -44,6 +53,24 @@ STAGES = {}  # stage name -> replacement function; tests inject a slow one (work
 # decision tables lazily, so the first answers of each shape would take a few times longer
 WARM_UP = ("\\frac{3\\sqrt{2}}{4}x^{2}-\\pi", "\\{1, -2\\}, (3, \\infty)", "x \\le 5", "\\dfrac{a+b}{c_1} = 2",
            "\\begin{pmatrix} 1 & 0 \\\\ 0 & -1 \\end{pmatrix}", "\\sin(2t) + \\log_2 8 + |x| + 10\\%")
+
+
+# TRL's accuracy_reward reads a completion this way (LaTeX, boxed first, Math-Verify's LaTeX clean-up); its
+# unit stripping is off here, as it drops letters (\\sin 2t reads \\sin 2): the judge strips units itself,
+# behind the guard that catches a dropped letter
+_LATEX = LatexExtractionConfig(boxed_match_priority=0, normalization_config=NormalizationConfig(units=False))
+_EXPR = {True: ExprExtractionConfig(), False: ExprExtractionConfig(try_extract_without_anchor=False)}
+
+
+def extract(text: str, last_number: bool = True) -> str | None:
+    """Math-Verify's answer in a completion: its parse with LaTeX and expression extraction, boxed first,
+    the first match only (as TRL's accuracy_reward), returned as the text it matched (its LaTeX cleaned
+    up) for the kit's checks; None when nothing matches. last_number=False reads no expression or number
+    that no "answer" word anchors."""
+    found = math_verify.parse(text, [_LATEX, _EXPR[last_number]], extraction_mode="first_match",
+                              fallback_mode="first_match", parsing_timeout=None)
+    answer = found[-1] if found and isinstance(found[-1], str) else ""
+    return answer.strip() or None
 
 
 def warm_up() -> None:
@@ -83,7 +110,7 @@ def guarded_equal(pred: str, gold: str, raw_pred: str, raw_gold: str) -> bool:
     except (parse.LatexError, RecursionError):  # the strict reader cannot read it: Math-Verify alone decides
         readings = None
     numbers = readings is not None and not any(map(_symbols, readings))
-    if numbers or "%" in raw_pred + raw_gold or max(len(raw_pred), len(raw_gold)) > MV_CHARS:
+    if numbers or _several(raw_pred, raw_gold) or "%" in raw_pred + raw_gold or max(len(raw_pred), len(raw_gold)) > MV_CHARS:
         return strict_equal(pred, gold)
     verdict = STAGES.get("math-verify", math_verify_equal)(raw_pred, raw_gold, readings)
     return strict_equal(pred, gold) if verdict is None else bool(verdict)
@@ -123,6 +150,16 @@ def _misread(pred: list, gold: list, readings: list | None, raws: tuple[str, str
     kinds = {"ordered" if isinstance(x, (sympy.Tuple, sympy.Interval)) else "set" if isinstance(x, sympy.FiniteSet)
              else None for x in (p, g)}  # (2, 3) may read as an open interval
     return kinds == {"ordered", "set"}
+
+
+def _several(raw_pred: str, raw_gold: str) -> bool:
+    """Whether either answer is a chain (a = b = c), one is a list and the other is not, or a list is made by a
+    separator other than a comma (or, \\lor, \\mid, x = 12 \\quad x = 13: normalise.prepare): Math-Verify reads
+    x = 14 = 13 and x = 12 \\mid x = 13 as 13, the strict reader keeps every value."""
+    items = [parse._split_top(prepare(unwrap(x)), (LIST_SEP, ",")) for x in (raw_pred, raw_gold)]
+    chain = any(len(parse._split_top(item, ("=",))) > 2 for answer in items for item in answer)
+    joined = any(len(answer) > len(parse._split_top(unwrap(x), (",",))) for answer, x in zip(items, (raw_pred, raw_gold)))
+    return chain or joined or (len(items[0]) > 1) != (len(items[1]) > 1)
 
 
 def balanced(text: str) -> bool:
