@@ -36,6 +36,9 @@ HEDGES = [
     ("\\boxed{12} \\text{ or } \\boxed{13}", "12, 13"),
     ("\\boxed{\\{12, 13\\}}", "12, 13"),  # a set where the gold is one element
     ("\\boxed{12, 13}", "12, 13"),
+    ("This is 12 or 13.", "12, 13"),  # alternatives in prose
+    ("The answer is 12 or 13, depending on the order.", "12, 13"),
+    ("so $12$ or $13$.", "12, 13"),
     ("The answer is 12 because 11 + 2 = 13", "13"),  # Math-Verify reads the 13 after "=": the stated 12 refuses it
 ]
 TUPLES = "\\boxed{x = (1, 2, 3) \\lor x = (12, 9, 13)}"

@@ -27,6 +27,9 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _LAST_NUMBER = re.compile(r"(?<![\w)\]}])-?(?:\d+,\d{1,2}(?=\s*(?:\\?\$|€|£))|\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|\.\d+)")
 _AMOUNT = re.compile(r"-?\d+,\d{1,2}")
 _INLINE = re.compile(r"(?<!\\)\$([^$]+)\$")
+_VALUE = r"(-?\d[\d,.]*\d|-?\d|\$[^$]+\$)"
+_EITHER = re.compile(rf"{_VALUE}\s*,?\s*(?:\bor\b|\\lor|\\vee)\s*{_VALUE}")  # 5 or 6, $a$ or $b$
+_SENTENCE_SPLIT = re.compile(r"[.!?](?=\s|$)|\n")
 _STATES = re.compile(r"=|\\(?:lor|vee|mid|q?quad)(?![a-zA-Z])|\bor\b")
 # the closing sentence "... is $X$." / "... equals 34.": X is the answer (inline math or one token)
 _CLOSING = re.compile(r"(?i)\b(?:is|are|equals|be)\s*:?\s*(\$\$?[^$]+\$\$?|\\\((.+?)\\\)|-?[\d.,/]*\d)"
@@ -49,6 +52,8 @@ def _brace_matches(text: str) -> dict[int, int]:
 
 def box_spans(text: str) -> list[tuple[int, int, str | None]]:
     """(start, end, content or None) of every \\boxed/\\fbox in order."""
+    if not _BOX.search(text):
+        return []
     match, out = _brace_matches(text), []
     for m in _BOX.finditer(text):
         j = m.end()
@@ -132,6 +137,13 @@ def stated_answer(text: str, last_number: bool = True, clear: bool = False) -> s
     tail = (inline[1] or inline[2]) if inline else number[0] if number else closing or _SENTENCE_END.split(
         tail, maxsplit=1)[0]
     return tail.strip() or None
+
+
+def offered_values(text: str) -> list[str]:
+    """The values a completion's last sentence offers as alternatives ("This is 5 or 6.", "$a$ or $b$"), [] if
+    none: a pick among them is one of several values."""
+    sentences = [x for x in _SENTENCE_SPLIT.split(text.strip()[-500:]) if x.strip()]
+    return [v.strip("$") for m in _EITHER.finditer(sentences[-1] if sentences else "") for v in m.groups()]
 
 
 def _closing_sentence(text: str, numbers: bool) -> str | None:

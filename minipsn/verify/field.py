@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from minipsn.data import BUNDLED_DIR
 from minipsn.verify.extract import box_spans
 
 FORMS = {  # form -> known verdict
@@ -40,7 +41,7 @@ def wrong_answer(gold: str, golds: list[str], i: int) -> str:
     return next(golds[(i + j) % len(golds)] for j in range(1, len(golds)) if key(golds[(i + j) % len(golds)]) != key(gold))
 
 
-def _unboxed(text: str, last: str | None = None) -> str:
+def unbox(text: str, last: str | None = None) -> str:
     """text with every box replaced by its content (the last one's by `last` when given)."""
     spans = [s for s in box_spans(text) if s[2] is not None]
     for k, (start, end, content) in enumerate(reversed(spans)):
@@ -61,7 +62,7 @@ def forms(solution: str, gold: str, wrong: str, i: int) -> dict[str, str]:
             "chain": put(box(f"x = {wrong} = {gold}")), "set": put(box(f"\\{{{wrong}, {gold}\\}}")),
             "disjunction": put(box(_OR[i % len(_OR)].format(w=wrong, g=gold))),
             "correction": put(box(wrong)) + _CORRECT.format(g=gold), "late-wrong": solution + _SPOIL.format(w=wrong),
-            "unboxed": _unboxed(solution), **({"unboxed-changed": _unboxed(solution, wrong)} if settled else {})}
+            "unboxed": unbox(solution), **({"unboxed-changed": unbox(solution, wrong)} if settled else {})}
 
 
 def field_pairs(rows: list[dict]) -> list[dict]:
@@ -139,13 +140,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {s['agree']}/{n} | {s['fp']}{f' ({fp})' if fp else ''} | {s['fn']}"
                      f"{f' ({fn})' if fn else ''} | {s['agree_trl']}/{seen} |")
     lines += ["", "| the default scorer vs TRL | pairs |", "|---|---:|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(report["vs_trl"].items(), key=lambda kv: -kv[1])]
+    lines += [f"| {k} | {v} |" for k, v in sorted(report["vs_trl"].items(), key=lambda kv: (-kv[1], kv[0]))]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m minipsn.verify.field", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "data" / "math500_test.jsonl"))
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, no usage block
+    parser.add_argument("--data", default=str(BUNDLED_DIR / "math500_test.jsonl"), help="MATH-500 with solutions")
     parser.add_argument("--problems", type=int, default=0, help="the first N problems (0: all)")
     parser.add_argument("--json", help="also write the whole report (with an example of each disagreement) here")
     args = parser.parse_args(argv)
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if not path.is_file():
         parser.error(f"{path} not found: give --data a MATH-500 jsonl with worked solutions")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    report = audit(field_pairs(rows[:args.problems] if args.problems else rows))
+    report = audit(field_pairs(rows[:args.problems or len(rows)]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(markdown(report))
