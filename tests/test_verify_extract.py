@@ -22,7 +22,8 @@ UNBOXED = [
     ("Hence the sum equals \\[\\frac{11}{2}.\\]", "\\frac{11}{2}.", "2"),
     ("So $p - q$ is the sum.", "p - q", None),
     ("Thus $0 < t < 1$.", "0 < t < 1", "1"),
-    ("We get $\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}$.", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "4"),
+    ("We get $\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}$.",
+     "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "4"),
 ]
 
 
@@ -73,7 +74,8 @@ def test_the_pick_is_math_verifys_own():
 
 
 def test_boxes_are_read_alike_in_the_caller():
-    texts = ["so $\\boxed{\\frac{1}{2}}$.", "\\boxed{2}, \\boxed{3}", "it is 12. So \\boxed{}", "\\fbox{7}", "$x = \\boxed 5$."]
+    texts = ["so $\\boxed{\\frac{1}{2}}$.", "\\boxed{2}, \\boxed{3}", "it is 12. So \\boxed{}", "\\fbox{7}",
+             "$x = \\boxed 5$."]
     (answers, counts) = _counts(lambda: extract_answers(texts))
     assert answers == extract_answers(texts, "kit") == ["\\frac{1}{2}", "2, 3", None, "7", "5"]
     assert counts["extracts"] == 0  # no worker request for a completion that boxes

@@ -23,9 +23,9 @@ from minipsn.verify.normalise import clock, decimal_comma, normalise, ratio
 from minipsn.verify.worker import _ask_worker, _count, _extract, ask_many, verify_stats, warm_up
 from minipsn.verify.worker import _restart_worker as _restart_worker  # a test hook (a slow worker)
 
+# _ask_worker, _count, _restart_worker: test hooks
 __all__ = ["extract_answer", "extract_answers", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents",
-           "verify_stats", "warm_up", "bench_verifier", "VERIFIERS", "EXTRACTS"]  # _ask_worker, _count,
-# _restart_worker: test hooks
+           "verify_stats", "warm_up", "bench_verifier", "VERIFIERS", "EXTRACTS"]
 
 VERIFIERS = ("math-verify", "strict", "both")  # reward.verifier; the first is the default
 EXTRACTS = ("math-verify", "kit")  # reward.extract; the first is the default

@@ -16,8 +16,8 @@ with Math-Verify instead (judge.extract); see minipsn/verify/__init__.py.
 
 import re
 
-# what may stand between two boxes of one answer: separators, and the words of a list or of alternatives
-# and the label of the next box ("$x = \\boxed{-2}$ or $x = \\boxed{1}$")
+# what may stand between two boxes of one answer: separators, the words of a list or of alternatives, and the
+# label of the next box ("$x = \\boxed{-2}$ or $x = \\boxed{1}$")
 _BOX_GAP = re.compile(r"(?:\s|\$|,|;|\\q?quad(?![a-zA-Z])|\\[,;: !]|\\lor(?![a-zA-Z])|\\vee(?![a-zA-Z])"
                       r"|\\text\s*\{\s*(?:and|or)\s*\}|\b(?:and|or)\b|(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*=)*")
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")

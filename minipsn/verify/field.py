@@ -38,7 +38,8 @@ def wrong_answer(gold: str, golds: list[str], i: int) -> str:
     if re.fullmatch(r"-?\d+", gold.strip()):
         return str(int(gold) + 1)
     key = lambda s: re.sub(r"\s|\\[!,;]", "", s)
-    return next(golds[(i + j) % len(golds)] for j in range(1, len(golds)) if key(golds[(i + j) % len(golds)]) != key(gold))
+    others = (golds[(i + j) % len(golds)] for j in range(1, len(golds)))
+    return next(other for other in others if key(other) != key(gold))
 
 
 def unbox(text: str, last: str | None = None) -> str:

@@ -1,10 +1,11 @@
 """The worker's Math-Verify: its extraction of unboxed answers, and the verdicts of strict and Math-Verify.
 
 extract(text) is Math-Verify's pick of a completion's answer (TRL's settings). judge(verifier, pred, gold,
-raw_pred, raw_gold) answers a check the cheap stages left open, in the worker process only. `strict` compares the normalised answers with symbolic.py. `math-verify` reads
-the raw answers with Math-Verify (math_verify.parse, then math_verify.verify: what TRL and open-r1
-reward with), its own signal-based timeouts off (they work only in a main thread; the worker's hard
-limit, reward.timeout, bounds every check instead), behind guards from the strict checks, each
+raw_pred, raw_gold) answers a check the cheap stages left open, in the worker process only. `strict`
+compares the normalised answers with symbolic.py. `math-verify` reads the raw answers with Math-Verify
+(math_verify.parse, then math_verify.verify: what TRL and open-r1 reward with), its own signal-based
+timeouts off (they work only in a main thread; the worker's hard limit, reward.timeout, bounds every
+check instead), behind guards from the strict checks, each
 against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
 - braces: an answer with unbalanced { } is refused (Math-Verify reads 1}}}}} as 1);
 - size: an answer the strict reader refuses as too large (towers, huge factorials) is refused before
@@ -13,9 +14,9 @@ against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
   intervals, equations of numbers), its exact comparison decides. Math-Verify rounds to 6 places and
   compares at 15 digits (1/2004! = 1/2006!, 10^{-20} = 2·10^{-20}), reads 1.5e3 as 1.5·e·3, takes
   the last side of a false 5+5=11, and matches the set {1,2} with the pair (1,2);
-- several values: when either answer is a chain (x = 14 = 13) or one is a list and the other is not
-  (x = 12 \\mid x = 13 against 13), strict decides: Math-Verify grades a chain by its last side and reads
-  the last of two statements, so a hedge would pay;
+- several values: when either answer is a chain (x = 14 = 13), one is a list and the other is not, or a
+  list is made by "or", \\lor, \\mid or spacing (x = 12 \\quad x = 13), strict decides: Math-Verify grades a
+  chain by its last side and reads the last of two statements, so a hedge would pay;
 - percent: an answer with % is compared as strict does (the sign dropped, never rescaled: 50 is not
   0.5), where Math-Verify reads 50\\%x as 0.5x;
 - misreadings: strict decides when Math-Verify's reading drops a letter, changes the number of
@@ -126,7 +127,8 @@ def guarded_equal(pred: str, gold: str, raw_pred: str, raw_gold: str) -> bool:
     except (parse.LatexError, RecursionError):  # the strict reader cannot read it: Math-Verify alone decides
         readings = None
     numbers = readings is not None and not any(map(_symbols, readings))
-    if numbers or _several(raw_pred, raw_gold) or "%" in raw_pred + raw_gold or max(len(raw_pred), len(raw_gold)) > MV_CHARS:
+    long = max(len(raw_pred), len(raw_gold)) > MV_CHARS
+    if numbers or long or "%" in raw_pred + raw_gold or _several(raw_pred, raw_gold):
         return strict_equal(pred, gold)
     verdict = STAGES.get("math-verify", math_verify_equal)(raw_pred, raw_gold, readings)
     return strict_equal(pred, gold) if verdict is None else bool(verdict)
@@ -174,7 +176,8 @@ def _several(raw_pred: str, raw_gold: str) -> bool:
     x = 14 = 13 and x = 12 \\mid x = 13 as 13, the strict reader keeps every value."""
     items = [parse._split_top(prepare(unwrap(x)), (LIST_SEP, ",")) for x in (raw_pred, raw_gold)]
     chain = any(len(parse._split_top(item, ("=",))) > 2 for answer in items for item in answer)
-    joined = any(len(answer) > len(parse._split_top(unwrap(x), (",",))) for answer, x in zip(items, (raw_pred, raw_gold)))
+    commas = [parse._split_top(unwrap(x), (",",)) for x in (raw_pred, raw_gold)]
+    joined = any(len(answer) > len(plain) for answer, plain in zip(items, commas))
     return chain or joined or (len(items[0]) > 1) != (len(items[1]) > 1)
 
 

@@ -153,7 +153,7 @@ def normalise(s: str) -> str:
 
 def _number_item(s: str) -> str:
     """One item's base subscript dropped (52_8: the base is implied by the question) and a mixed number
-    1\\frac{4}{5} read as 9/5, per item, so both spellings in "\\boxed{15\\frac{39}{40}} or \\boxed{\\frac{639}{40}}" agree."""
+    1\\frac{4}{5} read as 9/5, item by item: "\\boxed{15\\frac{39}{40}} or \\boxed{\\frac{639}{40}}" is one value."""
     s = re.sub(r"^(-?\d+)_\{?\d+\}?$", r"\1", s)
     mixed = re.fullmatch(r"(-?)(\d+)\\frac\{?(\d+)\}?\{?(\d+)\}?", s)
     if mixed and int(mixed[3]) < int(mixed[4]):

@@ -8,8 +8,9 @@ interval. A relation in one symbol with a numeric slope bounded by numbers is re
 (-x > -1 is (-oo, 1); -793 < a < 10 is (-793, 10); its variable's name is not compared), other
 relations structurally or up to a positive factor (2x+2y > 2 is x+y > 1). For "A ≈ B" see normalise.py.
 Several values never pay: a chain x = 5+5+1 = 11 is its last side only when every side but a first one
-that names the answer equals it (x = 14 = 13 equals nothing), and a list answers a single value only when all its items are
-that value (two spellings of it); else it answers only a list or set of the same values. Imported only inside the verifier's worker process (worker.py).
+that names the answer equals it (x = 14 = 13 equals nothing), and a list answers a single value only when
+all its items are that value (two spellings of it), else only a list or set of the same values.
+Imported only inside the verifier's worker process (worker.py).
 """
 
 import random

@@ -1,14 +1,14 @@
-"""The verifier's worker process: Math-Verify's extraction and the sympy stage (judge.py) run here, never in the caller.
+"""The verifier's worker process: Math-Verify's extraction and the sympy stage (judge.py) run here, not in the caller.
 
 The worker is a fresh Python process (subprocess + exec, like multiprocessing's "spawn": nothing of
 torch/CUDA is inherited) that answers requests over a pipe: (pred, gold) checks, and completions whose
 answer Math-Verify reads (extraction runs regexes over model text: it gets the same hard limit). A
-request that exceeds its time limit kills the worker, counts a timeout and returns False (no answer); a new worker starts importing
-sympy and Math-Verify at once. This works from any thread or process, unlike signal.alarm. The worker's start-up
-(~3 s, importing sympy and Math-Verify) is outside every check's limit; warm_up() starts it ahead of
-time. One check runs at a time in each worker; ask_many() spreads a batch over a small pool of them
-(one thread per worker). verify_stats() counts checks, timeouts, errors and, with the verifier
-`both`, the checks where strict and Math-Verify disagree, over all workers.
+request that exceeds its time limit kills the worker, counts a timeout and returns False (no answer);
+a new worker starts importing sympy and Math-Verify at once. This works from any thread or process,
+unlike signal.alarm. The worker's start-up (~3 s, importing sympy and Math-Verify) is outside every
+check's limit; warm_up() starts it ahead of time. One request runs at a time in each worker; ask_many()
+spreads a batch over a small pool of them (one thread per worker). verify_stats() counts checks, timeouts,
+errors and, with the verifier `both`, the checks where strict and Math-Verify disagree, over all workers.
 """
 
 import importlib
