@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from minipsn.presets import METHODS, PRESETS, RENAMED, TUNABLE  # noqa: F401  (re-exported: config.METHODS)
-from minipsn.verify import VERIFIERS
+from minipsn.verify import EXTRACTS, VERIFIERS
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -326,6 +326,9 @@ class RewardConfig:
     # who judges an answer the cheap stages leave open: math-verify (Math-Verify behind the strict guards),
     # strict (the kit's sympy checks), both (correct only when both accept; verify/disagree counts the rest)
     verifier: str = VERIFIERS[0]
+    # who reads the answer of a completion without a box: math-verify (its parse, as TRL's accuracy_reward; the
+    # kit's reading where it finds nothing) or kit (the kit's rules alone); boxes are read alike by both
+    extract: str = EXTRACTS[0]
     # hard time limit of one equivalence check, seconds
     timeout: float = 3.0
     # sympy worker processes that check a step's completions at once (each under reward.timeout); 1: serial
@@ -343,6 +346,7 @@ class RewardConfig:
 
     def __post_init__(self):
         _one_of("reward.verifier", self.verifier, VERIFIERS)
+        _one_of("reward.extract", self.extract, EXTRACTS)
         _check(self.timeout > 0, "reward.timeout must be > 0")
         _check(self.verify_workers >= 1, f"reward.verify_workers must be >= 1, got {self.verify_workers}")
         _one_of("reward.overlong", self.overlong, ("none", "soft", "mask"))

@@ -2,9 +2,10 @@
 
     r_i = correct_i + format_weight * formatted_i       (truncated completions: correct_i = r_trunc)
 
-correct_i is 1.0 when the answer extracted from completion i (minipsn.verify.answer_candidates: the
-kit's extraction, for every verifier) is equivalent to the record's gold `answer` to `verifier`
-(minipsn.verify.is_equivalent: math-verify, strict or both; bounded by `timeout`), else 0.0.
+correct_i is 1.0 when the answer extracted from completion i (minipsn.verify.extract_answers: boxes
+first, else Math-Verify's extraction, or the kit's with extract="kit") is equivalent to the record's gold
+`answer` to `verifier` (minipsn.verify.is_equivalent: math-verify, strict or both; bounded by `timeout`),
+else 0.0; an answer that offers several values is right only when the gold holds those values.
 formatted_i is 1.0 when the completion holds exactly one non-empty \\boxed{...}.
 A completion cut off at the generation limit gets `truncated_reward` instead of being graded: its
 last number is usually an intermediate value, and rewarding it would favour rambling.
@@ -17,7 +18,7 @@ whatever the reward function returned.
 import re
 from collections.abc import Callable
 
-from minipsn.verify import VERIFIERS, answer_candidates, boxed_contents, is_equivalent_many
+from minipsn.verify import EXTRACTS, VERIFIERS, boxed_contents, extract_answers, is_equivalent_many
 
 RewardFn = Callable[[list[str], list[dict], list[bool]], list[float]]
 """(completions, records with at least "answer", truncated flags) -> one reward per completion."""
@@ -25,25 +26,33 @@ RewardFn = Callable[[list[str], list[dict], list[bool]], list[float]]
 
 def correctness_reward(completion: str, answer: str, truncated: bool,
                        truncated_reward: float = 0.0, timeout: float = 3.0,
-                       last_number: bool = True, unboxed: bool = True, verifier: str = VERIFIERS[0]) -> float:
+                       last_number: bool = True, unboxed: bool = True, verifier: str = VERIFIERS[0],
+                       extract: str = EXTRACTS[0]) -> float:
     """1.0 if the answer extracted from completion is equivalent to `answer`, else 0.0;
     `truncated_reward` when the completion hit the length limit (truncated=True). unboxed=False
-    insists on a \\boxed{} answer (`verify.extract_answer`)."""
+    insists on a \\boxed{} answer (`verify.extract_answers`)."""
     return correctness_rewards([completion], [answer], [truncated], truncated_reward, timeout, last_number, unboxed,
-                               verifier=verifier)[0]
+                               verifier=verifier, extract=extract)[0]
 
 
 def correctness_rewards(completions: list[str], answers: list[str], truncated: list[bool],
                         truncated_reward: float = 0.0, timeout: float = 3.0, last_number: bool = True,
-                        unboxed: bool = True, workers: int = 1, verifier: str = VERIFIERS[0]) -> list[float]:
-    """correctness_reward of each completion, with the checks that reach sympy run on up to `workers`
-    worker processes at once (verify.is_equivalent_many); workers=1 gives the same as one by one.
-    A completion with two readings (boxes joined by "and") is correct when either is."""
-    candidates = [[] if cut else answer_candidates(t, last_number=last_number, unboxed=unboxed)
-                  for t, cut in zip(completions, truncated)]
-    owner = [i for i, c in enumerate(candidates) for _ in c]
-    pairs = [(pred, answers[i]) for i, c in enumerate(candidates) for pred in c]
-    right = {i for i, same in zip(owner, is_equivalent_many(pairs, timeout, workers, verifier)) if same}
+                        unboxed: bool = True, workers: int = 1, verifier: str = VERIFIERS[0],
+                        extract: str = EXTRACTS[0]) -> list[float]:
+    """correctness_reward of each completion, with the worker's requests (Math-Verify's extraction, the checks
+    that reach sympy) on up to `workers` worker processes at once; workers=1 gives the same as one by one.
+    A truncated completion is not read at all."""
+    preds = extract_answers(["" if cut else t for t, cut in zip(completions, truncated)], extract, last_number,
+                            unboxed, timeout, workers)
+    return answer_rewards(preds, answers, truncated, truncated_reward, timeout, workers, verifier)
+
+
+def answer_rewards(preds: list[str | None], answers: list[str], truncated: list[bool], truncated_reward: float = 0.0,
+                   timeout: float = 3.0, workers: int = 1, verifier: str = VERIFIERS[0]) -> list[float]:
+    """correctness of answers already extracted (None: no answer, wrong); truncated ones get truncated_reward."""
+    todo = [i for i, (p, cut) in enumerate(zip(preds, truncated)) if p is not None and not cut]
+    verdicts = is_equivalent_many([(preds[i], answers[i]) for i in todo], timeout, workers, verifier)
+    right = {i for i, same in zip(todo, verdicts) if same}
     return [float(truncated_reward) if cut else float(i in right) for i, cut in enumerate(truncated)]
 
 
@@ -57,7 +66,7 @@ def format_reward(completion: str) -> float:
 
 def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
                     timeout: float = 3.0, last_number: bool = True, unboxed: bool = True,
-                    workers: int = 1, verifier: str = VERIFIERS[0]) -> RewardFn:
+                    workers: int = 1, verifier: str = VERIFIERS[0], extract: str = EXTRACTS[0]) -> RewardFn:
     """The default RewardFn: correctness_reward + format_weight * format_reward per completion
     (the sympy checks of a call on up to `workers` worker processes at once)."""
 
@@ -70,7 +79,7 @@ def build_reward_fn(format_weight: float = 0.0, truncated_reward: float = 0.0,
             if "answer" not in record:
                 raise KeyError(f"reward record has no 'answer' field (keys: {sorted(record)})")
         correct = correctness_rewards(completions, [r["answer"] for r in records], truncated, 0.0, timeout,
-                                      last_number, unboxed, workers, verifier)
+                                      last_number, unboxed, workers, verifier, extract)
         return [shaped_reward(c, t, cut, format_weight, truncated_reward)
                 for c, t, cut in zip(correct, completions, truncated)]
 

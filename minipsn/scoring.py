@@ -20,8 +20,8 @@ import math
 import operator
 from collections import Counter
 
-from minipsn.rewards import correctness_rewards
-from minipsn.verify import VERIFIERS, extract_answer
+from minipsn.rewards import answer_rewards
+from minipsn.verify import EXTRACTS, VERIFIERS, extract_answers
 from minipsn.verify import normalise as normalise_answer  # the verifier's canonical spelling
 
 _ANSWER_CHARS = 200  # stored answers are cut here: enough to vote on, keeps samples files small
@@ -97,10 +97,10 @@ def average(results: dict[str, dict]) -> dict:
 
 def score_rows(texts: list[str], truncated: list[bool], lengths: list[int], answer: str,
                timeout: float = 3.0, last_number: bool = True, unboxed: bool = True,
-               verifier: str = VERIFIERS[0]) -> dict:
+               verifier: str = VERIFIERS[0], extract: str = EXTRACTS[0]) -> dict:
     """One problem's completions → {answers, correct, lengths, truncated, gold}, scored like training rewards."""
-    answers = [extract_answer(t, last_number=last_number, unboxed=unboxed) for t in texts]
-    correct = [int(c) for c in correctness_rewards(texts, [answer] * len(texts), truncated, 0.0, timeout, last_number,
-                                                   unboxed, verifier=verifier)]
+    answers = extract_answers(texts, extract, last_number, unboxed, timeout)
+    correct = [int(c) for c in answer_rewards(answers, [answer] * len(texts), truncated, 0.0, timeout,
+                                              verifier=verifier)]
     return {"answers": [a[:_ANSWER_CHARS] if a else None for a in answers], "correct": correct,
             "lengths": [int(x) for x in lengths], "truncated": [bool(x) for x in truncated], "gold": answer}

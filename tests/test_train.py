@@ -83,7 +83,7 @@ def test_verifier_both_logs_the_step_disagreements(tmp_path, monkeypatch):
 
     def scored_with_two_disagreements(*args, **kwargs):
         for _ in range(2):  # strict refuses a labelled list, Math-Verify reads it: a disagreement each
-            assert verify.is_equivalent("AB=4,CD=5", "4, 5", verifier="both") is False
+            assert verify.is_equivalent("|AB|=4,|CD|=5", "4, 5", verifier="both") is False
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "correctness_rewards", scored_with_two_disagreements)

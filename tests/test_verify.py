@@ -17,6 +17,13 @@ from tests.conftest import data_file
 SLACK = 5.0  # seconds a check may take beyond its limit (killing the worker, scheduling on a busy machine)
 # README: these two MATH solutions end in an empty \boxed{}; their `answer` was set to 0 by hand
 EMPTY_BOX_IDS = {"train/number_theory/7115.json", "train/number_theory/7117.json"}
+# these MATH solutions box several values together ("$k = \boxed{5}$ or $k = \boxed{-3}$") while the gold keeps
+# the last: boxes offered together are one answer, right only for a gold of all of them (issue 35: no hedge pays);
+# number_theory/837 boxes 20:34 "or" 8:34 p.m., two spellings the kit does not equate
+SEVERAL_VALUES_IDS = {"train/algebra/152.json", "train/algebra/1771.json", "train/intermediate_algebra/396.json",
+                      "train/intermediate_algebra/1486.json", "train/intermediate_algebra/1964.json",
+                      "train/number_theory/837.json", "train/precalculus/860.json", "train/precalculus/1040.json",
+                      "train/precalculus/1089.json", "train/precalculus/1149.json"}
 
 
 def _rows(name: str) -> list[dict]:
@@ -45,7 +52,8 @@ def _hang(pred: str, gold: str) -> bool:
 def test_math_gold_equals_itself_and_its_solution_box(name):
     bad = []
     for row in _rows(name):
-        if row["id"] in EMPTY_BOX_IDS:
+        if row["id"] in EMPTY_BOX_IDS | SEVERAL_VALUES_IDS:
+            assert row["id"] in EMPTY_BOX_IDS or not is_equivalent(extract_answer(row["solution"]), row["answer"])
             continue
         boxed = extract_answer(row["solution"])
         if not is_equivalent(row["answer"], row["answer"]) or boxed is None or not is_equivalent(

@@ -187,9 +187,12 @@ def test_list_comma_is_kept_apart_from_thousands():
 BOXES = [
     ("several-boxes", "so \\boxed{2}, \\boxed{3}, \\boxed{5}.", "2, 3, 5"),
     ("boxes-dollars", "$\\boxed{1}$; $\\boxed{2}$", "1, 2"),
-    ("word-between-boxes", "First \\boxed{1}, finally \\boxed{2}.", "2"),
-    ("and-between-boxes", "radius $\\boxed{1}$ and $\\boxed{9}$ intersect", "9"),  # MATH: gold is 9
-    ("or-between-boxes", "$\\boxed{15\\frac{39}{40}},$ or $\\boxed{\\frac{639}{40}}$", "\\frac{639}{40}"),
+    ("word-between-boxes", "First \\boxed{1}, finally \\boxed{2}.", "2"),  # a later box corrects an earlier one
+    ("sentence-between-boxes", "So \\boxed{12}. Wait, recount: \\boxed{13}", "13"),
+    # boxes offered together are one answer (issue 35; MATH writes these two, with gold 9 and 639/40)
+    ("and-between-boxes", "radius $\\boxed{1}$ and $\\boxed{9}$ intersect", "1, 9"),
+    ("or-between-boxes", "$\\boxed{15\\frac{39}{40}},$ or $\\boxed{\\frac{639}{40}}$", "15\\frac{39}{40}, \\frac{639}{40}"),
+    ("labels-between-boxes", "So $x = \\boxed{-2}$ or $x = \\boxed{1}$.", "-2, 1"),
     ("empty-box-skipped", "\\boxed{4}, \\boxed{}", "4"),
     ("answer-is-paren", "The answer is \\(\\frac{1}{2}\\).", "\\frac{1}{2}"),
     ("answer-is-bracket", "The final answer is \\[x = 7\\]", "x = 7"),

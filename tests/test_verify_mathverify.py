@@ -36,7 +36,7 @@ FORMS = [
     ("The only solution is $(7, 6)$.", "(7, 6)", "The only solution is $(6, 7)$."),
     ("Hence $\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}$ is the answer.",
      "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "Hence $\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}$ is the answer."),
-    ("\\boxed{AB=4,CD=5}", "4, 5", "\\boxed{AB=4,CD=6}"),
+    ("\\boxed{|AB|=4,|CD|=5}", "4, 5", "\\boxed{|AB|=4,|CD|=6}"),
     ("\\boxed{|AB|=1}", "1", "\\boxed{|AB|=2}"),
     ("\\boxed{V_{1}:V_{2}=11:21}", "11:21", "\\boxed{V_{1}:V_{2}=11:12}"),
     ("\\boxed{\\pm 2021}", "\\{-2021, 2021\\}", "\\boxed{\\pm 2020}"),
@@ -111,9 +111,9 @@ def test_inequalities_turn_round_and_not_equal_too():
 
 def test_both_accepts_only_what_both_accept_and_counts_disagreements():
     before = verify_stats()["disagree"]
-    assert is_equivalent("AB=4,CD=5", "4, 5", verifier="strict") is False
-    assert is_equivalent("AB=4,CD=5", "4, 5", verifier="math-verify") is True
-    assert is_equivalent("AB=4,CD=5", "4, 5", verifier="both") is False
+    assert is_equivalent("|AB|=4,|CD|=5", "4, 5", verifier="strict") is False
+    assert is_equivalent("|AB|=4,|CD|=5", "4, 5", verifier="math-verify") is True
+    assert is_equivalent("|AB|=4,|CD|=5", "4, 5", verifier="both") is False
     assert verify_stats()["disagree"] == before + 1
     assert is_equivalent("\\sqrt{8}", "2\\sqrt{2}", verifier="both") is True
     assert verify_stats()["disagree"] == before + 1
@@ -141,14 +141,14 @@ def test_a_hung_math_verify_is_bounded_by_the_worker_and_counted_as_a_timeout():
         assert time.monotonic() - start < 1.0 + SLACK
         assert verify_stats()["timeouts"] == before["timeouts"] + 1
         warm_up()  # the replacement worker is ready before the scored step
-        ro = SimpleNamespace(texts=["\\boxed{x + \\hang}", "\\boxed{AB=4,CD=5}"], truncated=torch.tensor([False, False]))
+        ro = SimpleNamespace(texts=["\\boxed{x + \\hang}", "\\boxed{|AB|=4,|CD|=5}"], truncated=torch.tensor([False, False]))
         before = verify_stats()
         _, correct = score(None, ro, [{"answer": "x"}, {"answer": "4, 5"}], RewardConfig(timeout=1.0))
         assert correct.tolist() == [0.0, 1.0]
         assert verify_stats()["timeouts"] == before["timeouts"] + 1  # what train logs as verify/timeouts
     finally:
         verify._restart_worker(None)
-    assert is_equivalent("AB=4,CD=5", "4, 5") is True  # a fresh worker took over
+    assert is_equivalent("|AB|=4,|CD|=5", "4, 5") is True  # a fresh worker took over
 
 
 @pytest.mark.parametrize("verifier", VERIFIERS)
@@ -171,7 +171,7 @@ def test_the_verifier_reaches_every_scorer():
     from minipsn.scoring import score_rows
     from minipsn.train import score
 
-    texts, gold = ["\\boxed{AB=4,CD=5}", "\\boxed{4, 6}"], "4, 5"
+    texts, gold = ["\\boxed{|AB|=4,|CD|=5}", "\\boxed{4, 6}"], "4, 5"
     assert score_rows(texts, [False, False], [3, 3], gold)["correct"] == [1, 0]
     assert score_rows(texts, [False, False], [3, 3], gold, verifier="strict")["correct"] == [0, 0]
     ro = SimpleNamespace(texts=texts, truncated=torch.tensor([False, False]))
@@ -187,7 +187,7 @@ def _run_folder(tmp_path):
     (run / "eval" / "samples").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(build_config(model="tiny").to_dict()))
     row = {"step": 1, "row": 0, "prompt": "p", "reward": 0.0, "correct": False, "truncated": False}
-    rows = [{**row, "completion": "so \\boxed{AB=4,CD=5}", "gold": "4, 5"},
+    rows = [{**row, "completion": "so \\boxed{|AB|=4,|CD|=5}", "gold": "4, 5"},
             {**row, "row": 1, "completion": "so \\boxed{4, 5}", "gold": "4, 5"},
             {**row, "row": 2, "completion": "so \\boxed{|AB|=1", "gold": "1", "truncated": True}]
     (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -204,7 +204,7 @@ def test_verify_audit_lists_the_disagreements(tmp_path):
     report = audit(_run_folder(tmp_path))
     assert report["checked"] == 4 and report["skipped"] == 1
     found = {(d["source"].split(" ")[0], d["answer"], d["strict"], d["math-verify"]) for d in report["disagree"]}
-    assert found == {("samples.jsonl:1", "AB=4,CD=5", False, True),
+    assert found == {("samples.jsonl:1", "|AB|=4,|CD|=5", False, True),
                      ("eval/samples/olympiadbench.jsonl:2", "|AB|=1", False, True)}
 
 
@@ -213,7 +213,7 @@ def test_verify_audit_command(tmp_path):
 
     result = CliRunner().invoke(app, ["verify-audit", str(_run_folder(tmp_path))])
     assert result.exit_code == 0, result.output
-    assert "AB=4,CD=5" in result.output and "2 of 4 answers" in result.output
+    assert "|AB|=4,|CD|=5" in result.output and "2 of 4 answers" in result.output
     result = CliRunner().invoke(app, ["verify-audit", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1

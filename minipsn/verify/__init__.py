@@ -1,34 +1,34 @@
 """Answer extraction and a bounded, safe equivalence check: the ground truth of the reward.
 
-Public API: extract_answer(text) (extract.py) and is_equivalent(pred, gold), plus is_equivalent_many
-(a batch: the pairs that reach sympy run on a small pool of workers at once), normalise(),
-verify_stats(), warm_up(), boxed_contents() and bench_verifier(). is_equivalent decides in stages,
-cheapest first: normalise both strings (normalise.py: \\dfrac, \\left, \\text{}, units, degrees,
-\\%, thousands separators vs list commas, "and"/"or"/";" lists, \\( \\), $, spacing, "x = 5",
-"(p,q) ="), exact match, multiple-choice letter, word answers, clock times and ratios, plain numbers
-(exact, or within relative 1e-6 when either is written with decimals; no percent rescaling, so
-50 != 0.5), then the sympy stage in the worker process (worker.py): parse.py reads LaTeX safely
-(model text never reaches eval/exec/sympify; towers and huge factorials are refused before sympy),
-symbolic.py compares (sets, tuples, matrices, intervals, inequalities, equations, ≈). A check past
-its time limit kills the worker and is False, from any thread; verify_stats() counts it.
-`verifier` picks the worker's judge (judge.py): "math-verify" (the default: Math-Verify behind guards
-from the strict checks), "strict" (symbolic.py alone) or "both" (accepted only when both accept);
-the cheap stages come first for every verifier.
+Public API: extract_answers(texts, extract) (the answer of each completion: boxes by the kit's box reader,
+an unboxed completion by Math-Verify in the worker or, reward.extract=kit, by extract_answer in extract.py),
+is_equivalent(pred, gold), is_equivalent_many (a batch: the pairs that reach sympy run on a small pool of
+workers at once), normalise(), verify_stats(), warm_up(), boxed_contents() and bench_verifier().
+is_equivalent decides in stages, cheapest first: normalise both strings (normalise.py), exact match,
+multiple-choice letter, word answers, clock times and ratios, plain numbers (exact, or within relative 1e-6
+when either is written with decimals; 50 != 0.5), then the sympy stage in the worker (worker.py): parse.py
+reads LaTeX safely (model text never reaches eval/exec/sympify), symbolic.py compares. A check past its time
+limit kills the worker and is False; verify_stats() counts it. `verifier` picks the worker's judge (judge.py):
+"math-verify" (default: Math-Verify behind guards from the strict checks), "strict" or "both". No hedge pays:
+an answer that states several values (boxes offered together, a chain whose sides differ, a disjunction) is
+right only for a gold of those values (docs/verifier.md).
 """
 
 import re
 import time
 from fractions import Fraction
 
-from minipsn.verify.extract import answer_candidates, boxed_contents, extract_answer
+from minipsn.verify.extract import box_spans, boxed_contents, extract_answer, join_boxes, offered_values, stated_answer
 from minipsn.verify.normalise import clock, decimal_comma, normalise, ratio
-from minipsn.verify.worker import _ask_worker, _count, ask_many, verify_stats, warm_up
+from minipsn.verify.worker import _ask_worker, _count, _extract, ask_many, verify_stats, warm_up
 from minipsn.verify.worker import _restart_worker as _restart_worker  # a test hook (a slow worker)
 
-__all__ = ["extract_answer", "answer_candidates", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents",
-           "verify_stats", "warm_up", "bench_verifier", "VERIFIERS"]  # _ask_worker, _count, _restart_worker: test hooks
+# _ask_worker, _count, _restart_worker: test hooks
+__all__ = ["extract_answer", "extract_answers", "is_equivalent", "is_equivalent_many", "normalise", "boxed_contents",
+           "verify_stats", "warm_up", "bench_verifier", "VERIFIERS", "EXTRACTS"]
 
 VERIFIERS = ("math-verify", "strict", "both")  # reward.verifier; the first is the default
+EXTRACTS = ("math-verify", "kit")  # reward.extract; the first is the default
 
 _MAX_CHARS = 2000  # longer answers are compared by exact match only
 _MAX_DIGITS = 400  # number literals the fast path converts exactly
@@ -139,6 +139,44 @@ def is_equivalent_many(pairs: list[tuple[str, str]], timeout: float = 3.0, worke
     for i, v in zip(hard, ask_many([(*staged[i][1:], verifier, *pairs[i]) for i in hard], workers)):
         verdicts[i] = v
     return verdicts
+
+
+def extract_answers(texts: list[str], extract: str = EXTRACTS[0], last_number: bool = True, unboxed: bool = True,
+                    timeout: float = 3.0, workers: int = 1) -> list[str | None]:
+    """The final answer of each completion (None: no answer). Boxes first, read in-process by the kit's box
+    reader (extract.py: the last run of boxes). A completion without a box has no answer when unboxed=False;
+    else `extract` reads it: "kit" with extract_answer; "math-verify" with Math-Verify's parse in the worker
+    (judge.extract, each under `timeout`, up to `workers` at once), behind two rules of the kit: where it
+    finds nothing, the kit's reading stands in (verify_stats()["extract_fallbacks"]); where the completion
+    says "the answer is X" and Math-Verify reads a value not equal to X ("The answer is 6 because 2 + 3 = 5"
+    reads 5), it states two values and has no answer (verify_stats()["extract_conflicts"]). With either, an
+    unboxed pick among values its last sentence offers ("This is 5 or 6.") is all of them."""
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"extract_answers expects str completions, got {type(text).__name__}")
+    if extract not in EXTRACTS:
+        raise ValueError(f"unknown extract {extract!r}; use {', '.join(EXTRACTS)}")
+    spans = [box_spans(t) for t in texts]
+    if extract == "kit":
+        answers = [join_boxes(t, s) if s else extract_answer(t, last_number, unboxed) for t, s in zip(texts, spans)]
+        return [a if s else _alternatives(t, a) for t, s, a in zip(texts, spans, answers)]
+    answers = [join_boxes(t, s) if s else None for t, s in zip(texts, spans)]
+    todo = [i for i, (t, s) in enumerate(zip(texts, spans)) if unboxed and not s and t.strip()]
+    for i, found in zip(todo, ask_many([(texts[i], timeout, last_number) for i in todo], workers, _extract)):
+        stated = stated_answer(texts[i], last_number, clear=True)
+        if found is None and (found := extract_answer(texts[i], last_number=last_number)) is not None:
+            _count("extract_fallbacks")
+        elif found is not None and stated is not None and not is_equivalent(found, stated, timeout):
+            found = None
+            _count("extract_conflicts")
+        answers[i] = _alternatives(texts[i], found)
+    return answers
+
+
+def _alternatives(text: str, answer: str | None) -> str | None:
+    """An unboxed answer that is one of the values its last sentence offers ("This is 5 or 6.") is all of them."""
+    values = offered_values(text) if answer is not None else []
+    return ", ".join(values) if normalise(answer or "") in map(normalise, values) else answer
 
 
 def bench_verifier(pairs: list[tuple[str, str]], timeout: float = 3.0, verifier: str = VERIFIERS[0]) -> dict:

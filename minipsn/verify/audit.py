@@ -2,17 +2,17 @@
 
 Re-checks every answer a run kept with both verifiers and returns the ones they judge differently,
 so a user can see what each accepts before choosing `reward.verifier`. The run keeps answers in
-RUN/samples.jsonl (training: whole completions, read with the run's own reward.last_number and
-reward.unboxed_answer; a truncated one is wrong to every verifier and is skipped) and in
-RUN/eval/samples/*.jsonl (evaluation: the extracted answers, cut at 200 characters, and the gold;
-rows written before the gold was stored are counted as skipped). Each answer is checked as the reward
-checks it (answer_candidates: either reading of boxes joined by "and" may be the right one).
+RUN/samples.jsonl (training: whole completions, read with the run's own reward.extract, last_number and
+unboxed_answer, a run from before reward.extract with the kit's extraction it was scored with; a truncated
+one is wrong to every verifier and is skipped) and in RUN/eval/samples/*.jsonl (evaluation: the extracted
+answers, cut at 200 characters, and the gold; rows written before the gold was stored are counted as
+skipped). Each answer is checked as the reward checks it.
 """
 
 import json
 from pathlib import Path
 
-from minipsn.verify import answer_candidates, is_equivalent
+from minipsn.verify import extract_answers, is_equivalent
 
 VERIFIERS = ("strict", "math-verify")
 
@@ -31,9 +31,9 @@ def audit(run: str | Path, timeout: float = 3.0) -> dict:
         for i, row in enumerate(_rows(train), start=1):
             if row.get("truncated"):
                 continue
-            readings = answer_candidates(row["completion"], reward.get("last_number", True),
-                                         reward.get("unboxed_answer", True))
-            _check(report, f"samples.jsonl:{i} (step {row['step']}, row {row['row']})", readings, row["gold"], timeout)
+            answer = extract_answers([row["completion"]], reward.get("extract", "kit"), reward.get("last_number", True),
+                                     reward.get("unboxed_answer", True), timeout)[0]
+            _check(report, f"samples.jsonl:{i} (step {row['step']}, row {row['row']})", answer, row["gold"], timeout)
     for path in evals:
         for i, row in enumerate(_rows(path)[1:], start=2):  # line 1 is the sampling settings
             if "gold" not in row:
@@ -41,18 +41,18 @@ def audit(run: str | Path, timeout: float = 3.0) -> dict:
                 continue
             for k, (answer, cut) in enumerate(zip(row["answers"], row["truncated"])):
                 if answer is not None and not cut:
-                    _check(report, f"eval/samples/{path.name}:{i} ({row['id']}, sample {k})", [answer], row["gold"],
+                    _check(report, f"eval/samples/{path.name}:{i} ({row['id']}, sample {k})", answer, row["gold"],
                            timeout)
     return report
 
 
-def _check(report: dict, source: str, readings: list[str], gold: str, timeout: float) -> None:
-    if not readings:
+def _check(report: dict, source: str, answer: str | None, gold: str, timeout: float) -> None:
+    if answer is None:
         return
     report["checked"] += 1
-    verdicts = {v: any(is_equivalent(a, gold, timeout, v) for a in readings) for v in VERIFIERS}
+    verdicts = {v: is_equivalent(answer, gold, timeout, v) for v in VERIFIERS}
     if len(set(verdicts.values())) > 1:
-        report["disagree"].append({"source": source, "answer": " / ".join(readings), "gold": gold, **verdicts})
+        report["disagree"].append({"source": source, "answer": answer, "gold": gold, **verdicts})
 
 
 def _rows(path: Path) -> list[dict]:

@@ -1,27 +1,36 @@
-"""Answer extraction: the final answer in a completion, as a string for is_equivalent().
+"""The kit's answer extraction (reward.extract=kit, and the box reader of every extraction).
 
-extract_answer() takes the last \\boxed{...} / \\fbox{...} / \\boxed x, joined with the boxes just
-before it when only "," ";" spaces or $ lie between ("\\boxed{2}, \\boxed{3}" is the list 2, 3; a
-word between boxes ends the answer at the last box). A completion that boxes is graded by its boxes
-only. Without a box, and only when unboxed=True (reward.unboxed_answer), it reads "#### N", else the
-text after the last "answer is" / "answer:" / "final answer", else a closing sentence "... is X."
-("so the total equals $\\frac{3}{4}$."; "The largest $n$ is 34." only with last_number=True, as a
-bare number there is a last-number read; "$x \\geq 5$ is the solution."; "2,74 $."; the same sentence
-after "Final Answer:"), else the last number (last_number=True; "costs 2,74 $" reads 2,74). unboxed=False insists on a box: nothing
-else is an answer. answer_candidates() adds a second reading of boxes joined by "and"
-("\\boxed{-2} and \\boxed{1}" is also the list -2, 1): a correct candidate makes the completion correct.
+A completion that boxes is graded by its boxes only: its answer is the last run of boxes (\\boxed{...},
+\\fbox{...}, \\boxed x). Boxes with nothing but separators between them (",", ";", spaces, $, \\quad,
+"and", "or", \\text{and}, \\text{or}, \\lor, a label "x =") are one answer holding all their values: "\\boxed{2},
+\\boxed{3}" is the list 2, 3 and "\\boxed{12} or \\boxed{13}" is 12, 13, right only for a gold of those two
+values (or when both boxes spell one value). Any other word between two boxes ends the run: "\\boxed{12}.
+Wait, recount: \\boxed{13}" is 13, as a reasoning trace corrects itself. So the reward depends on one final
+answer: an earlier box never makes a completion right, and values offered together are graded together.
+Without a box, and only when unboxed=True (reward.unboxed_answer), extract_answer() reads "#### N", else
+the text after the last "answer is" / "answer:" / "final answer", else a closing sentence "... is X."
+("so the total equals $\\frac{3}{4}$."; "The largest $n$ is 34." only with last_number=True), else the last
+number (last_number=True; "costs 2,74 $" reads 2,74). The default extraction reads unboxed completions
+with Math-Verify instead (judge.extract); see minipsn/verify/__init__.py.
 """
 
 import re
 
-_BOX_GAP = re.compile(r"(?:\s|\$|,|;|\\quad|\\qquad)*")
-_AND_GAP = re.compile(r"(?:\s|\$|,|;|\\q?quad|\\text\s*\{\s*and\s*\}|and)*")  # "$\boxed{1}$ and $\boxed{2}$"
+# what may stand between two boxes of one answer: separators, the words of a list or of alternatives, and the
+# label of the next box ("$x = \\boxed{-2}$ or $x = \\boxed{1}$")
+_BOX_GAP = re.compile(r"(?:\s|\$|,|;|\\q?quad(?![a-zA-Z])|\\[,;: !]|\\lor(?![a-zA-Z])|\\vee(?![a-zA-Z])"
+                      r"|\\text\s*\{\s*(?:and|or)\s*\}|\b(?:and|or)\b|(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*=)*")
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _ANSWER_IS = re.compile(r"(?i)\banswer\s*(?:is|:)\s*:?")  # also "final answer is", "Answer:"
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 # a decimal comma is read only in an amount before a currency sign ("2,74 $"); else a comma groups thousands
 _LAST_NUMBER = re.compile(r"(?<![\w)\]}])-?(?:\d+,\d{1,2}(?=\s*(?:\\?\$|€|£))|\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|\.\d+)")
 _AMOUNT = re.compile(r"-?\d+,\d{1,2}")
+_INLINE = re.compile(r"(?<!\\)\$([^$]+)\$")
+_VALUE = r"(-?\d[\d,.]*\d|-?\d|\$[^$]+\$)"
+_EITHER = re.compile(rf"{_VALUE}\s*,?\s*(?:\bor\b|\\lor|\\vee)\s*{_VALUE}")  # 5 or 6, $a$ or $b$
+_SENTENCE_SPLIT = re.compile(r"[.!?](?=\s|$)|\n")
+_STATES = re.compile(r"=|\\(?:lor|vee|mid|q?quad)(?![a-zA-Z])|\bor\b")
 # the closing sentence "... is $X$." / "... equals 34.": X is the answer (inline math or one token)
 _CLOSING = re.compile(r"(?i)\b(?:is|are|equals|be)\s*:?\s*(\$\$?[^$]+\$\$?|\\\((.+?)\\\)|-?[\d.,/]*\d)"
                       r"(?:\s*(?:[a-zA-Z]+|\\?\$|€|£)\s*){0,2}[.!]?\s*$")  # up to two words or a currency sign
@@ -43,6 +52,8 @@ def _brace_matches(text: str) -> dict[int, int]:
 
 def box_spans(text: str) -> list[tuple[int, int, str | None]]:
     """(start, end, content or None) of every \\boxed/\\fbox in order."""
+    if not _BOX.search(text):
+        return []
     match, out = _brace_matches(text), []
     for m in _BOX.finditer(text):
         j = m.end()
@@ -71,22 +82,6 @@ def join_boxes(text: str, spans: list[tuple[int, int, str | None]]) -> str | Non
     return ", ".join(b[2] for b in run)
 
 
-def answer_candidates(text: str, last_number: bool = True, unboxed: bool = True) -> list[str]:
-    """The readings of a completion's answer: extract_answer's, then, when the last boxes are joined by
-    "and" (also "\\quad \\text{and} \\quad"), all of them as one list. [] when there is no answer."""
-    first = extract_answer(text, last_number=last_number, unboxed=unboxed)
-    if first is None:
-        return []
-    filled = [b for b in box_spans(text) if b[2]]
-    run = filled[-1:]
-    for box in reversed(filled[:-1]):
-        if not _AND_GAP.fullmatch(text[box[1]:run[0][0]]):
-            break
-        run.insert(0, box)
-    joined = ", ".join(b[2] for b in run)
-    return [first] if len(run) < 2 or joined == first else [first, joined]
-
-
 def boxed_contents(text: str) -> list[str | None]:
     """Content of every \\boxed/\\fbox in order; None for an unclosed or empty one."""
     return [content for _, _, content in box_spans(text)]
@@ -110,22 +105,45 @@ def extract_answer(text: str, last_number: bool = True, unboxed: bool = True) ->
             tail = tail.replace(",", "")  # GSM8K writes 1,000; its `final` field does not
         if tail:
             return tail
-    said = list(_ANSWER_IS.finditer(text))
-    if said:
-        tail = text[said[-1].end():].split("\n")[0].strip().strip("*").strip()
-        inline = re.match(r"\$+([^$]+)\$|\\[(\[](.+?)\\[)\]]", tail)  # "the answer is $5$ apples" -> 5
-        number = re.match(r"-?[\d.,/]*\d(?=\s+[a-zA-Z])", tail)  # "is 5 because ..." -> 5
-        closing = None if inline or number else _closing_sentence(tail, last_number)  # "The largest $n$ is 34."
-        tail = (inline[1] or inline[2]) if inline else number[0] if number else closing or _SENTENCE_END.split(
-            tail, maxsplit=1)[0]
-        if tail.strip():
-            return tail.strip()
+    if stated := stated_answer(text, last_number):
+        return stated
     if closing := _closing_sentence(text, last_number):
         return closing
-    numbers = _LAST_NUMBER.findall(text) if last_number else []
+    numbers = list(_LAST_NUMBER.finditer(text)) if last_number else []
     if not numbers:
         return None
-    return numbers[-1] if _AMOUNT.fullmatch(numbers[-1]) else numbers[-1].replace(",", "")
+    last = numbers[-1]
+    # inside inline math that states an equation or alternatives ($x = 14 = 13$, $12 \lor 13$) the math is the
+    # answer, checked as a whole as a box would be: its last number alone would let a chain or a disjunction pay
+    math = next((m for m in _INLINE.finditer(text) if m.start() < last.start() < m.end()), None)
+    if math and _STATES.search(math[1]):
+        return math[1].strip()
+    return last[0] if _AMOUNT.fullmatch(last[0]) else last[0].replace(",", "")
+
+
+def stated_answer(text: str, last_number: bool = True, clear: bool = False) -> str | None:
+    """What follows the last "the answer is" / "answer:" / "final answer" on its line: inline math, a number
+    (before a word: "is 5 because ..." -> 5), a closing "... is X." sentence, else the words up to the
+    sentence end; None when there is no such statement. clear=True: only inline math or a number."""
+    said = list(_ANSWER_IS.finditer(text))
+    if not said:
+        return None
+    tail = text[said[-1].end():].split("\n")[0].strip().strip("*").strip()
+    inline = re.match(r"\$+([^$]+)\$|\\[(\[](.+?)\\[)\]]", tail)  # "the answer is $5$ apples" -> 5
+    number = re.match(r"-?[\d.,/]*\d(?=\s+[a-zA-Z]|[.!]?$)", tail)  # "is 5 because ..." -> 5
+    if clear:
+        return (inline[1] or inline[2]).strip() if inline else number[0] if number else None
+    closing = None if inline or number else _closing_sentence(tail, last_number)  # "The largest $n$ is 34."
+    tail = (inline[1] or inline[2]) if inline else number[0] if number else closing or _SENTENCE_END.split(
+        tail, maxsplit=1)[0]
+    return tail.strip() or None
+
+
+def offered_values(text: str) -> list[str]:
+    """The values a completion's last sentence offers as alternatives ("This is 5 or 6.", "$a$ or $b$"), [] if
+    none: a pick among them is one of several values."""
+    sentences = [x for x in _SENTENCE_SPLIT.split(text.strip()[-500:]) if x.strip()]
+    return [v.strip("$") for m in _EITHER.finditer(sentences[-1] if sentences else "") for v in m.groups()]
 
 
 def _closing_sentence(text: str, numbers: bool) -> str | None:

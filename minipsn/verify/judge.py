@@ -1,10 +1,11 @@
-"""The worker's verdicts, one per verifier: strict (symbolic.py) and Math-Verify behind the strict guards.
+"""The worker's Math-Verify: its extraction of unboxed answers, and the verdicts of strict and Math-Verify.
 
-judge(verifier, pred, gold, raw_pred, raw_gold) answers a check the cheap stages left open, in the
-worker process only. `strict` compares the normalised answers with symbolic.py. `math-verify` reads
-the raw answers with Math-Verify (math_verify.parse, then math_verify.verify: what TRL and open-r1
-reward with), its own signal-based timeouts off (they work only in a main thread; the worker's hard
-limit, reward.timeout, bounds every check instead), behind guards from the strict checks, each
+extract(text) is Math-Verify's pick of a completion's answer (TRL's settings). judge(verifier, pred, gold,
+raw_pred, raw_gold) answers a check the cheap stages left open, in the worker process only. `strict`
+compares the normalised answers with symbolic.py. `math-verify` reads the raw answers with Math-Verify
+(math_verify.parse, then math_verify.verify: what TRL and open-r1 reward with), its own signal-based
+timeouts off (they work only in a main thread; the worker's hard limit, reward.timeout, bounds every
+check instead), behind guards from the strict checks, each
 against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
 - braces: an answer with unbalanced { } is refused (Math-Verify reads 1}}}}} as 1);
 - size: an answer the strict reader refuses as too large (towers, huge factorials) is refused before
@@ -13,6 +14,9 @@ against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
   intervals, equations of numbers), its exact comparison decides. Math-Verify rounds to 6 places and
   compares at 15 digits (1/2004! = 1/2006!, 10^{-20} = 2·10^{-20}), reads 1.5e3 as 1.5·e·3, takes
   the last side of a false 5+5=11, and matches the set {1,2} with the pair (1,2);
+- several values: when either answer is a chain (x = 14 = 13), one is a list and the other is not, or a
+  list is made by "or", \\lor, \\mid or spacing (x = 12 \\quad x = 13), strict decides: Math-Verify grades a
+  chain by its last side and reads the last of two statements, so a hedge would pay;
 - percent: an answer with % is compared as strict does (the sign dropped, never rescaled: 50 is not
   0.5), where Math-Verify reads 50\\%x as 0.5x;
 - misreadings: strict decides when Math-Verify's reading drops a letter, changes the number of
@@ -27,16 +31,23 @@ against a false positive of Math-Verify 0.9.0 (tests/test_verify_mathverify.py):
 
 import logging
 import re
+import warnings
 
 import math_verify
+import math_verify.parser as mv_parser
 import sympy
+from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+from math_verify import ExprExtractionConfig, LatexExtractionConfig
 from sympy.core.function import AppliedUndef
 from sympy.core.relational import Relational
+from sympy.utilities.exceptions import SymPyDeprecationWarning
 
 from minipsn.verify import parse, symbolic
-from minipsn.verify.normalise import pick_approx
+from minipsn.verify.normalise import LIST_SEP, pick_approx, prepare, unwrap
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns once that its timeouts are off: ours is on
+# its readings of a percent multiply sympy sets (deprecated in sympy): noise on the worker's stderr, no verdict
+warnings.filterwarnings("ignore", category=SymPyDeprecationWarning)
 
 MV_CHARS = 300  # longer answers go to strict (the longest MATH-500, OlympiadBench, Minerva gold: 210)
 STAGES = {}  # stage name -> replacement function; tests inject a slow one (worker._restart_worker)
@@ -44,6 +55,39 @@ STAGES = {}  # stage name -> replacement function; tests inject a slow one (work
 # decision tables lazily, so the first answers of each shape would take a few times longer
 WARM_UP = ("\\frac{3\\sqrt{2}}{4}x^{2}-\\pi", "\\{1, -2\\}, (3, \\infty)", "x \\le 5", "\\dfrac{a+b}{c_1} = 2",
            "\\begin{pmatrix} 1 & 0 \\\\ 0 & -1 \\end{pmatrix}", "\\sin(2t) + \\log_2 8 + |x| + 10\\%")
+
+
+# TRL's accuracy_reward reads a completion this way (LaTeX, boxed first, Math-Verify's LaTeX clean-up); its
+# unit stripping is off here, as it drops letters (\\sin 2t reads \\sin 2): the judge strips units itself,
+# behind the guard that catches a dropped letter
+_LATEX = LatexExtractionConfig(boxed_match_priority=0, normalization_config=NormalizationConfig(units=False))
+_EXPR = {True: ExprExtractionConfig(), False: ExprExtractionConfig(try_extract_without_anchor=False)}
+
+
+def extract(text: str, last_number: bool = True) -> str | None:
+    """Math-Verify's answer in a completion: its parse with LaTeX and expression extraction, boxed first,
+    the first match only (as TRL's accuracy_reward), returned as the text it matched (its LaTeX cleaned
+    up) for the kit's checks; None when nothing matches. last_number=False reads no expression or number
+    that no "answer" word anchors."""
+    answer = _pick(text, last_number, parser=False)
+    if answer is not None and " and " in answer:  # math joined by and/or: joined only when each part parses
+        answer = _pick(text, last_number, parser=True)
+    return answer
+
+
+def _pick(text: str, last_number: bool, parser: bool) -> str | None:
+    """parse()'s pick. In first_match mode the text of one match does not depend on whether Math-Verify's
+    LaTeX parser reads it (only matches joined by and/or do), and only the text is kept here, so without
+    `parser` that parser (antlr: 12 of the 12.3 ms a MATH-500 solution takes) stands aside during the call."""
+    real = mv_parser.parse_latex_cached
+    mv_parser.parse_latex_cached = real if parser else lambda latex: sympy.Integer(0)  # a placeholder reading
+    try:
+        found = math_verify.parse(text, [_LATEX, _EXPR[last_number]], extraction_mode="first_match",
+                                  fallback_mode="first_match", parsing_timeout=None)
+    finally:
+        mv_parser.parse_latex_cached = real
+    answer = found[-1] if found and isinstance(found[-1], str) else ""
+    return answer.strip() or None
 
 
 def warm_up() -> None:
@@ -83,7 +127,8 @@ def guarded_equal(pred: str, gold: str, raw_pred: str, raw_gold: str) -> bool:
     except (parse.LatexError, RecursionError):  # the strict reader cannot read it: Math-Verify alone decides
         readings = None
     numbers = readings is not None and not any(map(_symbols, readings))
-    if numbers or "%" in raw_pred + raw_gold or max(len(raw_pred), len(raw_gold)) > MV_CHARS:
+    long = max(len(raw_pred), len(raw_gold)) > MV_CHARS
+    if numbers or long or "%" in raw_pred + raw_gold or _several(raw_pred, raw_gold):
         return strict_equal(pred, gold)
     verdict = STAGES.get("math-verify", math_verify_equal)(raw_pred, raw_gold, readings)
     return strict_equal(pred, gold) if verdict is None else bool(verdict)
@@ -123,6 +168,17 @@ def _misread(pred: list, gold: list, readings: list | None, raws: tuple[str, str
     kinds = {"ordered" if isinstance(x, (sympy.Tuple, sympy.Interval)) else "set" if isinstance(x, sympy.FiniteSet)
              else None for x in (p, g)}  # (2, 3) may read as an open interval
     return kinds == {"ordered", "set"}
+
+
+def _several(raw_pred: str, raw_gold: str) -> bool:
+    """Whether either answer is a chain (a = b = c), one is a list and the other is not, or a list is made by a
+    separator other than a comma (or, \\lor, \\mid, x = 12 \\quad x = 13: normalise.prepare): Math-Verify reads
+    x = 14 = 13 and x = 12 \\mid x = 13 as 13, the strict reader keeps every value."""
+    items = [parse._split_top(prepare(unwrap(x)), (LIST_SEP, ",")) for x in (raw_pred, raw_gold)]
+    chain = any(len(parse._split_top(item, ("=",))) > 2 for answer in items for item in answer)
+    commas = [parse._split_top(unwrap(x), (",",)) for x in (raw_pred, raw_gold)]
+    joined = any(len(answer) > len(plain) for answer, plain in zip(items, commas))
+    return chain or joined or (len(items[0]) > 1) != (len(items[1]) > 1)
 
 
 def balanced(text: str) -> bool:

@@ -29,7 +29,13 @@ import re
 LIST_SEP = "\x00"  # a comma that normalise() must keep as a list separator, never thousands
 _SPACE = r"(?:\s|~|\\[ ,;:!]|\\q?quad(?![a-zA-Z]))"
 _LIST_COMMA = re.compile(rf",{_SPACE}+(?:(?:and|or){_SPACE}+)?")
-_THIN_THOUSANDS = re.compile(r"(?<=\d),\\!(?=\d{3}(?!\d))")  # 10,\!080: MATH's thousands spelling
+_THIN_THOUSANDS = re.compile(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))")  # 10,\!080 and 11,\! 111: MATH's thousands spelling
+# alternatives and conjunctions in LaTeX: x = 12 \lor x = 13 is the list of both (never the last alone)
+_LOGIC = re.compile(r"\\(?:lor|vee|land|wedge|mid)(?![a-zA-Z])")
+_RELATION = r"(?:=|<|>|\\(?:le|ge|lt|gt|leq|geq|ne|neq)(?![a-zA-Z]))"
+# two statements side by side, x = 12 \quad x = 13: spacing, then a name and a relation
+_STATEMENT_GAP = re.compile(r"(?<=[\w})\]])(?:\s|~|\\[ ,;:!]|\\q?quad(?![a-zA-Z]))+"
+                            rf"(?=(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{{?\w+\}}?)?(?:\([a-z]\))?\s*{_RELATION})")
 _WORD_SEP = re.compile(r"(?:,\s*)?\s+(?:and|or)\s+|\s*(?<!\\);\s*")
 _SAID = re.compile(r"(?i)^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*")
 _DELIMS = re.compile(r"(?<!\\)\\[()\[\]]")
@@ -65,13 +71,20 @@ _RELATIONS = [(re.compile(p), rel) for p, rel in (
 
 def prepare(s: str) -> str:
     """Before spacing is dropped: delimiters and a leading "the answer is" go, list commas become
-    LIST_SEP, 10,\\!080 becomes 10,080, and "and" / "or" / ";" between items become LIST_SEP (not
-    inside words answers)."""
+    LIST_SEP, 10,\\!080 becomes 10,080, and "and" / "or" / ";" between items, \\lor, \\vee, \\mid (also
+    \\land, \\wedge) and the spacing between two statements become LIST_SEP (not inside words answers)."""
     s = _SAID.sub("", _DELIMS.sub(" ", _THIN_THOUSANDS.sub(",", s)).strip(), count=1)
-    s = _LIST_COMMA.sub(LIST_SEP, s)
+    s = _LOGIC.sub(LIST_SEP, _LIST_COMMA.sub(LIST_SEP, s))
     if not re.fullmatch(r"[\sA-Za-z\x00]*", s):  # words stay words: "Evelyn and Navin"
         s = _WORD_SEP.sub(LIST_SEP, s)
-    return s
+    return _STATEMENT_GAP.sub(_statements, s)
+
+
+def _statements(m: re.Match) -> str:
+    """LIST_SEP where the spacing follows a statement of its own (x = 12 \\quad x = 13), else the spacing."""
+    before = m.string[:m.start()].rsplit(LIST_SEP, 1)[-1]
+    ends_open = re.search(rf"(?:{_RELATION}|[-+*/^_(\[{{,])\s*$", before)  # -2 \le x: the statement goes on
+    return LIST_SEP if re.search(_RELATION, before) and not ends_open else m.group()
 
 
 def decimal_comma(pred: str, gold: str) -> str:
@@ -98,7 +111,7 @@ def ratio(norm: str) -> str:
     return f"\\frac{{{m[1]}}}{{{m[2]}}}" if m else norm
 
 
-def _unwrap(s: str) -> str:
+def unwrap(s: str) -> str:
     """\\text{abc} -> abc (also \\mbox, \\mathrm, \\boxed, ...), with nested braces."""
     for _ in range(100):
         m = _WRAP_RE.search(s)
@@ -121,7 +134,7 @@ def normalise(s: str) -> str:
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     s = re.sub(r"(?<![\w\\])np\.(?=[a-z]+\()", r"\\", s)  # Minerva's np.arcsin(10/13) is \arcsin(10/13)
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?", "", s)
-    s = prepare(_unwrap(_TEXT_NOTE_RE.sub("", _TEXT_UNIT_RE.sub("", s))))  # before spacing goes
+    s = prepare(unwrap(_TEXT_NOTE_RE.sub("", _TEXT_UNIT_RE.sub("", s))))  # before spacing goes
     s = re.sub(r"\\[dtc]frac", r"\\frac", s)
     for pattern, rel in _RELATIONS:
         s = pattern.sub(rel, s)
@@ -135,12 +148,18 @@ def normalise(s: str) -> str:
     if THOUSANDS.fullmatch(s):  # 32,349 (32, 349 is a list: see the rules above)
         s = s.replace(",", "")
     s = re.sub(r"\{(-?\d{1,3}(?:,\d{3})+)\}", lambda m: "{" + m[1].replace(",", "") + "}", s)
-    s = re.sub(r"^(-?\d+)_\{?\d+\}?$", r"\1", s)  # 52_8: the base is implied by the question
+    return ",".join(map(_number_item, s.split(LIST_SEP)))
+
+
+def _number_item(s: str) -> str:
+    """One item's base subscript dropped (52_8: the base is implied by the question) and a mixed number
+    1\\frac{4}{5} read as 9/5, item by item: "\\boxed{15\\frac{39}{40}} or \\boxed{\\frac{639}{40}}" is one value."""
+    s = re.sub(r"^(-?\d+)_\{?\d+\}?$", r"\1", s)
     mixed = re.fullmatch(r"(-?)(\d+)\\frac\{?(\d+)\}?\{?(\d+)\}?", s)
-    if mixed and int(mixed[3]) < int(mixed[4]):  # 1\frac{4}{5} is the mixed number 9/5
+    if mixed and int(mixed[3]) < int(mixed[4]):
         sign, whole, num, den = mixed[1], int(mixed[2]), int(mixed[3]), int(mixed[4])
         s = f"{sign}\\frac{{{whole * den + num}}}{{{den}}}"
-    return s.replace(LIST_SEP, ",")
+    return s
 
 
 def pick_approx(s: str, other_decimal: bool) -> str:

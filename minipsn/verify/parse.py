@@ -6,7 +6,7 @@ Before sympy evaluates a power, factorial or binomial, a size guard raises TooLa
 result would exceed ~MAX_BITS bits (10^{10^{10}}, 1000000!), so such answers are "not equivalent"
 at once instead of hanging the worker. parse_answer() also reads the structure around expressions:
 sets \\{a,b\\} and bare lists a,b (unordered), tuples (a,b) (ordered), intervals [a,b), unions,
-equations (a chain x = 5+6 = 11 and a labelled (p,q) = (3,2) stand for their last side),
+equations (a labelled (p,q) = (3,2) stands for its last side; a chain x = 5+6 = 11 keeps its sides),
 inequalities, matrices (pmatrix, bmatrix, array, ...), and ± (two answers). symbolic_equal()
 compares two structures: numbers exactly (relative RTOL when either side is written with decimals: 0.5, 8.7e8),
 expressions by evaluating both at seeded random points, equations up to a constant factor
@@ -369,7 +369,7 @@ def _items(text: str) -> tuple:
 
 
 def parse_answer(text: str):
-    """A normalised answer as a sympy object or a tagged tuple: ("union"|"set"|"list"|"tuple",
+    """A normalised answer as a sympy object or a tagged tuple: ("union"|"set"|"list"|"tuple"|"chain",
     items), ("eq", lhs, rhs), ("rel", ops, sides) or ("interval", lo_closed, lo, hi, hi_closed)."""
     text = text.strip()
     if text in ("\\emptyset", "\\varnothing", "\\{\\}"):
@@ -378,10 +378,10 @@ def parse_answer(text: str):
         return ("union", tuple(parse_answer(p) for p in parts))
     if len(_split_top(text, (",",))) > 1:
         return ("list", _items(text))
-    if len(sides := _split_top(text, ("=",))) > 1:
-        if len(sides) > 2 or _LABELS.fullmatch(sides[0]):  # x = 5+5+1 = 11 and (p,q)=(3,2): the last
-            return parse_answer(sides[-1])
-        return ("eq", parse_expr(sides[0]), parse_expr(sides[1]))
+    if len(sides := _split_top(text, ("=",))) > 2:  # x = 5+5+1 = 11: symbolic.py checks the sides agree
+        return ("chain", tuple(parse_answer(s) for s in sides))
+    if len(sides) > 1:  # a labelled (p,q)=(3,2) stands for its last side
+        return parse_answer(sides[1]) if _LABELS.fullmatch(sides[0]) else ("eq", *map(parse_expr, sides))
     ops: list[str] = []
     sides = _split_top(text, tuple(_FLIP), ops)
     if ops:  # x > 2, -80 ≤ g ≤ 82 (normalise.py spells every relation as one of _FLIP)

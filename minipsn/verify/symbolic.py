@@ -7,6 +7,9 @@ matrices (a row vector is a column vector) and intervals with it; (a, b) is a po
 interval. A relation in one symbol with a numeric slope bounded by numbers is read as an interval
 (-x > -1 is (-oo, 1); -793 < a < 10 is (-793, 10); its variable's name is not compared), other
 relations structurally or up to a positive factor (2x+2y > 2 is x+y > 1). For "A ≈ B" see normalise.py.
+Several values never pay: a chain x = 5+5+1 = 11 is its last side only when every side but a first one
+that names the answer equals it (x = 14 = 13 equals nothing), and a list answers a single value only when
+all its items are that value (two spellings of it), else only a list or set of the same values.
 Imported only inside the verifier's worker process (worker.py).
 """
 
@@ -48,7 +51,14 @@ class _Compare:
         self.rtol = rtol
 
     def same(self, a, b) -> bool:
+        if "chain" in (_kind(a), _kind(b)):  # a chain is its last side, when its sides agree
+            a, b = (self.unchain(x) if _kind(x) == "chain" else x for x in (a, b))
+            return a is not None and b is not None and self.same(a, b)
         ka, kb, same = _kind(a), _kind(b), self.same
+        if ka == "list" and kb in ("expr", "eq", "rel") and all(same(a[1][0], x) for x in a[1][1:]):
+            return same(a[1][0], b)  # two spellings of one value (\boxed{28} or \boxed{28_9}) are that value
+        if kb == "list" and ka in ("expr", "eq", "rel") and all(same(b[1][0], x) for x in b[1][1:]):
+            return same(a, b[1][0])
         a, b = (("set", self.distinct(x[1])) if k == "set" else x for x, k in ((a, ka), (b, kb)))
         if ka in ("set", "list") and len(a[1]) == 1:
             return same(a[1][0], b)
@@ -58,8 +68,7 @@ class _Compare:
             eq, other = (a, b) if ka == "eq" else (b, a)
             if all(getattr(side, "is_number", False) for side in eq[1:]):
                 return same(eq[1], eq[2]) and same(eq[2], other)
-            return any(isinstance(side, Symbol) and same(rest, other)
-                       for side, rest in ((eq[1], eq[2]), (eq[2], eq[1])))
+            return any(_name(side) and same(rest, other) for side, rest in ((eq[1], eq[2]), (eq[2], eq[1])))
         if ka == kb == "eq":
             return (same(a[1], b[1]) and same(a[2], b[2])) or self.proportional(
                 a[1] - a[2], b[1] - b[2])
@@ -84,6 +93,13 @@ class _Compare:
         if ka == kb == "interval":
             return a[1] == b[1] and a[4] == b[4] and same(a[2], b[2]) and same(a[3], b[3])
         return ka == kb == "expr" and self.expr(a, b)
+
+    def unchain(self, chain):
+        """The last side of a chain a = b = ... = z when every side equals it (x = 5+5+1 = 11), the first one
+        only when it holds no symbol (it may name the answer); None when two differ (x = 14 = 13, x = 5+5 = 13,
+        x = p - q = 7: several values, a hedge)."""
+        first, *middle, last = chain[1]
+        return last if all(self.same(s, last) for s in middle) and (_free(first) or self.same(first, last)) else None
 
     def distinct(self, xs) -> tuple:
         out = []
@@ -156,6 +172,23 @@ class _Compare:
                   if v1 is not None and v2 is not None and v2 != 0]
         same = len(ratios) >= 2 and all(self.close(r, ratios[0], SAMPLE_ATOL) for r in ratios)
         return ratios[0] if same else None
+
+
+def _name(x) -> bool:
+    """Whether one side of an equation names the answer: a symbol, or a product or quotient of symbols
+    (AB = 4, \\frac{NO}{BO} = \\frac{1}{\\sqrt6}), as Math-Verify reads a label."""
+    if isinstance(x, Symbol):
+        return True
+    factors = sympy.Mul.make_args(x) if isinstance(x, sympy.Basic) and not isinstance(x, MatrixBase) else ()
+    return bool(factors) and all(isinstance(f, Symbol) or (isinstance(f, sympy.Pow) and isinstance(f.base, Symbol)
+                                                          and f.exp.is_Integer) for f in factors)
+
+
+def _free(a) -> bool:
+    """Whether a parsed answer (an expression, a matrix or a tagged tuple of them) holds a free symbol."""
+    if isinstance(a, tuple):
+        return any(_free(x) for x in a if not isinstance(x, (str, bool)))
+    return bool(getattr(a, "free_symbols", ()))
 
 
 def _value(x, point: dict | None = None):

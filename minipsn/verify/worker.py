@@ -1,13 +1,14 @@
-"""The verifier's worker process: the sympy stage (judge.py: strict and Math-Verify) runs here, never in the caller.
+"""The verifier's worker process: Math-Verify's extraction and the sympy stage (judge.py) run here, not in the caller.
 
 The worker is a fresh Python process (subprocess + exec, like multiprocessing's "spawn": nothing of
-torch/CUDA is inherited) that answers (pred, gold) requests over a pipe. A check that exceeds its
-time limit kills the worker, counts a timeout and returns False; a new worker starts importing
-sympy and Math-Verify at once. This works from any thread or process, unlike signal.alarm. The worker's start-up
-(~3 s, importing sympy and Math-Verify) is outside every check's limit; warm_up() starts it ahead of
-time. One check runs at a time in each worker; ask_many() spreads a batch over a small pool of them
-(one thread per worker). verify_stats() counts checks, timeouts, errors and, with the verifier
-`both`, the checks where strict and Math-Verify disagree, over all workers.
+torch/CUDA is inherited) that answers requests over a pipe: (pred, gold) checks, and completions whose
+answer Math-Verify reads (extraction runs regexes over model text: it gets the same hard limit). A
+request that exceeds its time limit kills the worker, counts a timeout and returns False (no answer);
+a new worker starts importing sympy and Math-Verify at once. This works from any thread or process,
+unlike signal.alarm. The worker's start-up (~3 s, importing sympy and Math-Verify) is outside every
+check's limit; warm_up() starts it ahead of time. One request runs at a time in each worker; ask_many()
+spreads a batch over a small pool of them (one thread per worker). verify_stats() counts checks, timeouts,
+errors and, with the verifier `both`, the checks where strict and Math-Verify disagree, over all workers.
 """
 
 import importlib
@@ -20,14 +21,14 @@ from multiprocessing.connection import Connection
 
 _START_TIMEOUT = 120.0  # seconds for the worker to import sympy
 _STATS = {"checks": 0, "timeouts": 0, "errors": 0, "disagree": 0, "worker_checks": 0, "worker_starts": 0,
-          "last_error": ""}
+          "extracts": 0, "extract_fallbacks": 0, "extract_conflicts": 0, "last_error": ""}
 _STATS_LOCK = threading.Lock()
 _WORKER_FN = None  # None, or (stage, fn): tests make a judge.py stage slow (_restart_worker)
 
 
 def _serve(requests, replies, stage: str, fn) -> None:
-    """Worker loop: answer (verifier, pred, gold, raw_pred, raw_gold) requests with ("ok", {verifier:
-    bool}) or ("error", message)."""
+    """Worker loop: answer ("extract", text, last_number) with ("ok", answer or None) and (verifier, pred,
+    gold, raw_pred, raw_gold) with ("ok", {verifier: bool}); ("error", message) when either raises."""
     from minipsn.verify import judge
 
     if fn is not None:
@@ -40,7 +41,8 @@ def _serve(requests, replies, stage: str, fn) -> None:
         except EOFError:  # the parent closed the pipe or exited
             return
         try:
-            reply = ("ok", judge.judge(*request))
+            extract = judge.STAGES.get("extract", judge.extract)
+            reply = ("ok", extract(*request[1:]) if request[0] == "extract" else judge.judge(*request))
         except Exception as exc:  # any sympy failure must not kill the worker: count it instead
             reply = ("error", f"{type(exc).__name__}: {str(exc)[:200]}")
         replies.send(reply)
@@ -146,31 +148,46 @@ def _slots(n: int) -> list[_Slot]:
         return _SLOTS[:n]
 
 
-def _check(slot: _Slot, pred: str, gold: str, timeout: float, verifier: str = "strict", raw_pred: str | None = None,
-           raw_gold: str | None = None) -> tuple[bool, bool]:
-    """(verdict, whether the worker was replaced) of one check in slot's worker: True when every verdict
-    the verifier asks for (both: strict and Math-Verify) is True. raw_*: the answers before normalising."""
+def _call(slot: _Slot, request: tuple, timeout: float, counter: str) -> tuple[str, object, bool]:
+    """(status "ok" / "error" / "timeout" / "died", value, whether the worker was replaced) of one request
+    to slot's worker under `timeout` seconds, counted under `counter`; a timeout or a death is counted here."""
     with slot.lock:
         worker = slot.get()
-        _count("worker_checks")
+        _count(counter)
         try:
-            worker.requests.send((verifier, pred, gold, pred if raw_pred is None else raw_pred,
-                                  gold if raw_gold is None else raw_gold))
+            worker.requests.send(request)
             if not worker.replies.poll(timeout):
                 slot.replace()
                 _count("timeouts")
-                return False, True
+                return "timeout", None, True
             status, value = worker.replies.recv()
         except (EOFError, OSError) as exc:  # the worker died (e.g. out of memory)
             slot.replace()
             _count("errors", f"worker died: {type(exc).__name__}: {exc}")
-            return False, True
+            return "died", None, True
     if status == "error":
         _count("errors", value)
-        return False, False
+    return status, value, False
+
+
+def _check(slot: _Slot, pred: str, gold: str, timeout: float, verifier: str = "strict", raw_pred: str | None = None,
+           raw_gold: str | None = None) -> tuple[bool, bool]:
+    """(verdict, whether the worker was replaced) of one check in slot's worker: True when every verdict
+    the verifier asks for (both: strict and Math-Verify) is True. raw_*: the answers before normalising."""
+    request = (verifier, pred, gold, pred if raw_pred is None else raw_pred, gold if raw_gold is None else raw_gold)
+    status, value, replaced = _call(slot, request, timeout, "worker_checks")
+    if status != "ok":
+        return False, replaced
     if len(set(value.values())) > 1:
         _count("disagree")
-    return bool(value) and all(value.values()), False
+    return bool(value) and all(value.values()), replaced
+
+
+def _extract(slot: _Slot, text: str, timeout: float, last_number: bool = True) -> tuple[str | None, bool]:
+    """(Math-Verify's answer in a completion or None, whether the worker was replaced): judge.extract in
+    slot's worker; past `timeout` (a completion that sends its regexes astray) there is no answer."""
+    status, value, replaced = _call(slot, ("extract", text, last_number), timeout, "extracts")
+    return (value if status == "ok" else None), replaced
 
 
 def _ask_worker(pred: str, gold: str, timeout: float, verifier: str = "strict", raw_pred: str | None = None,
@@ -178,14 +195,14 @@ def _ask_worker(pred: str, gold: str, timeout: float, verifier: str = "strict", 
     return _check(_SLOTS[0], pred, gold, timeout, verifier, raw_pred, raw_gold)[0]
 
 
-def ask_many(requests: list[tuple], workers: int = 1) -> list[bool]:
-    """Verdicts of (pred, gold, timeout[, verifier, raw_pred, raw_gold]) requests (see _check), in order,
-    on up to `workers` worker processes at once: one thread per worker takes the next request. A thread
-    whose worker timed out stops (its replacement is importing) unless it is the last, so a hung check
-    holds up only itself."""
+def ask_many(requests: list[tuple], workers: int = 1, task=_check) -> list:
+    """task(slot, *request) of each request, in order: (pred, gold, timeout[, verifier, raw_pred, raw_gold])
+    with _check (verdicts), (text, timeout, last_number) with _extract (answers); on up to `workers` worker
+    processes at once: one thread per worker takes the next request. A thread whose worker timed out stops
+    (its replacement is importing) unless it is the last, so a hung request holds up only itself."""
     if workers <= 1 or len(requests) <= 1:
-        return [_ask_worker(*r) for r in requests]
-    verdicts, todo, lock = [False] * len(requests), iter(enumerate(requests)), threading.Lock()
+        return [task(_SLOTS[0], *r)[0] for r in requests]
+    results, todo, lock = [None] * len(requests), iter(enumerate(requests)), threading.Lock()
     slots = _slots(min(workers, len(requests)))
     active = [len(slots)]
 
@@ -195,7 +212,7 @@ def ask_many(requests: list[tuple], workers: int = 1) -> list[bool]:
                 item = next(todo, None)
             if item is None:
                 return
-            verdicts[item[0]], replaced = _check(slot, *item[1])
+            results[item[0]], replaced = task(slot, *item[1])
             with lock:
                 if replaced and active[0] > 1:
                     active[0] -= 1
@@ -206,13 +223,13 @@ def ask_many(requests: list[tuple], workers: int = 1) -> list[bool]:
         t.start()
     for t in threads:
         t.join()
-    return verdicts
+    return results
 
 
 def _restart_worker(fn=None, stage: str = "strict") -> None:
     """Replace every worker; they run module-level fn instead of judge.py's `stage`: fn(pred, gold) for
-    strict, fn(raw_pred, raw_gold) for math-verify (a test hook: a function that sleeps forces a
-    timeout). fn=None restores the default."""
+    strict, fn(raw_pred, raw_gold) for math-verify, fn(text, last_number) for extract (a test hook: a
+    function that sleeps forces a timeout). fn=None restores the default."""
     global _WORKER_FN
     with _SLOTS_LOCK:
         slots = list(_SLOTS)
@@ -247,7 +264,9 @@ def warm_up(workers: int = 1) -> None:
 
 def verify_stats() -> dict:
     """Counters since import: checks, timeouts, errors, disagree (verifier `both`: strict and Math-Verify
-    differ), plus worker_checks, worker_starts and last_error. A growing timeouts or errors count means
-    rewards are being lost."""
+    differ), plus worker_checks, worker_starts, extracts (completions Math-Verify read in the worker),
+    extract_fallbacks (of them, those read by the kit's extraction instead), extract_conflicts (those whose
+    reading contradicts their "the answer is" statement: no answer) and last_error. A growing
+    timeouts or errors count means rewards are being lost."""
     with _STATS_LOCK:
         return dict(_STATS)
