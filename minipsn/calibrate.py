@@ -135,7 +135,7 @@ def _measure(model, engine, tok, prompts, recs, cfg: Config, sigma: float, seed:
 def _correct(ro, recs: list[dict], cfg: Config) -> list[float]:
     G = cfg.grpo.group_size
     return [correctness_reward(t, r["answer"], cut, 0.0, cfg.reward.timeout, cfg.reward.last_number,
-                               cfg.reward.unboxed_answer, cfg.reward.verifier)
+                               cfg.reward.unboxed_answer, cfg.reward.verifier, cfg.reward.extract)
             for t, r, cut in zip(ro.texts, [r for r in recs for _ in range(G)], ro.truncated.tolist())]
 
 

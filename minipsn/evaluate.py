@@ -37,7 +37,7 @@ from minipsn.provenance import compared, provenance, row_digest
 from minipsn.rollout import sample
 from minipsn.scoring import average, score_rows, summarize
 from minipsn.scoring import pass_at_k as pass_at_k  # public: minipsn.evaluate.pass_at_k
-from minipsn.verify import VERIFIERS
+from minipsn.verify import EXTRACTS, VERIFIERS
 
 # evaluation encodes each prompt once for its n rows and drops ended rows as the batch decodes (`rollout.decode`):
 # the plain loop's samples; a whole `eval` of the tiny model at n = 256 takes 0.37-0.52 of its time (docs/RESULTS.md)
@@ -66,14 +66,14 @@ def sample_problems(model, tok, records: list[dict], benchmark: str, cfg: Config
     return [{"id": r["id"], "hash": row_digest(r), **({"kind": r["kind"]} if "kind" in r else {}),
              **score_rows(ro.texts[j * n:(j + 1) * n], cut[j * n:(j + 1) * n], lengths[j * n:(j + 1) * n],
                           r["answer"], cfg.reward.timeout, cfg.reward.last_number, cfg.reward.unboxed_answer,
-                          cfg.reward.verifier)}
+                          cfg.reward.verifier, cfg.reward.extract)}
             for j, r in enumerate(records)]
 
 
 def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cfg: RolloutConfig,
                template: str, seed: int, max_prompt_tokens: int = 4096, timeout: float = 3.0,
                last_number: bool = True, unboxed: bool = True, per_problem: bool = False,
-               verifier: str = VERIFIERS[0]) -> dict:
+               verifier: str = VERIFIERS[0], extract: str = EXTRACTS[0]) -> dict:
     """Small-n evaluation during training on held-out `records` (the first eval_cfg.problems, 0 = all).
 
     Call it on the clean policy (outside `perturbed`). Unlike `evaluate`, several problems share one
@@ -99,7 +99,7 @@ def quick_eval(model, tok, records: list[dict], eval_cfg: EvalConfig, rollout_cf
         for j, rec in enumerate(chunk):  # prompt-major: rows j·n … (j+1)·n − 1 belong to problem j
             part = slice(j * n, (j + 1) * n)
             rows.append(score_rows(ro.texts[part], cut[part], lengths[part], rec["answer"], timeout, last_number,
-                                  unboxed, verifier))
+                                  unboxed, verifier, extract))
     if per_problem:  # every rank's rows, in problem order (the rank's own on one process)
         rows = [row for part in dist.gather(rows) for row in part]
     s = summarize(rows)
@@ -121,6 +121,7 @@ def sampling_meta(cfg: Config, benchmark: str, adapter: str | None, engine: str 
             "temperature": rcfg.temperature, "top_p": rcfg.top_p, "max_new_tokens": rcfg.max_new_tokens,
             "batch_size": rcfg.batch_size, "template": cfg.data.template, "last_number": cfg.reward.last_number,
             **({} if cfg.reward.unboxed_answer else {"unboxed_answer": False}), "verifier": cfg.reward.verifier,
+            "extract": cfg.reward.extract,
             "made_with": compared(provenance(cfg))}
 
 

@@ -23,7 +23,7 @@ from minipsn import checkpoint
 from minipsn import distributed as dist
 from minipsn.config import Config
 from minipsn.rollout import Rollouts
-from minipsn.verify import extract_answer
+from minipsn.verify import extract_answers
 
 
 class Sink(Protocol):
@@ -187,13 +187,15 @@ def pick_samples(step: int, cfg: Config, prompts: list[str], recs: list[dict], r
     it holds, numbered in the step."""
     N, G, k, r = len(ro.texts), cfg.grpo.group_size, cfg.run.log_samples, cfg.reward
     total = N if total is None else total
-    picked = sorted({i * total // k for i in range(min(k, total))})
+    rows = [j - offset for j in sorted({i * total // k for i in range(min(k, total))}) if offset <= j < offset + N]
+    # the answer the verifier graded (reward.extract's reading; a truncated completion is not read)
+    read = extract_answers([ro.texts[i] for i in rows], r.extract, r.last_number, r.unboxed_answer, r.timeout)
+    answers = {i: None if bool(ro.truncated[i]) else a for i, a in zip(rows, read)}
     return [{"step": step, "row": i + offset, "group": (i + offset) // G, "prompt": prompts[i // G],
-             "completion": ro.texts[i],
-             "answer": extract_answer(ro.texts[i], last_number=r.last_number, unboxed=r.unboxed_answer),
+             "completion": ro.texts[i], "answer": answers[i],
              "gold": recs[i]["answer"], "reward": float(rewards[i]), "correct": bool(correct[i]),
              "advantage": float(adv[i]), "truncated": bool(ro.truncated[i]), "noise_seed": int(seeds[i])}
-            for i in (j - offset for j in picked if offset <= j < offset + N)]
+            for i in rows]
 
 
 def step_samples(step: int, cfg: Config, prompts: list[str], recs: list[dict], ro: Rollouts, rewards: torch.Tensor,

@@ -58,7 +58,8 @@ def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig, prompts:
     weighted sum instead, NaN where none scored a row; `stats` receives their reward/* means (reward_funcs.py)."""
     truncated = ro.truncated.tolist()
     correct = torch.tensor(correctness_rewards(ro.texts, [r["answer"] for r in recs], truncated, 0.0, cfg.timeout,
-                                               cfg.last_number, cfg.unboxed_answer, cfg.verify_workers, cfg.verifier))
+                                               cfg.last_number, cfg.unboxed_answer, cfg.verify_workers, cfg.verifier,
+                                               cfg.extract))
     rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
                for c, t, tr in zip(correct.tolist(), ro.texts, truncated)]
     if reward_fn is not None:
@@ -357,7 +358,8 @@ class Trainer:
             return quick_eval(clean, self.tok, self.test_records, self.cfg.eval, self.state.rollout, self.cfg.data.template,
                               derive_seed(self.cfg.run.seed, "eval", step), self.cfg.model.max_prompt_tokens,
                               self.cfg.reward.timeout, self.cfg.reward.last_number, self.cfg.reward.unboxed_answer,
-                              per_problem=per_prompt_rng(self.cfg), verifier=self.cfg.reward.verifier)
+                              per_problem=per_prompt_rng(self.cfg), verifier=self.cfg.reward.verifier,
+                              extract=self.cfg.reward.extract)
 
     def save(self) -> None:
         """A checkpoint of the run as it stands (rank 0 writes it; every rank holds the same state)."""

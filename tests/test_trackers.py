@@ -11,7 +11,7 @@ import torch
 from minipsn import trackers
 from minipsn.config import apply_overrides, build_config, config_from_dict
 from minipsn.rewards import correctness_reward, shaped_reward
-from minipsn.verify import extract_answer
+from minipsn.verify import extract_answers
 
 SMALL = {"run.steps": "3", "run.save_every": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4",
          "rollout.max_new_tokens": "32", "eval.every": "0", "run.log_samples": "3"}
@@ -106,7 +106,8 @@ def test_tensorboard_and_samples_match_metrics_after_a_kill_and_resume(tmp_path,
     r = cfg.reward
     for s, m in zip(samples, [m for m in metrics for _ in range(3)]):
         assert s["row"] in (0, 2, 5) and s["group"] == s["row"] // 4 and s["noise_seed"] == m["noise/seed"]
-        assert s["answer"] == extract_answer(s["completion"], last_number=r.last_number, unboxed=r.unboxed_answer)
+        read = extract_answers([s["completion"]], r.extract, r.last_number, r.unboxed_answer, r.timeout)[0]
+        assert s["answer"] == (None if s["truncated"] else read)  # what the verifier graded
         correct = correctness_reward(s["completion"], s["gold"], s["truncated"], 0.0, r.timeout, r.last_number,
                                      r.unboxed_answer)
         assert s["correct"] == bool(correct)
