@@ -146,6 +146,15 @@ def effective_sample_size(weight_mean: float, weight_sq_mean: float) -> float:
     return weight_mean**2 / weight_sq_mean if weight_sq_mean > 0 else 1.0
 
 
+def seq_mis_keep(learner_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, low: float = 0.5,
+                 high: float = 2.0) -> torch.Tensor:
+    """(N, T) log π_θ, log π_θ̃, mask → (N,) bool: the rows whose sequence ratio π_θ(y)/π_θ̃(y) = exp Σ_t (log π_θ −
+    log π_θ̃) lies in [low, high] (C3PO's Seq-MIS: a rollout its own draw made far likelier or rarer than the clean
+    policy would leaves the loss). Compared in log space, so a long sequence never overflows."""
+    log_ratio = ((learner_logp.detach() - sampler_logp) * mask).sum(-1)  # (N,)
+    return (log_ratio >= math.log(low)) & (log_ratio <= math.log(high))
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0)."""
     d = (ref_logp - logp).clamp(-20.0, 20.0)

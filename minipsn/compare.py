@@ -25,6 +25,7 @@ are finished and alone writes the files.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import shutil
@@ -69,13 +70,38 @@ def _job_state(run_dir: Path) -> tuple[dict | None, bool, bool]:
     return report, (run_dir / "adapter" / "adapter_config.json").is_file(), checkpoint.latest(run_dir) is not None
 
 
-def job_config(model: str, method: str, seed: int, sets: dict, run_dir: Path) -> Config:
-    return build_config(model=model, method=method, sets={**method_sets(method, sets), "run.seed": seed,
-                                                          "run.out": str(run_dir)})
+def job_config(model: str, arm: str, seed: int, sets: dict, run_dir: Path) -> Config:
+    """The config of one job: arm `arm` (a method, or a label of one: sets["arms"]) with seed `seed`."""
+    return build_config(model=model, method=arm_method(arm, sets), sets={**method_sets(arm, sets), "run.seed": seed,
+                                                                         "run.out": str(run_dir)})
 
 
 def base_config(model: str, sets: dict) -> Config:
-    return build_config(model=model, sets={**{k: v for k, v in sets.items() if k != "per_method"}, "run.seed": 0})
+    return build_config(model=model, sets={**{k: v for k, v in sets.items() if k not in GRID_KEYS}, "run.seed": 0})
+
+
+GRID_KEYS = ("per_method", "arms")  # what `sets` carries besides config keys: each arm's overrides and method
+
+
+def parse_arms(specs: list[str]) -> dict[str, str]:
+    """["grpo", "psn-k01=psn"] → {"grpo": "grpo", "psn-k01": "psn"}: an arm is a method, or LABEL=METHOD for
+    another arm of the same method (its own overrides by --method-set LABEL:key=value, a dose, a build)."""
+    arms = {}
+    for spec in specs:
+        label, _, method = spec.partition("=")
+        label, method = label.strip(), (method or label).strip()
+        if method not in METHODS:
+            close = difflib.get_close_matches(method, METHODS, n=1)
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}"
+                             + (f" (did you mean {close[0]}?)" if close else ""))
+        if label in arms or not label.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"arm {label!r} is repeated or not a name (letters, digits, - _ .); give each arm its own")
+        arms[label] = method
+    return arms
+
+
+def arm_method(arm: str, sets: dict) -> str:
+    return sets.get("arms", {}).get(arm, arm)
 
 
 def _differences(folder: Path, cfg: Config, benchmarks: list[str], train: bool) -> tuple[dict, dict]:
@@ -149,8 +175,9 @@ def method_sets(method: str, sets: dict) -> dict:
     noise, so a baseline (grpo, temperature, passk: σ = 0) stays one; then that method's own overrides
     (`sets["per_method"][method]`, e.g. the σ calibrated for its noise space, or a temperature)."""
     own = sets.get("per_method", {}).get(method, {})
-    sets = {k: v for k, v in sets.items() if k != "per_method"}
-    if METHODS[method].get("noise.sigma") == 0.0:
+    real = arm_method(method, sets)
+    sets = {k: v for k, v in sets.items() if k not in GRID_KEYS}
+    if METHODS[real].get("noise.sigma") == 0.0:
         sets = {k: v for k, v in sets.items() if not k.startswith("noise.")}
     return {**sets, **own}
 
@@ -356,15 +383,15 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
     """Train and evaluate every (method, seed); write compare.json, compare.md, compare.png and
     compare_diff.png in `out`. `ref` (a method of the grid, or base) is what the paired differences are
     taken against; `per_method` {method: overrides} applies after the grid's `sets` (a σ per noise space, a
-    temperature). `workers` > 1 runs that many processes of one torch thread each: trainings, then each
+    temperature). A method may be given as LABEL=METHOD (`parse_arms`): several arms of one method, each with its
+    own `per_method[LABEL]` (a dose-response: psn-k01=psn, psn-k03=psn, …). `workers` > 1 runs that many processes of one torch thread each: trainings, then each
     evaluation split in `workers` shares (on a CPU with that many cores, about `workers` times faster for small
     models, and no worker idles at the end). Under torchrun each job
     runs on all the ranks in turn (`workers` must be 1); rank 0 writes the files. A stored result made
     with other settings is an error, or with `recompute` is redone (`check_reuse`); `other_code` reuses results of
     other code, and compare.json and compare.md say which code made each."""
-    unknown = [m for m in methods + list(per_method or {}) if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    arms = parse_arms(methods)
+    methods = list(arms)
     outside = [m for m in per_method or {} if m not in methods]
     if outside:
         raise ValueError(f"--method-set names {', '.join(outside)}, not in the grid ({', '.join(methods)}); add it to "
@@ -382,7 +409,8 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
     try:
         _on_main(folders.hold, out)  # one compare per grid folder (its jobs lock their own run folders)
         sets = {"eval.every": 0, **(sets or {}), **({"run.threads": 1} if workers > 1 else {}),
-                **({"per_method": per_method} if per_method else {})}
+                **({"per_method": per_method} if per_method else {}),
+                **({"arms": arms} if any(label != m for label, m in arms.items()) else {})}
         _on_main(check_reuse, out, model, methods, seeds, sets, list(benchmarks), recompute, other_code)
         return _grid(model, methods, seeds, out, sets, benchmarks, workers, ref)
     finally:

@@ -145,6 +145,9 @@ class NoiseConfig:
     targets: str = "mlp"
     # step: one draw shared by all N rows (paper); group: one per prompt's G rows; rollout: one per row
     granularity: str = "step"
+    # N: with granularity step, N draws per step instead of one, each taking G/N rows of every group (C3PO's split of
+    # a group across draws; advantages stay over the whole group); N divides G
+    draws: int = 1
     # where the noise goes: lora (σ·ε on the LoRA A and B of the targets) or weight (σ·ε on the targets' dense base
     # weights in the sampler's copy, the paper's own form; needs the fast engine and one draw per step)
     space: str = "lora"
@@ -161,9 +164,9 @@ class NoiseConfig:
         _one_of("noise.targets", self.targets, ("mlp", "attn", "all"))
         _one_of("noise.granularity", self.granularity, ("step", "group", "rollout"))
         _one_of("noise.space", self.space, ("lora", "weight"))
-        _check(self.space == "lora" or self.granularity == "step",
-               "noise.space=weight draws one noise per step (the sampler's copy holds one set of weights); "
-               "use noise.granularity=step")
+        _check(self.draws >= 1, f"noise.draws must be >= 1, got {self.draws}")
+        _check(self.draws == 1 or self.granularity == "step",
+               f"noise.draws={self.draws} splits the step's draw; it needs noise.granularity=step")
         _one_of("noise.control", self.control, ("fixed", "kl", "adaptive", "paper"))
         _check(0.0 <= self.sigma_min <= self.sigma_max, "need 0 <= noise.sigma_min <= noise.sigma_max")
         _check(self.sigma == 0.0 or self.sigma_min <= self.sigma <= self.sigma_max,
@@ -233,6 +236,13 @@ class GRPOConfig:
     tis: bool = True
     # C: TIS cap
     tis_cap: float = 10.0
+    # Seq-MIS (C3PO): a rollout whose sequence ratio π_θold(y)/π_θ̃(y) is outside [seq_mis_low, seq_mis_high] leaves the
+    # loss (its tokens count 0; the normaliser is unchanged), on top of token TIS
+    seq_mis: bool = False
+    # Seq-MIS: the lower bound of the sequence ratio
+    seq_mis_low: float = 0.5
+    # Seq-MIS: the upper bound of the sequence ratio
+    seq_mis_high: float = 2.0
     # β: KL-to-base weight (k3 estimator, reference = adapter disabled); 0 = off
     kl_beta: float = 0.0
     # divide group-centred rewards by the group std (GRPO); off for Dr. GRPO
@@ -261,6 +271,7 @@ class GRPOConfig:
 
     def __post_init__(self):
         _check(self.prompts_per_step >= 1, "grpo.prompts_per_step (P) must be >= 1")
+        _check(0 < self.seq_mis_low < 1 < self.seq_mis_high, "need 0 < grpo.seq_mis_low < 1 < grpo.seq_mis_high")
         _check(self.group_size >= 2, f"grpo.group_size (G) must be >= 2, got {self.group_size}")
         _check(self.clip_eps > 0, "grpo.clip_eps (ε) must be > 0")
         _check(self.clip_eps_high >= 0, "grpo.clip_eps_high (ε_high) must be >= 0 (0 = grpo.clip_eps)")
@@ -440,6 +451,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):  # checks across sections
+        _check(self.grpo.group_size % self.noise.draws == 0,
+               f"noise.draws={self.noise.draws} must divide grpo.group_size={self.grpo.group_size} (G/N rollouts per draw)")
         _check(self.reward.overlong != "soft" or self.reward.overlong_window <= self.rollout.max_new_tokens,
                f"reward.overlong_window={self.reward.overlong_window} must be <= rollout.max_new_tokens="
                f"{self.rollout.max_new_tokens} with reward.overlong=soft; lower the window")

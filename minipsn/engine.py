@@ -130,6 +130,49 @@ class SideLinear(torch.nn.Module):
         return y
 
 
+class WeightRowNoise:
+    """Each row its own weight-space noise in one batched forward: forward hooks on the copy's target projections add
+    σ·x_r·ε(s_r)ᵀ, turning W into W + σ·ε(s_r) for row r with seed s_r (the same ε as the one-draw path's
+    `SideLinear.add_weight_noise`, applied as a side term in fp32). The U distinct ε are built once per context
+    (memory: U copies of the target weights: fine on small models, the reason one draw a step is the default).
+    `select(rows)` says which of the N rows the next forwards hold, as noise.RowNoise's."""
+
+    def __init__(self, sides: list[SideLinear], sigma: float, seeds: list[int]):
+        self.sigma, self.seeds = sigma, list(seeds)
+        unique = list(dict.fromkeys(self.seeds))
+        self.index = torch.tensor([unique.index(s) for s in self.seeds])  # (N,) row → distinct seed
+        self.eps = {side: torch.stack([noise.noise_for(side.weight.float(), s, side.name) for s in unique])
+                    for side in sides}  # (U, out, in) each
+        self._handles: list = []
+        self.select(torch.arange(len(self.seeds)))
+
+    def select(self, rows: torch.Tensor) -> None:
+        self._idx = self.index[torch.as_tensor(rows, dtype=torch.long).cpu()]
+        self._plan = noise.runs_of(self._idx)  # rows in runs of one seed: ε is a view, x a reshape
+
+    def _hook(self, module, args, output):
+        x = args[0]  # (n, t, in)
+        if x.shape[0] != self._idx.numel():
+            raise RuntimeError(f"a batch of {x.shape[0]} rows reached a noisy layer but select() was given "
+                               f"{self._idx.numel()}; call row_noise.select(rows) before each sub-batch")
+        if self._plan is not None:
+            u0, m, k = self._plan
+            eps, xs = self.eps[module][u0 : u0 + m], x.float().reshape(m, -1, x.shape[-1])  # (m, out, in), (m, k·t, in)
+        else:  # rows in no simple order: a copy of ε per row
+            eps, xs = self.eps[module].index_select(0, self._idx.to(x.device)), x.float()
+        delta = self.sigma * torch.bmm(xs, eps.transpose(1, 2)).reshape(*x.shape[:-1], -1)  # (n, t, out)
+        return output + delta.to(output.dtype)
+
+    def attach(self) -> None:
+        self._handles = [side.register_forward_hook(self._hook) for side in self.eps]
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.eps.clear()
+
+
 def _source(base, name: str) -> torch.Tensor:
     """Base tensor `name` of the plain model, looked up through peft's LoRA wrappers (`base_layer`)."""
     module_name, _, leaf = name.rpartition(".")
@@ -302,10 +345,13 @@ class CopyEngine:
         clean adapter θ on exit."""
         if sigma < 0:
             raise ValueError(f"noise sigma must be >= 0, got {sigma}")
-        if sigma > 0 and len(set(seeds)) > 1:
-            raise ValueError("the fast engine holds one noise draw per step; per-group or per-rollout noise "
-                             "needs the unmerged path (rollout.engine=lean)")
         weight = sigma > 0 and self.space == "weight"
+        if sigma > 0 and len(set(seeds)) > 1:
+            if not weight:
+                raise ValueError("the fast engine holds one adapter draw per step; per-group or per-rollout noise on "
+                                 "the adapter needs the unmerged path (rollout.engine=lean)")
+            yield from self._row_weight_noise(sigma, seeds, targets)
+            return
         noisy = set(lora_parameters(self.model, targets)) if sigma > 0 and not weight else set()
         if noisy - self.copied_names:
             raise RuntimeError(f"noise targets not in the copy: {sorted(noisy - self.copied_names)[:3]}")
@@ -323,6 +369,20 @@ class CopyEngine:
             _sync(self.device)
             self.stats["noise_out_s"] = time.perf_counter() - t1
 
+    def _row_weight_noise(self, sigma: float, seeds: list[int], targets: str):
+        """Weight-space noise with several draws (per group, per rollout, C3PO): each row its own W + σ·ε(seed of the
+        row), through forward hooks on the copy (`WeightRowNoise`); yields (the plain copy, the hooks)."""
+        t0 = time.perf_counter()
+        row_noise = WeightRowNoise(self.weight_targets(targets), sigma, seeds)
+        row_noise.attach()
+        self.stats = {"noise_in_s": time.perf_counter() - t0}
+        try:
+            yield self.plain, row_noise
+        finally:
+            t1 = time.perf_counter()
+            row_noise.detach()
+            self.stats["noise_out_s"] = time.perf_counter() - t1
+
     def rescore(self, ro, rcfg, targets: str, budget_tokens: int) -> torch.Tensor:
         """(N, T) log π_clean of the sampled tokens: the copy with the clean adapter."""
         with self.policy(0.0, [0], targets):
@@ -333,7 +393,9 @@ class CopyEngine:
         loaded for each pass of the noisy policy and taken out after it (one draw: seeds[0])."""
         @contextmanager
         def noisy(rows):
-            with self.policy(sigma, seeds, targets):
+            with self.policy(sigma, [seeds[i] for i in rows.tolist()], targets) as (_, row_noise):
+                if row_noise is not None:
+                    row_noise.select(torch.arange(len(rows)))
                 yield
 
         with self.policy(0.0, [0], targets):  # clean outside the noisy passes
@@ -398,7 +460,7 @@ def make_engine(model, cfg: Config):
     """The engine `cfg.rollout.engine` asks for on this model and device; prints the choice once."""
     device = next(model.parameters()).device
     quantized = bool(getattr(base_of(model), "is_loaded_in_4bit", False))
-    per_row = cfg.noise.granularity != "step" and cfg.noise.sigma > 0
+    per_row = (cfg.noise.granularity != "step" or cfg.noise.draws > 1) and cfg.noise.sigma > 0
     free = total = None
     dtype = pick_dtype(cfg.model, device)
     if device.type == "cuda" and cfg.rollout.engine == "auto" and not per_row:

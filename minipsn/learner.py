@@ -85,6 +85,8 @@ class OldPolicy:
         self.ro, self.cfg = ro, cfg
         self.n_tokens = ro.n_tokens if n_tokens is None else n_tokens  # the whole batch's, over all ranks
         self.logp = self.w = self.ref = None  # (N, T) each, filled block by block
+        self.keep = torch.ones(ro.completion_ids.shape[0], dtype=torch.bool)  # (N,) Seq-MIS: rows left in the loss
+        self.rows = ro.completion_ids.shape[0]  # the whole batch's, over all ranks (reduce)
         self.pooled: list[torch.Tensor] = []
         self.means = dict.fromkeys(("tis/weight_mean", "tis/weight_sq_mean", "tis/clip_frac", "noise/kl_total",
                                     "noise/kl_numerics", "noise/kl_noise", "guard/sampler_gap", "guard/decode_gap",
@@ -103,6 +105,8 @@ class OldPolicy:
         """Keep rows' log π_θold (n, T) and TIS weights, and add their share of the statistics."""
         ro, cfg, mask, learner = self.ro, self.cfg, self.ro.completion_mask[rows], logp.detach()
         self.put("logp", rows, learner)
+        if cfg.seq_mis:  # C3PO's sequence-level mask, from π_θold and the rollout's own draw
+            self.keep[rows] = algo.seq_mis_keep(learner, ro.sampler_logp[rows], mask, cfg.seq_mis_low, cfg.seq_mis_high).cpu()
         share = int(mask.sum()) / max(self.n_tokens, 1)  # token means over the batch, a block at a time
         if cfg.tis:
             w, tis = algo.tis_weights(learner, ro.sampler_logp[rows], cfg.tis_cap, mask)
@@ -124,9 +128,11 @@ class OldPolicy:
 
     def reduce(self) -> None:
         """Under torchrun: each rank's shares of the token means → the means over all ranks' tokens."""
+        self.masked = int((~self.keep).sum())
         if dist.active():
             self.means = dict(zip(self.means, dist.all_sum(list(self.means.values()))))
             self.ratio_max = dist.all_max(self.ratio_max)
+            self.masked, self.rows = dist.all_sum_ints([self.masked, self.rows])
 
     def stats(self) -> dict:
         m = self.means if self.cfg.tis else {**self.means, "tis/weight_mean": 1.0, "tis/weight_sq_mean": 1.0}
@@ -135,6 +141,7 @@ class OldPolicy:
                 "noise/kl_total": m["noise/kl_total"], "noise/kl_numerics": m["noise/kl_numerics"],
                 "noise/kl_noise": m["noise/kl_noise"], "guard/sampler_gap": m["guard/sampler_gap"],
                 **({"guard/decode_gap": m["guard/decode_gap"]} if self.ro.noisy_logp is not None else {}),
+                **({"tis/seq_masked_frac": self.masked / max(self.rows, 1)} if self.cfg.seq_mis else {}),
                 "policy/entropy": m["policy/entropy"]}
 
 
@@ -142,6 +149,8 @@ def _micro_loss(model, old: OldPolicy, rows: torch.Tensor, logp: torch.Tensor, a
                 mask: torch.Tensor, norm: tuple[int, int, int], first_epoch: bool) -> tuple[torch.Tensor, dict]:
     """A micro-batch's share of the batch loss, policy + β·KL, and its sums for the statistics."""
     cfg = old.cfg
+    if cfg.seq_mis:  # the rows Seq-MIS leaves out count 0 (the normaliser is the batch's, as for a TIS weight of 0)
+        mask = mask * old.keep[rows].to(mask.device)[:, None].to(mask.dtype)
     token_loss, sums = algo.policy_loss(logp, old.logp[rows], advantages[rows], mask, None if old.w is None else old.w[rows],
                                         cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps)
     loss = algo.aggregate(token_loss, mask, cfg.loss_agg, *norm)

@@ -46,8 +46,13 @@ def perturb(p: torch.Tensor, name: str, sigma: float, seed: int) -> torch.Tensor
     return p.detach().clone().add_(noise_for(p, seed, name), alpha=sigma)
 
 
-def row_seeds(step_seed: int, P: int, G: int, granularity: str) -> list[int]:
-    """The noise seed of each of the N = P·G rows (prompt-major) for one step."""
+def row_seeds(step_seed: int, P: int, G: int, granularity: str, draws: int = 1) -> list[int]:
+    """The noise seed of each of the N = P·G rows (prompt-major) for one step. `draws` N > 1 (granularity step):
+    N draws a step, row p of every group (p = i mod G) taking draw p·N // G (C3PO's split)."""
+    if granularity == "step" and draws > 1:
+        if G % draws:
+            raise ValueError(f"noise.draws={draws} must divide grpo.group_size={G}")
+        return [derive_seed(step_seed, "draw", (i % G) * draws // G) for i in range(P * G)]
     if granularity == "step":
         return [step_seed] * (P * G)
     elif granularity == "group":
@@ -138,7 +143,7 @@ def _noisy_stack(p: torch.Tensor, name: str, sigma: float, seeds: list[int]) -> 
     return torch.stack([perturb(p, name, sigma, seed) for seed in seeds])
 
 
-def _runs(idx: torch.Tensor) -> tuple[int, int, int] | None:
+def runs_of(idx: torch.Tensor) -> tuple[int, int, int] | None:
     """(u0, m, k) when idx is m runs of k equal, consecutive ids u0, u0+1, ... (e.g. whole groups
     or single rollouts in order), so weights are a view and rows a reshape; else None."""
     change = (idx[1:] != idx[:-1]).nonzero()
@@ -184,7 +189,7 @@ class RowNoise:
         if rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= len(self.seeds):
             raise ValueError(f"select(rows) needs row ids in [0, {len(self.seeds)}), got {rows.tolist()[:8]}...")
         self._idx = self.index[rows]  # (n,) unique-seed id of each row of the sub-batch
-        self._plan = _runs(self._idx)
+        self._plan = runs_of(self._idx)
         self._gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # fallback copies, per select
 
     def _weights(self, noisy: _NoisyAdapter) -> tuple[torch.Tensor, torch.Tensor, int]:

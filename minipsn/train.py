@@ -156,10 +156,12 @@ class StepBatch:
         return [r for r in self.records for _ in range(self.G)]
 
     def logged_seeds(self, granularity: str) -> dict:
-        """noise/row_seeds: the seed of each group (group noise) or row (rollout noise); none for one draw a step."""
-        if granularity == "step":
+        """noise/row_seeds: the seed of each group (group noise) or row (rollout noise, several draws); none for one
+        draw a step."""
+        if granularity == "step" and len(set(self.step_seeds)) == 1:
             return {}
-        return {"noise/row_seeds": self.step_seeds[:: self.G] if granularity == "group" else self.step_seeds}
+        return {"noise/row_seeds": self.step_seeds[:: self.G] if granularity == "group" else self.step_seeds[: self.G]
+                if granularity == "step" else self.step_seeds}  # draws: the first group's rows show the split
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: Config, step: int) -> float:
@@ -235,7 +237,7 @@ class Trainer:
                 else [derive_seed(cfg.run.seed, "sample", step)])
         noise_seed = derive_seed(cfg.run.seed, "noise", step)
         return StepBatch(recs, [format_prompt(self.tok, r["problem"], cfg.data.template) for r in recs], gens, per_prompt_rng(cfg),
-                         self.device, noise_seed, row_seeds(noise_seed, P, G, cfg.noise.granularity), lo * G, G)
+                         self.device, noise_seed, row_seeds(noise_seed, P, G, cfg.noise.granularity, cfg.noise.draws), lo * G, G)
 
     def step(self, step: int) -> dict:
         """One PSN-GRPO step (arXiv 2602.02555, Alg. 1) on this process's share of the step's prompts."""

@@ -89,9 +89,10 @@ def test_weight_noise_kl_grows_with_sigma(copy_engine, toy_tok):
     assert copy_engine.weight_noise_size(0.02, 3, "mlp") == pytest.approx(2 * copy_engine.weight_noise_size(0.01, 3, "mlp"))
 
 
-def test_weight_noise_needs_the_copy_and_one_draw_per_step(small_policy):
-    with pytest.raises(ValueError, match="noise.granularity=step"):
-        NoiseConfig(space="weight", granularity="group")
+def test_weight_noise_needs_the_copy(small_policy):
+    assert NoiseConfig(space="weight", granularity="rollout").granularity == "rollout"  # per-row hooks on the copy
+    with pytest.raises(ValueError, match="noise.draws=2 splits the step's draw; it needs noise.granularity=step"):
+        NoiseConfig(granularity="group", draws=2)
     cfg = build_config(model="tiny", method="psn-weight", sets={"rollout.engine": "lean"})
     with pytest.raises(ValueError, match="rollout.engine=fast"):
         E.make_engine(small_policy, cfg)

@@ -27,7 +27,7 @@ def test_compare_sigma_reaches_only_the_methods_with_noise(method, tmp_path, mon
     seen = {}
     monkeypatch.setattr("minipsn.train.train", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
     monkeypatch.setattr("minipsn.evaluate.evaluate", lambda cfg, *a, **k: {"trained": cfg})
-    fixed_draw = "noise.granularity" in METHODS[method]  # psn-weight: one draw per step, its own setting
+    fixed_draw = "noise.granularity" in METHODS[method]  # c3po: its draws split the step's, its own setting
     sets = {"noise.sigma": 0.02, "eval.every": 0, **({} if fixed_draw else {"noise.granularity": "group"})}
     compare.run_one("qwen-1.5b", method, 0, sets, tmp_path / method, ["synthetic"])
     noise = seen["cfg"].noise
@@ -37,6 +37,7 @@ def test_compare_sigma_reaches_only_the_methods_with_noise(method, tmp_path, mon
         assert noise.sigma == 0.02 and noise.granularity == ("step" if fixed_draw else "group")
 
 
-def test_compare_granularity_the_weight_arm_cannot_take_fails_naming_it(tmp_path):
-    with pytest.raises(ValueError, match=r"--method psn-weight fixes noise.granularity=step.*noise.granularity=group"):
-        compare.job_config("qwen-1.5b", "psn-weight", 0, {"noise.granularity": "group"}, tmp_path / "w")
+def test_compare_granularity_the_c3po_arm_cannot_take_fails_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"--method c3po fixes noise.granularity=step.*noise.granularity=group"):
+        compare.job_config("qwen-1.5b", "c3po", 0, {"noise.granularity": "group"}, tmp_path / "w")
+    assert compare.job_config("qwen-1.5b", "psn-weight", 0, {"noise.granularity": "group"}, tmp_path / "w").noise.granularity == "group"

@@ -19,8 +19,8 @@ def run_steps(tmp_path, name, method, sets, steps=2):
 def test_every_method_runs_two_steps(tmp_path, method):
     rows, tr = run_steps(tmp_path, method, method, {"grpo.passk_k": "2"})
     assert [r["step"] for r in rows] == [1, 2]
-    psn = method.startswith("psn")
-    assert (rows[0]["noise/sigma"] > 0) == psn
+    noisy = METHODS[method].get("noise.sigma") != 0.0  # every PSN variant and c3po
+    assert (rows[0]["noise/sigma"] > 0) == noisy
     assert tr.cfg.grpo.tis == (method != "psn-notis")
     if method == "temperature":
         assert tr.cfg.rollout.temperature > tr.cfg.grpo.temperature

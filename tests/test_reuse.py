@@ -202,3 +202,18 @@ def test_a_resume_under_another_build_is_refused_and_under_other_code_is_recorde
     made = _resumed_provenance(tmp_path, stored, now)
     assert made["resumes"] == [now] and made["code"] == {"source": "a"}
     assert "resuming" in capsys.readouterr().out
+
+
+def test_arms_of_one_method_each_take_their_own_overrides(tmp_path, jobs):
+    """LABEL=METHOD: several arms of one method in one grid (a dose-response), each its own folders and σ."""
+    out = tmp_path / "grid"
+    payload = compare.compare("tiny", ["grpo", "psn-low=psn", "psn-high=psn"], 1, out, SETS,
+                              per_method={"psn-low": {"noise.sigma": 0.01}, "psn-high": {"noise.sigma": 0.05}})
+    cfgs = {arm: json.loads((out / f"{arm}-s0" / "config.json").read_text()) for arm in ("grpo", "psn-low", "psn-high")}
+    assert cfgs["psn-low"]["noise"]["sigma"] == 0.01 and cfgs["psn-high"]["noise"]["sigma"] == 0.05
+    assert cfgs["psn-high"]["noise"]["control"] == "fixed" and cfgs["grpo"]["noise"]["sigma"] == 0.0  # the method's keys
+    assert set(payload["paired"]["benchmarks"]["synthetic"]["kinds"]["all"]) == {"base", "psn-low", "psn-high"}
+    with pytest.raises(ValueError, match=r"unknown method .psm.; choose from .*\(did you mean psn\?\)"):
+        compare.compare("tiny", ["grpo", "x=psm"], 1, tmp_path / "g2", SETS)
+    with pytest.raises(ValueError, match="repeated"):
+        compare.compare("tiny", ["grpo", "grpo=psn"], 1, tmp_path / "g3", SETS)

@@ -1,0 +1,85 @@
+"""The c3po arm (3PO's C3PO): a group split over N noise draws, advantages over the whole group, Seq-MIS on top of TIS;
+and weight-space noise with several draws (per group, per rollout, C3PO), which the copy applies through hooks."""
+import math
+
+import pytest
+import torch
+
+from minipsn import algo
+from minipsn import engine as E
+from minipsn.config import build_config
+from minipsn.noise import derive_seed, row_seeds
+from minipsn.train import Trainer, advantages
+
+SMALL = {"run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4", "rollout.max_new_tokens": "24"}
+
+
+def test_n_draws_split_every_group_and_the_advantages_stay_over_the_whole_group():
+    seeds = row_seeds(7, 2, 4, "step", draws=2)  # P = 2, G = 4: rows 0-1 and 4-5 draw 0, rows 2-3 and 6-7 draw 1
+    assert seeds == [derive_seed(7, "draw", d) for d in (0, 0, 1, 1, 0, 0, 1, 1)]
+    assert row_seeds(7, 2, 4, "step", draws=1) == [7] * 8 and len(set(row_seeds(7, 2, 4, "step", draws=4))) == 4
+    with pytest.raises(ValueError, match="must divide"):
+        row_seeds(7, 2, 4, "step", draws=3)
+    with pytest.raises(ValueError, match="must divide grpo.group_size=8"):
+        build_config(model="tiny", method="c3po", sets={"noise.draws": 3})
+    # pooled: a group's rewards [1, 0 | 0, 0] over both draws → (r − 1/4)/std of all four (population std √3/4),
+    # not per draw (that would give draw 1 all zeros and draw 0 ±1)
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    adv = advantages(rewards, rewards, build_config(model="tiny", method="c3po").grpo)
+    assert adv[0].tolist() == pytest.approx([0.75 / (3 ** 0.5 / 4)] + [-0.25 / (3 ** 0.5 / 4)] * 3, rel=1e-5)
+
+
+def test_seq_mis_keeps_the_rows_whose_sequence_ratio_is_within_its_bounds():
+    """log π_θ − log π_θ̃ per token, summed: row 0 +0.2 + 0.3 = 0.5 (ratio 1.65, kept); row 1 0.8 (2.23, out); row 2
+    −0.75 (0.47, out); row 3 −0.69 (0.50, in: ln 0.5 = −0.693); row 4 has its big term on a masked token (kept)."""
+    learner = torch.tensor([[0.2, 0.3], [0.5, 0.3], [-0.5, -0.25], [-0.69, 0.0], [0.1, 5.0]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 1], [1, 0]])
+    keep = algo.seq_mis_keep(learner, torch.zeros(5, 2), mask, 0.5, 2.0)
+    assert keep.tolist() == [True, False, False, True, True]
+    assert math.exp(-0.69) > 0.5 > math.exp(-0.75) and math.exp(0.5) < 2 < math.exp(0.8)
+
+
+def test_c3po_trains_on_tiny_and_one_draw_is_psn_with_seq_mis(tmp_path):
+    run = lambda name, method, sets: Trainer(build_config(model="tiny", method=method, sets={  # noqa: E731
+        **SMALL, "run.out": str(tmp_path / name), "noise.sigma": "0.05", **sets}))
+    c3po = run("c3po", "c3po", {})
+    rows = [c3po.step(s) for s in range(2)]
+    assert c3po.engine.name == "lean" and len(set(rows[0]["noise/row_seeds"])) == 2  # two draws, per-row hooks
+    assert 0.0 <= rows[1]["tis/seq_masked_frac"] <= 1.0 and rows[1]["noise/kl_noise"] > 0
+    one, psn = run("one", "c3po", {"noise.draws": "1"}), run("psn", "psn", {"grpo.seq_mis": "true"})
+    for s in range(2):
+        a, b = one.step(s), psn.step(s)
+        for key in ("reward/mean", "loss/policy", "tis/weight_mean", "tis/seq_masked_frac", "noise/kl_noise"):
+            assert a[key] == b[key], key
+
+
+@pytest.fixture
+def weight_engine(small_policy):
+    return E.CopyEngine(small_policy.eval(), 8, static_cache=False, compile_step=False, space="weight")
+
+
+def test_weight_noise_per_row_is_each_rows_own_one_draw_noise(weight_engine):
+    """Rows with seeds 3, 3, 5, 9 in one batch: each row's logits are the one-draw path's with its own seed (W + σ·ε
+    folded, an fp32 copy), up to fp32 rounding; the hooks leave nothing behind."""
+    ids = torch.randint(2, 64, (4, 6), generator=torch.Generator().manual_seed(0))
+    seeds = [3, 3, 5, 9]
+    with torch.no_grad():
+        with weight_engine.policy(0.05, seeds, "mlp") as (model, row_noise):
+            row_noise.select(torch.arange(4))
+            batched = model(input_ids=ids).logits
+        for r, s in enumerate(seeds):
+            with weight_engine.policy(0.05, [s], "mlp") as (model, _):
+                alone = model(input_ids=ids[r:r + 1]).logits
+            torch.testing.assert_close(batched[r:r + 1], alone, rtol=1e-4, atol=1e-5)
+        clean = weight_engine.plain(input_ids=ids).logits
+        with weight_engine.policy(0.0, [0], "mlp") as (model, _):
+            assert torch.equal(model(input_ids=ids).logits, clean)  # no hook stays attached
+    assert (batched - clean).abs().max() > 1e-3  # the noise moved the logits
+
+
+def test_a_weight_space_run_with_rollout_noise_trains_and_measures_its_kl(tmp_path):
+    tr = Trainer(build_config(model="tiny", method="psn-weight", sets={**SMALL, "run.out": str(tmp_path / "r"),
+                                                                       "noise.granularity": "rollout"}))
+    m = tr.step(0)
+    assert tr.engine.name == "fast" and len(set(m["noise/row_seeds"])) == 8
+    assert m["noise/kl_noise"] > 0 and m["guard/decode_gap"] < 1e-4
