@@ -386,6 +386,55 @@ def data_(
             typer.echo(f"{path}: {rows} rows" if rows is not None else f"{path}: exists, kept (--force writes it again)")
 
 
+@app.command("preflight")
+@friendly
+def preflight_(
+    model: str = typer.Option("ceiling", help="a model trained on the synthetic task (ceiling, testbed, tiny, a folder)"),
+    settings: str = typer.Option("clean,lora:0.02,weight:0.005,temperature:1.2",
+                                 help="comma-separated: clean, lora:σ, weight:σ, temperature:T"),
+    draws: str = typer.Option("1,256", help="comma-separated D: each problem's n samples from D noise draws (D divides n)"),
+    adapter: Optional[str] = typer.Option(None, help="an RL checkpoint's adapter folder (default: the fresh adapter)"),
+    kind: Optional[str] = typer.Option("steps", help="only the held-out problems of this kind (mixed task; '' = all)"),
+    n: int = typer.Option(256, help="samples per problem"),
+    problems: int = typer.Option(0, help="held-out problems (0: the preset's)"),
+    out: str = typer.Option("runs/preflight", help="folder for preflight.json and the samples"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Does noise explore before any training? pass@k and the tuple choice under each noise setting and D draws."""
+    from minipsn.preflight import preflight
+
+    one_process("preflight")
+    extra = [f"eval.n={n}", *([f"eval.problems={problems}"] if problems else []), "eval.n_by_kind="]
+    cfg = resolve(model, None, None, [*set_, *extra])
+    report = preflight(cfg, [x.strip() for x in settings.split(",") if x.strip()],
+                       [int(x) for x in draws.split(",") if x.strip()], out, adapter, kind or None)
+    typer.echo(f"pre-flight: {out}/preflight.json ({len(report['results'])} settings, {report['seconds']:.0f} s)")
+
+
+@app.command("frontier")
+@friendly
+def frontier_(
+    out: str = typer.Option(..., help="a finished compare grid whose runs kept adapters (run.keep_adapters)"),
+    arms: str = typer.Option("grpo", help="comma-separated arms of the grid"),
+    steps: str = typer.Option("20,40", help="the kept steps to evaluate"),
+    workers: int = typer.Option(1, help="processes at once, one torch thread each"),
+    kind: str = typer.Option("steps", help="the kind whose pass@k is the ceiling"),
+    k: int = typer.Option(256, help="the k of the ceiling's pass@k"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Large-k reach against learning along training: compare_frontier.json and .png/.pdf for a finished grid."""
+    import json
+
+    from minipsn.frontier import frontier
+
+    one_process("frontier")
+    grid = json.loads((Path(out) / "compare.json").read_text())
+    frontier(grid["model"], [a.strip() for a in arms.split(",")], grid["seeds"], out,
+             [int(x) for x in steps.split(",")], grid["overrides"], kind, k, workers)
+    typer.echo(f"wrote {out}/compare_frontier.json, compare_frontier.png, compare_frontier.pdf")
+
+
 @app.command("build")
 @friendly
 def build_(

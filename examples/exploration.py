@@ -12,8 +12,8 @@ held-out problems, WORKERS jobs at once, each arm's Δ pass@k against grpo with 
     psn-paper     variant II as published            psn-weight    σ on the base weights, the paper's form
     temperature   action-space noise, the same KL    passk         Pass@k training (Chen et al. 2025)
     psn-passk     PSN composed with Pass@k
-Defaults: the model's preset steps and problems (ceiling: 60 steps, 200 problems, 100 of each kind), 5 seeds,
-n = 256, 2 workers. docs/RESULTS.md has the
+Defaults: the model's preset steps and problems (ceiling: 60 steps, 400 problems, 200 of each kind, the final kind
+at n = 32), 5 seeds, n = 256, 2 workers; the adapters at steps 20 and 40 are kept for the frontier. docs/RESULTS.md has the
 measured tables, plots and time. Finished runs and the calibration are reused, so an interrupted experiment
 picks up where it stopped; a rerun with other arguments into the same OUT stops with one line naming what
 differs (choose another OUT).
@@ -62,8 +62,10 @@ def main() -> None:
         steps = int(args[2]) if args[2] else preset.run.steps
         seeds, problems, n, workers = (int(a) if a else d for a, d in zip(args[3:7], (5, preset.eval.problems, 256, 2)))
         per_method = calibrated(model, out)
-        compare(model, METHODS, seeds, out, {"run.steps": steps, "eval.n": n, "eval.problems": problems},
-                workers=workers, ref="grpo", per_method=per_method)
+        # the adapters at a third and two thirds of the run stay, for the frontier (python cli.py frontier)
+        keep = ",".join(str(steps * i // 3) for i in (1, 2))
+        compare(model, METHODS, seeds, out, {"run.steps": steps, "eval.n": n, "eval.problems": problems,
+                                             "run.keep_adapters": keep}, workers=workers, ref="grpo", per_method=per_method)
     except ValueError as e:  # an unknown model, a calibration or a grid made with other settings: one line
         raise SystemExit(f"error: {e}") from None
     print((out / "compare.md").read_text())

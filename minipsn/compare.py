@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from minipsn import checkpoint, folders
 from minipsn import distributed as dist
@@ -40,7 +41,7 @@ from minipsn.provenance import provenance, provenance_differences, settings_diff
 
 TABLE_KS = (1, 4, 16, 64, 256)
 # settings that do not change a job's result: where it writes and logs (`--workers` sets run.threads)
-BOOKKEEPING = ("run.out", "run.threads", "run.log_to", "run.log_samples", "run.save_every")
+BOOKKEEPING = ("run.out", "run.threads", "run.log_to", "run.log_samples", "run.save_every", "run.keep_adapters")
 BASE_KEYS = ("model.", "data.", "rollout.", "reward.", "eval.", "run.seed")  # what the base evaluation depends on
 
 
@@ -322,59 +323,73 @@ def _train_job(model: str, method: str, seed: int, sets: dict, run_dir: Path) ->
         train(job_config(model, method, seed, sets, run_dir), resume=resume)
 
 
-def _eval_share(model: str, method: str | None, seed: int, sets: dict, folder: Path, benchmarks: list[str],
-                share: tuple[int, int]) -> None:
-    """A worker's evaluation of one share of a job's problems (method None: the base model)."""
+class Evaluation(NamedTuple):
+    """One evaluation of a grid: of arm `arm`'s seed `seed` (arm None: the base model), trained into `run_dir`, of
+    `adapter` (None: no adapter), into `eval_dir`."""
+    arm: str | None
+    seed: int
+    run_dir: Path | None
+    eval_dir: Path
+    adapter: Path | None
+
+
+def _eval_share(model: str, job: Evaluation, sets: dict, benchmarks: list[str], share: tuple[int, int]) -> None:
+    """A worker's evaluation of one share of a job's problems."""
     from minipsn.evaluate import evaluate, share_folder
 
-    cfg = base_config(model, sets) if method is None else job_config(model, method, seed, sets, folder)
-    adapter = None if method is None else str(folder / "adapter")
-    evaluate(cfg, benchmarks, share_folder(folder / "eval" if method else folder, share), adapter, share)
+    cfg = base_config(model, sets) if job.arm is None else job_config(model, job.arm, job.seed, sets, job.run_dir)
+    evaluate(cfg, benchmarks, share_folder(job.eval_dir, share), None if job.adapter is None else str(job.adapter), share)
 
 
-def _in_workers(model: str, grid: list[tuple[str, int]], sets: dict, out: Path, benchmarks: list[str],
-                workers: int) -> list[dict]:
-    """The base evaluation and every (method, seed) on `workers` processes of one torch thread each: trainings
-    first, then each evaluation in `workers` shares of its problems, joined when its shares are done, so no
-    worker idles while another finishes a long job. Returns the reports, base first, in the grid's order."""
+def in_workers(model: str, jobs: list[Evaluation], sets: dict, benchmarks: list[str], workers: int) -> list[dict]:
+    """Evaluations (and the trainings they need) on `workers` processes of one torch thread each: trainings first,
+    then each evaluation in `workers` shares of its problems, joined when its shares are done, so no worker idles
+    while another finishes a long job. Returns the reports, in the order of `jobs`."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from minipsn.evaluate import merge_shares
 
-    jobs = [(None, 0, out / "base" / "eval")] + [(m, s, out / f"{m}-s{s}") for m, s in grid]
-    report = lambda j: (j[2] if j[0] is None else j[2] / "eval") / "eval.json"  # noqa: E731
+    report = lambda j: j.eval_dir / "eval.json"  # noqa: E731
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
-    running: dict = {}
-    left = {j: workers for j in jobs}
+    running, left, training = {}, {j: workers for j in jobs}, {}
 
     def evaluate_in_shares(job):
         for i in range(workers):
-            running[pool.submit(_eval_share, model, job[0], job[1], sets, job[2], benchmarks, (i, workers))] = ("eval", job)
+            running[pool.submit(_eval_share, model, job, sets, benchmarks, (i, workers))] = ("eval", job)
 
     try:
         for job in jobs:
             if report(job).is_file():
-                print(f"{job[2].name if job[0] else 'base'}: done, reusing {report(job)}")
-            elif job[0] is None or _job_state(job[2])[1]:
+                print(f"{job.eval_dir.relative_to(job.eval_dir.parents[1])}: done, reusing {report(job)}")
+            elif job.run_dir is None or _job_state(job.run_dir)[1]:
                 evaluate_in_shares(job)
+            elif job.run_dir in training:  # another evaluation of the same run waits for its training
+                training[job.run_dir].append(job)
             else:
-                running[pool.submit(_train_job, model, job[0], job[1], sets, job[2])] = ("train", job)
+                training[job.run_dir] = [job]
+                running[pool.submit(_train_job, model, job.arm, job.seed, sets, job.run_dir)] = ("train", job)
         while running:
             for future in wait(running, return_when=FIRST_COMPLETED)[0]:
                 kind, job = running.pop(future)
                 future.result()  # a worker's error ends the grid here, with its message
                 if kind == "train":
-                    evaluate_in_shares(job)
+                    for waiting in training.pop(job.run_dir):
+                        evaluate_in_shares(waiting)
                     continue
                 left[job] -= 1
                 if left[job] == 0:
-                    cfg = base_config(model, sets) if job[0] is None else job_config(model, job[0], job[1], sets, job[2])
-                    merge_shares(cfg, benchmarks, report(job).parent, None if job[0] is None else str(job[2] / "adapter"),
-                                 workers)
+                    cfg = base_config(model, sets) if job.arm is None else job_config(model, job.arm, job.seed, sets, job.run_dir)
+                    merge_shares(cfg, benchmarks, job.eval_dir, None if job.adapter is None else str(job.adapter), workers)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [json.loads(report(j).read_text()) for j in jobs]
+
+
+def grid_evaluations(out: Path, grid: list[tuple[str, int]]) -> list[Evaluation]:
+    """The base model's evaluation, then each (arm, seed)'s final adapter's."""
+    return [Evaluation(None, 0, None, out / "base" / "eval", None)] + [
+        Evaluation(m, s, out / f"{m}-s{s}", out / f"{m}-s{s}" / "eval", out / f"{m}-s{s}" / "adapter") for m, s in grid]
 
 
 def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: dict | None = None,
@@ -428,7 +443,7 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
         resolve_name(model)  # a locally built model is built once, here, not by every worker at once
     grid = [(m, s) for m in methods for s in range(seeds)]
     if workers > 1:
-        results = _in_workers(model, grid, sets, out, list(benchmarks), workers)
+        results = in_workers(model, grid_evaluations(out, grid), sets, list(benchmarks), workers)
     else:
         results = [evaluate_base(model, sets, out / "base" / "eval", list(benchmarks))] + [
             run_one(model, m, s, sets, out / f"{m}-s{s}", list(benchmarks)) for m, s in grid]

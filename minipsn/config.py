@@ -421,6 +421,9 @@ class RunConfig:
     out: str = "runs/latest"
     # checkpoint every this many steps (and always at the end)
     save_every: int = 25
+    # steps whose adapter is kept for good in RUN/adapters/step-N (a checkpoint is overwritten by the next), e.g.
+    # "20,40": what compare's frontier evaluates
+    keep_adapters: str = ""
     # CPU threads for torch (0 = torch's default); tiny matrices run faster on one
     threads: int = 0
     # where metrics go: jsonl (metrics.jsonl, always on), tensorboard (RUN/tensorboard), wandb; comma-separated
@@ -431,6 +434,8 @@ class RunConfig:
     def __post_init__(self):
         _check(self.steps >= 1, f"run.steps must be >= 1, got {self.steps}")
         _check(self.save_every >= 1, "run.save_every must be >= 1")
+        _check(all(x.strip().isdigit() and int(x) >= 1 for x in self.keep_adapters.split(",") if x.strip()),
+               f"run.keep_adapters expects steps like 20,40, got {self.keep_adapters!r}")
         _check(self.threads >= 0, "run.threads must be >= 0 (0 = torch's default)")
         bad = [name for name in self.log_to if name not in LOG_SINKS]
         _check(not bad, f"run.log_to has {', '.join(map(repr, bad))}; choose from {', '.join(LOG_SINKS)}")

@@ -213,6 +213,26 @@ def paired_difference(method: np.ndarray, reference: np.ndarray, n_method: int, 
             "pairing": "seeds and problems" if paired_seeds else "problems (seeds drawn apart)", "covers": covers}
 
 
+def across_builds(diffs: list[float], ses: list[float], level: float = 0.95) -> dict:
+    """B builds' Δ (each with its paired SE) → one Δ with the build a random effect: the DerSimonian-Laird between-
+    build variance τ², weights 1/(SE_b² + τ²), and the Hartung-Knapp interval (the weighted spread of the builds
+    around the mean, t with B − 1 df), which holds its level with few builds where a normal one does not.
+    Returns {"diff", "low", "high", "tau2", "builds", "df"}."""
+    d, v = np.asarray(diffs, float), np.asarray(ses, float) ** 2
+    B = len(d)
+    if B < 2 or len(v) != B or (v <= 0).any():
+        raise ValueError(f"across_builds needs at least 2 builds, each with a positive SE, got {B} and {list(ses)}")
+    w = 1 / v
+    fixed = (w * d).sum() / w.sum()
+    q = (w * (d - fixed) ** 2).sum()
+    tau2 = max(0.0, (q - (B - 1)) / (w.sum() - (w ** 2).sum() / w.sum()))
+    w = 1 / (v + tau2)
+    mean = float((w * d).sum() / w.sum())
+    se = math.sqrt(float((w * (d - mean) ** 2).sum() / ((B - 1) * w.sum())))
+    t = t_quantile(0.5 + level / 2, B - 1)
+    return {"diff": mean, "low": mean - t * se, "high": mean + t * se, "tau2": tau2, "builds": B, "df": B - 1}
+
+
 # ---------------------------------------------------------------- coverage, by simulation
 
 # Data models like a compare grid's (a logit per (seed, problem) → c ~ Binomial(n, sigmoid)): problem effect

@@ -417,6 +417,9 @@ class Trainer:
                 bar.update(task, completed=step + 1)
                 if on_step is not None:
                     on_step(m)
+                # a kept adapter first: a kill before the checkpoint redoes the step and writes it again
+                if str(step + 1) in self.cfg.run.keep_adapters.replace(" ", "").split(",") and dist.is_main():
+                    checkpoint.save_final_adapter(self.run_dir / "adapters" / f"step-{step + 1}", self.model)
                 if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == steps:
                     self.save()
 

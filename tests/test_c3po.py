@@ -83,3 +83,50 @@ def test_a_weight_space_run_with_rollout_noise_trains_and_measures_its_kl(tmp_pa
     m = tr.step(0)
     assert tr.engine.name == "fast" and len(set(m["noise/row_seeds"])) == 8
     assert m["noise/kl_noise"] > 0 and m["guard/decode_gap"] < 1e-4
+
+
+def test_the_preflight_at_one_clean_draw_is_the_evaluation_and_each_draw_logs_its_seed(tmp_path):
+    """D = 1 at σ = 0 samples what `eval` samples; with D = n and σ > 0 every sample has its own draw (its seed
+    logged), the same D draws for every problem."""
+    import json
+
+    from minipsn.evaluate import evaluate
+    from minipsn.preflight import preflight
+
+    cfg = build_config(model="tiny", sets={"eval.n": 4, "eval.problems": 3})
+    evaluate(cfg, ["synthetic"], tmp_path / "eval")
+    report = preflight(cfg, ["clean", "lora:0.05"], [1, 4], tmp_path / "pre")
+    assert [(r["setting"], r["draws"]) for r in report["results"]] == [("clean", 1), ("lora:0.05", 1), ("lora:0.05", 4)]
+    rows = lambda p: [json.loads(x) for x in p.read_text().splitlines() if "meta" not in x]  # noqa: E731
+    want = rows(tmp_path / "eval" / "samples" / "synthetic.jsonl")
+    got = rows(tmp_path / "pre" / "samples" / "clean-D1.jsonl")
+    assert [(r["id"], r["answers"], r["correct"]) for r in got] == [(r["id"], r["answers"], r["correct"]) for r in want]
+    per_sample = rows(tmp_path / "pre" / "samples" / "lora-0.05-D4.jsonl")
+    assert all(len(set(r["noise_seeds"])) == 4 for r in per_sample)  # one draw per sample
+    assert len({tuple(r["noise_seeds"]) for r in per_sample}) == 1  # the same draws for every problem
+    one_draw = rows(tmp_path / "pre" / "samples" / "lora-0.05-D1.jsonl")
+    assert all(len(set(r["noise_seeds"])) == 1 and r["noise_seeds"][0] is not None for r in one_draw)
+
+
+def test_the_frontier_evaluates_the_kept_adapters_of_a_grid(tmp_path):
+    """A grid trained with run.keep_adapters=1 (2 steps): the frontier evaluates each run's step-1 adapter and puts
+    the base (step 0), step 1 and the final step on one line per arm, each point a mean over seeds."""
+    import json
+
+    from minipsn.compare import compare
+    from minipsn.frontier import frontier
+
+    sets = {"run.steps": 2, "grpo.prompts_per_step": 2, "grpo.group_size": 4, "rollout.max_new_tokens": 16,
+            "eval.n": 4, "eval.problems": 3, "eval.max_new_tokens": 16, "run.keep_adapters": "1"}
+    out = tmp_path / "grid"
+    grid = compare("tiny", ["grpo", "psn"], 2, out, sets)
+    assert (out / "psn-s1" / "adapters" / "step-1" / "adapter" / "adapter_config.json").is_file()
+    result = frontier("tiny", ["grpo", "psn"], 2, out, [1], grid["overrides"], kind="steps", k=4)
+    assert list(result["points"]["psn"]) == ["0", "1", "2"] and len(result["points"]["psn"]["1"]["x"]) == 2
+    step1 = json.loads((out / "psn-s1" / "eval-step1" / "eval.json").read_text())
+    assert result["points"]["psn"]["1"]["x"][1] == step1["benchmarks"]["synthetic"]["pass@k"]["1"]  # no kinds: all
+    final = json.loads((out / "grpo-s0" / "eval" / "eval.json").read_text())
+    assert result["points"]["grpo"]["2"]["y"][0] == final["benchmarks"]["synthetic"]["pass@k"]["4"]
+    assert (out / "compare_frontier.png").stat().st_size > 0 and (out / "compare_frontier.pdf").stat().st_size > 0
+    with pytest.raises(ValueError, match="kept no adapter at step 2"):
+        frontier("tiny", ["grpo"], 2, out, [2], grid["overrides"])

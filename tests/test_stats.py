@@ -121,3 +121,16 @@ def test_count_matrix_pairs_problems_by_id_and_kind():
         count_matrix([a, b[1:]])
     with pytest.raises(ValueError, match="numbers of samples"):
         count_matrix([a, [*b[:2], {"id": "b", "kind": "steps", "correct": [1]}]])
+
+
+def test_across_builds_is_the_hartung_knapp_random_effects_mean():
+    from minipsn.stats import across_builds
+
+    same = across_builds([0.05, 0.05, 0.05], [0.01, 0.02, 0.01])
+    assert same["diff"] == pytest.approx(0.05) and same["tau2"] == 0.0 and same["high"] - same["low"] < 1e-12
+    # three builds that disagree beyond their SEs: τ² > 0 and the interval spans them, t with 2 df
+    r = across_builds([-0.10, 0.00, 0.10], [0.01, 0.01, 0.01])
+    assert r["diff"] == pytest.approx(0.0, abs=1e-12) and r["tau2"] == pytest.approx(0.01 - 0.0001, rel=1e-6)
+    assert r["high"] == pytest.approx(t_quantile(0.975, 2) * (0.01 / 3) ** 0.5, rel=1e-6)  # sd 0.1, a mean of 3
+    with pytest.raises(ValueError, match="at least 2 builds"):
+        across_builds([0.1], [0.01])
