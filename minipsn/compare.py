@@ -95,8 +95,8 @@ def parse_arms(specs: list[str]) -> dict[str, str]:
             close = difflib.get_close_matches(method, METHODS, n=1)
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}"
                              + (f" (did you mean {close[0]}?)" if close else ""))
-        if label in arms or not label.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ValueError(f"arm {label!r} is repeated or not a name (letters, digits, - _ .); give each arm its own")
+        if label in arms or not label.replace("-", "").replace("_", "").replace(".", "").replace("@", "").isalnum():
+            raise ValueError(f"arm {label!r} is repeated or not a name (letters, digits, - _ . @); give each arm its own")
         arms[label] = method
     return arms
 

@@ -115,6 +115,8 @@ def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Pat
     if not records:
         raise ValueError(f"no held-out problems of kind {kind!r}; the mixed task has final and steps")
     t0 = time.perf_counter()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)  # the fresh adapter the runs start with, as the trainer and calibrate make it
     model, tok = load_policy(cfg, adapter)
     model.eval()

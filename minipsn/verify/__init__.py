@@ -96,7 +96,26 @@ def _cheap_verdict(pred: str, gold: str) -> tuple[bool | None, str, str]:
     if a is not None and b is not None:  # exact unless one is written with decimals
         decimal = _DECIMAL.search(p) or _DECIMAL.search(g)
         return (_close(a, b) if decimal else a == b), p, g
-    return None, p, g
+    return _number_tuples(p, g, a, b), p, g
+
+
+def _number_tuples(p: str, g: str, a: Fraction | None, b: Fraction | None) -> bool | None:
+    """Tuples of plain numbers, "(12,9,13)": equal element by element (exact unless written with decimals); a plain
+    number is never a tuple of two or more. Anything else (intervals, lists without parentheses, expressions) is left
+    to the judge. This keeps the synthetic tasks' tuple answers off the worker: most checks of an evaluation."""
+    def parts(s: str) -> list[Fraction] | None:
+        if not (s.startswith("(") and s.endswith(")")) or s.count("(") != 1:
+            return None
+        values = [_as_fraction(x) for x in s[1:-1].split(",")]
+        return values if len(values) >= 2 and None not in values else None
+
+    tp, tg = parts(p), parts(g)
+    if tp is not None and tg is not None:
+        decimal = _DECIMAL.search(p) or _DECIMAL.search(g)
+        return len(tp) == len(tg) and all(_close(x, y) if decimal else x == y for x, y in zip(tp, tg))
+    if (tp is not None and b is not None) or (tg is not None and a is not None):
+        return False
+    return None
 
 
 def _cheap_stage(pred: str, gold: str, timeout: float, verifier: str) -> tuple[bool | None, str, str, float]:

@@ -1,0 +1,116 @@
+"""The ceiling experiment: does noise lift the ceiling at any dose, or only learn less? (docs/RESULTS.md)
+
+    python examples/ceiling_experiment.py PART [OUT] [SEEDS] [WORKERS]
+
+On the `ceiling` model, where GRPO narrows the steps questions' pass@256, in parts that each resume where they
+stopped (every finished job is reused) and can run on different days; every arm in one compare grid (OUT/grid), so
+every difference is paired with the same GRPO seeds:
+    calibrate   σ on the adapter, σ on the base weights and the temperature at each noise KL per token of DOSES
+    preflight   noise without training: the base model's steps questions under each dose, D = 1 and D = n draws
+    arms        every arm at a noise KL of 0.003 per token: grpo, psn, psn-adaptive, psn-kl, psn-paper,
+                psn-weight, temperature, passk (k = 4), psn-passk
+    doses       psn, psn-weight and temperature at the other doses (label `<arm>@<kl>`)
+    extras      at each space's best dose: per-rollout noise (adapter and weights), c3po with 2 and 4 draws, a fixed-σ
+                psn-passk, passk with k = 2
+    builds      grpo, the best noise arm and passk on two more builds of the ceiling model (ceiling-b1, ceiling-b2)
+    frontier    pass@256 of the steps questions against the mix's pass@1 at steps 20, 40, 60, per arm
+Each part prints its wall time; OUT defaults to runs/ceiling-experiment, SEEDS to 5, WORKERS to 2.
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+from minipsn.calibrate import calibrate, parse_sigmas, parse_temperatures, reuse, suggest
+from minipsn.compare import compare
+from minipsn.config import build_config
+
+DOSES = (0.001, 0.003, 0.01, 0.03, 0.1)  # noise KL per token
+GRIDS = {"sigmas": "0.002,0.005,0.01,0.02,0.04,0.08,0.16", "weight_sigmas": "0.001,0.002,0.005,0.01,0.02,0.04",
+         "temperatures": "1.02,1.05,1.1,1.2,1.4,1.7,2.0"}
+ARMS = ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "temperature", "passk", "psn-passk"]
+SETS = {"run.keep_adapters": "20,40"}
+
+
+def doses(out: Path) -> dict:
+    """{kl: {"lora": σ, "weight": σ, "temperature": T, "tokens": mean completion length}} from one calibration."""
+    cfg = build_config(model="ceiling")
+    args = (parse_sigmas(GRIDS["sigmas"]), 0.003, 2, None, parse_sigmas(GRIDS["weight_sigmas"]),
+            parse_temperatures(GRIDS["temperatures"]))
+    path = out / "calibrate" / "calibrate.json"
+    report = reuse(path, cfg, *args) or calibrate(cfg, args[0], 0.003, 2, out / "calibrate", *args[3:])
+    t_rows = [{"sigma": r["temperature"] - 1, "kl_noise": r["kl"]} for r in report["temperature"]["rows"]]
+    found = {}
+    for kl in DOSES:
+        lora, weight, hot = (suggest(rows, kl)[0] for rows in (report["rows"], report["weight"]["rows"], t_rows))
+        found[kl] = {"lora": lora, "weight": weight, "temperature": None if hot is None else 1 + hot,
+                     "tokens": report["rows"][0]["len_mean"]}
+    return found
+
+
+def per_arm(found: dict, kls: tuple[float, ...], label: bool) -> tuple[list[str], dict]:
+    """The dose arms (`psn@0.01=psn`, …) and their overrides; at 0.003 (label False) the plain arm names."""
+    arms, sets = [], {}
+    for kl in kls:
+        d = found[kl]
+        for arm, key, value in (("psn", "noise.sigma", d["lora"]), ("psn-weight", "noise.sigma", d["weight"]),
+                                ("temperature", "rollout.temperature", d["temperature"])):
+            if value is None:
+                print(f"note: calibrate's grid does not reach a noise KL of {kl} for {arm}; that dose is left out")
+                continue
+            name = f"{arm}@{kl:g}" if label else arm
+            arms.append(f"{name}={arm}" if label else arm)
+            sets[name] = {key: round(value, 5)}
+    return arms, sets
+
+
+def run(part: str, out: Path, seeds: int, workers: int) -> None:
+    found = doses(out)
+    print("doses (noise KL per token → σ adapter, σ weights, T; KL per trajectory at the base's mean length): " + "; ".join(
+        f"{kl:g} → {d['lora'] and round(d['lora'], 4)}, {d['weight'] and round(d['weight'], 4)}, "
+        f"{d['temperature'] and round(d['temperature'], 3)} ({kl * d['tokens']:.2g}/trajectory)" for kl, d in found.items()))
+    arms, per_method = per_arm(found, (0.003,), label=False)
+    sigma = per_method["psn"]["noise.sigma"]
+    per_method.update({m: {"noise.sigma": sigma} for m in ARMS if m.startswith("psn") and m not in per_method})
+    grid = list(ARMS)
+    if part in ("doses", "extras", "builds", "frontier"):
+        more, sets = per_arm(found, tuple(kl for kl in DOSES if kl != 0.003), label=True)
+        grid += more
+        per_method.update(sets)
+    if part == "calibrate":
+        return
+    if part == "preflight":
+        from minipsn.preflight import preflight
+
+        settings = ["clean"] + [f"{space}:{d[space]:.5g}" for d in found.values() for space in ("lora", "weight", "temperature")
+                                if d[space] is not None]
+        preflight(build_config(model="ceiling", sets={"eval.n_by_kind": ""}), settings, [1, 256], out / "preflight",
+                  kind="steps")
+        return
+    if part in ("arms", "doses", "extras", "builds", "frontier"):
+        compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method)
+    if part == "frontier":
+        from minipsn.frontier import frontier
+
+        overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
+        frontier("ceiling", ["grpo", "psn", "psn-weight", "temperature", "passk"], seeds, out / "grid", [20, 40], overrides,
+                 workers=workers)
+    elif part not in ("arms", "doses"):
+        raise SystemExit(f"error: part {part!r} is not built yet in this script; parts: calibrate, preflight, arms, doses, "
+                         "frontier")
+
+
+def main() -> None:
+    args = sys.argv[1:] + [None] * 4
+    if args[0] is None or len(sys.argv) > 5 or any(a is not None and not a.isdigit() for a in args[2:4]):
+        raise SystemExit("usage: python examples/ceiling_experiment.py PART [OUT] [SEEDS] [WORKERS] (see its docstring)")
+    t0 = time.perf_counter()
+    try:
+        run(args[0], Path(args[1] or "runs/ceiling-experiment"), int(args[2] or 5), int(args[3] or 2))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"part {args[0]}: {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":  # compare's workers are spawned processes: they import this file without running it
+    main()
