@@ -12,8 +12,11 @@ every difference is paired with the same GRPO seeds:
     doses       psn, psn-weight and temperature at the other doses (label `<arm>@<kl>`)
     extras      at each space's best dose: per-rollout noise (adapter and weights), c3po with 2 and 4 draws, a fixed-σ
                 psn-passk, passk with k = 2
-    builds      grpo, the best noise arm and passk on two more builds of the ceiling model (ceiling-b1, ceiling-b2)
-    frontier    pass@256 of the steps questions against the mix's pass@1 at steps 20, 40, 60, per arm
+    builds      grpo, the best noise arm (at its best dose) and passk on two more builds of the ceiling model
+                (ceiling-b1, ceiling-b2), each a grid of its own (OUT/grid-ceiling-b1, …)
+    frontier    pass@256 of the steps questions against the mix's pass@1 at steps 0, 20, 40, 60: grpo, passk and each
+                space's best dose (the runs' kept adapters, nothing trained)
+    report      the figures and tables (examples/ceiling_report.py) into OUT/report
 Each part prints its wall time; OUT defaults to runs/ceiling-experiment, SEEDS to 5, WORKERS to 2.
 """
 import json
@@ -64,6 +67,30 @@ def per_arm(found: dict, kls: tuple[float, ...], label: bool) -> tuple[list[str]
     return arms, sets
 
 
+def best_doses(out: Path) -> dict:
+    """Each space's dose with the largest Δ pass@256 of the steps questions against GRPO (the doses part's grid)."""
+    paired = json.loads((out / "grid" / "compare.json").read_text())["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
+    best = {}
+    for arm in ("psn", "psn-weight", "temperature"):
+        at = {kl: paired[f"{arm}@{kl:g}" if kl != 0.003 else arm]["diff"][-1] for kl in DOSES
+              if (f"{arm}@{kl:g}" if kl != 0.003 else arm) in paired}
+        best[arm] = max(at, key=at.get)
+    return best
+
+
+def extras(found: dict, best: dict) -> tuple[list[str], dict]:
+    """At each space's best dose: per-rollout noise on the adapter and on the weights, c3po with 2 and 4 draws, a
+    fixed-σ psn-passk (psn with Pass@k advantages: no σ controller), and Pass@k training at k = 2."""
+    lora, weight = round(found[best["psn"]]["lora"], 5), round(found[best["psn-weight"]]["weight"], 5)
+    per = {"psn-rollout": {"noise.sigma": lora, "noise.granularity": "rollout"},
+           "psn-weight-rollout": {"noise.sigma": weight, "noise.granularity": "rollout"},
+           "c3po2": {"noise.sigma": lora}, "c3po4": {"noise.sigma": lora, "noise.draws": 4},
+           "psn-passk-fixed": {"noise.sigma": lora, "grpo.advantage": "passk"}, "passk2": {"grpo.passk_k": 2}}
+    arms = ["psn-rollout=psn", "psn-weight-rollout=psn-weight", "c3po2=c3po", "c3po4=c3po", "psn-passk-fixed=psn",
+            "passk2=passk"]
+    return arms, per
+
+
 def run(part: str, out: Path, seeds: int, workers: int) -> None:
     found = doses(out)
     print("doses (noise KL per token → σ adapter, σ weights, T; KL per trajectory at the base's mean length): " + "; ".join(
@@ -73,8 +100,14 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
     sigma = per_method["psn"]["noise.sigma"]
     per_method.update({m: {"noise.sigma": sigma} for m in ARMS if m.startswith("psn") and m not in per_method})
     grid = list(ARMS)
-    if part in ("doses", "extras", "builds", "frontier"):
+    if part in ("doses", "extras", "builds"):
         more, sets = per_arm(found, tuple(kl for kl in DOSES if kl != 0.003), label=True)
+        grid += more
+        per_method.update(sets)
+    if part in ("extras", "builds"):
+        best = best_doses(out)
+        print("best dose per space (Δ pass@256, steps questions): " + ", ".join(f"{a} {kl:g}" for a, kl in best.items()))
+        more, sets = extras(found, best)
         grid += more
         per_method.update(sets)
     if part == "calibrate":
@@ -87,17 +120,36 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
         preflight(build_config(model="ceiling", sets={"eval.n_by_kind": ""}), settings, [1, 256], out / "preflight",
                   kind="steps")
         return
-    if part in ("arms", "doses", "extras", "builds", "frontier"):
-        compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method)
-    if part == "frontier":
+    if part == "builds":
+        best_arm = max(("psn", "psn-weight", "temperature"), key=lambda a: _steps_diff(out / "grid", _label(a, best[a])))
+        noisy = _label(best_arm, best[best_arm])
+        for build in ("ceiling-b1", "ceiling-b2"):
+            arms_b = ["grpo", f"{noisy}={best_arm}", "passk"]
+            compare(build, arms_b, seeds, out / f"grid-{build}", SETS, workers=workers, ref="grpo",
+                    per_method={noisy: per_method[noisy]})
+        return
+    if part == "frontier":  # the grid's finished runs: their kept adapters are evaluated, nothing is trained
         from minipsn.frontier import frontier
 
         overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
-        frontier("ceiling", ["grpo", "psn", "psn-weight", "temperature", "passk"], seeds, out / "grid", [20, 40], overrides,
-                 workers=workers)
-    elif part not in ("arms", "doses"):
-        raise SystemExit(f"error: part {part!r} is not built yet in this script; parts: calibrate, preflight, arms, doses, "
-                         "frontier")
+        best = best_doses(out)
+        arms = ["grpo", "passk", *(_label(a, best[a]) for a in ("psn", "psn-weight", "temperature"))]
+        frontier("ceiling", arms, seeds, out / "grid", [20, 40], overrides, workers=workers)
+        return
+    if part == "report":
+        from ceiling_report import report  # examples/ceiling_report.py: the figures and tables of docs/RESULTS.md
+
+        report(out, DOSES, found)
+        return
+    compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method)
+
+
+def _label(arm: str, kl: float) -> str:
+    return arm if kl == 0.003 else f"{arm}@{kl:g}"
+
+
+def _steps_diff(grid: Path, arm: str) -> float:
+    return json.loads((grid / "compare.json").read_text())["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"][arm]["diff"][-1]
 
 
 def main() -> None:

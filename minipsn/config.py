@@ -312,10 +312,15 @@ class RolloutConfig:
     # warn when guard/sampler_gap, the mean |log π_sampler − log π_learner| per sampled token without noise, exceeds
     # this (nats; 0 = never): a sampler that lags the learner (docs/RESULTS.md sets it from healthy runs' spread)
     gap_warn: float = 5e-4
+    # σ > 0: every this many steps (and at the first) a teacher-forced pass of the noisy sampler checks the decode
+    # path that gave the TIS denominators (guard/decode_gap); under top_p < 1 it runs every step, as the exact noise KL
+    # needs it (1 = every step)
+    guard_every: int = 10
 
     def __post_init__(self):
         _check(self.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
         _check(self.gap_warn >= 0, f"rollout.gap_warn must be >= 0 (0 = never warn), got {self.gap_warn}")
+        _check(self.guard_every >= 1, f"rollout.guard_every must be >= 1, got {self.guard_every}")
         _one_of("rollout.rng", self.rng, ("auto", "batch", "prompt"))
         _check(self.temperature > 0, "rollout.temperature must be > 0")
         _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")

@@ -107,7 +107,12 @@ class SideLinear(torch.nn.Module):
             getattr(self, f"A{i}").copy_(a)
             getattr(self, f"B{i}").copy_(b)
         if self.fold or self.dirty:  # W rebuilt from the base as at the copy's build: bit-exact
-            w = dense_weight(self.source).to(torch.float32, copy=True)
+            if not self.fold:  # bf16 after weight noise: rebuilt from the 4-bit base (no fp32 copy held on a GPU)
+                w = dense_weight(self.source).to(torch.float32, copy=True)
+            else:  # fp32 (the CPU): the base's values kept once, as a fold happens at every load
+                if "base" not in self.__dict__:
+                    self.__dict__["base"] = dense_weight(self.source).to(torch.float32, copy=True)
+                w = self.__dict__["base"].clone()
             for (a, b), scale in (zip(pairs, self.scales) if self.fold else ()):
                 w.addmm_(b.float(), a.float(), alpha=scale)
             self.weight.copy_(w)

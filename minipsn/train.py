@@ -252,7 +252,7 @@ class Trainer:
                                                                     row_noise=row_noise))
         clock.mark("sample")
         with clock.timed("rescore"):  # σ > 0: clean and noisy samplers rescore the samples (the noise's own KL); ‖ΔW‖/‖W‖
-            delta_w = self._measure_noise(ro, sigma, batch)
+            delta_w = self._measure_noise(ro, sigma, batch, step)
 
         # 4. score with the verifier
         with clock.timed("verify"):
@@ -325,16 +325,20 @@ class Trainer:
                   "stale or detached adapter, a sampler in lower precision, a decode path that drifts)")
         self.gap_warned = bool(over)
 
-    def _measure_noise(self, ro: Rollouts, sigma: float, batch: StepBatch) -> float:
-        """σ > 0: the clean and the noisy sampler's log-probs of the sampled tokens by teacher-forced passes, and the
-        exact KL between them at each position (`ro.clean_logp`, `ro.noisy_logp`, `ro.noise_kl`: the noise's own KL
-        apart from numerics, and a check of the decode path that produced the TIS denominators); returns
-        ‖ΔW_noise‖/‖W‖ (0 at σ = 0)."""
+    def _measure_noise(self, ro: Rollouts, sigma: float, batch: StepBatch, step: int) -> float:
+        """σ > 0: the clean sampler's log-probs of the sampled tokens by a teacher-forced pass (`ro.clean_logp`) and
+        the noise's own KL per token (`ro.noise_kl`): the k3 estimate on the sampled tokens under top_p = 1 (they are
+        drawn from the whole noisy distribution: unbiased), else the exact KL over the vocabulary from a second, noisy
+        pass (`ro.noisy_logp`), which also checks the decode path of the TIS denominators (guard/decode_gap) every
+        rollout.guard_every steps. Returns ‖ΔW_noise‖/‖W‖ (0 at σ = 0)."""
         if sigma == 0:
             return 0.0
-        targets = self.cfg.noise.targets
-        ro.clean_logp, ro.noisy_logp, ro.noise_kl = self.engine.measure(
-            ro, self.state.rollout, targets, self.state.grpo.micro_batch_tokens, sigma, batch.seeds)
+        targets, rcfg, budget = self.cfg.noise.targets, self.state.rollout, self.state.grpo.micro_batch_tokens
+        if rcfg.top_p < 1 or step % rcfg.guard_every == 0:
+            ro.clean_logp, ro.noisy_logp, ro.noise_kl = self.engine.measure(ro, rcfg, targets, budget, sigma, batch.seeds)
+        else:
+            ro.clean_logp = self.engine.rescore(ro, rcfg, targets, budget)
+            ro.noise_kl = algo.kl_k3(ro.raw_logp, ro.clean_logp) * ro.completion_mask
         if self.cfg.noise.space == "weight":
             return self.engine.weight_noise_size(sigma, batch.step_seeds[0], targets)
         return perturbation_size(self.model, sigma, batch.step_seeds[0], targets)

@@ -220,7 +220,7 @@ def test_the_guard_watches_the_decode_path_that_gives_the_tis_denominators(tmp_p
     sampler: a healthy decode is within float noise of it; one whose log-probs drift is warned about."""
     from minipsn import train as T
 
-    tr = T.Trainer(tiny_cfg(tmp_path / "r", **{"noise.sigma": "0.02"}))
+    tr = T.Trainer(tiny_cfg(tmp_path / "r", **{"noise.sigma": "0.02", "rollout.guard_every": "1"}))
     healthy = tr.step(0)
     assert 0 <= healthy["guard/decode_gap"] < 1e-5 and healthy["guard/sampler_gap"] < 1e-5
     real_sample = T.sample
@@ -234,3 +234,7 @@ def test_the_guard_watches_the_decode_path_that_gives_the_tis_denominators(tmp_p
     drifted = tr.step(1)
     assert drifted["guard/decode_gap"] == pytest.approx(0.01, rel=1e-3)
     assert "guard/decode_gap 0.01" in capsys.readouterr().out
+    import dataclasses
+
+    tr.state.rollout = dataclasses.replace(tr.state.rollout, guard_every=10)
+    assert "guard/decode_gap" not in tr.step(2)  # between checks: the clean pass only

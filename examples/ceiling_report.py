@@ -1,0 +1,211 @@
+"""The figures and tables of the ceiling experiment (examples/ceiling_experiment.py report), from its folder alone.
+
+    python examples/ceiling_experiment.py report [OUT]
+
+Reads OUT/grid/compare.json (the arms and doses, every difference against grpo paired on seeds and problems),
+each job's eval.json (the training mix's pass@1 per seed), OUT/grid-ceiling-b*/compare.json (the other builds),
+OUT/preflight/preflight.json and OUT/grid/compare_frontier.json where they exist, and writes OUT/report/: report.md
+(the tables of docs/RESULTS.md), dose_response.png/.pdf (Δ pass@256 and Δ pass@16 of the steps questions against
+the noise KL, per space, with the paired 95 % intervals), cost.png/.pdf (the mix's pass@1 against the same KL) and
+preflight.png/.pdf (noise without training).
+"""
+import json
+from pathlib import Path
+
+from minipsn.frontier import mix_pass1
+from minipsn.stats import across_builds
+
+SPACES = {"psn": "σ on the adapter (psn)", "psn-weight": "σ on the weights (psn-weight)",
+          "temperature": "temperature (action space)"}
+
+
+def _label(arm: str, kl: float) -> str:
+    return arm if kl == 0.003 else f"{arm}@{kl:g}"
+
+
+def _mix(grid: Path, arm: str, seeds: int) -> list[float]:
+    return [mix_pass1(json.loads((grid / f"{arm}-s{s}" / "eval" / "eval.json").read_text())) for s in range(seeds)]
+
+
+def _cell(d: dict, j: int) -> str:
+    mark = " ✱" if d["low"][j] > 0 or d["high"][j] < 0 else ""
+    return f"{100 * d['diff'][j]:+.1f} [{100 * d['low'][j]:+.1f}, {100 * d['high'][j]:+.1f}]{mark}"
+
+
+def arms_table(c: dict, grid: Path) -> str:
+    """Every arm on the steps questions: pass@k (mean ± std over seeds) and Δ against grpo with its interval."""
+    seeds, summ = c["seeds"], c["summary"]
+    paired = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
+    ks = paired[next(iter(paired))]["k"]
+    cols = [k for k in (1, 16, 64, 256) if k in ks]
+    lines = ["| arm | mix pass@1 | " + " | ".join(f"pass@{k}" for k in cols) + " | " + " | ".join(f"Δ@{k}" for k in cols[1:]) + " |",
+             "|" + "---|" * (2 + 2 * len(cols) - 1)]
+    for arm, s in summ.items():
+        st = s["kinds"]["steps"]["pass@k"]
+        mix = [mix_pass1(json.loads((grid / "base" / "eval" / "eval.json").read_text()))] if arm == "base" else _mix(grid, arm, seeds)
+        m = sum(mix) / len(mix)
+        cells = [f"{100 * m:.1f}"] + [f"{100 * st[str(k)][0]:.1f}" + (f" ± {100 * st[str(k)][1]:.1f}" if arm != "base" else "")
+                                      for k in cols]
+        d = paired.get(arm)
+        cells += [_cell(d, ks.index(k)) if d else "" for k in cols[1:]]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def dose_rows(c: dict, grid: Path, doses: tuple, found: dict) -> list[dict]:
+    seeds = c["seeds"]
+    paired = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
+    grpo_mix = _mix(grid, "grpo", seeds)
+    rows = []
+    for arm in SPACES:
+        for kl in doses:
+            label = _label(arm, kl)
+            if label not in paired:
+                continue
+            d, ks = paired[label], paired[label]["k"]
+            mix = _mix(grid, label, seeds)
+            dmix = [a - b for a, b in zip(mix, grpo_mix)]  # seed-paired
+            rows.append({"arm": arm, "kl": kl, "traj": kl * found[kl]["tokens"], "value": found[kl]["temperature" if arm ==
+                         "temperature" else "lora" if arm == "psn" else "weight"], "d256": d, "i256": ks.index(256),
+                         "i16": ks.index(16), "mix": sum(mix) / seeds, "dmix": sum(dmix) / seeds,
+                         "mde256": d["mde"][ks.index(256)], "cell": d["cell"][ks.index(256)]})
+    return rows
+
+
+def dose_table(rows: list[dict]) -> str:
+    lines = ["| arm | KL / token | KL / trajectory | σ or T | Δ@16 | Δ@256 | mix pass@1 (Δ vs grpo) | MDE @256 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['kl']:g} | {r['traj']:.2g} | {r['value']:.4g} | {_cell(r['d256'], r['i16'])} | "
+                     f"{_cell(r['d256'], r['i256'])} | {100 * r['mix']:.1f} ({100 * r['dmix']:+.1f}) | {100 * r['mde256']:.1f} |")
+    return "\n".join(lines)
+
+
+def _figure(panels: int, width: float = 5.5):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * panels, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def dose_figure(rows: list[dict], tokens: float):
+    fig, axes = _figure(2)
+    for ax, (j, k) in zip(axes, (("i256", 256), ("i16", 16))):
+        for arm, name in SPACES.items():
+            rs = [r for r in rows if r["arm"] == arm]
+            if not rs:
+                continue
+            x = [r["kl"] for r in rs]
+            y = [100 * r["d256"]["diff"][r[j]] for r in rs]
+            err = [[100 * (r["d256"]["diff"][r[j]] - r["d256"]["low"][r[j]]) for r in rs],
+                   [100 * (r["d256"]["high"][r[j]] - r["d256"]["diff"][r[j]]) for r in rs]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel="noise KL per token (nats, log scale)", ylabel=f"Δ pass@{k} vs GRPO (points)",
+               title=f"steps questions: Δ pass@{k} against the noise's size")
+        top = ax.secondary_xaxis("top", functions=(lambda v: v * tokens, lambda v: v / tokens))
+        top.set_xlabel(f"KL per trajectory (nats, at {tokens:.0f} tokens)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="bars: paired 95 % interval (5 seeds × problems)", title_fontsize=7)
+    return fig
+
+
+def cost_figure(rows: list[dict], grpo_mix: list[float]):
+    fig, axes = _figure(1, 6.5)
+    ax = axes[0]
+    for arm, name in SPACES.items():
+        rs = [r for r in rows if r["arm"] == arm]
+        if rs:
+            ax.plot([r["kl"] for r in rs], [100 * r["mix"] for r in rs], marker="o", label=name)
+    g = 100 * sum(grpo_mix) / len(grpo_mix)
+    ax.axhline(g, color="black", lw=0.8, ls="--", label=f"grpo ({g:.1f})")
+    ax.set_xscale("log")
+    ax.set(xlabel="noise KL per token (nats, log scale)", ylabel="pass@1 on the training mix (%)",
+           title="what the noise costs: the mix's pass@1 after 60 steps (mean over 5 seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def builds_table(out: Path, noisy: str) -> str:
+    """Δ pass@256 of the steps questions against grpo per build, and across builds (the build a random effect)."""
+    grids = [("ceiling (b0)", out / "grid")] + [(g.name.removeprefix("grid-"), g) for g in sorted(out.glob("grid-ceiling-b*"))]
+    if len(grids) < 2:
+        return ""
+    lines = ["| build | base pass@256 | grpo pass@256 | " + f"Δ {noisy} | Δ passk |", "|---|---|---|---|---|"]
+    per = {noisy: [], "passk": []}
+    for name, g in grids:
+        c = json.loads((g / "compare.json").read_text())
+        p = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
+        arm = noisy if noisy in p else next(a for a in p if a.split("@")[0] == noisy.split("@")[0])
+        st = c["summary"]
+        cells = [f"{100 * st['base']['kinds']['steps']['pass@k']['256'][0]:.1f}",
+                 f"{100 * st['grpo']['kinds']['steps']['pass@k']['256'][0]:.1f}"]
+        for key, a in ((noisy, arm), ("passk", "passk")):
+            d = p[a]
+            cells.append(_cell(d, d["k"].index(256)))
+            per[key].append((d["diff"][d["k"].index(256)], d["se"][d["k"].index(256)]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cells = []
+    for key in (noisy, "passk"):
+        r = across_builds([x for x, _ in per[key]], [s for _, s in per[key]])
+        cells.append(f"{100 * r['diff']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] (τ² {1e4 * r['tau2']:.1f} pt²)")
+    lines.append("| across builds (random effect) | | | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def preflight_part(out: Path, report_dir: Path, found: dict) -> str:
+    path = out / "preflight" / "preflight.json"
+    if not path.is_file():
+        return ""
+    pf = json.loads(path.read_text())
+    kl_of = {(space, round(d[space], 5)): kl for kl, d in found.items() for space in ("lora", "weight", "temperature") if d[space]}
+    lines = ["| setting | KL / token | D | pass@1 | pass@16 | pass@256 | boxes a tuple | right |", "|---|---|---|---|---|---|---|---|"]
+    fig, axes = _figure(1, 6.5)
+    curves = {}
+    for r in pf["results"]:
+        kl = 0.0 if r["space"] == "clean" else kl_of.get((r["space"], round(r["value"], 5)))
+        p = r["pass@k"]
+        lines.append(f"| {r['setting']} | {kl if kl is not None else '?'} | {r['draws']} | {100 * p['1']:.1f} | {100 * p['16']:.1f} | "
+                     f"{100 * p['256']:.1f} | {100 * r.get('tuple_rate', 0):.2f} % | {100 * r.get('right_rate', 0):.2f} % |")
+        if r["space"] == "clean":
+            axes[0].axhline(100 * p["256"], color="black", lw=0.8, ls="--", label=f"clean sampling ({100 * p['256']:.1f})")
+        elif kl is not None:
+            curves.setdefault((r["space"], r["draws"]), []).append((kl, 100 * p["256"]))
+    for (space, draws), pts in sorted(curves.items()):
+        pts.sort()
+        axes[0].plot([x for x, _ in pts], [y for _, y in pts], marker="o" if draws == 1 else "s",
+                     ls="-" if draws == 1 else ":", label=f"{space}, D = {draws}")
+    axes[0].set_xscale("log")
+    axes[0].set(xlabel="noise KL per token (nats, log scale)", ylabel="pass@256, steps questions (%)",
+                title=f"noise without training: the base model, {pf['problems']} steps questions × {pf['n']}")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=7, title="D: noise draws per problem's 256 samples", title_fontsize=7)
+    for ext in ("png", "pdf"):
+        fig.savefig(report_dir / f"preflight.{ext}", dpi=120)
+    return "\n".join(lines)
+
+
+def report(out: Path, doses: tuple, found: dict) -> None:
+    grid, report_dir = out / "grid", out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    c = json.loads((grid / "compare.json").read_text())
+    rows = dose_rows(c, grid, doses, found)
+    tokens = found[doses[0]]["tokens"]
+    parts = ["## Every arm, steps questions\n", arms_table(c, grid), "\n## Dose-response\n", dose_table(rows)]
+    for name, fig in (("dose_response", dose_figure(rows, tokens)), ("cost", cost_figure(rows, _mix(grid, "grpo", c["seeds"])))):
+        for ext in ("png", "pdf"):
+            fig.savefig(report_dir / f"{name}.{ext}", dpi=120)
+    comps = [f"| {r['arm']} @ {r['kl']:g} | {1e4 * r['cell']['seed']:.1f} | {1e4 * r['cell']['problem']:.1f} | "
+             f"{1e4 * r['cell']['residual']:.1f} | {100 * r['mde256']:.1f} |" for r in rows]
+    parts += ["\n## Variance of one cell's D (points², pass@256, steps) and the minimum detectable effect\n",
+              "| arm | seed | problem | residual | MDE (points) |\n|---|---|---|---|---|\n" + "\n".join(comps)]
+    noisy = max(rows, key=lambda r: r["d256"]["diff"][r["i256"]]) if rows else None
+    if noisy:
+        parts += ["\n## Builds\n", builds_table(out, _label(noisy["arm"], noisy["kl"]))]
+    parts += ["\n## Pre-flight\n", preflight_part(out, report_dir, found)]
+    (report_dir / "report.md").write_text("\n".join(parts) + "\n")
+    print(f"wrote {report_dir}/report.md and its figures")
