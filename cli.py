@@ -3,7 +3,7 @@
     python cli.py train --model tiny
     python cli.py data                       # once, with the network: GSM8K and MATH train into data/
     python cli.py train --model qwen-1.5b --dataset math --sigma 0.003
-    python cli.py train --resume runs/latest
+    python cli.py train --resume runs/latest     # runs/latest links to the newest run made without --out
     python cli.py calibrate --model qwen-1.5b --target-kl 0.003
 
 Bad input ends with one line saying what to change and exit code 2 (`--debug` shows the traceback);
@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -77,14 +76,13 @@ def resume_config(resume: str, ignored: list[str], steps, sets: list[str]):
     run, ckpt = Path(resume), checkpoint.latest(Path(resume))
     if ckpt is None and not (run / "config.json").is_file():
         raise ValueError(f"{resume} is not a run folder (no config.json, no checkpoint); nothing to resume")
-    changes = {**({"run.steps": steps} if steps else {}), **parse_sets(sets)}
+    changes = {**({"run.steps": steps} if steps is not None else {}), **parse_sets(sets)}
     unsafe = ignored + [f"--set {k}" for k in changes if not k.startswith(RESUMABLE)]
     if unsafe:
         raise ValueError(f"--resume continues {resume} with its own settings; drop {', '.join(unsafe)} "
                          f"(a resume may change only {', '.join(RESUMABLE)}*) or start a new run with --out")
     saved = checkpoint.load_state(ckpt)["config"] if ckpt else json.loads((run / "config.json").read_text())
-    if changes:
-        print("resume applies " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    # the trainer says what changed once it has accepted the resume (a refusal comes first, alone)
     return apply_overrides(config_from_dict(saved), {**changes, "run.out": resume})
 
 
@@ -96,7 +94,8 @@ def train(
     steps: Optional[int] = typer.Option(None, help="optimizer steps (run.steps)"),
     sigma: Optional[float] = typer.Option(None, help="initial noise std σ (noise.sigma)"),
     seed: Optional[int] = typer.Option(None, help="run seed (run.seed)"),
-    out: Optional[str] = typer.Option(None, help="run folder (run.out)"),
+    out: Optional[str] = typer.Option(None, help="run folder (run.out); default: a fresh runs/MODEL-METHOD-TIME, "
+                                      "which runs/latest then links to"),
     dataset: Optional[str] = typer.Option(None, help="synthetic, gsm8k, math, ..., a .jsonl/.json/.parquet/.csv file, "
                                           "a folder or a hub dataset id (data.dataset)"),
     data_dir: Optional[str] = typer.Option(None, help="folder of local JSON Lines files (data.data_dir)"),
@@ -259,10 +258,10 @@ def headroom_(
 @friendly
 def plot_(
     sources: list[str] = typer.Argument(..., help="run folders, eval folders or eval.json files"),
-    out: Optional[str] = typer.Option(None, help="folder for the PNG files (default ARG/plots or runs/plots)"),
+    out: Optional[str] = typer.Option(None, help="folder for the PNG and PDF files (default ARG/plots or runs/plots)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
-    """pass@k curves (eval.json) and training curves (metrics.jsonl) as PNG files."""
+    """pass@k curves (eval.json) and training curves (metrics.jsonl), each as PNG and PDF."""
     from minipsn.plot import plot
 
     one_process("plot")
@@ -315,12 +314,13 @@ def verify_audit(
     """The samples a run kept where the strict verifier and Math-Verify disagree, with what each says."""
     from rich.console import Console
 
-    from minipsn.verify.audit import audit, table
+    from minipsn.verify.audit import audit, summary, table
 
     one_process("verify-audit")
     report = audit(run)
-    Console(width=200).print(table(report))
-    typer.echo(f"{len(report['disagree'])} of {report['checked']} answers judged differently by strict and math-verify")
+    if report["disagree"]:
+        Console(width=200).print(table(report))
+    typer.echo(summary(report))
 
 
 @app.command()
@@ -346,8 +346,8 @@ def compare(
                                          "method's own override (e.g. psn-weight:noise.sigma=0.01)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
-    """Train and evaluate every (method, seed); write compare.md, compare.json, compare.png and compare_diff.png
-    (each method's pass@k minus the reference's, with paired 95 % intervals). Finished jobs are reused when
+    """Train and evaluate every (method, seed); write compare.md, compare.json, compare.png and compare_diff.png (each
+    method's pass@k minus the reference's, with paired 95 % intervals), each figure as PDF too. Finished jobs are reused when
     they were made with these settings. Under torchrun every job trains and evaluates on all the ranks."""
     from minipsn.compare import compare as run_compare
     from minipsn.config import parse_sets
@@ -364,7 +364,7 @@ def compare(
                          tuple(b.strip() for b in benchmarks.split(",") if b.strip()), workers, recompute, ref,
                          per_method, other_code)
     typer.echo((Path(out) / "compare.md").read_text())
-    typer.echo(f"wrote {out}/compare.md, compare.json, compare.png, compare_diff.png "
+    typer.echo(f"wrote {out}/compare.md, compare.json, compare.png/.pdf, compare_diff.png/.pdf "
                f"({len(result['methods'])} methods × {seeds} seeds)")
 
 
@@ -458,8 +458,6 @@ def build_(
 def main() -> None:
     """`python cli.py ...` and the `minipsn` console script (pyproject.toml) run this."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # peft still calls a transformers method renamed in 5.x; the warning says nothing a user can act on
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     app()
 
 

@@ -7,9 +7,9 @@ completions without a \\boxed{} answer. `reward/accuracy` in the metrics stays t
 verifier accuracy, so shaped rewards can be compared honestly. TRL-style functions (dataset columns as
 keyword arguments, several with weights, `--reward` on the command line): examples/trl_reward.py.
 """
-import sys
 from pathlib import Path
 
+from minipsn import script
 from minipsn.config import build_config
 from minipsn.rewards import correctness_reward, format_reward
 from minipsn.train import train
@@ -25,8 +25,12 @@ def concise_reward(completions: list[str], records: list[dict], truncated: list[
     return out
 
 
-steps = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/custom-reward")
-cfg = build_config(model="tiny", sets={"run.steps": steps, "run.out": str(out), "noise.sigma": 0.02})
-train(cfg, reward_fn=concise_reward, resume=(out / "config.json").is_file())
-print(f"run folder: {out}")
+def main() -> None:
+    steps, out = script.args("[STEPS] [RUN_DIR]", (8, Path("runs/custom-reward")))
+    cfg = build_config(model="tiny", sets={"run.steps": steps, "run.out": str(out), "noise.sigma": 0.02})
+    train(cfg, reward_fn=concise_reward, resume=(out / "config.json").is_file())
+    print(f"run folder: {out}")
+
+
+if __name__ == "__main__":
+    script.run(main)

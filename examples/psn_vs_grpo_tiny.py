@@ -11,6 +11,7 @@ line naming what differs (choose another OUT). The measured table is in docs/RES
 """
 import sys
 
+from minipsn import script
 from minipsn.compare import compare
 
 METHODS = ["grpo", "psn", "psn-adaptive"]
@@ -19,25 +20,14 @@ DEFAULTS = ("runs/psn-vs-grpo-tiny", 40, 3, 64, 100)  # OUT, STEPS, SEEDS, N, PR
 
 def parse(argv: list[str]) -> tuple[str, int, int, int, int]:
     """[OUT] [STEPS] [SEEDS] [N] [PROBLEMS], each optional, the ones not given at their defaults."""
-    if len(argv) > len(DEFAULTS):
-        raise SystemExit(f"error: at most {len(DEFAULTS)} arguments: [OUT] [STEPS] [SEEDS] [N] [PROBLEMS]")
-    given = list(argv) + [None] * (len(DEFAULTS) - len(argv))
-    try:
-        out, *numbers = (d if a in (None, "") else type(d)(a) for a, d in zip(given, DEFAULTS))
-    except ValueError:
-        raise SystemExit(f"error: STEPS, SEEDS, N and PROBLEMS are whole numbers, got {argv[1:]}") from None
-    return (out, *numbers)
+    return script.args("[OUT] [STEPS] [SEEDS] [N] [PROBLEMS]", DEFAULTS, argv)
 
 
 def main() -> None:
     out, steps, seeds, n, problems = parse(sys.argv[1:])
-    sets = {"run.steps": steps, "eval.n": n, "eval.problems": problems}
-    try:
-        compare("tiny", METHODS, seeds, out, sets)
-    except ValueError as e:  # e.g. OUT holds runs made with other arguments
-        raise SystemExit(f"error: {e}") from None
+    compare("tiny", METHODS, seeds, out, {"run.steps": steps, "eval.n": n, "eval.problems": problems})
     print(open(f"{out}/compare.md").read())
 
 
 if __name__ == "__main__":
-    main()
+    script.run(main)  # e.g. OUT holds runs made with other arguments: one `error:` line

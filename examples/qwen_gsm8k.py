@@ -13,36 +13,41 @@ run resumes from its last checkpoint. `TINY=1` runs the same recipe on the tiny 
 synthetic task, for a dry run on a laptop.
 """
 import os
-import sys
 from pathlib import Path
 
+from minipsn import script
 from minipsn.calibrate import calibrate, parse_sigmas, reuse
 from minipsn.config import build_config
+from minipsn.models import check_available
 from minipsn.train import train
 
-data_dir = sys.argv[1] if len(sys.argv) > 1 else ""
-out = sys.argv[2] if len(sys.argv) > 2 else "runs/qwen-gsm8k"
-tiny = os.environ.get("TINY") == "1"
-sets = {
-    "data.dataset": "synthetic" if tiny else "gsm8k", "data.data_dir": data_dir, "run.out": out,
-    "grpo.group_size": 8, "grpo.prompts_per_step": 8, "grpo.tis_cap": 10.0, "grpo.lr": 1e-5,
-    "noise.targets": "mlp", "noise.control": "adaptive",
-    "rollout.max_new_tokens": 512, "run.steps": 300, "run.save_every": 25,
-    "eval.every": 50, "eval.n": 8, "eval.problems": 128,
-}
-grid = "0.001,0.002,0.005,0.01,0.02,0.05"
-if tiny:
-    sets.update({"rollout.max_new_tokens": 48, "run.steps": 2, "eval.every": 0, "grpo.lr": 1e-4})
-    grid = "0.005,0.02,0.08"
-model = "tiny" if tiny else "qwen-1.5b"
-cal_cfg, sigmas = build_config(model=model, sets=sets), parse_sigmas(grid)
-try:  # a rerun reuses the calibration (when measured with these settings) and resumes the run
+
+def main() -> None:
+    data_dir, out = script.args("[DATA_DIR] [OUT]", ("", "runs/qwen-gsm8k"))
+    tiny = os.environ.get("TINY") == "1"
+    model = "tiny" if tiny else "qwen-1.5b"
+    check_available(model)  # an uncached model without a network: one line now, before any data is loaded
+    sets = {
+        "data.dataset": "synthetic" if tiny else "gsm8k", "data.data_dir": data_dir, "run.out": out,
+        "grpo.group_size": 8, "grpo.prompts_per_step": 8, "grpo.tis_cap": 10.0, "grpo.lr": 1e-5,
+        "noise.targets": "mlp", "noise.control": "adaptive",
+        "rollout.max_new_tokens": 512, "run.steps": 300, "run.save_every": 25,
+        "eval.every": 50, "eval.n": 8, "eval.problems": 128,
+    }
+    grid = "0.001,0.002,0.005,0.01,0.02,0.05"
+    if tiny:
+        sets.update({"rollout.max_new_tokens": 48, "run.steps": 2, "eval.every": 0, "grpo.lr": 1e-4})
+        grid = "0.005,0.02,0.08"
+    cal_cfg, sigmas = build_config(model=model, sets=sets), parse_sigmas(grid)
+    # a rerun reuses the calibration (when measured with these settings) and resumes the run
     report = (reuse(f"{out}/calibrate/calibrate.json", cal_cfg, sigmas, 0.003, 1)
               or calibrate(cal_cfg, sigmas, target_kl=0.003, draws=1, out=f"{out}/calibrate"))
-except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
-if report["suggested_sigma"] is None:
-    raise SystemExit(f"calibrate found no σ for the target KL: {report['suggestion']}")
-print(f"σ from calibrate: {report['suggested_sigma']:.3g} ({report['suggestion']})")
-train(build_config(model=model, sets={**sets, "noise.sigma": report["suggested_sigma"]}),
-      resume=Path(out, "config.json").is_file())
+    if report["suggested_sigma"] is None:
+        raise ValueError(f"calibrate found no σ for the target KL: {report['suggestion']}")
+    print(f"σ from calibrate: {report['suggested_sigma']:.3g} ({report['suggestion']})")
+    train(build_config(model=model, sets={**sets, "noise.sigma": report["suggested_sigma"]}),
+          resume=Path(out, "config.json").is_file())
+
+
+if __name__ == "__main__":
+    script.run(main)  # a bad argument, an uncached model, a data error: one `error:` line

@@ -12,8 +12,9 @@ verifier's verdict. The same run from the command line:
         --set reward.weights=1,0.5
 """
 import re
-import sys
 from pathlib import Path
+
+from minipsn import script
 
 # one \boxed{} answer, at the very end (open-r1's format reward asks for <think>/<answer> tags instead)
 ENDS_IN_ONE_BOX = re.compile(r"^(?!.*\\boxed.*\\boxed).*\\boxed\{[^{}]+\}[.$\s]*$", re.DOTALL)
@@ -24,13 +25,16 @@ def format_reward(completions, **kwargs):
     return [1.0 if ENDS_IN_ONE_BOX.match(text) else 0.0 for text in completions]
 
 
-if __name__ == "__main__":  # `--reward examples/trl_reward.py:format_reward` imports this file without running it
+def main() -> None:
     from minipsn.config import build_config
     from minipsn.train import train
 
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/trl-reward")
+    steps, out = script.args("[STEPS] [RUN_DIR]", (8, Path("runs/trl-reward")))
     cfg = build_config(model="tiny", sets={"run.steps": steps, "run.out": str(out), "noise.sigma": 0.02,
                                            "reward.weights": "1,0.5"})
     train(cfg, reward_fn=["verifier", format_reward], resume=(out / "config.json").is_file())
     print(f"run folder: {out}")
+
+
+if __name__ == "__main__":  # `--reward examples/trl_reward.py:format_reward` imports this file without running it
+    script.run(main)

@@ -17,7 +17,7 @@ import time
 
 from minipsn.bench_engines import Spec, bench_config, free_memory, peak_gb, sync
 from minipsn.data import format_prompt
-from minipsn.models import load_policy
+from minipsn.models import checkpointing_rename_quiet, load_policy
 from minipsn.synthetic import synthetic_split
 
 
@@ -27,6 +27,7 @@ def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
         import trl
         from datasets import Dataset
         from transformers import TrainerCallback
+        from transformers.trainer_callback import PrinterCallback
     except ImportError as e:
         return {"skipped": f"TRL is not usable: {e}"}
     cfg = bench_config(spec, tempfile.mkdtemp(dir=work), "lean", spec.T, sigma)
@@ -39,13 +40,14 @@ def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
     rows_per_micro = max(1, cfg.grpo.micro_batch_tokens // (Tp + spec.T))  # minipsn's learner micro-batch
     mb = max(d for d in range(1, N + 1) if N % d == 0 and d <= rows_per_micro)
     data = Dataset.from_dict({"prompt": prompts[: spec.P * (steps + 1)]})
-    args = trl.GRPOConfig(output_dir=tempfile.mkdtemp(dir=work), per_device_train_batch_size=mb,
-                          gradient_accumulation_steps=N // mb, num_generations=spec.G, max_completion_length=spec.T,
-                          temperature=cfg.rollout.temperature, beta=0.0, learning_rate=cfg.grpo.lr,
-                          max_steps=steps + 1, logging_strategy="no", save_strategy="no", report_to=[],
-                          gradient_checkpointing=cfg.model.gradient_checkpointing, bf16=cuda, use_cpu=not cuda,
-                          generation_kwargs={"min_new_tokens": spec.T}, shuffle_dataset=False, seed=0,
-                          disable_tqdm=True, dataloader_num_workers=0)
+    with checkpointing_rename_quiet():  # TRL still sets transformers' old name
+        args = trl.GRPOConfig(output_dir=tempfile.mkdtemp(dir=work), per_device_train_batch_size=mb,
+                              gradient_accumulation_steps=N // mb, num_generations=spec.G, max_completion_length=spec.T,
+                              temperature=cfg.rollout.temperature, beta=0.0, learning_rate=cfg.grpo.lr,
+                              max_steps=steps + 1, logging_strategy="no", save_strategy="no", report_to=[],
+                              gradient_checkpointing=cfg.model.gradient_checkpointing, bf16=cuda, use_cpu=not cuda,
+                              generation_kwargs={"min_new_tokens": spec.T}, shuffle_dataset=False, seed=0,
+                              disable_tqdm=True, dataloader_num_workers=0)
 
     running = {"generate": 0.0, "prepare": 0.0}  # this step's sampling, and sampling + scoring + old log-probs
 
@@ -78,10 +80,12 @@ def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:
     try:
         trainer = trl.GRPOTrainer(model=model, reward_funcs=zero_reward, args=args, train_dataset=data,
                                   processing_class=tok, callbacks=[Clock()])
+        trainer.remove_callback(PrinterCallback)  # its raw dict of the run's totals at the end: the bench's tables say it
         trainer._generate = clocked(trainer._generate, "generate")
         trainer._prepare_inputs = clocked(trainer._prepare_inputs, "prepare")
         peak_gb(spec.device, reset=True)
-        trainer.train()
+        with checkpointing_rename_quiet():  # TRL's generation asks the model under its old name
+            trainer.train()
     except (RuntimeError, ValueError, TypeError, AttributeError, ImportError, KeyError) as e:
         return {"skipped": f"TRL failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
     finally:

@@ -262,7 +262,13 @@ def table(report: dict) -> list:
         t = Table(title="action-space noise: the clean policy sampled at T, KL(π_T ‖ π_1) per token")
         for col in ("T", "kl / token", "accuracy", "diversity D"):
             t.add_column(col, justify="right")
+        clean, sampled_at = report["rows"][0], report.get("settings", {}).get("config", {}).get("rollout", {}).get(
+            "temperature", 1.0)
+        if clean["sigma"] == 0 and sampled_at == 1.0:  # T = 1 is the clean policy itself: the σ = 0 row's samples
+            t.add_row("1 (σ = 0)", "0", f"{clean['accuracy']:.3f}", f"{clean['diversity']:.4f}")
         for r in report["temperature"]["rows"]:
             t.add_row(f"{r['temperature']:g}", f"{r['kl']:.2e}", f"{r['accuracy']:.3f}", f"{r['diversity']:.4f}")
+        t.caption = ("T = 1: the policy itself (KL 0), its accuracy and diversity from the σ = 0 row's samples"
+                     if sampled_at == 1.0 else f"the σ = 0 row samples at rollout.temperature = {sampled_at:g}, not T = 1")
         tables.append(t)
     return tables

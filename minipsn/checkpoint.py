@@ -6,9 +6,12 @@ Layout of a run folder:
     checkpoints/step-000050/     adapter/ (peft format) + state.pt (RunState: step, optimizer, σ controller, RNGs, …)
     checkpoints/latest           name of the newest complete checkpoint
     adapter/                     the final adapter (PeftModel.from_pretrained loads it)
+    summary.json, log.txt        what the run did and what it printed (trackers.py, printlog.py)
 
 Each checkpoint is written under a temporary name and renamed when complete; `latest` is
-replaced atomically after that. A kill between the two leaves the previous checkpoint named.
+replaced atomically after that. A kill between the two leaves the previous checkpoint named. An adapter
+folder holds adapter_config.json and the weights, not peft's model-card template (README.md, empty
+but for the base model's path on this machine).
 """
 from __future__ import annotations
 
@@ -96,7 +99,7 @@ def save(run_dir: Path, model, state: RunState, config: dict, keep: int = 1) -> 
     name = f"step-{state.step:06d}"
     tmp = root / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "adapter")
+    save_adapter(model, tmp / "adapter")
     torch.save({**state.state_dict(), "config": config}, tmp / "state.pt")
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
@@ -108,10 +111,11 @@ def save(run_dir: Path, model, state: RunState, config: dict, keep: int = 1) -> 
     return final
 
 
-def restore(ckpt: Path, model, state: RunState) -> list[str]:
-    """Load checkpoint `ckpt` into the live adapter and `state`; returns the notes a resume prints."""
+def restore(ckpt: Path, model, state: RunState, loaded: dict | None = None) -> list[str]:
+    """Load checkpoint `ckpt` into the live adapter and `state` (`loaded`: its state.pt, when the caller has read
+    it already); returns the notes a resume prints."""
     load_adapter_weights(model, ckpt)
-    return state.load_state_dict(load_state(ckpt))
+    return state.load_state_dict(load_state(ckpt) if loaded is None else loaded)
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -138,10 +142,16 @@ def load_adapter_weights(model, ckpt: Path) -> None:
         raise ValueError(f"checkpoint {ckpt} does not match this model: unexpected {result.unexpected_keys[:3]}")
 
 
+def save_adapter(model, folder: Path) -> None:
+    """The peft adapter's config and weights in `folder`, without peft's model-card template."""
+    model.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)
+
+
 def save_final_adapter(run_dir: Path, model) -> Path:
     tmp = run_dir / f".adapter.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    save_adapter(model, tmp)
     final = run_dir / "adapter"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

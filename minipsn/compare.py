@@ -5,8 +5,11 @@
     RUN/compare.json, compare.md   pass@k (k = 1, 4, 16, 64, 256 where n allows) and accuracy per method, and
                                    each method's Δ pass@k against a reference (`ref`, default grpo) with a
                                    paired 95 % interval over seeds and problems (paired.py)
-    RUN/compare.png                pass@k curves, mean over seeds with a ±1 std band
-    RUN/compare_diff.png           Δ pass@k against the reference, with the interval as a band
+    RUN/compare.png, .pdf          pass@k curves, mean over seeds with a ±1 std band (plot.bands_figure)
+    RUN/compare_diff.png, .pdf     Δ pass@k against the reference, with the interval as a band
+compare.md opens with what was compared (model, methods, seeds, steps, benchmarks and problems, n, T) and what
+the numbers are; its tables share the k columns. With `workers` > 1 every line a job prints starts with its
+name ([psn-s1] step 3/60 | …), as the workers' lines interleave.
 On a task with kinds of question (the ceiling testbed's final and steps questions) each table and figure
 repeats per kind: a kind's ceiling can move while the average hides it.
 
@@ -234,17 +237,23 @@ def markdown(summary: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
-def header(model: str, methods: list[str], seeds: int, cfg: Config, base_report: dict) -> str:
+def header(model: str, methods: list[str], seeds: int, cfg: Config, base_report: dict, ref: str = "grpo") -> str:
     """compare.md's opening lines: what was compared, on what, and what the numbers are."""
     problems = {b: r["problems"] for b, r in base_report["benchmarks"].items()}
     kinds = cfg.eval.kind_n()
     n = f"n = {cfg.eval.n}" + (f" ({', '.join(f'{k}: {v}' for k, v in kinds.items())}; other kinds {cfg.eval.n})" if kinds else "")
+    several = seeds > 1
+    spread = ("mean ± std over the seeds (population std)" if several else "one seed each: no spread is measured")
+    interval = ("with a 95 % interval paired on seeds and problems (stats.py)" if several else
+                "without an interval (one seed: no run-to-run spread)")
+    against = "the model before RL" if ref == "base" else ref
     return (f"# compare: {', '.join(methods)} on {model}\n\n"
-            f"{seeds} seed{'s' if seeds > 1 else ''} per method (seed s of every method shares its data order, init and "
-            f"generators), {cfg.run.steps} training steps each; evaluated on "
-            f"{', '.join(f'{b} ({p} problems)' for b, p in problems.items())}, {n} samples per problem at T = "
-            f"{cfg.eval.temperature:g}. pass@k is the unbiased estimator, mean ± std over seeds (population std); Δ is a "
-            "method's pass@k minus the reference's with a 95 % interval paired on seeds and problems (stats.py).\n\n")
+            f"{seeds} seed{'s' if several else ''} per method (seed s of every method shares its data order, "
+            f"initialisation and generators), {cfg.run.steps} training steps each; the base row is the model before "
+            f"RL, evaluated once. Evaluated on {', '.join(f'{b} ({p} problems)' for b, p in problems.items())}, {n} "
+            f"samples per problem at T = {cfg.eval.temperature:g}. pass@k is the unbiased estimator from the n samples, "
+            f"averaged over the problems, in %: {spread}. Δ is a method's pass@k minus {against}'s, in points, "
+            f"{interval}.\n\n")
 
 
 def table_ks(n: int) -> list[int]:
@@ -267,44 +276,18 @@ def _table(summary: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bands_figure(summary: dict[str, dict]):
-    """pass@k, mean over seeds with a ±1 std band, one colour and marker per method as `plot` gives
-    its sources (minipsn/plot.py); one panel for all problems, then one per kind of question when the task
-    has kinds; the Agg canvas directly, as there."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def write_figures(out: Path, summary: dict[str, dict], payload: dict, cfg: Config) -> list[Path]:
+    """compare.png/.pdf (pass@k, ± std bands over seeds) and compare_diff.png/.pdf (Δ against the reference, paired
+    95 % interval bands), titled with what was compared."""
+    from minipsn import paired
+    from minipsn.plot import bands_figure, save
 
-    from minipsn.plot import MARKERS, palette
-
-    kinds = list(next(iter(summary.values())).get("kinds", {}))
-    fig = Figure(figsize=(5.5 * (1 + len(kinds)), 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 1 + len(kinds), squeeze=False)[0]
-    colors = palette(list(summary))
-    for ax, kind in zip(axes, [None, *kinds]):
-        for i, (method, s) in enumerate(summary.items()):
-            s = s if kind is None else s["kinds"][kind]
-            ks = sorted(s["pass@k"])
-            mean = [100 * s["pass@k"][k][0] for k in ks]
-            std = [100 * s["pass@k"][k][1] for k in ks]
-            label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seed{'s' if s['seeds'] > 1 else ''})"
-            ax.plot(ks, mean, marker=MARKERS[i % len(MARKERS)], color=colors[method], label=label)
-            if s["seeds"] > 1:
-                ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                                color=colors[method], alpha=0.2)
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter("{x:g}")
-        ax.set(xlabel="k (samples per problem)", ylabel="pass@k (%)")
-        if kinds:
-            ax.set_title("all problems" if kind is None else f"{kind} questions")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    return fig
-
-
-def plot_bands(summary: dict[str, dict], path: Path) -> Path:
-    bands_figure(summary).savefig(path, dpi=120)
-    return path
+    seeds, ref = payload["seeds"], payload["paired"]["ref"]
+    title = (f"{payload['model']}, {cfg.run.steps} steps, {seeds} seed{'s' if seeds > 1 else ''} per method, "
+             f"n = {payload['n']}, {', '.join(payload['benchmarks'])}")
+    return (save(bands_figure(summary, f"pass@k after RL: {title}"), out / "compare")
+            + save(paired.diff_figure(payload["paired"]["benchmarks"], ref, ["base", *payload["methods"]], seeds, title),
+                   out / "compare_diff"))
 
 
 def _one_thread() -> None:
@@ -314,13 +297,16 @@ def _one_thread() -> None:
 
 
 def _train_job(model: str, method: str, seed: int, sets: dict, run_dir: Path) -> None:
-    """A worker's training of one (method, seed), resumed from its checkpoint when it has one."""
+    """A worker's training of one (method, seed), resumed from its checkpoint when it has one; its lines start with
+    [method-sS], as the other workers' lines interleave with them."""
+    from minipsn.printlog import labelled
     from minipsn.train import train
 
     _, trained, resume = _job_state(run_dir)
     if not trained:
-        print(f"── {run_dir.name}: training {method}, seed {seed}")
-        train(job_config(model, method, seed, sets, run_dir), resume=resume)
+        with labelled(run_dir.name):
+            print(f"── training {method}, seed {seed}")
+            train(job_config(model, method, seed, sets, run_dir), resume=resume)
 
 
 class Evaluation(NamedTuple):
@@ -336,9 +322,13 @@ class Evaluation(NamedTuple):
 def _eval_share(model: str, job: Evaluation, sets: dict, benchmarks: list[str], share: tuple[int, int]) -> None:
     """A worker's evaluation of one share of a job's problems."""
     from minipsn.evaluate import evaluate, share_folder
+    from minipsn.printlog import labelled
 
     cfg = base_config(model, sets) if job.arm is None else job_config(model, job.arm, job.seed, sets, job.run_dir)
-    evaluate(cfg, benchmarks, share_folder(job.eval_dir, share), None if job.adapter is None else str(job.adapter), share)
+    name = "base" if job.arm is None else job.eval_dir.parent.name + ("" if job.eval_dir.name == "eval" else f" {job.eval_dir.name}")
+    with labelled(f"{name} eval {share[0] + 1}/{share[1]}"):
+        evaluate(cfg, benchmarks, share_folder(job.eval_dir, share), None if job.adapter is None else str(job.adapter),
+                 share)
 
 
 def in_workers(model: str, jobs: list[Evaluation], sets: dict, benchmarks: list[str], workers: int) -> list[dict]:
@@ -395,8 +385,8 @@ def grid_evaluations(out: Path, grid: list[tuple[str, int]]) -> list[Evaluation]
 def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: dict | None = None,
             benchmarks: tuple[str, ...] = ("synthetic",), workers: int = 1, recompute: bool = False,
             ref: str = "grpo", per_method: dict[str, dict] | None = None, other_code: bool = False) -> dict:
-    """Train and evaluate every (method, seed); write compare.json, compare.md, compare.png and
-    compare_diff.png in `out`. `ref` (a method of the grid, or base) is what the paired differences are
+    """Train and evaluate every (method, seed); write compare.json, compare.md, compare.png/.pdf and
+    compare_diff.png/.pdf in `out`. `ref` (a method of the grid, or base) is what the paired differences are
     taken against; `per_method` {method: overrides} applies after the grid's `sets` (a σ per noise space, a
     temperature). A method may be given as LABEL=METHOD (`parse_arms`): several arms of one method, each with its
     own `per_method[LABEL]` (a dose-response: psn-k01=psn, psn-k03=psn, …). `workers` > 1 runs that many processes of one torch thread each: trainings, then each
@@ -466,11 +456,9 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
         payload["paired"] = {"ref": ref, "benchmarks": paired.paired(folders, ref, list(benchmarks), TABLE_KS)}
         mixed = ("" if len(made_by) == 1 else f"**Made by {len(made_by)} code versions** (provenance source digest: jobs): "
                  + "; ".join(f"{k}: {', '.join(v)}" for k, v in made_by.items()) + "\n\n")
-        (out / "compare.md").write_text(header(model, methods, seeds, base_config(model, sets), results[0]) + mixed + markdown(summary) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
+        (out / "compare.md").write_text(header(model, methods, seeds, base_config(model, sets), results[0], ref) + mixed + markdown(summary) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
                                                                                                   ref, seeds))
         (out / "compare.json").write_text(json.dumps(payload, indent=2))
-        plot_bands(summary, out / "compare.png")
-        paired.diff_figure(payload["paired"]["benchmarks"], ref, ["base", *methods], seeds).savefig(
-            out / "compare_diff.png", dpi=120)
+        write_figures(out, summary, payload, base_config(model, sets))
     dist.barrier()  # torchrun: the files exist before any rank returns (and reads them)
     return payload

@@ -262,6 +262,22 @@ def _hub_row(repo: str, row: dict) -> dict:
         raise ValueError(f"no field mapping for hub dataset {repo!r}; add one to _hub_row")
 
 
+def _reach_hub(name: str, split: str, repo: str) -> None:
+    """One quick request before `datasets` asks the hub: without a network its downloads retry for close to half a
+    minute, a line each. Offline (HF_HUB_OFFLINE) `datasets` reads its cache and fails at once by itself."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().dataset_info(repo, timeout=10)
+    except (HfHubHTTPError.__bases__[0], OSError) as e:  # the hub client's base error: no network, timeouts
+        raise ValueError(f"{name} {split} is not in a local folder and the Hugging Face hub cannot be reached for "
+                         f"{repo} ({type(e).__name__}); check the network, or set data.data_dir or ${DATA_DIR_ENV} to "
+                         f"a folder of local JSON Lines files (`python cli.py data {name}` writes them, with the network)") from None
+
+
 def _load_hub(name: str, split: str, skip_bad_rows: bool) -> tuple[list[dict], int, str, str]:
     repo, config, hub_split = HUB_SOURCES[name][split]
     try:
@@ -269,13 +285,14 @@ def _load_hub(name: str, split: str, skip_bad_rows: bool) -> tuple[list[dict], i
     except ImportError:
         raise ValueError(f"loading {name} from the hub needs `datasets` (pip install datasets); or set "
                          f"data.data_dir or ${DATA_DIR_ENV} to a folder of local JSON Lines files") from None
-    print(f"loading {name} {split} from the Hugging Face hub ({repo}); `python cli.py data {name}` keeps a local "
-          f"copy in data/ (or set data.data_dir or ${DATA_DIR_ENV} to a folder of local files)")
+    _reach_hub(name, split, repo)
     try:
         rows = datasets.load_dataset(repo, name=config, split=hub_split)
     except OSError as e:  # network, offline mode, missing dataset: all OSError subclasses
         raise ValueError(f"cannot load {repo} ({hub_split}) from the hub: {e}; check the network, or set "
-                         f"data.data_dir or ${DATA_DIR_ENV} to a folder of local JSON Lines files") from e
+                         f"data.data_dir or ${DATA_DIR_ENV} to a folder of local JSON Lines files") from None
+    print(f"{name} {split}: loaded from the Hugging Face hub ({repo}); `python cli.py data {name}` keeps a local "
+          f"copy in data/ (or set data.data_dir or ${DATA_DIR_ENV} to a folder of local files)")
     source = f"{repo} ({hub_split})"
     items = ((f"{source} row {i}", i, row) for i, row in enumerate(rows))
     to_record = lambda row, i: make_record(_hub_row(repo, row), _FIELDS, f"{name}-{split}-{i:05d}")

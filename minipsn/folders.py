@@ -13,17 +13,73 @@ re-entrant (a trainer and its resume, or one worker's jobs, share it); `release`
 
 A run stopped by Ctrl-C raises `RunInterrupted` (a KeyboardInterrupt, so the CLI exits 130) with a
 message that says what the folder holds: the last checkpoint, or no checkpoint yet.
+
+`run_folder`: the default `run.out`, runs/latest, names no folder of its own: each new run gets a fresh one,
+runs/<model>-<method>-<date>-<time>, and runs/latest becomes a link to it (`--resume runs/latest` continues
+the newest run, `plot runs/latest` draws it). A given `--out` is used as it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
+import re
+import time
 from pathlib import Path
 
 from minipsn import checkpoint
+from minipsn.config import Config, RunConfig
+from minipsn.presets import METHODS, TUNABLE
 
 LOCK_FILE = ".lock"
 _held: dict[Path, list] = {}  # resolved folder → [open lock file, how many holds]
+LATEST = Path(RunConfig.out)  # the default run.out: a link to the newest run made without --out
+
+
+def run_folder(cfg: Config, resume: bool) -> tuple[Config, Path | None]:
+    """(the config with the run's folder in run.out, the link to point at it once the folder is held or None).
+    run.out = runs/latest: a new run goes to a fresh folder beside it; a resume of runs/latest continues the
+    run it links to, under that run's own name. Any other run.out is kept."""
+    out = Path(cfg.run.out)
+    if out != LATEST:
+        return cfg, None
+    if resume:
+        return (_with_out(cfg, out.parent / os.readlink(out)) if out.is_symlink() else cfg), None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', Path(cfg.model.name).name)}-{method_of(cfg)}-{stamp}"
+    folder, n = out.parent / name, 2
+    while folder.exists():  # two runs started in the same second
+        folder, n = out.parent / f"{name}-{n}", n + 1
+    print(f"run folder: {folder} ({out} will link to it; --out chooses another)")
+    return _with_out(cfg, folder), out
+
+
+def _with_out(cfg: Config, folder: Path) -> Config:
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(folder)))
+
+
+def link_latest(link: Path, folder: Path) -> None:
+    """Point `link` (runs/latest) at `folder`, replacing the link it was at once; a real folder there, from
+    before runs/latest was a link, is left as it is, with one line saying so."""
+    if link.exists() and not link.is_symlink():
+        print(f"note: {link} is a run folder of its own (from an earlier version), left as it is; this run is {folder}")
+        return
+    tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(folder.name, tmp)  # relative: the runs/ folder can move
+    os.replace(tmp, link)
+
+
+def method_of(cfg: Config) -> str:
+    """The method whose defining settings `cfg` has, for a folder's name: of those it fits, the one that moves the
+    most settings off their defaults (grpo's σ = 0 over psn's default TIS); "custom" when none fits. A method's
+    tunable key fits only when moved off the default (a temperature run samples hotter than T = 1)."""
+    from minipsn.overrides import flatten
+
+    now, default = flatten(cfg.to_dict()), flatten(Config().to_dict())
+    fits = [(sum(now[k] != default[k] for k in keys), len(keys), name) for name, keys in METHODS.items()
+            if all(now[k] != default[k] if k in TUNABLE.get(name, ()) else now[k] == v for k, v in keys.items())]
+    return max(fits)[2] if fits else "custom"
 
 
 def check_writable(path: str | Path, option: str = "--out") -> Path:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +31,9 @@ ALIASES = {
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 TARGETS = {"attn": ATTN, "mlp": MLP, "all": ATTN + MLP}
+# bitsandbytes' CPU backend warns, when it is first imported (by peft, by TRL, or here), that it cannot fetch an
+# optional kernel from the hub (it falls back to its own): keep that one logger's warnings out of every command
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 def resolve_name(name: str) -> str:
     """An alias, a local folder or a hub id (`org/name`) → what `from_pretrained` takes."""
@@ -108,9 +113,6 @@ def _quantization_config(cfg: ModelConfig, device: torch.device):
     if cfg.quantize == "none":
         print("note: model.quantize=none, the base loads in full precision")
         return None
-    # bitsandbytes' CPU backend warns that it cannot fetch an optional kernel from the hub (we are offline by
-    # design; it falls back to its own kernel), once per process: keep that out of the run's output
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
@@ -199,15 +201,27 @@ def attach_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = True):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(TARGETS[cfg.targets]), task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+    with checkpointing_rename_quiet():
+        if getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        return get_peft_model(model, peft_cfg)
+
+
+@contextmanager
+def checkpointing_rename_quiet():
+    """transformers 5 renamed gradient checkpointing to activation checkpointing; peft, TRL and the 4.x name this
+    kit still calls (to run on both) raise a FutureWarning at every adapter, which a user can do nothing about.
+    Those warnings alone are silenced, in the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable)?` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def load_policy(cfg: Config, adapter: str | None = None):
@@ -221,7 +235,8 @@ def load_policy(cfg: Config, adapter: str | None = None):
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ValueError(f"{adapter} holds no adapter (adapter_config.json missing)")
-    return PeftModel.from_pretrained(model, adapter, is_trainable=True), tok
+    with checkpointing_rename_quiet():
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True), tok
 
 
 def lora_parameters(model, targets: str) -> dict[str, torch.nn.Parameter]:

@@ -27,8 +27,11 @@ def _check_method_keys(method: str, overrides: dict[str, object]) -> None:
         if key in overrides and key not in TUNABLE.get(method, ()):
             value = _parse_value(overrides[key], type(fixed), key)
             if value != fixed:
+                takes = [m for m, keys in METHODS.items() if key not in keys or keys[key] == value
+                         or key in TUNABLE.get(m, ())]  # the methods that leave it free or fix it at this value
+                instead = f"choose a method that accepts it ({', '.join(takes)})" if takes else "no method accepts it"
                 raise ValueError(f"--method {method} fixes {key}={fixed}, but {key}={overrides[key]} was given; "
-                                 f"drop it, or choose a method that has it ({', '.join(METHODS)})")
+                                 f"drop it, or {instead}")
 
 
 def _parse_value(raw: object, typ: type, key: str) -> object:

@@ -12,7 +12,7 @@ marked in the table (✱). With one seed there is no run-to-run spread, so no in
 keeps the problems-only one, labelled so).
 
 Written here: the `paired` part of compare.json (with each method's per-(seed, problem) counts, so an analysis
-can be redone without rerunning), the difference table of compare.md, and compare_diff.png (method −
+can be redone without rerunning), the difference table of compare.md, and compare_diff.png/.pdf (method −
 reference against k, with the interval as a band; a panel per kind of question too), one colour per method as
 in compare.png.
 """
@@ -110,25 +110,22 @@ def markdown(result: dict, ref: str, seeds: int) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def diff_figure(result: dict, ref: str, order: list[str], seeds: int):
+def diff_figure(result: dict, ref: str, order: list[str], seeds: int, title: str = ""):
     """Δ pass@k (method − ref) against k, one panel per benchmark and kind of question (all problems first),
-    interval bands."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from minipsn.plot import MARKERS, palette
+    interval bands; `title` says what was compared (compare.write_figures)."""
+    from minipsn.plot import MARKERS, legend, palette, panel_grid
+    from minipsn.plot import title as set_title
 
     colors = palette(order)  # the colours compare.png gives the same methods
     panels = [(bench, kind, methods) for bench, b in result.items() for kind, methods in b["kinds"].items()]
-    fig = Figure(figsize=(5.5 * len(panels), 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    fig, axes = panel_grid(len(panels), 5.5, 3.8)
+    names = {}
     for ax, (bench, kind, methods) in zip(axes, panels):
         for method, r in methods.items():
             i = order.index(method)
-            diff = [100 * d for d in r["diff"]]
-            ax.plot(r["k"], diff, marker=MARKERS[i % len(MARKERS)], color=colors[method],
-                    label="base, no RL" if method == "base" else method)
+            names[method] = "base, no RL" if method == "base" else method
+            ax.plot(r["k"], [100 * d for d in r["diff"]], marker=MARKERS[i % len(MARKERS)], color=colors[method],
+                    label=names[method])
             if seeds > 1:
                 ax.fill_between(r["k"], [100 * x for x in r["low"]], [100 * x for x in r["high"]],
                                 color=colors[method], alpha=0.15)
@@ -136,7 +133,13 @@ def diff_figure(result: dict, ref: str, order: list[str], seeds: int):
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter("{x:g}")
         where = bench if kind == "all" else f"{bench}, {kind} questions"
-        ax.set(title=f"{where}: pass@k − {ref}", xlabel="k (samples per problem)", ylabel="Δ pass@k (points)")
+        ax.set(title=f"{where}: pass@k − {ref}", xlabel="k (samples per problem)", ylabel=f"Δ pass@k vs {ref} (points)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    set_title(fig, f"pass@k minus {ref}'s" + (f": {title}" if title else ""))
+    band = (f"band: 95 % interval over seeds and problems, seed s paired with seed s and problem with problem "
+            f"(against the base model: problems only); {MARK} in compare.md where it excludes 0"
+            if seeds > 1 else "one seed: no band (no run-to-run spread to pair)")
+    shown = [m for m in order if m in names]
+    legend(fig, {m: colors[m] for m in shown}, f"line: mean Δ over seeds and problems; {band}; not smoothed", names,
+           {m: MARKERS[order.index(m) % len(MARKERS)] for m in shown})
     return fig

@@ -1,22 +1,21 @@
-"""Plots as PNG files: pass@k curves from eval.json files and training curves from metrics.jsonl.
+"""Figures, each as PNG and PDF side by side: pass@k curves from eval.json, training curves from metrics.jsonl,
+and compare's pass@k with bands over seeds.
 
-    passk.png     pass@k (%) against k on a log2 axis, one panel per benchmark (and their average),
+    passk         pass@k (%) against k on a log2 axis, one panel per benchmark (and their average),
                   one line per run or eval: where the curves cross is the paper's headline (Fig. 1)
-    training.png  what a PSN-GRPO run is judged by, against step: the verifier's accuracy of the
+    training      what a PSN-GRPO run is judged by, against step: the verifier's accuracy of the
                   sampled rollouts, held-out pass@1 of the clean policy, σ, the noise's KL per token,
                   the TIS effective sample size, the policy's entropy, the share of zero-advantage
                   groups and the completion length (and the shaped reward, when some run's reward is
                   not its accuracy); raw values faint, a moving average solid
+    compare       pass@k of every method, the mean over seeds with a ±1 std band (compare.py)
 
-A source (a run or an eval) keeps one colour in every panel, named once in one legend for the
-figure. The moving average is trailing over the last SMOOTH (10) steps, whatever the run's length,
-so one step's curve reads the same in a 40-step and a 2,000-step run; a run shorter than 2·SMOOTH
-steps is drawn raw, and the sparse held-out evaluations are never smoothed. A flat panel is drawn
-over a stated range ([0, 1] for a fraction, or around its value) with its value written in it,
-not magnified into noise.
-
-Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so plotting works on a machine
-without a display and never touches a user's interactive backend.
+Every figure has a title, axes in words (units where there are any), and says on itself what its lines
+and bands are and how they were smoothed (the legend's title), so a figure pasted alone still does. A
+source keeps one colour in every panel, named once in one legend. The moving average is trailing over
+the last SMOOTH (10) steps whatever the run's length; a run shorter than 2·SMOOTH steps is drawn raw, and
+the sparse held-out evaluations are never smoothed. A flat panel is drawn over a stated range with its
+value written in it, not magnified into noise. Drawn on matplotlib's Agg canvas (no pyplot, no display).
 """
 from __future__ import annotations
 
@@ -27,12 +26,17 @@ from pathlib import Path
 from minipsn.checkpoint import read_metrics
 from minipsn.folders import check_writable
 
-# (metric, panel title): what a PSN-GRPO run is judged by, in this order
-TRAIN_PANELS = (("reward/accuracy", "accuracy (sampled rollouts)"), ("eval/pass@1", "held-out pass@1 (clean policy)"),
-                ("noise/sigma", "σ"), ("noise/kl_noise", "noise KL per token"), ("tis/ess", "TIS effective sample size"),
-                ("policy/entropy", "entropy per token"), ("reward/zero_adv_frac", "zero-advantage groups"),
-                ("completion/len_mean", "completion length (tokens)"))
-SHAPED = ("reward/mean", "reward (shaped)")  # a panel only when some run's reward differs from its accuracy
+# (metric, panel title, y axis): what a PSN-GRPO run is judged by, in this order; the key is the panel's gid
+TRAIN_PANELS = (
+    ("reward/accuracy", "accuracy of the sampled rollouts", "share the verifier accepts"),
+    ("eval/pass@1", "held-out pass@1 (clean policy)", "pass@1"),
+    ("noise/sigma", "noise scale σ", "σ (std of the noise)"),
+    ("noise/kl_noise", "noise KL per token", "KL(noisy ‖ clean) per token (nats)"),
+    ("tis/ess", "TIS effective sample size", "ESS / tokens"),
+    ("policy/entropy", "policy entropy", "entropy per token (nats)"),
+    ("reward/zero_adv_frac", "zero-advantage groups", "share of groups"),
+    ("completion/len_mean", "completion length", "tokens (mean)"))
+SHAPED = ("reward/mean", "reward (shaped)", "mean reward")  # a panel only when some run's reward differs from its accuracy
 FRACTIONS = {"reward/accuracy", "eval/pass@1", "tis/ess", "reward/zero_adv_frac", "reward/mean"}
 SPARSE = {"eval/pass@1"}  # logged every eval.every steps: points, never smoothed
 SMOOTH = 10  # steps in the trailing moving average
@@ -89,13 +93,28 @@ def _unique(items: list[tuple[str, object]]) -> list[tuple[str, object]]:
     return out
 
 
-def _grid(n_panels: int, width: float = 4.2, height: float = 3.2):
+FORMATS = ("png", "pdf")  # PNG to look at, PDF (vector) to paste into a paper
+
+
+def save(fig, path: Path) -> list[Path]:
+    """`fig` as PATH.png and PATH.pdf side by side; returns both paths."""
+    written = []
+    for fmt in FORMATS:
+        target = Path(path).with_suffix(f".{fmt}")
+        # no creation date in the PDF: the same figure is the same bytes
+        fig.savefig(target, dpi=120, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        written.append(target)
+    return written
+
+
+def panel_grid(n_panels: int, width: float = 4.2, height: float = 3.2):
+    """A figure of n_panels panels, up to 3 a row, and its visible axes; room for the title and the legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     cols = min(3, n_panels)
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(width * cols, height * rows + 0.5), layout="constrained")
+    fig = Figure(figsize=(width * cols, height * rows + 1.0), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
@@ -106,14 +125,30 @@ def _grid(n_panels: int, width: float = 4.2, height: float = 3.2):
 MARKERS = "os^Dv<>ph*"  # pass@k curves also differ by marker: overlapping curves stay apart, and in grey print
 
 
-def _legend(fig, colors: dict[str, str], names: dict[str, str] | None = None, markers: bool = False) -> None:
-    """One legend for the whole figure, above the panels: each source once, in its colour."""
+def legend(fig, colors: dict[str, str], caption: str, names: dict[str, str] | None = None,
+           markers: bool | dict[str, str] = False) -> None:
+    """One legend for the whole figure, below the panels: each source once, in its colour (and marker: MARKERS in
+    order, or {source: marker}), under a caption that says what the lines and bands are (and any smoothing)."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=c, lw=2, marker=MARKERS[i % len(MARKERS)] if markers else None, ms=5)
-               for i, c in enumerate(colors.values())]
+    if markers is True:
+        markers = {label: MARKERS[i % len(MARKERS)] for i, label in enumerate(colors)}
+    handles = [Line2D([], [], color=c, lw=2, marker=(markers or {}).get(label), ms=5) for label, c in colors.items()]
     labels = [(names or {}).get(label, label) for label in colors]
-    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=9, frameon=False,
+               title=_wrap(fig, caption, 9), title_fontsize=9)
+
+
+def title(fig, text: str) -> None:
+    """The figure's title, above its panels, wrapped to the figure's width."""
+    fig.suptitle(_wrap(fig, text, 12), fontsize=12)
+
+
+def _wrap(fig, text: str, fontsize: float) -> str:
+    """`text` in lines that fit 90 % of the figure's width (a character is about 0.62 of the font size wide)."""
+    import textwrap
+
+    return textwrap.fill(text, max(30, int(0.9 * fig.get_figwidth() * 72 / (0.62 * fontsize))), break_on_hyphens=False)
 
 
 def _flat(ax, key: str, percent: bool = False) -> None:
@@ -135,7 +170,7 @@ def passk_figure(evals: list[tuple[str, dict]]):
     if len(names) > 1:
         names.append("average")
     colors = palette([label for label, _ in evals])
-    fig, axes = _grid(len(names))
+    fig, axes = panel_grid(len(names))
     for ax, name in zip(axes, names):
         for i, (label, rep) in enumerate(evals):
             r = rep["average"] if name == "average" else rep["benchmarks"].get(name)
@@ -146,16 +181,13 @@ def passk_figure(evals: list[tuple[str, dict]]):
                     color=colors[label], label=label)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter("{x:g}")
-        ax.set(title=name, xlabel="k", ylabel="pass@k (%)")
+        ax.set(title=name, xlabel="k (samples per problem)", ylabel="pass@k (%)")
         ax.grid(alpha=0.3)
         _flat(ax, name, percent=True)
-    _legend(fig, colors, {label: f"{label} (n={rep['n']})" for label, rep in evals}, markers=True)
+    title(fig, "pass@k of the clean policy on held-out problems")
+    legend(fig, colors, "one evaluation per line, no band: unbiased pass@k from n samples per problem, the mean over "
+           "the problems; not smoothed", {label: f"{label} (n={rep['n']})" for label, rep in evals}, markers=True)
     return fig
-
-
-def plot_passk(evals: list[tuple[str, dict]], path: Path) -> Path:
-    passk_figure(evals).savefig(path, dpi=120)
-    return path
 
 
 def _smooth(ys: list[float], window: int) -> list[float]:
@@ -167,7 +199,7 @@ def _smooth(ys: list[float], window: int) -> list[float]:
     return out
 
 
-def _panels(runs: list[tuple[str, list[dict]]]) -> list[tuple[str, str]]:
+def _panels(runs: list[tuple[str, list[dict]]]) -> list[tuple[str, str, str]]:
     """TRAIN_PANELS, and the shaped reward after the accuracy when some run's differs from it."""
     shaped = any("reward/mean" in m and m["reward/mean"] != m.get("reward/accuracy") for _, rows in runs for m in rows)
     return [TRAIN_PANELS[0], *([SHAPED] if shaped else []), *TRAIN_PANELS[1:]]
@@ -177,8 +209,8 @@ def training_figure(runs: list[tuple[str, list[dict]]]):
     """One panel per metric (`_panels`), one colour per run across them all, one legend."""
     panels = _panels(runs)
     colors = palette([label for label, _ in runs])
-    fig, axes = _grid(len(panels))
-    for ax, (key, title) in zip(axes, panels):
+    fig, axes = panel_grid(len(panels))
+    for ax, (key, heading, ylabel) in zip(axes, panels):
         positive = True
         for label, rows in runs:
             pts = [(m["step"], m[key]) for m in rows if "step" in m and m.get(key) is not None]
@@ -193,21 +225,18 @@ def training_figure(runs: list[tuple[str, list[dict]]]):
             if smooth:
                 ax.plot(xs, ys, color=colors[label], alpha=0.25, lw=0.8, label=f"_raw {label}")
             ax.plot(xs, _smooth(list(ys), SMOOTH) if smooth else ys, color=colors[label], lw=1.5, label=label)
-        ax.set_title(title, fontsize=10)
-        ax.set(xlabel="step", ylabel=key)
+        ax.set_title(heading, fontsize=10)
+        ax.set(xlabel="training step", ylabel=ylabel, gid=key)
         ax.grid(alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         elif key == "noise/sigma" and positive:
             ax.set_yscale("log")  # σ moves multiplicatively under the σ controllers
         _flat(ax, key)
-    _legend(fig, colors)
+    title(fig, f"training: {runs[0][0]}" if len(runs) == 1 else f"training: {len(runs)} runs")
+    legend(fig, colors, f"faint: each step; solid: trailing mean of the last {SMOOTH} steps (runs of "
+           f"{2 * SMOOTH}+ steps); dots: held-out evaluations, not smoothed; no band (one run per line)")
     return fig
-
-
-def plot_training(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
-    training_figure(runs).savefig(path, dpi=120)
-    return path
 
 
 def default_out(paths: list[str]) -> Path:
@@ -219,7 +248,7 @@ def default_out(paths: list[str]) -> Path:
 
 
 def plot(paths: list[str], out: str | Path | None = None) -> list[Path]:
-    """Draw passk.png (when any eval.json) and training.png (when any metrics.jsonl) into `out`."""
+    """Draw passk.png/.pdf (when any eval.json) and training.png/.pdf (when any metrics.jsonl) into `out`."""
     if not paths:
         raise ValueError("give at least one run folder, eval folder or eval.json")
     out = check_writable(out if out else default_out(paths))
@@ -227,7 +256,38 @@ def plot(paths: list[str], out: str | Path | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if evals:
-        written.append(plot_passk(evals, out / "passk.png"))
+        written += save(passk_figure(evals), out / "passk")
     if runs:
-        written.append(plot_training(runs, out / "training.png"))
+        written += save(training_figure(runs), out / "training")
     return written
+
+
+def bands_figure(summary: dict[str, dict], heading: str = "pass@k after RL"):
+    """compare.png: pass@k, mean over seeds with a ±1 std band, one colour and marker per method as the other
+    figures give their sources; one panel for all problems, then one per kind of question when the task has kinds.
+    `summary` is compare.summarize's ({method: {"pass@k": {k: (mean, std)}, "seeds", "kinds"?}})."""
+    kinds = list(next(iter(summary.values())).get("kinds", {}))
+    fig, axes = panel_grid(1 + len(kinds), 5.5, 3.8)
+    colors = palette(list(summary))
+    for ax, kind in zip(axes, [None, *kinds]):
+        for i, (method, s) in enumerate(summary.items()):
+            s = s if kind is None else s["kinds"][kind]
+            ks = sorted(s["pass@k"])
+            mean = [100 * s["pass@k"][k][0] for k in ks]
+            std = [100 * s["pass@k"][k][1] for k in ks]
+            label = "base, no RL" if method == "base" else f"{method} ({s['seeds']} seed{'s' if s['seeds'] > 1 else ''})"
+            ax.plot(ks, mean, marker=MARKERS[i % len(MARKERS)], color=colors[method], label=label)
+            if s["seeds"] > 1:
+                ax.fill_between(ks, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=colors[method], alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter("{x:g}")
+        ax.set(xlabel="k (samples per problem)", ylabel="pass@k (%)")
+        if kinds:
+            ax.set_title("all problems" if kind is None else f"{kind} questions")
+        ax.grid(alpha=0.3)
+    title(fig, heading)
+    names = {m: line.get_label() for m, line in zip(summary, axes[0].get_lines())}
+    legend(fig, colors, "line: mean over seeds; band: ± 1 std over seeds (population std; none with one seed); "
+           "not smoothed", names, markers=True)
+    return fig

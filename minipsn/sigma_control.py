@@ -185,12 +185,18 @@ class PaperSigma(FixedSigma):
         return self.sigma * beta if paper_indicator <= self.cfg.paper_target else self.sigma / beta
 
 
-def make_controller(noise: NoiseConfig, cfg: ControlConfig) -> FixedSigma:
-    """The σ controller named by `noise.control`, starting at `noise.sigma`."""
+def make_controller(noise: NoiseConfig, cfg: ControlConfig, steps: int = 0) -> FixedSigma:
+    """The σ controller named by `noise.control`, starting at `noise.sigma`, for a run of `steps` steps (0: not
+    known; only the note below reads it)."""
     kinds = {"fixed": FixedSigma, "kl": KLSigma, "adaptive": AdaptiveSigma, "paper": PaperSigma}
     if noise.control not in kinds:
         raise ValueError(f"unknown noise.control {noise.control!r}; use {', '.join(kinds)}")
     if noise.sigma == 0 and noise.control != "fixed":
         print(f"note: noise.sigma=0 means noise off; the {noise.control} controller keeps σ at 0 "
               f"(set noise.sigma within [{noise.sigma_min:g}, {noise.sigma_max:g}] to start it)")
+    elif noise.control == "adaptive" and 0 < steps <= cfg.window + 1:  # σ first moves for step window + 2
+        print(f"note: the adaptive controller holds σ for its first control.window = {cfg.window} steps (its "
+              f"reference) and moves it from step {cfg.window + 2} on; with run.steps = {steps} σ never moves, so this "
+              "run is the same as one with noise.control=fixed (psn-adaptive = psn); run more steps or lower "
+              "control.window")
     return kinds[noise.control](noise, cfg)

@@ -1,10 +1,14 @@
-"""Where a run's records go: metrics.jsonl, samples.jsonl and the trackers that `run.log_to` names; the status line.
+"""Where a run's records go: metrics.jsonl, samples.jsonl, summary.json and the trackers that `run.log_to` names;
+the status line.
 
 metrics.jsonl (one JSON object per step) is always written and is what every reader uses; tensorboard
 writes event files in RUN/tensorboard/, wandb a W&B run (RUN/wandb/, offline with WANDB_MODE=offline).
 Both are imported lazily: one asked for but not installed prints one line, and the run goes on with
 the others. samples.jsonl holds `run.log_samples` completions per step with their answer, reward and
-advantage, so what the policy wrote at step 120 can be read back.
+advantage, so what the policy wrote at step 120 can be read back. summary.json, rewritten when a run ends (or
+stops), says in one place what the run did: held-out pass@1 before → after where it evaluated, the rollouts'
+accuracy at the start and the end, the steps its last checkpoint holds, wall time and the command of each
+invocation (printlog.py keeps what it printed in log.txt).
 Under torchrun rank 0 writes them all (every rank's picked samples gathered), the other ranks nothing.
 A resume first cuts metrics.jsonl and samples.jsonl back to the checkpoint's step (train.py);
 TensorBoard is told the same (purge_step), W&B drops steps it has already seen.
@@ -14,12 +18,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from minipsn import checkpoint
+from minipsn import checkpoint, printlog
 from minipsn import distributed as dist
 from minipsn.config import Config
 from minipsn.rollout import Rollouts
@@ -127,12 +132,52 @@ def status_line(m: dict, steps: int) -> str:
 
 def eval_summary(run_dir: Path, cfg: Config) -> str | None:
     """One line comparing the first and last held-out evaluations of the run, when there are two."""
-    evals = [r for r in checkpoint.read_metrics(run_dir / "metrics.jsonl") if "eval/pass@1" in r]
+    held_out = _held_out(checkpoint.read_metrics(run_dir / "metrics.jsonl"), cfg)
+    if held_out is None:
+        return None
+    (before, after), (first, last) = held_out["pass@1"], held_out["steps"]
+    return (f"held-out pass@1: {before:.3f} at step {first} → {after:.3f} at step {last} "
+            f"({held_out['problems']} problems × {held_out['n']} samples)")
+
+
+def _held_out(rows: list[dict], cfg: Config) -> dict | None:
+    """{"pass@1": [first, last], "steps": [its step, its step], "problems", "n"} of the held-out evaluations, or None
+    with fewer than two."""
+    evals = [r for r in rows if "eval/pass@1" in r]
     if len(evals) < 2:
         return None
-    first, last = evals[0], evals[-1]
-    return (f"held-out pass@1: {first['eval/pass@1']:.3f} at step {first['step']} → {last['eval/pass@1']:.3f} at "
-            f"step {last['step']} ({cfg.eval.problems or 'all'} problems × {cfg.eval.n} samples)")
+    return {"pass@1": [evals[0]["eval/pass@1"], evals[-1]["eval/pass@1"]], "steps": [evals[0]["step"], evals[-1]["step"]],
+            "problems": cfg.eval.problems or "all", "n": cfg.eval.n}
+
+
+SUMMARY_FILE = "summary.json"
+EDGE = 10  # steps averaged at each end of the rollouts' accuracy in summary.json (at most half the run's)
+
+
+def write_summary(run_dir: Path, cfg: Config, started: float, first_step: int) -> dict:
+    """RUN/summary.json after an invocation of the run (which started at `started`, time.time(), after
+    `first_step` finished steps): the numbers read from metrics.jsonl and the checkpoint, and this invocation
+    appended to the ones before (a resume's). Returns it."""
+    path = run_dir / SUMMARY_FILE
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    rows = checkpoint.read_metrics(run_dir / "metrics.jsonl")
+    ckpt = checkpoint.latest(run_dir)
+    saved = int(ckpt.name.split("-")[-1]) if ckpt is not None else 0
+    acc = [r["reward/accuracy"] for r in rows if "reward/accuracy" in r]
+    edge = max(1, min(EDGE, len(acc) // 2))  # a short run: its first and second half
+    wall = time.time() - started
+    invocation = {"command": printlog.command_line(), "started": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                               time.localtime(started)),
+                  "wall_s": round(wall, 1), "steps": [first_step, saved]}
+    runs = [*before.get("invocations", []), invocation]
+    summary = {
+        "model": cfg.model.name, "steps_done": saved, "steps": cfg.run.steps, "finished": saved >= cfg.run.steps,
+        "held_out": _held_out(rows, cfg),  # None: fewer than two held-out evaluations (eval.every)
+        "rollout_accuracy": ({"first": sum(acc[:edge]) / edge, "last": sum(acc[-edge:]) / edge, "steps_averaged": edge}
+                             if acc else None),
+        "wall_s": round(sum(r["wall_s"] for r in runs), 1), "command": invocation["command"], "invocations": runs}
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def open_log(cfg: Config, run_dir: Path, start: int) -> RunLog | NoLog:

@@ -17,12 +17,13 @@ import json
 import random
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minipsn import algo, checkpoint, folders, metrics, oom, reward_funcs, trackers
+from minipsn import algo, checkpoint, folders, metrics, oom, printlog, reward_funcs, trackers
 from minipsn import distributed as dist
 from minipsn.config import Config, GRPOConfig, RewardConfig
 from minipsn.data import format_prompt, load_problems
@@ -30,7 +31,7 @@ from minipsn.engine import make_engine
 from minipsn.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
 from minipsn.models import check_available, load_policy
 from minipsn.noise import derive_seed, perturbation_size, row_seeds
-from minipsn.provenance import provenance, provenance_differences
+from minipsn.provenance import provenance, provenance_differences, settings_differences
 from minipsn.rewards import correctness_rewards, overlong_penalty, shaped_reward
 from minipsn.rollout import Rollouts, sample
 from minipsn.sigma_control import make_controller
@@ -177,17 +178,22 @@ class Trainer:
     """The state of one run; `step()` is one PSN-GRPO step, `run()` the loop with logging."""
 
     def __init__(self, cfg: Config, reward_fn=None, resume: bool = False, dataset=None, test_dataset=None):
+        self.started = time.time()  # summary.json's wall time counts the model's loading too
         check_available(cfg.model.name)  # a hub model that cannot load fails before the run folder is made
         cfg = heldout_eval(cfg, dataset, test_dataset)  # your own data without held-out problems: eval.every off
         self.records = problems(cfg.data, "train", dataset)  # before the run folder and the model: data errors come fast
         self.test_given = test_dataset  # held-out rows handed to train(), else data.dataset's (see evaluate)
         self.rewards = reward_funcs.resolve(reward_fn, cfg.reward)  # None: the verifier's reward (see score)
-        if dist.init():  # torchrun: K processes, each with its share of every step's prompts (distributed.py)
+        joined = dist.init()  # torchrun: K processes, each with its share of every step's prompts (distributed.py)
+        cfg, latest = dist.from_main(folders.run_folder(cfg, resume))  # no --out: a fresh folder, named on rank 0
+        if joined:
             dist.check_world(cfg)
             self.run_dir = prepare_run_dir(cfg, resume, self.records) if dist.is_main() else Path(cfg.run.out)
             dist.barrier()  # the folder exists before any rank reads it
         else:
             self.run_dir = prepare_run_dir(cfg, resume, self.records)
+        if latest is not None and dist.is_main():
+            folders.link_latest(latest, self.run_dir)
         self.cfg = cfg
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -199,7 +205,8 @@ class Trainer:
         self.engine = make_engine(self.model, cfg)  # where rollouts sample from: folded copy or the peft model
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay)
-        self.state = checkpoint.RunState(optimizer, make_controller(cfg.noise, cfg.control), cfg.rollout, cfg.grpo,
+        controller = make_controller(cfg.noise, cfg.control, cfg.run.steps)
+        self.state = checkpoint.RunState(optimizer, controller, cfg.rollout, cfg.grpo,
                                          processes=dist.world())  # what a checkpoint saves and a resume restores
         self.stop_requested, self.gap_warned = False, False
         if resume:
@@ -221,11 +228,15 @@ class Trainer:
                 trackers.truncate(self.run_dir, -1)
             print(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): restarting from step 0")
             return
-        for note in checkpoint.restore(ckpt, self.model, self.state):
+        saved = checkpoint.load_state(ckpt)
+        for note in checkpoint.restore(ckpt, self.model, self.state, saved):
             print(note)
         if dist.is_main():
             trackers.truncate(self.run_dir, self.state.step)
-        print(f"resumed {self.run_dir} at step {self.state.step}")
+        # what a resume may change (--steps, run.*, eval.*): said once the resume is accepted, not before a refusal
+        changed = settings_differences(saved["config"], self.cfg.to_dict(), lambda k: k != "run.out")
+        print(f"resumed {self.run_dir} at step {self.state.step}"
+              + "".join(f"; {k} {a} → {b}" for k, (a, b) in changed.items()))
 
     def batch(self, step: int) -> StepBatch:
         """This process's prompts of step `step`, their sampling generators and the noise seeds of their rows."""
@@ -372,24 +383,37 @@ class Trainer:
         if dist.is_main():
             checkpoint.save(self.run_dir, self.model, self.state, self.cfg.to_dict())
 
-    def run(self, on_step=None) -> Path:
-        """The loop: a step, its metrics line and status line, a checkpoint every run.save_every steps."""
+    def run(self, on_step=None, log: printlog.PrintLog | None = None) -> Path:
+        """The loop: a step, its metrics line and status line, a checkpoint every run.save_every steps; what it
+        prints goes to RUN/log.txt too (`log`: train's, holding what the set-up printed) and RUN/summary.json
+        says what it did."""
         main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
         previous = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
+        self.log, first_step = log or printlog.PrintLog(), self.state.step
+        if dist.is_main():
+            self.log.attach(self.run_dir)
         try:
-            self._loop(on_step)
-            if dist.is_main():
-                checkpoint.save_final_adapter(self.run_dir, self.model)
-                summary = trackers.eval_summary(self.run_dir, self.cfg)
-                if summary:
-                    print(summary)
+            with self.log.capture():
+                self._loop(on_step)
+                if dist.is_main():
+                    checkpoint.save_final_adapter(self.run_dir, self.model)
+                    summary = trackers.eval_summary(self.run_dir, self.cfg)
+                    if summary:
+                        print(summary)
         except KeyboardInterrupt as e:  # a second Ctrl-C: stopped at once; say what the folder holds
-            raise folders.interrupted(e, self.run_dir) from None
+            stop = folders.interrupted(e, self.run_dir)
+            self.log.line(str(stop))
+            raise stop from None
+        except ValueError as e:
+            self.log.line(f"error: {e}")
+            raise
         finally:
             if main_thread:
                 signal.signal(signal.SIGINT, previous)
             if dist.is_main():
+                trackers.write_summary(self.run_dir, self.cfg, self.started, first_step)
                 folders.release(self.run_dir)
+            self.log.close()
         return self.run_dir
 
     def _loop(self, on_step) -> None:
@@ -400,14 +424,15 @@ class Trainer:
                    TimeRemainingColumn())
         every = self.cfg.eval.every
         start = self.state.step
-        log = trackers.open_log(self.cfg, self.run_dir, start)  # rank 0 writes; the other ranks write nowhere
-        with Progress(*columns, transient=True, disable=not dist.is_main()) as bar, log as records:
+        sinks = trackers.open_log(self.cfg, self.run_dir, start)  # rank 0 writes; the other ranks write nowhere
+        # the bar's frames reach the terminal, not log.txt; prints while it is live reach both (printlog.py)
+        with self.log.paused(), Progress(*columns, transient=True, disable=not dist.is_main()) as bar, sinks as records, \
+                self.log.capture():
             task = bar.add_task("train", total=steps, completed=start)
             if every and start == 0 and steps >= every:  # the starting point the periodic evals compare to
                 m0 = {"step": 0, **self.evaluate(-1)}
                 records.write(m0)
-                bar.console.print(f"step 0/{steps} | held-out pass@1 {m0['eval/pass@1']:.2f} before training",
-                                  highlight=False)
+                self._status(bar, f"step 0/{steps} | held-out pass@1 {m0['eval/pass@1']:.2f} before training")
             for step in range(start, steps):
                 if dist.any_true(self.stop_requested):  # torchrun: one rank's Ctrl-C stops all of them at this step
                     self.save()  # at `step` finished steps
@@ -417,7 +442,7 @@ class Trainer:
                 if every and (step + 1) % every == 0:
                     m.update(self.evaluate(step))
                 records.write(m, self.samples)  # metrics.jsonl, samples.jsonl, run.log_to's trackers
-                bar.console.print(trackers.status_line(m, steps), highlight=False, soft_wrap=True)
+                self._status(bar, trackers.status_line(m, steps))
                 bar.update(task, completed=step + 1)
                 if on_step is not None:
                     on_step(m)
@@ -426,6 +451,11 @@ class Trainer:
                     checkpoint.save_final_adapter(self.run_dir / "adapters" / f"step-{step + 1}", self.model)
                 if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == steps:
                     self.save()
+
+    def _status(self, bar, line: str) -> None:
+        """A status line above the progress bar, and in log.txt."""
+        bar.console.print(line, highlight=False, soft_wrap=True)
+        self.log.line(line)
 
     def _on_sigint(self, signum, frame):
         """First Ctrl-C: finish this step, save, exit. Second: stop now (the last checkpoint stays)."""
@@ -440,8 +470,10 @@ def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None, datas
     list (reward_funcs.py); dataset, test_dataset: rows instead of data.dataset's (user_data.py). Under torchrun
     every process runs this."""
     joined = not dist.active()  # a caller's process group (compare's) stays open for its next job
+    log = printlog.PrintLog()  # what the set-up prints waits here for the run folder's log.txt
     try:
-        run_dir = Trainer(cfg, reward_fn, resume, dataset, test_dataset).run(on_step)
+        with log.capture():
+            run_dir = Trainer(cfg, reward_fn, resume, dataset, test_dataset).run(on_step, log)
     except KeyboardInterrupt as e:  # Ctrl-C while the model loads, before the trainer's own handler is set
         raise folders.interrupted(e, Path(cfg.run.out)) from None
     if joined:

@@ -52,12 +52,16 @@ def small_policy():
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from minipsn.models import checkpointing_rename_quiet
+
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     model = Qwen2ForCausalLM(cfg)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                                  "gate_proj", "up_proj", "down_proj"]))
+    with checkpointing_rename_quiet():  # as the kit wraps its own models (models.attach_lora)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                      "o_proj", "gate_proj", "up_proj",
+                                                                                      "down_proj"]))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

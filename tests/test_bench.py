@@ -22,6 +22,7 @@ def test_cli_bench_writes_every_section(tmp_path):
                            "--prompts", "2", "--group", "2", "--tokens", "4", "--verifier-pairs", "5"],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr == "" and "kernels-community" not in proc.stdout  # bitsandbytes' kernel note, warnings
     assert "rollouts · tiny" in proc.stdout and "PSN-GRPO steps" in proc.stdout and "bench.json" in proc.stdout
     report = json.loads((out / "bench.json").read_text())
     assert {"cpu", "cpu_cores", "torch", "cuda_device", "transformers", "trl"} <= report["machine"].keys()
@@ -60,14 +61,21 @@ def test_bench_refuses_unknown_engines_and_cpu_only_shapes(tmp_path):
 
 
 @pytest.mark.slow
-def test_trl_grpo_trainer_runs_the_same_work(tmp_path):
-    """10-20 s on 2 shared cores (a warm-up step and a timed one at 2×2 rows × 4 tokens)."""
+def test_trl_grpo_trainer_runs_the_same_work(tmp_path, capfd):
+    """10-20 s on 2 shared cores (a warm-up step and a timed one at 2×2 rows × 4 tokens); it prints nothing of TRL's
+    own (its dict of totals) and raises no deprecation warning."""
+    import warnings
+
     pytest.importorskip("trl")
     from minipsn.bench import Spec, bench_trl
 
     t0 = time.perf_counter()
-    result = bench_trl(Spec("tiny", "tiny", "chat", 2, 2, 4, 4), str(tmp_path), 0.01, 1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = bench_trl(Spec("tiny", "tiny", "chat", 2, 2, 4, 4), str(tmp_path), 0.01, 1)
     assert "skipped" not in result, result
+    assert not [str(w.message) for w in seen if w.category is FutureWarning and "checkpointing" in str(w.message)]
+    assert "train_runtime" not in capfd.readouterr().out
     assert result["step_s"] > 0 and result["steps_timed"] == 1 and result["micro_batch_rows"] >= 1
     print(f"TRL bench on tiny took {time.perf_counter() - t0:.1f} s")
 

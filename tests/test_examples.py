@@ -20,6 +20,7 @@ def run_example(name, *args):
     proc = subprocess.run([sys.executable, str(REPO / "examples" / name), *args], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # no stray library warnings (is_gradient_checkpointing)
     return proc.stdout
 
 
@@ -54,6 +55,7 @@ def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
         proc = subprocess.run([sys.executable, str(REPO / "examples" / name), "", str(out)], cwd=REPO, env=env_tiny,
                               capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert "Warning" not in proc.stderr, proc.stderr[-3000:]
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
         # the recipe's σ is the one calibrate suggested for the paper's noise KL of 0.003
         suggested = json.loads((out / "calibrate" / "calibrate.json").read_text())["suggested_sigma"]
@@ -73,10 +75,10 @@ def test_psn_vs_grpo_example_writes_its_table(tmp_path):
     args = (str(tmp_path / "cmp"), "1", "1", "4", "4")
     out = run_example("psn_vs_grpo_tiny.py", *args)
     assert "| base (before RL) | 1 |" in out and "| grpo | 1 |" in out and "| psn-adaptive | 1 |" in out
-    for f in ("compare.md", "compare.json", "compare.png"):
+    for f in ("compare.md", "compare.json", "compare.png", "compare.pdf", "compare_diff.png", "compare_diff.pdf"):
         assert (tmp_path / "cmp" / f).is_file()
     again = run_example("psn_vs_grpo_tiny.py", *args)  # a rerun reuses every finished job
-    assert again.count("done, reusing") == 4 and "training" not in again
+    assert again.count("done, reusing") == 4 and ": training " not in again  # no job trained again
 
 
 def test_psn_vs_grpo_example_takes_each_argument_it_names():

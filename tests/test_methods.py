@@ -102,13 +102,18 @@ def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path, capsys):
             "(3 problems × 2 samples)") in capsys.readouterr().out
 
 
-def test_compare_with_two_workers_gives_the_same_grid_as_one(tmp_path):
+def test_compare_with_two_workers_gives_the_same_grid_as_one(tmp_path, capfd):
     from minipsn.compare import compare
 
     sets = {"run.steps": 1, "grpo.prompts_per_step": 2, "grpo.group_size": 4, "rollout.max_new_tokens": 16,
             "eval.n": 4, "eval.problems": 3, "eval.max_new_tokens": 16}
     one = compare("tiny", ["grpo", "psn"], 1, tmp_path / "one", sets, workers=1)
+    capfd.readouterr()
     two = compare("tiny", ["grpo", "psn"], 1, tmp_path / "two", sets, workers=2)
+    printed = capfd.readouterr()
+    steps = [line for line in printed.out.splitlines() if "step 1/1 |" in line]  # the workers' lines interleave:
+    assert sorted(line.split(" ")[0] for line in steps) == ["[grpo-s0]", "[psn-s0]"]  # each says whose it is
+    assert "is_gradient_checkpointing" not in printed.err and "Warning" not in printed.err, printed.err[-2000:]
     assert one["summary"] == two["summary"]  # each job is seeded by itself, so where it ran does not matter
     assert (tmp_path / "two" / "psn-s0" / "eval" / "eval.json").is_file()
     for job in ("base/eval", "psn-s0/eval"):  # evaluated in 2 shares, joined: the rows one evaluation writes

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from minipsn import compare, folders
+from minipsn import compare, folders, plot
 from minipsn.evaluate import benchmark_records
 from minipsn.provenance import provenance
 from minipsn.scoring import summarize
@@ -105,9 +105,32 @@ def test_the_figures_have_a_panel_per_kind(tmp_path, jobs):
     assert psn_line.get_ydata()[0] == pytest.approx(100 * payload["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
                                                     ["psn"]["diff"][0])
     summary = compare.summarize({"base": [json.loads((out / "base" / "eval" / "eval.json").read_text())]})
-    assert [ax.get_title() for ax in compare.bands_figure(summary).axes] == ["all problems", "final questions",
-                                                                             "steps questions"]
-    assert (out / "compare_diff.png").stat().st_size > 0 and (out / "compare.png").stat().st_size > 0
+    assert [ax.get_title() for ax in plot.bands_figure(summary).axes] == ["all problems", "final questions",
+                                                                          "steps questions"]
+    for name in ("compare.png", "compare.pdf", "compare_diff.png", "compare_diff.pdf"):  # to look at, to paste
+        assert (out / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("seeds, ref", [(2, "grpo"), (1, "base")])
+def test_compare_md_opens_with_what_was_compared_and_its_tables_share_the_k_columns(seeds, ref, tmp_path, jobs):
+    out = tmp_path / "grid"
+    compare.compare("tiny", ["grpo", "psn"], seeds, out, SETS, ref=ref)
+    md = (out / "compare.md").read_text()
+    head = md[:md.index("| method |")]
+    assert head.startswith("# compare: grpo, psn on tiny\n")
+    for said in (f"{seeds} seed{'s' if seeds > 1 else ''} per method", "2 training steps each",
+                 "the base row is the model before RL", f"synthetic ({PROBLEMS} problems), n = {N} samples per problem",
+                 "pass@k is the unbiased estimator"):
+        assert said in head, said
+    against = "the model before RL's" if ref == "base" else "grpo's"
+    if seeds > 1:
+        assert "mean ± std over the seeds (population std)" in head and "with a 95 % interval paired on seeds" in head
+    else:  # one seed: neither a spread nor an interval is claimed
+        assert "one seed each: no spread is measured" in head and "without an interval" in head and "±" not in head
+    assert f"minus {against}, in points" in head
+    headers = [line for line in md.splitlines() if line.startswith("| method |")]
+    ks = {tuple(c.strip().removeprefix("pass@").removeprefix("Δ@") for c in h.split("|")[2:] if "@" in c) for h in headers}
+    assert ks == {("1", "4")} and len(headers) == 6  # three pass@k tables (all, final, steps) and three Δ tables
 
 
 def test_a_reference_outside_the_grid_fails_in_one_line(tmp_path):

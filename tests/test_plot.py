@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from minipsn import compare, plot, scoring
+from minipsn import plot, scoring
 
 
 def _metrics(steps: int, sigma: float, shaped: float = 0.0, seed: int = 0) -> list[dict]:
@@ -49,17 +49,17 @@ def test_training_figure_one_colour_per_run_in_every_panel_and_one_legend():
 
 
 def test_training_panels_are_what_a_psn_run_is_judged_by():
-    keys = [ax.get_ylabel() for ax in plot.training_figure(RUNS).axes if ax.get_visible()]
+    keys = [ax.get_gid() for ax in plot.training_figure(RUNS).axes if ax.get_visible()]
     assert keys == ["reward/accuracy", "eval/pass@1", "noise/sigma", "noise/kl_noise", "tis/ess", "policy/entropy",
                     "reward/zero_adv_frac", "completion/len_mean"]  # reward/mean equals the accuracy: no twin panel
     shaped = [("custom", _metrics(60, 0.02, shaped=0.1))]
-    keys = [ax.get_ylabel() for ax in plot.training_figure(shaped).axes if ax.get_visible()]
+    keys = [ax.get_gid() for ax in plot.training_figure(shaped).axes if ax.get_visible()]
     assert keys[:2] == ["reward/accuracy", "reward/mean"]  # a shaped reward gets its own panel
 
 
 def test_a_flat_panel_spans_a_stated_range_and_says_its_value():
     fig = plot.training_figure([("grpo", _metrics(60, 0.0))])
-    kl = next(ax for ax in fig.axes if ax.get_ylabel() == "noise/kl_noise")  # exactly 0 at σ = 0
+    kl = next(ax for ax in fig.axes if ax.get_gid() == "noise/kl_noise")  # exactly 0 at σ = 0
     lo, hi = kl.get_ylim()
     assert lo <= 0 and hi >= 1 and "constant: 0" in [t.get_text() for t in kl.texts]
     bench = {"n": 4, "problems": 2, "pass@k": {str(k): 0.0 for k in scoring.ks_for(4)}, "mean_acc": 0, "maj_acc": 0,
@@ -72,7 +72,7 @@ def test_the_smoothing_window_is_fixed_in_steps_not_a_share_of_the_run():
     """Step 30 of a run looks the same whether the run has 40 steps or 400."""
     def smoothed_at_30(steps):
         fig = plot.training_figure([("run", _metrics(steps, 0.02))])
-        ax = next(ax for ax in fig.axes if ax.get_ylabel() == "reward/accuracy")
+        ax = next(ax for ax in fig.axes if ax.get_gid() == "reward/accuracy")
         line = next(line for line in ax.get_lines() if line.get_label() == "run")
         return dict(zip(line.get_xdata(), line.get_ydata()))[30]
 
@@ -98,7 +98,7 @@ def test_passk_figure_one_colour_per_eval_in_every_panel_and_one_legend():
 def test_compare_png_colours_methods_as_plot_does():
     summary = {m: {"pass@k": {k: (k / 20 + i / 10, 0.01) for k in (1, 2, 4)}, "seeds": s}
                for i, (m, s) in enumerate((("base", 1), ("grpo", 3), ("psn", 3)))}
-    fig = compare.bands_figure(summary)
+    fig = plot.bands_figure(summary)
     ax = fig.axes[0]
     colours = {line.get_label(): line.get_color() for line in ax.get_lines()}
     assert colours == {"base, no RL": "C0", "grpo (3 seeds)": "C1", "psn (3 seeds)": "C2"}

@@ -6,7 +6,8 @@ RUN/samples.jsonl (training: whole completions, read with the run's own reward.e
 unboxed_answer, a run from before reward.extract with the kit's extraction it was scored with; a truncated
 one is wrong to every verifier and is skipped) and in RUN/eval/samples/*.jsonl (evaluation: the extracted
 answers, cut at 200 characters, and the gold; rows written before the gold was stored are counted as
-skipped). Each answer is checked as the reward checks it.
+skipped). Each answer is checked as the reward checks it. The command prints the disagreements as a table,
+when there are any, then one line with the counts (`summary`).
 """
 
 import json
@@ -68,14 +69,23 @@ def _rows(path: Path) -> list[dict]:
     return rows
 
 
+def summary(report: dict) -> str:
+    """The audit in one line: how many answers the two verifiers judge differently, of how many checked."""
+    skipped = (f"; {report['skipped']} evaluation rows have no stored gold (written before it was kept), skipped"
+               if report["skipped"] else "")
+    return (f"{len(report['disagree'])} of {report['checked']} answers judged differently by strict and math-verify"
+            f"{skipped}")
+
+
 def table(report: dict):
+    """The disagreements, one row each (what each verifier says); None when there are none (`summary` says so)."""
     from rich.table import Table
 
-    t = Table(title=f"strict vs math-verify: {len(report['disagree'])} of {report['checked']} answers disagree")
+    if not report["disagree"]:
+        return None
+    t = Table(title="where strict and math-verify disagree")
     for col in ("source", "answer", "gold", "strict", "math-verify"):
         t.add_column(col)
     for d in report["disagree"]:
         t.add_row(d["source"], d["answer"][:80], d["gold"][:80], *("yes" if d[v] else "no" for v in VERIFIERS))
-    if report["skipped"]:
-        t.caption = f"{report['skipped']} evaluation rows have no stored gold (written before it was kept): skipped"
     return t
