@@ -62,7 +62,8 @@ def sample_setting(model, engines: dict, tok, records: list[dict], cfg: Config, 
     if space == "temperature":
         rcfg = dataclasses.replace(rcfg, temperature=value)
     engine, sigma = engines["weight" if space == "weight" else "lora"], value if space in ("lora", "weight") else 0.0
-    device, per = next(model.parameters()).device, n // draws
+    device = next(model.parameters()).device
+    per = n // draws
     rows = {r["id"]: {"id": r["id"], **({"kind": r["kind"]} if "kind" in r else {}), "texts": [], "cut": [], "lengths": [],
                       "noise_seeds": []} for r in records}
     per_call = max(1, rcfg.batch_size // per)

@@ -186,7 +186,7 @@ def test_a_method_that_fixes_a_setting_names_the_methods_that_accept_the_value()
     with pytest.raises(ValueError) as e:
         build_config(model="tiny", method="grpo", sets={"noise.sigma": "0.02"})
     accepts = str(e.value).split("accepts it (")[1].rstrip(")").split(", ")
-    assert accepts == ["psn", "psn-notis", "psn-kl", "psn-adaptive", "psn-paper", "psn-weight", "psn-passk"]
+    assert accepts == ["psn", "psn-notis", "psn-kl", "psn-adaptive", "psn-paper", "psn-weight", "c3po", "psn-passk"]
     with pytest.raises(ValueError, match=r"accepts it \(psn-kl\)$"):
         build_config(model="tiny", method="grpo", sets={"noise.control": "kl"})
 
@@ -194,7 +194,7 @@ def test_a_method_that_fixes_a_setting_names_the_methods_that_accept_the_value()
 def test_compare_suggests_the_method_meant(tmp_path):
     from minipsn.compare import compare
 
-    with pytest.raises(ValueError, match=r"unknown method\(s\) psn-adaptiv; .* \(did you mean psn-adaptive\?\)"):
+    with pytest.raises(ValueError, match=r"unknown method 'psn-adaptiv'; .* \(did you mean psn-adaptive\?\)"):
         compare("tiny", ["grpo", "psn-adaptiv"], 1, tmp_path / "grid")
     assert not (tmp_path / "grid").exists()
 
