@@ -6,7 +6,7 @@ On the `ceiling` model, where GRPO narrows the steps questions' pass@256, in par
 stopped (every finished job is reused) and can run on different days; every arm in one compare grid (OUT/grid), so
 every difference is paired with the same GRPO seeds:
     calibrate   σ on the adapter, σ on the base weights and the temperature at each noise KL per token of DOSES
-    preflight   noise without training: the base model's steps questions under each dose, D = 1 and D = n draws
+    preflight   noise without training: the base model's first 100 steps questions under each dose, D = 1 and n draws
     arms        every arm at a noise KL of 0.003 per token: grpo, psn, psn-adaptive, psn-kl, psn-paper,
                 psn-weight, temperature, passk (k = 4), psn-passk
     doses       psn, psn-weight and temperature at the other doses (label `<arm>@<kl>`)
@@ -117,8 +117,9 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
 
         settings = ["clean"] + [f"{space}:{d[space]:.5g}" for d in found.values() for space in ("lora", "weight", "temperature")
                                 if d[space] is not None]
-        preflight(build_config(model="ceiling", sets={"eval.n_by_kind": ""}), settings, [1, 256], out / "preflight",
-                  kind="steps")
+        # 100 steps questions (the first 200 held-out problems): 31 evaluations at n = 256, about an hour on 2 cores
+        preflight(build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 200}), settings, [1, 256],
+                  out / "preflight", kind="steps")
         return
     if part == "builds":
         best_arm = max(("psn", "psn-weight", "temperature"), key=lambda a: _steps_diff(out / "grid", _label(a, best[a])))

@@ -278,7 +278,37 @@ def test_cuda_compiled_static_decoding_matches_the_perturbed_nf4_policy(nf4_fold
     with torch.no_grad(), perturbed(model, SIGMA, SEED, "mlp"):
         logp, _ = completion_logprobs(model, ro, torch.arange(8), temperature=1.0)
     m = ro.completion_mask.bool()
-    assert (ro.sampler_logp[m] - logp[m]).abs().max() < 0.1
+    gap = (ro.sampler_logp[m] - logp[m]).abs()
+    # the guard's own threshold on the mean (rollout.gap_warn); the max is looser: not yet measured on a card (the
+    # CPU's bf16 static decode, test below, gave a max of 5.2e-4 and a mean of 6.6e-5 over 6 models)
+    assert gap.mean() < 5e-4 and gap.max() < 0.05, (gap.mean(), gap.max())
+
+
+@pytest.mark.parametrize("model_seed", [0, 1, 3])
+def test_bf16_static_decoding_matches_the_bf16_nf4_learner_on_cpu(model_seed, tmp_path, toy_tok):
+    """The static-cache decode path in bf16 against the NF4 learner with bf16 compute, on the noisy policy: the
+    TIS denominators. Measured over 6 random 2-layer models (seeds 0-5): max per-token gap 4.8e-7 to 5.2e-4, mean
+    1.3e-7 to 6.6e-5 nats; the bounds are 10x the largest max and the guard's threshold on the mean."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from minipsn.train import completion_logprobs
+
+    torch.manual_seed(model_seed)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                 tie_word_embeddings=True)).save_pretrained(tmp_path)
+    model = load_nf4(tmp_path, torch.bfloat16).eval()
+    eng.keep_cpu_4bit_unpacked(model)
+    engine = CopyEngine(model, max_new_tokens=6, static_cache=True, compile_step=False)
+    assert isinstance(engine.sampler, StaticDecoder) and engine.dtype == torch.bfloat16
+    with engine.policy(SIGMA, [SEED] * 8, "mlp") as (sampler, _):
+        ro = sample(sampler, toy_tok, ["ab", "cdef"], 4, RolloutConfig(max_new_tokens=6, batch_size=8),
+                    torch.Generator().manual_seed(model_seed))
+    with torch.no_grad(), perturbed(model, SIGMA, SEED, "mlp"):
+        logp, _ = completion_logprobs(model, ro, torch.arange(8), temperature=1.0)
+    m = ro.completion_mask.bool()
+    gap = (ro.sampler_logp[m] - logp[m]).abs()
+    assert gap.max() < 5e-3 and gap.mean() < 5e-4, (gap.max(), gap.mean())
 
 
 def test_end_ids_read_the_tokenizer_and_the_generation_config(small_policy, toy_tok, monkeypatch):
