@@ -442,12 +442,17 @@ def subset_(
     benchmarks: str = typer.Option("math500", help="the pool: comma-separated benchmarks the base is evaluated on"),
     n: int = typer.Option(256, help="samples per problem (the base's pass@1 and pass@n)"),
     problems: int = typer.Option(0, help="the first K problems of each pool benchmark (0 = all)"),
-    seed: int = typer.Option(1000, help="the selection's sampling seed; evaluate the subset with other seeds"),
-    size: int = typer.Option(200, help="ceiling problems kept at most (a seeded sample when more qualify)"),
-    min_size: int = typer.Option(150, help="fewer qualifying problems is an error"),
-    max_pass1: float = typer.Option(0.1, help="a ceiling problem's base pass@1 is at most this (and pass@n > 0)"),
-    never: int = typer.Option(50, help="problems the base never solves, kept as their own slice (0 = none)"),
-    max_guess: float = typer.Option(1e-3, help="leave out a problem a guess solves more often per sample (1 = off)"),
+    seed: Optional[int] = typer.Option(None, help="the selection's sampling seed (default 1000); evaluate the subset "
+                                       "with other seeds"),
+    size: Optional[int] = typer.Option(None, help="ceiling problems kept at most, a seeded sample when more qualify "
+                                       "(default 200)"),
+    min_size: Optional[int] = typer.Option(None, help="fewer qualifying problems is an error (default 150)"),
+    max_pass1: Optional[float] = typer.Option(None, help="a ceiling problem's base pass@1 is at most this, and its "
+                                              "pass@n above 0 (default 0.1)"),
+    never: Optional[int] = typer.Option(None, help="problems the base never solves, kept as their own slice (default "
+                                        "50; 0 = none)"),
+    max_guess: Optional[float] = typer.Option(None, help="leave out a problem a guess solves more often per sample "
+                                              "(default 0.001; 1 = off)"),
     out: str = typer.Option("runs/subset", help="folder for subset.jsonl, subset.json and the base's samples"),
     config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
@@ -457,12 +462,14 @@ def subset_(
     local dataset (evaluate it with --set data.test_split=OUT/subset.jsonl and the benchmark heldout)."""
     from rich.console import Console
 
-    from minipsn.subset import Selection, select, table
+    from minipsn.subset import SELECTION_SEED, Selection, select, table
 
     one_process("subset")
+    seed = SELECTION_SEED if seed is None else seed
     cfg = resolve(model, None, config, set_, **{"eval.n": n, "eval.problems": problems, "run.seed": seed})
+    given = {"size": size, "min_size": min_size, "max_pass1": max_pass1, "never": never, "max_guess": max_guess}
     report = select(cfg, [b.strip() for b in benchmarks.split(",") if b.strip()], out,
-                    Selection(size, min_size, max_pass1, never, max_guess))
+                    Selection(**{k: v for k, v in given.items() if v is not None}))
     Console().print(table(report))
     typer.echo(f"subset: {report['file']} ({report['kept']['ceiling']} ceiling + {report['kept']['never']} never "
                f"solved; chosen with seed {seed}: evaluate it with another)")

@@ -4,8 +4,7 @@
     noise-owed groups  signal groups whose right rows all came from one noisy draw: σ > 0, at least one right row,
                        and every right row sampled under the same noise seed
     kl per completion  Σ_t KL(π_θ̃ ‖ π_clean) over a completion's tokens (the per-token noise KL, summed)
-    per-draw accuracy  with noise.draws = D > 1 (step granularity), the accuracy of the G/D rows of every group that
-                       draw d sampled
+    per-draw accuracy  with noise.draws = D > 1, the accuracy of the G/D rows of every group that draw d sampled
 
 "Noise-owed" by granularity: every row is sampled with noise when σ > 0, so the question is which draw a group's
 right answers came from. With one draw per group (granularity step and D = 1, or group) every right row shares the
