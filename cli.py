@@ -435,6 +435,83 @@ def frontier_(
     typer.echo(f"wrote {out}/compare_frontier.json, compare_frontier.png, compare_frontier.pdf")
 
 
+@app.command("subset")
+@friendly
+def subset_(
+    model: str = typer.Option(..., help="alias, hub id or local folder: the base the subset is chosen on"),
+    benchmarks: str = typer.Option("math500", help="the pool: comma-separated benchmarks the base is evaluated on"),
+    n: int = typer.Option(256, help="samples per problem (the base's pass@1 and pass@n)"),
+    problems: int = typer.Option(0, help="the first K problems of each pool benchmark (0 = all)"),
+    seed: Optional[int] = typer.Option(None, help="the selection's sampling seed (default 1000); evaluate the subset "
+                                       "with other seeds"),
+    size: Optional[int] = typer.Option(None, help="ceiling problems kept at most, a seeded sample when more qualify "
+                                       "(default 200)"),
+    min_size: Optional[int] = typer.Option(None, help="fewer qualifying problems is an error (default 150)"),
+    max_pass1: Optional[float] = typer.Option(None, help="a ceiling problem's base pass@1 is at most this, and its "
+                                              "pass@n above 0 (default 0.1)"),
+    never: Optional[int] = typer.Option(None, help="problems the base never solves, kept as their own slice (default "
+                                        "50; 0 = none)"),
+    max_guess: Optional[float] = typer.Option(None, help="leave out a problem a guess solves more often per sample "
+                                              "(default 0.001; 1 = off)"),
+    out: str = typer.Option("runs/subset", help="folder for subset.jsonl, subset.json and the base's samples"),
+    config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Choose a ceiling subset on the base: pass@1 <= 0.1 and pass@n > 0, plus a slice it never solves, written as a
+    local dataset (evaluate it with --set data.test_split=OUT/subset.jsonl and the benchmark heldout)."""
+    from rich.console import Console
+
+    from minipsn.subset import SELECTION_SEED, Selection, select, table
+
+    one_process("subset")
+    seed = SELECTION_SEED if seed is None else seed
+    cfg = resolve(model, None, config, set_, **{"eval.n": n, "eval.problems": problems, "run.seed": seed})
+    given = {"size": size, "min_size": min_size, "max_pass1": max_pass1, "never": never, "max_guess": max_guess}
+    report = select(cfg, [b.strip() for b in benchmarks.split(",") if b.strip()], out,
+                    Selection(**{k: v for k, v in given.items() if v is not None}))
+    Console().print(table(report))
+    typer.echo(f"subset: {report['file']} ({report['kept']['ceiling']} ceiling + {report['kept']['never']} never "
+               f"solved; chosen with seed {seed}: evaluate it with another)")
+
+
+@app.command("plan")
+@friendly
+def plan_(
+    model: str = typer.Option("tiny", help="alias, hub id or local folder"),
+    method: str = typer.Option("psn-weight", help="the arm whose two steps are timed (the grid's dearest)"),
+    arms: int = typer.Option(3, help="arms of the grid"),
+    seeds: int = typer.Option(3, help="seeds per arm"),
+    steps: Optional[int] = typer.Option(None, help="training steps per run (run.steps)"),
+    benchmark: str = typer.Option("synthetic", help="what every evaluation samples (heldout: data.test_split)"),
+    n: Optional[int] = typer.Option(None, help="samples per problem (eval.n)"),
+    frontier_points: int = typer.Option(0, help="kept adapters per run that the frontier evaluates"),
+    pool: int = typer.Option(0, help="problems the subset selection has still to evaluate (0: chosen)"),
+    budget_h: float = typer.Option(24.0, help="refuse a plan over this many hours"),
+    out: str = typer.Option("runs/plan", help="folder for plan.json"),
+    config: Optional[str] = typer.Option(None, help="TOML or JSON config file"),
+    set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Time two training steps and a 20-problem evaluation here, project the grid's hours as a table, and refuse a
+    plan over --budget-h in one line naming what to shrink."""
+    from rich.console import Console
+
+    from minipsn import planner
+    from minipsn.evaluate import benchmark_records
+
+    one_process("plan")
+    cfg = resolve(model, method, config, set_, **{"run.steps": steps, "eval.n": n})
+    runs, problems = arms * seeds, len(benchmark_records(benchmark, cfg))
+    t = planner.measure(cfg, cfg, benchmark, out)
+    rows = planner.project(planner.Grid(runs, cfg.run.steps, runs + 1, runs * frontier_points, problems, pool), t)
+    Console().print(planner.table(rows, t, budget_h, f"plan: {arms} arms × {seeds} seeds of {model}"))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    planner.save(Path(out) / "plan.json", rows, t, budget_h)
+    planner.check(rows, budget_h)
+    typer.echo(f"plan: {out}/plan.json ({planner.total_hours(rows):.2f} h, within {budget_h:g} h)")
+
+
 @app.command("build")
 @friendly
 def build_(

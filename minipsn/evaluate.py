@@ -237,9 +237,14 @@ def _sample_split(model, tok, name: str, todo: list[dict], cfg: Config, rcfg: Ro
 
 
 def benchmark_records(name: str, cfg: Config) -> list[dict]:
-    """Test problems of one benchmark, the first eval.problems of them (0 = all)."""
+    """Test problems of one benchmark, the first eval.problems of them (0 = all); `heldout` is data.dataset's own
+    held-out split (data.test_split of your own data, e.g. a subset chosen on the base: subset.py)."""
     if name == "synthetic":  # the run's own synthetic settings (n_ops, max_operand), held-out split
         records = load_problems(dataclasses.replace(cfg.data, dataset="synthetic"), "test")
+    elif name == "heldout":
+        from minipsn.subset import heldout_records
+
+        records = heldout_records(cfg.data)
     else:
         records = load_benchmark(name, "test", cfg.data.data_dir or None, cfg.data.skip_bad_rows)
     return records[: cfg.eval.problems] if cfg.eval.problems else records

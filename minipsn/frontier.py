@@ -18,10 +18,10 @@ from pathlib import Path
 from minipsn.compare import Evaluation, in_workers
 
 
-def mix_pass1(report: dict) -> float:
+def mix_pass1(report: dict, benchmark: str = "synthetic") -> float:
     """pass@1 on the training mix: on the mixed task (1 − s)·final + s·steps, s = data.steps_share (the share of steps
     questions RL trains on), from the held-out kinds' pass@1; else pass@1 over every problem."""
-    bench = report["benchmarks"]["synthetic"]
+    bench = report["benchmarks"][benchmark]
     kinds = bench.get("kinds", {})
     if set(kinds) != {"final", "steps"}:
         return bench["pass@k"]["1"]
@@ -29,18 +29,18 @@ def mix_pass1(report: dict) -> float:
     return (1 - s) * kinds["final"]["pass@k"]["1"] + s * kinds["steps"]["pass@k"]["1"]
 
 
-def _point(report: dict, kind: str, k: int) -> tuple[float, float]:
-    """(the training mix's pass@1, pass@k on `kind`) of one evaluation."""
-    bench = report["benchmarks"]["synthetic"]
+def _point(report: dict, kind: str, k: int, benchmark: str = "synthetic") -> tuple[float, float]:
+    """(the training mix's pass@1, pass@k on `kind`, or on every problem when no kind is named so) of one evaluation."""
+    bench = report["benchmarks"][benchmark]
     kinds = bench.get("kinds", {})
-    return mix_pass1(report), (kinds[kind] if kind in kinds else bench)["pass@k"][str(k)]
+    return mix_pass1(report, benchmark), (kinds[kind] if kind in kinds else bench)["pass@k"][str(k)]
 
 
 def frontier(model: str, arms: list[str], seeds: int, out: str | Path, steps: list[int], sets: dict,
-             kind: str = "steps", k: int = 256, workers: int = 1) -> dict:
+             kind: str = "steps", k: int = 256, workers: int = 1, benchmark: str = "synthetic") -> dict:
     """Evaluate each (arm, seed)'s adapters kept at `steps` in a finished compare grid `out` (with the grid's own
-    `sets`: compare.json's "overrides"), into RUN/<arm>-s<seed>/eval-step<N>/ (reused when done); write and return the
-    frontier (module docstring)."""
+    `sets`: compare.json's "overrides") on `benchmark` (the grid's; `heldout`: a subset, subset.py), into
+    RUN/<arm>-s<seed>/eval-step<N>/ (reused when done); write and return the frontier (module docstring)."""
     out = Path(out)
     grid = json.loads((out / "compare.json").read_text())
     labels = list(arms)  # the grid's arm names (a method, or a LABEL of LABEL=METHOD)
@@ -57,19 +57,23 @@ def frontier(model: str, arms: list[str], seeds: int, out: str | Path, steps: li
                     raise ValueError(f"{run} kept no adapter at step {step}: train the grid with "
                                      f"--set run.keep_adapters={','.join(map(str, steps))}")
                 jobs.append(Evaluation(arm, s, run, run / f"eval-step{step}", adapter))
-    reports = in_workers(model, jobs, sets, ["synthetic"], workers) if workers > 1 else _one_by_one(model, jobs, sets)
+    reports = (in_workers(model, jobs, sets, [benchmark], workers) if workers > 1
+               else _one_by_one(model, jobs, sets, benchmark))
     base = json.loads((out / "base" / "eval" / "eval.json").read_text())
     last = grid["overrides"].get("run.steps")
     points = {}
     for arm in labels:
-        by_step = {0: [_point(base, kind, k)] * seeds}
+        by_step = {0: [_point(base, kind, k, benchmark)] * seeds}
         for step in steps:
-            by_step[step] = [_point(r, kind, k) for j, r in zip(jobs, reports) if j.arm == arm and j.eval_dir.name ==
-                             f"eval-step{step}"]
+            by_step[step] = [_point(r, kind, k, benchmark) for j, r in zip(jobs, reports) if j.arm == arm and
+                             j.eval_dir.name == f"eval-step{step}"]
         by_step[int(last) if last else "final"] = [
-            _point(json.loads((out / f"{arm}-s{s}" / "eval" / "eval.json").read_text()), kind, k) for s in range(seeds)]
+            _point(json.loads((out / f"{arm}-s{s}" / "eval" / "eval.json").read_text()), kind, k, benchmark)
+            for s in range(seeds)]
         points[arm] = {str(step): {"x": [p[0] for p in ps], "y": [p[1] for p in ps]} for step, ps in by_step.items()}
-    result = {"x": "pass@1, the training mix", "y": f"pass@{k}, {kind} questions", "seeds": seeds, "points": points}
+    mix = benchmark == "synthetic"  # another benchmark (a subset) has no training mix: its own pass@1
+    result = {"x": "pass@1, the training mix" if mix else f"pass@1, {benchmark}",
+              "y": f"pass@{k}, {kind} questions" + ("" if mix else f" of {benchmark}"), "seeds": seeds, "points": points}
     (out / "compare_frontier.json").write_text(json.dumps(result, indent=2))
     fig = figure(result)
     for ext in ("png", "pdf"):
@@ -77,7 +81,7 @@ def frontier(model: str, arms: list[str], seeds: int, out: str | Path, steps: li
     return result
 
 
-def _one_by_one(model: str, jobs: list[Evaluation], sets: dict) -> list[dict]:
+def _one_by_one(model: str, jobs: list[Evaluation], sets: dict, benchmark: str = "synthetic") -> list[dict]:
     from minipsn.compare import job_config
     from minipsn.evaluate import evaluate
 
@@ -85,7 +89,7 @@ def _one_by_one(model: str, jobs: list[Evaluation], sets: dict) -> list[dict]:
     for job in jobs:
         done = job.eval_dir / "eval.json"
         reports.append(json.loads(done.read_text()) if done.is_file() else evaluate(
-            job_config(model, job.arm, job.seed, sets, job.run_dir), ["synthetic"], job.eval_dir, str(job.adapter)))
+            job_config(model, job.arm, job.seed, sets, job.run_dir), [benchmark], job.eval_dir, str(job.adapter)))
     return reports
 
 

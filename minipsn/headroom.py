@@ -58,6 +58,34 @@ def guess_rates(test: list[dict], rows: list[dict], train: list[dict]) -> dict[s
             "uniform": in_range / len(test) / size, "mode_answer": mode, "range": [list(b) for b in box]}
 
 
+def benchmark_guesses(test: list[dict], rows: list[dict]) -> dict:
+    """Guess rates on a real benchmark, which has no training split to take a mode from: `mode`, how often the most
+    common gold answer of the *other* problems is right (leave-one-out: no problem guesses its own), `shuffled` as in
+    guess_rates (the policy's answers to the other problems), each per sample; `per_problem`, each problem's best
+    guess, max(its shuffled rate, 1 when its answer is the others' mode), which `subset` leaves out above GUESSABLE;
+    `guessable` flags the benchmark as the synthetic kinds are flagged."""
+    if len(test) != len(rows) or len(test) < 2:
+        raise ValueError("benchmark_guesses needs one row of samples per problem, and at least two problems")
+    keys = [answer_key(r["answer"]) for r in test]
+    golds = collections.Counter(keys)
+    counts = [collections.Counter(answer_key(a) for a in row["answers"] if a is not None) for row in rows]
+    total = sum(counts, collections.Counter())
+    n_all = sum(len(row["answers"]) for row in rows)
+    shuffled = [(total[key] - own[key]) / max(n_all - len(row["answers"]), 1) for key, own, row in zip(keys, counts, rows)]
+    mode_hit = []
+    for key in keys:  # the others' mode: this problem's answer counted once less
+        golds[key] -= 1
+        mode_hit.append(max(golds.items(), key=lambda kv: kv[1])[0] == key and golds[key] > 0)
+        golds[key] += 1
+    others = sum(n_all - len(row["answers"]) for row in rows)
+    hits = sum(total[key] - own[key] for key, own in zip(keys, counts))
+    rates = {"mode": sum(mode_hit) / len(test), "shuffled": hits / max(others, 1)}
+    mode = golds.most_common(1)[0][0]
+    return {**rates, "mode_answer": next(r["answer"] for r, k in zip(test, keys) if k == mode),
+            "guessable": max(rates.values()) > GUESSABLE,
+            "per_problem": [max(s, float(m)) for s, m in zip(shuffled, mode_hit)]}
+
+
 def answer_key(answer: str) -> tuple | str:
     """An answer as the verifier's cheap stage compares it: its normal form (verify.normalise), then numbers and
     tuples of numbers by value ("(12,9,13)" = "(12, 9, 13)", "12.0" = "12"), else the normalised text."""

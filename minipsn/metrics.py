@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from minipsn import distributed as dist
+from minipsn.mechanism import draw_index
 from minipsn.rollout import Rollouts
 
-PER_GROUP = ("zero_adv", "diversity")  # means over the groups; the others over the rows
+PER_GROUP = ("zero_adv", "diversity", "signal", "owed")  # means over the groups; the others over the rows
 
 
 def _f32(x: float) -> float:
@@ -37,11 +38,11 @@ class StepMeans:
 
 
 def step_means(rewards: torch.Tensor, correct: torch.Tensor, adv: torch.Tensor, ro: Rollouts,
-               diversity: torch.Tensor, verified: dict[str, int]) -> StepMeans:
-    """rewards, correct (N_r,), adv and diversity (P_r, G) and (P_r,), this rank's rollouts and verifier counts
-    → the step's means over all ranks (module docstring)."""
+               diversity: torch.Tensor, verified: dict[str, int], explore: dict | None = None) -> StepMeans:
+    """rewards, correct (N_r,), adv and diversity (P_r, G) and (P_r,), this rank's rollouts and verifier counts, and
+    the mechanism's tensors (`mechanism.step_tensors`) → the step's means over all ranks (module docstring)."""
     x = {"reward": rewards, "correct": correct, "zero_adv": (adv == 0).all(1), "len": ro.completion_mask.sum(1),
-         "truncated": ro.truncated, "certainty": ro.certainty, "diversity": diversity}
+         "truncated": ro.truncated, "certainty": ro.certainty, "diversity": diversity, **(explore or {})}
     rows, groups = rewards.numel(), adv.shape[0]
     local = {"rows": rows, "groups": groups, "tokens": ro.n_tokens, **verified,
              **{k: (groups if k in PER_GROUP else rows) * v.float().mean().item() for k, v in x.items()}}
@@ -54,7 +55,21 @@ def step_means(rewards: torch.Tensor, correct: torch.Tensor, adv: torch.Tensor, 
                **{f"verify/{k}": int(t[k]) for k in verified},
                "reward/zero_adv_frac": mean["zero_adv"], "completion/len_mean": mean["len"],
                "completion/truncated_frac": mean["truncated"]}
+    if explore is not None:  # the noise-owed share is over the signal groups (group counts, summed over ranks)
+        metrics.update({"explore/signal_frac": mean["signal"], "noise/kl_seq": mean["kl_seq"],
+                        "explore/noise_owed_frac": _f32(t["owed"] / t["signal"]) if t["signal"] else 0.0})
     return StepMeans(metrics, {"diversity": mean["diversity"], "certainty": mean["certainty"]}, int(t["tokens"]))
+
+
+def draw_accuracy(correct: torch.Tensor, G: int, draws: int) -> dict[str, object]:
+    """With noise.draws = D > 1: the accuracy of each draw's rows over every rank (`explore/draw_acc`, a list) and
+    its range; nothing with one draw. correct (N_r,) holds whole groups, so row p of a group took draw p·D // G."""
+    if draws == 1:
+        return {}
+    draw = draw_index(correct.numel(), G, draws)
+    t = dist.all_sum([float(correct[draw == d].sum()) for d in range(draws)] + [float((draw == d).sum()) for d in range(draws)])
+    acc = [_f32(t[d] / t[draws + d]) for d in range(draws)]
+    return {"explore/draw_acc": acc, "explore/draw_acc_range": max(acc) - min(acc)}
 
 
 class Stopwatch:

@@ -27,6 +27,9 @@ ALIASES = {
     "qwen-7b": "Qwen/Qwen2.5-7B-Instruct",
     "qwen-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
     "qwen-math-7b": "Qwen/Qwen2.5-Math-7B",
+    # another family for replication (examples/one_gpu_comparison.py): Llama's projection names and chat template
+    # load as Qwen2's do (tests/test_one_gpu.py runs a Llama-shaped model through the kit); gated: accept its licence
+    "llama-1b": "meta-llama/Llama-3.2-1B-Instruct",
 }
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")

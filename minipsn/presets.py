@@ -56,5 +56,33 @@ METHODS: dict[str, dict[str, object]] = {
 TUNABLE = {"temperature": {"rollout.temperature"}, "c3po": {"noise.draws"}}  # a method's keys a user may still change
 
 
+# The one-GPU comparison (examples/one_gpu_comparison.py, docs/one-gpu.md). Per model: its config, the pool its ceiling
+# subset is chosen from (subset.py), the best guess per sample above which a problem is left out, and the σ grid of
+# the weight-space calibration. llama-1b is the replication arm (another family than Qwen2.5-Math, which gains from
+# random rewards); tiny runs the recipe on a CPU (its small integer answers are guessable: the filter is off there).
+_REAL_MODEL = {"rollout.max_new_tokens": 1024, "eval.max_new_tokens": 1024, "eval.batch_size": 512, "grpo.lr": 1e-5,
+               "grpo.lr_schedule": "cosine", "grpo.warmup_steps": 10, "reward.overlong": "soft",
+               "reward.overlong_window": 256, "noise.targets": "mlp"}
+ONE_GPU_MODELS: dict[str, dict[str, object]] = {
+    "qwen-math-1.5b": {"config": {**_REAL_MODEL, "data.template": "plain"}, "pool": "math500,olympiadbench",
+                       "max_guess": 1e-3, "weight_sigmas": "0.0005,0.001,0.002,0.005,0.01,0.02,0.04"},
+    "llama-1b": {"config": {**_REAL_MODEL, "data.template": "chat"}, "pool": "math500,olympiadbench",
+                 "max_guess": 1e-3, "weight_sigmas": "0.0005,0.001,0.002,0.005,0.01,0.02,0.04"},
+    "tiny": {"config": {}, "pool": "synthetic", "max_guess": 1.0, "weight_sigmas": "0.001,0.002,0.005,0.01,0.02,0.04"},
+}
+# Per profile: the config and the recipe's sizes. day: 3 seeds × (grpo, psn-weight at two doses), 200 steps, a subset
+# of 150 ceiling problems and 50 never solved at n = 256 chosen from the first 350 of each pool benchmark, the frontier
+# at step 100 on seed 0 (about 21 h of one H100 by estimate: `plan` measures it). smoke: the same path at 5 steps,
+# 20 problems × 16 samples (a looser max_pass1, so 20 qualify from a small pool), to run first on a new card: minutes
+# of sampling and training, and each of its jobs' model load (its plan prints it, and the day projected from it).
+ONE_GPU_PROFILES: dict[str, dict[str, object]] = {
+    "day": {"config": {"run.steps": 200, "eval.n": 256, "run.save_every": 25}, "seeds": 3, "subset": 150,
+            "min_subset": 150, "max_pass1": 0.1, "never": 50, "pool_problems": 350, "frontier_every": 100,
+            "frontier_seeds": 1, "budget_h": 24.0, "draws": 2},
+    "smoke": {"config": {"run.steps": 5, "eval.n": 16, "run.save_every": 5}, "seeds": 3, "subset": 20,
+              "min_subset": 10, "max_pass1": 0.25, "never": 4, "pool_problems": 60, "frontier_every": 3,
+              "frontier_seeds": 1, "budget_h": 1.0, "draws": 1},
+}
+
 # keys renamed since earlier versions: old name → new (old run folders are mapped, old --set fails naming the new)
 RENAMED = {"noise.scheduler": "noise.control", "scheduler": "control"}

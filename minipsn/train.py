@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from minipsn import algo, checkpoint, folders, metrics, oom, printlog, reward_funcs, trackers
+from minipsn import algo, checkpoint, folders, mechanism, metrics, oom, printlog, reward_funcs, trackers
 from minipsn import distributed as dist
 from minipsn.config import Config, GRPOConfig, RewardConfig
 from minipsn.data import format_prompt, load_problems
@@ -282,8 +282,9 @@ class Trainer:
             out = self._learn(step, ro, adv, batch)
 
         # 7. the σ controller reads the noise KL, diversity and self-certainty (no extra pass) and moves σ
-        with clock.timed("sched"):
-            means = metrics.step_means(rewards, correct, adv, ro, self._diversity(ro, out.pooled), verified)
+        with clock.timed("sched"):  # with the mechanism's signal groups, noise-owed groups, noise KL per completion
+            explore = mechanism.step_tensors(correct, adv, batch.seeds, sigma, ro)
+            means = metrics.step_means(rewards, correct, adv, ro, self._diversity(ro, out.pooled), verified, explore)
             noise_stats = self.controller.update({"kl_noise": out.stats["noise/kl_noise"], **means.signals})
 
         # 8. the step's metrics: means over every process's rows, the learner's, the controller's, the noise seeds
@@ -291,6 +292,7 @@ class Trainer:
         m = {"step": step + 1, **means.metrics, **out.stats, **noise_stats, "noise/sigma": sigma,
              "noise/seed": batch.noise_seed, "noise/delta_w_rel": delta_w, "guard/skipped_steps": state.skipped,
              "optim/lr": lr, **batch.logged_seeds(cfg.noise.granularity), **clock.perf(means.tokens, self.device),
+             **metrics.draw_accuracy(correct, G, cfg.noise.draws),
              **self.reward_means}
         if cfg.reward.verifier != "both":  # strict and Math-Verify are both asked only with `both`
             del m["verify/disagree"]
