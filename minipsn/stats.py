@@ -137,7 +137,9 @@ def difference_interval(method: np.ndarray, reference: np.ndarray, paired_seeds:
     `paired_seeds`: row s of both tables is the same seed (S equal), so D_sp is formed cell by cell; else the
     sides' seeds are independent (or one side is a single evaluation) and only the columns (problems) pair.
     Var(Δ̂) is estimated without bias from the mean squares (rows/S + columns/P − residual/(S·P)), not clamped
-    part by part: clamping a part at 0 biases it up, and measured coverage then reached 99-100 % at k = n.
+    part by part: clamping a part at 0 biases it up, and measured coverage then reached 99-100 % at k = n. Where
+    that sum is ≤ 0 (near pass@k = 1 the residual can outweigh both margins) the largest single part stands in,
+    so no interval has zero width.
     Returns {"diff", "low", "high", "se", "df", "components", "cell"}: components are the variance parts of Δ̂
     (seed, problem, residual; each clamped at 0 for display, so they may sum to a little more than SE²); `cell`
     (paired seeds) the variances of one cell's D_sp, σ_b², σ_a², σ_e², which size another design:
@@ -160,8 +162,10 @@ def difference_interval(method: np.ndarray, reference: np.ndarray, paired_seeds:
             if S > 1:
                 terms += [(side["row_var"] / S, S - 1), (-side["mse"] / (S * P), (S - 1) * (P - 1))]
                 components["seed"] += max(side["row_var"] - side["mse"] / P, 0.0) / S
-    var = max(sum(v for v, _ in terms), 0.0)
+    var = sum(v for v, _ in terms)
     df = _satterthwaite(terms) if var > 0 else math.inf
+    if var <= 0:  # the residual outweighs both margins: rather than a zero-width interval, the largest single part
+        var, df = max(((abs(v), d) for v, d in terms), default=(0.0, math.inf))  # (each ≤ Var(Δ̂) in expectation)
     se = math.sqrt(var)
     t = t_quantile(0.5 + level / 2, max(df, 1.0))
     diff = float(method.mean() - reference.mean())
