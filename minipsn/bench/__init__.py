@@ -7,8 +7,8 @@ timed (tiny; on CUDA a random-init model of Qwen2.5-1.5B's shape), the machine, 
 On one H100 (an estimate: not run yet) --quick (P=4, T=256) should take about 3 minutes, the default
 (P=8, G=8, T=512) 5-6, most of it TRL's two HF-generate steps and the first torch.compile.
 
-What each measures, and how: bench_engines.py (rollout tokens/s per engine, PSN-GRPO step time, PSN overhead,
-evaluation sampling), bench_trl.py (TRL's GRPOTrainer on the same work), bench_verify.py (the verifier's checks/s,
+What each measures, and how: engines.py (rollout tokens/s per engine, PSN-GRPO step time, PSN overhead,
+evaluation sampling), trl.py (TRL's GRPOTrainer on the same work), verifier.py (the verifier's checks/s,
 and its symbolic mix), fidelity.py (does the sampler sample the learner's policy). A number that could not be
 measured is recorded with the reason, never estimated.
 """
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from minipsn.bench_engines import SHAPE_NAME, NoEos, Spec, bench_engine, bench_eval
-from minipsn.bench_trl import bench_trl
-from minipsn.bench_verify import bench_verify, symbolic_pairs
-from minipsn.data import BUNDLED_DIR
-from minipsn.folders import check_writable
+from minipsn.bench.engines import SHAPE_NAME, NoEos, Spec, bench_engine, bench_eval
+from minipsn.bench.trl import bench_trl
+from minipsn.bench.verifier import bench_verify, symbolic_pairs
+from minipsn.tasks.data import BUNDLED_DIR
+from minipsn.run.folders import check_writable
 
 __all__ = ["run_bench", "tables", "specs", "shape_model_dir", "machine_info", "SHAPE_NAME", "QWEN15_SHAPE", "Spec",
            "NoEos", "bench_engine", "bench_eval", "bench_trl", "bench_verify", "symbolic_pairs"]
@@ -142,7 +142,7 @@ def run_bench(out: str, model: str = "auto", steps: int = 2, quick: bool = False
     report["verifier"] = (bench_verify(Path(data_dir) if data_dir else BUNDLED_DIR, verifier_pairs)
                           if verifier_pairs >= 0 else {"skipped": "--verifier-pairs -1"})
     if fidelity:  # does the sampler sample the learner's policy (fidelity.py): tiny on CPU, the 1.5B shape on CUDA
-        from minipsn.fidelity import bench_fidelity
+        from minipsn.bench.fidelity import bench_fidelity
 
         shape = str(shape_model_dir()) if device == "cuda" and model in ("auto", SHAPE_NAME) else "tiny"
         report["fidelity"] = bench_fidelity(device, shape, T=24 if shape == "tiny" else 64)
@@ -232,7 +232,7 @@ def tables(report: dict) -> list:
                            str(x["worker_checks"]), str(x["timeouts"]))
     out.append(vt)
     if "fidelity" in report:
-        from minipsn.fidelity import table as fidelity_table
+        from minipsn.bench.fidelity import table as fidelity_table
 
         out.append(fidelity_table(report["fidelity"]))
     return out

@@ -8,7 +8,7 @@ repeats. Memory is the CUDA peak, or the process's peak RSS on CPU (monotone ove
 perturb/fold + restore/unfold; σ-controller overhead = diversity + σ update; both as a share of the step.
 Evaluation sampling (`bench_eval`) is the exception to suppressed end tokens: n samples of a few held-out problems
 that stop where they stop, as evaluation samples them, by minipsn's evaluation path, its plain loop and HF
-`generate`. The helpers here (config, sync, peak memory) are shared with bench_trl.py.
+`generate`. The helpers here (config, sync, peak memory) are shared with trl.py.
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
-from minipsn.config import GRPOConfig, build_config
-from minipsn.data import format_prompt
-from minipsn.models import load_policy
-from minipsn.synthetic import synthetic_split
+from minipsn.run.config import GRPOConfig
+from minipsn.run.overrides import build_config
+from minipsn.tasks.data import format_prompt
+from minipsn.tasks.models import load_policy
+from minipsn.tasks.synthetic import synthetic_split
 
-SHAPE_NAME = "qwen2.5-1.5b-shape"  # bench.py builds it (shape_model_dir)
+SHAPE_NAME = "qwen2.5-1.5b-shape"  # bench/__init__.py builds it (shape_model_dir)
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ def _timed(obj, attr: str, acc: list[float]) -> None:
 
 def bench_rollouts(trainer, spec: Spec, T: int, reps: int, sigma: float) -> dict:
     """Tokens/s of `trainer.engine` sampling P·G rows × T new tokens (σ > 0: PSN on), best of `reps`."""
-    from minipsn.noise import derive_seed
-    from minipsn.rollout import sample
+    from minipsn.method.noise import derive_seed
+    from minipsn.sampling.rollout import sample
 
     engine, cfg = trainer.engine, trainer.cfg
     rcfg = dataclasses.replace(cfg.rollout, max_new_tokens=T)
@@ -161,7 +162,7 @@ def bench_steps(trainer, steps: int, device: str) -> dict:
 
 def bench_engine(spec: Spec, engine: str, work: str, sigma: float, steps: int, reps: int, do_steps: bool) -> dict:
     """Load the policy for one engine (hf: full-precision base), time its rollouts and, if asked, its steps."""
-    from minipsn.train import Trainer
+    from minipsn.training.train import Trainer
 
     quantize = "none" if engine == "hf" else "nf4"
     T = spec.T if engine == "fast" or spec.device == "cpu" else min(spec.T, spec.T_unmerged)
@@ -201,10 +202,10 @@ def bench_eval(spec: Spec, work: str, quick: bool, reps: int) -> dict:
     plain decode loop (training's), and Hugging Face `generate` (num_return_sequences = n, top_k off, same
     temperature). Tokens are the completion tokens sampled (to the end token), so a path that stops rows
     early is not credited for padding; best of `reps` after a warm-up."""
-    from minipsn.engine import build_engine
-    from minipsn.evaluate import FAST_SAMPLING
-    from minipsn.noise import derive_seed
-    from minipsn.rollout import encode_prompts, end_ids, sample
+    from minipsn.sampling.engine import build_engine
+    from minipsn.evaluation.evaluate import FAST_SAMPLING
+    from minipsn.method.noise import derive_seed
+    from minipsn.sampling.rollout import encode_prompts, end_ids, sample
 
     P, n, T = eval_size(spec, quick)
     cfg = bench_config(spec, tempfile.mkdtemp(dir=work), "fast", T, 0.0)

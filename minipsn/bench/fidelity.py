@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from minipsn import algo
+from minipsn.method import algo
 
 B_SCALES = (1e-4, 3e-4, 1e-3, 3e-3)  # std of the LoRA B entries: a small update … a well-trained adapter
 
@@ -77,7 +77,7 @@ def folded(engine):
             for (side, _), (w, fold) in zip(engine.sides, saved):
                 side.weight.copy_(w)
                 side.fold = fold
-        from minipsn.engine import load_adapters
+        from minipsn.sampling.engine import load_adapters
 
         load_adapters(engine.sides, 0.0, 0, set())
 
@@ -98,9 +98,9 @@ def model_fidelity(model, engine, tok, prompts: list[str], G: int, rcfg, route: 
     engine's copy (`route`), then compare over the sampled tokens: the logits' change from the adapter
     (with it against B = 0) in sampler and learner (projection, rel_error), and the sampler's decoded
     log-probs against the learner's full pass (gap, kl_numerics), both at the rollout temperature."""
-    from minipsn.engine import load_adapters
-    from minipsn.learner import body_and_head
-    from minipsn.rollout import sample
+    from minipsn.sampling.engine import load_adapters
+    from minipsn.training.learner import body_and_head
+    from minipsn.sampling.rollout import sample
 
     with engine.policy(0.0, [0], "all") as (sampler, _), (folded(engine) if route == "fold" else _same(sampler)):
         device = engine.device
@@ -145,10 +145,11 @@ def _same(x):
 def bench_fidelity(device: str = "cpu", model_name: str = "tiny", prompts: int = 4, G: int = 4, T: int = 24) -> dict:
     """`python cli.py bench`'s sampler/learner section: the layer measure (Qwen2.5-1.5B width) and the model
     measures on `model_name` (NF4 base, `model.dtype` bfloat16 and float32), fold against copy, per B scale."""
-    from minipsn.config import build_config
-    from minipsn.data import format_prompt, load_problems
-    from minipsn.engine import CopyEngine
-    from minipsn.models import load_policy
+    from minipsn.run.overrides import build_config
+    from minipsn.tasks.data import format_prompt
+    from minipsn.tasks.problems import load_problems
+    from minipsn.sampling.engine import CopyEngine
+    from minipsn.tasks.models import load_policy
 
     dtypes = ("bfloat16", "float32")
     out = {"layer": {d: {"fold": {str(b): layer_fidelity(b_std=b, dtype=getattr(torch, d)) for b in B_SCALES}}

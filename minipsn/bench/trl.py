@@ -3,9 +3,9 @@
 The same policy (NF4 base + peft LoRA, loaded by minipsn), P prompts × G generations × T new tokens with the end
 token held off by `min_new_tokens = T`, β = 0, minipsn's learning rate, temperature and learner micro-batch
 (gradient accumulation makes up the P·G rows); transformers `generate` (no vLLM), no PSN, in-process. The reward is
-a constant 0: the score does not change the work, and the verifier is timed apart (bench_verify.py). Step time is
+a constant 0: the score does not change the work, and the verifier is timed apart (verifier.py). Step time is
 the mean between `on_step_end` marks after one warm-up step, split into sampling (its `_generate`), scoring and old
-log-probs (the rest of `_prepare_inputs`) and learning (the rest of the step); memory as in bench_engines.py. The
+log-probs (the rest of `_prepare_inputs`) and learning (the rest of the step); memory as in engines.py. The
 NF4 model dequantizes at every call, as a TRL user loads it. If TRL is missing or fails, the section says why
 instead of a number.
 """
@@ -15,10 +15,10 @@ import dataclasses
 import tempfile
 import time
 
-from minipsn.bench_engines import Spec, bench_config, free_memory, peak_gb, sync
-from minipsn.data import format_prompt
-from minipsn.models import checkpointing_rename_quiet, load_policy
-from minipsn.synthetic import synthetic_split
+from minipsn.bench.engines import Spec, bench_config, free_memory, peak_gb, sync
+from minipsn.tasks.data import format_prompt
+from minipsn.tasks.models import checkpointing_rename_quiet, load_policy
+from minipsn.tasks.synthetic import synthetic_split
 
 
 def bench_trl(spec: Spec, work: str, sigma: float, steps: int) -> dict:

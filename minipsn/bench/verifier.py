@@ -62,7 +62,7 @@ def bench_completions(rows: list[dict]) -> dict:
 
     from minipsn.rewards import correctness_rewards
     from minipsn.verify import warm_up
-    from minipsn.verify.field import unbox
+    from minipsn.rewards.field import unbox
 
     warm_up()
     out = {}

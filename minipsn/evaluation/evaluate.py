@@ -28,15 +28,16 @@ from pathlib import Path
 
 import torch
 
-from minipsn import distributed as dist
-from minipsn import folders
-from minipsn.config import Config, EvalConfig, RolloutConfig
-from minipsn.data import format_prompt, load_benchmark, load_problems
-from minipsn.noise import derive_seed
-from minipsn.provenance import compared, provenance, row_digest
-from minipsn.rollout import sample
-from minipsn.scoring import average, score_rows, summarize
-from minipsn.scoring import pass_at_k as pass_at_k  # public: minipsn.evaluate.pass_at_k
+from minipsn.evaluation.provenance import compared, provenance, row_digest
+from minipsn.evaluation.scoring import average, score_rows, summarize
+from minipsn.evaluation.scoring import pass_at_k as pass_at_k  # public: minipsn.evaluation.evaluate.pass_at_k
+from minipsn.method.noise import derive_seed
+from minipsn.run import distributed as dist
+from minipsn.run import folders
+from minipsn.run.config import Config, EvalConfig, RolloutConfig
+from minipsn.sampling.rollout import sample
+from minipsn.tasks.data import format_prompt, load_benchmark
+from minipsn.tasks.problems import heldout_records, load_problems
 from minipsn.verify import EXTRACTS, VERIFIERS
 
 # evaluation encodes each prompt once for its n rows and drops ended rows as the batch decodes (`rollout.decode`):
@@ -242,8 +243,6 @@ def benchmark_records(name: str, cfg: Config) -> list[dict]:
     if name == "synthetic":  # the run's own synthetic settings (n_ops, max_operand), held-out split
         records = load_problems(dataclasses.replace(cfg.data, dataset="synthetic"), "test")
     elif name == "heldout":
-        from minipsn.subset import heldout_records
-
         records = heldout_records(cfg.data)
     else:
         records = load_benchmark(name, "test", cfg.data.data_dir or None, cfg.data.skip_bad_rows)
@@ -253,7 +252,7 @@ def benchmark_records(name: str, cfg: Config) -> list[dict]:
 def resolve_adapter(path: str) -> tuple[str, Path | None]:
     """An adapter folder, or a run folder (its final adapter, else its latest checkpoint's) →
     (adapter folder, run folder or None)."""
-    from minipsn import checkpoint
+    from minipsn.run import checkpoint
 
     p = Path(path)
     if (p / "adapter_config.json").is_file():
@@ -270,7 +269,7 @@ def resolve_adapter(path: str) -> tuple[str, Path | None]:
 
 def run_config(run_dir: Path, model: str | None, overrides: dict) -> Config:
     """The config a run trained with (RUN_DIR/config.json), evaluation overrides on top."""
-    from minipsn.config import apply_overrides, config_from_dict
+    from minipsn.run.overrides import apply_overrides, config_from_dict
 
     path = run_dir / "config.json"
     if not path.is_file():
@@ -301,7 +300,7 @@ def evaluate(cfg: Config, benchmarks: list[str], out: str | Path, adapter: str |
     `share` (i, K): only the i-th of K contiguous shares of each benchmark's problems (`merge_shares` joins them)."""
     if not benchmarks:
         raise ValueError("no benchmarks given")
-    from minipsn.models import check_available
+    from minipsn.tasks.models import check_available
 
     out = folders.check_writable(out)
     records = {name: benchmark_records(name, cfg) for name in benchmarks}  # fail on data before loading a model
@@ -325,8 +324,8 @@ def _evaluate(cfg: Config, benchmarks: list[str], records: dict[str, list[dict]]
               adapter: str | None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from minipsn.engine import make_engine
-    from minipsn.models import load_policy
+    from minipsn.sampling.engine import make_engine
+    from minipsn.tasks.models import load_policy
 
     torch.manual_seed(cfg.run.seed)
     model, tok = load_policy(cfg, adapter)

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import try_to_load_from_cache
 
-from minipsn.models import pick_device, pick_dtype, resolve_name
-from minipsn.overrides import flatten
-from minipsn.presets import RENAMED
+from minipsn.run.overrides import flatten
+from minipsn.run.presets import RENAMED
+from minipsn.tasks.models import pick_device, pick_dtype, resolve_name
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # minipsn/: every .py under it, in every folder
 REPO = PACKAGE.parent
 ABSENT = "absent"  # what a key missing from a stored result reads as in a difference
 # config values that resolve to the same thing: rollout.rng auto has been prompt since rng=prompt was the default

@@ -7,7 +7,7 @@ truncated, gold), rows → a benchmark's pass@k, mean and majority-vote accuracy
 and other math sets). The ratio of binomials is computed as the product Π_{i=n−c+1}^{n} (1 − k/i),
 so n in the thousands never builds a giant integer or a float overflow.
 
-Truncated completions count as wrong and do not vote, as in training (rewards.py). Majority vote
+Truncated completions count as wrong and do not vote, as in training (rewards/__init__.py). Majority vote
 groups all correct answers as one (each is equivalent to the gold answer) and wrong ones by the
 verifier's normalised spelling; a tie scores the chance a random tie-break picks the right group.
 

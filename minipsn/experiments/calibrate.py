@@ -35,18 +35,19 @@ from pathlib import Path
 
 import torch
 
-from minipsn import algo
-from minipsn.config import Config
-from minipsn.data import format_prompt, load_problems
-from minipsn.engine import build_engine, make_engine
-from minipsn.folders import check_writable
-from minipsn.learner import completion_forward, micro_batches
-from minipsn.models import load_policy
-from minipsn.noise import derive_seed, perturbation_size
-from minipsn.provenance import provenance, provenance_differences, settings_differences
+from minipsn.evaluation.provenance import provenance, provenance_differences, settings_differences
+from minipsn.method import algo
+from minipsn.method.noise import derive_seed, perturbation_size
 from minipsn.rewards import correctness_reward
-from minipsn.rollout import sample
-from minipsn.train import step_records
+from minipsn.run.config import Config
+from minipsn.run.folders import check_writable
+from minipsn.sampling.engine import build_engine, make_engine
+from minipsn.sampling.rollout import sample
+from minipsn.tasks.data import format_prompt
+from minipsn.tasks.models import load_policy
+from minipsn.tasks.problems import load_problems
+from minipsn.training.learner import completion_forward, micro_batches
+from minipsn.training.train import step_records
 
 DEFAULT_SIGMAS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # the config keys a calibration depends on (the run's length, learning rate or σ controller do not matter)

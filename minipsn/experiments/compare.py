@@ -35,12 +35,14 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from minipsn import checkpoint, folders
-from minipsn import distributed as dist
-from minipsn.config import METHODS, Config, build_config
-from minipsn.data import load_problems
-from minipsn.evaluate import benchmark_records
-from minipsn.provenance import provenance, provenance_differences, settings_differences
+from minipsn.evaluation.evaluate import benchmark_records
+from minipsn.evaluation.provenance import provenance, provenance_differences, settings_differences
+from minipsn.run import checkpoint, folders
+from minipsn.run import distributed as dist
+from minipsn.run.config import Config
+from minipsn.run.overrides import build_config
+from minipsn.run.presets import METHODS
+from minipsn.tasks.problems import load_problems
 
 TABLE_KS = (1, 4, 16, 64, 256)
 # settings that do not change a job's result: where it writes and logs (`--workers` sets run.threads)
@@ -50,8 +52,8 @@ BASE_KEYS = ("model.", "data.", "rollout.", "reward.", "eval.", "run.seed")  # w
 
 def run_one(model: str, method: str, seed: int, sets: dict, run_dir: Path, benchmarks: list[str]) -> dict:
     """Train (or resume) one (method, seed) and evaluate it; returns its eval report."""
-    from minipsn.evaluate import evaluate
-    from minipsn.train import train
+    from minipsn.evaluation.evaluate import evaluate
+    from minipsn.training.train import train
 
     report_path = run_dir / "eval" / "eval.json"
     report, trained, resume = dist.from_main(_job_state(run_dir) if dist.is_main() else None)  # alike on every rank
@@ -188,7 +190,7 @@ def method_sets(method: str, sets: dict) -> dict:
 
 def evaluate_base(model: str, sets: dict, out: Path, benchmarks: list[str]) -> dict:
     """pass@k of the starting model (no adapter) with the grid's evaluation settings and seed 0."""
-    from minipsn.evaluate import evaluate
+    from minipsn.evaluation.evaluate import evaluate
 
     report_path = out / "eval.json"
     done = report_path.is_file() if dist.is_main() else None
@@ -279,8 +281,8 @@ def _table(summary: dict[str, dict]) -> str:
 def write_figures(out: Path, summary: dict[str, dict], payload: dict, cfg: Config) -> list[Path]:
     """compare.png/.pdf (pass@k, ± std bands over seeds) and compare_diff.png/.pdf (Δ against the reference, paired
     95 % interval bands), titled with what was compared."""
-    from minipsn import paired
-    from minipsn.plot import bands_figure, save
+    from minipsn.experiments import paired
+    from minipsn.experiments.plot import bands_figure, save
 
     seeds, ref = payload["seeds"], payload["paired"]["ref"]
     title = (f"{payload['model']}, {cfg.run.steps} steps, {seeds} seed{'s' if seeds > 1 else ''} per method, "
@@ -299,8 +301,8 @@ def _one_thread() -> None:
 def _train_job(model: str, method: str, seed: int, sets: dict, run_dir: Path) -> None:
     """A worker's training of one (method, seed), resumed from its checkpoint when it has one; its lines start with
     [method-sS], as the other workers' lines interleave with them."""
-    from minipsn.printlog import labelled
-    from minipsn.train import train
+    from minipsn.run.printlog import labelled
+    from minipsn.training.train import train
 
     _, trained, resume = _job_state(run_dir)
     if not trained:
@@ -321,8 +323,8 @@ class Evaluation(NamedTuple):
 
 def _eval_share(model: str, job: Evaluation, sets: dict, benchmarks: list[str], share: tuple[int, int]) -> None:
     """A worker's evaluation of one share of a job's problems."""
-    from minipsn.evaluate import evaluate, share_folder
-    from minipsn.printlog import labelled
+    from minipsn.evaluation.evaluate import evaluate, share_folder
+    from minipsn.run.printlog import labelled
 
     cfg = base_config(model, sets) if job.arm is None else job_config(model, job.arm, job.seed, sets, job.run_dir)
     name = "base" if job.arm is None else job.eval_dir.parent.name + ("" if job.eval_dir.name == "eval" else f" {job.eval_dir.name}")
@@ -338,7 +340,7 @@ def in_workers(model: str, jobs: list[Evaluation], sets: dict, benchmarks: list[
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from minipsn.evaluate import merge_shares
+    from minipsn.evaluation.evaluate import merge_shares
 
     report = lambda j: j.eval_dir / "eval.json"  # noqa: E731
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
@@ -428,7 +430,7 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
 def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, benchmarks: tuple[str, ...],
           workers: int, ref: str) -> dict:
     if workers > 1:
-        from minipsn.models import resolve_name
+        from minipsn.tasks.models import resolve_name
 
         resolve_name(model)  # a locally built model is built once, here, not by every worker at once
     grid = [(m, s) for m in methods for s in range(seeds)]
@@ -449,7 +451,7 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
                "code": made_by, "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
                                               for m, s in summary.items()}}
     if dist.is_main():
-        from minipsn import paired
+        from minipsn.experiments import paired
 
         folders = {"base": {None: out / "base" / "eval"}, **{m: {s: out / f"{m}-s{s}" / "eval" for s in range(seeds)}
                                                              for m in methods}}

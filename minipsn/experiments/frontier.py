@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minipsn.compare import Evaluation, in_workers
+from minipsn.experiments.compare import Evaluation, in_workers
 
 
 def mix_pass1(report: dict, benchmark: str = "synthetic") -> float:
@@ -82,8 +82,8 @@ def frontier(model: str, arms: list[str], seeds: int, out: str | Path, steps: li
 
 
 def _one_by_one(model: str, jobs: list[Evaluation], sets: dict, benchmark: str = "synthetic") -> list[dict]:
-    from minipsn.compare import job_config
-    from minipsn.evaluate import evaluate
+    from minipsn.evaluation.evaluate import evaluate
+    from minipsn.experiments.compare import job_config
 
     reports = []
     for job in jobs:
@@ -98,7 +98,7 @@ def figure(result: dict):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from minipsn.plot import MARKERS, palette
+    from minipsn.experiments.plot import MARKERS, palette
 
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)

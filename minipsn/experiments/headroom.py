@@ -27,8 +27,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from minipsn.config import Config
-from minipsn.data import load_problems
+from minipsn.run.config import Config
+from minipsn.tasks.problems import load_problems
 from minipsn.verify.normalise import normalise
 
 GUESSABLE = 1e-3  # a best guess above this per sample gives pass@256 above 1 − (1 − 1e-3)^256 ≈ 23 %
@@ -108,7 +108,7 @@ def _integers(answer: str) -> tuple[int, ...] | None:
 def headroom(cfg: Config, out: str | Path) -> dict:
     """Evaluate the starting policy on the synthetic test split (cfg.eval: n, problems, temperature) and
     measure the guess rates; write OUT/headroom.json (and OUT/eval.json, OUT/samples/)."""
-    from minipsn.evaluate import evaluate
+    from minipsn.evaluation.evaluate import evaluate
 
     t0 = time.perf_counter()
     out = Path(out)

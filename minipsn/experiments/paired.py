@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minipsn.stats import count_matrix, paired_difference
+from minipsn.experiments.stats import count_matrix, paired_difference
 
 MARK = "✱"  # the interval excludes 0
 
@@ -113,8 +113,8 @@ def markdown(result: dict, ref: str, seeds: int) -> str:
 def diff_figure(result: dict, ref: str, order: list[str], seeds: int, title: str = ""):
     """Δ pass@k (method − ref) against k, one panel per benchmark and kind of question (all problems first),
     interval bands; `title` says what was compared (compare.write_figures)."""
-    from minipsn.plot import MARKERS, legend, palette, panel_grid
-    from minipsn.plot import title as set_title
+    from minipsn.experiments.plot import MARKERS, legend, palette, panel_grid
+    from minipsn.experiments.plot import title as set_title
 
     colors = palette(order)  # the colours compare.png gives the same methods
     panels = [(bench, kind, methods) for bench, b in result.items() for kind, methods in b["kinds"].items()]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minipsn.config import Config
+from minipsn.run.config import Config
 
 TIMED_PROBLEMS = 20
 
@@ -124,7 +124,7 @@ def table(rows: list[dict], t: Timings, budget_h: float, title: str):
 def measure(train_cfg: Config, eval_cfg: Config, benchmark: str, out: str | Path) -> Timings:
     """Time two training steps of `train_cfg` (the dearest arm) and a TIMED_PROBLEMS-problem evaluation of
     `eval_cfg` on `benchmark` here, in OUT/timing (removed afterwards)."""
-    from minipsn import folders
+    from minipsn.run import folders
 
     scratch = folders.check_writable(out) / "timing"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -145,8 +145,8 @@ def measure(train_cfg: Config, eval_cfg: Config, benchmark: str, out: str | Path
 
 def _time_steps(cfg: Config) -> tuple[float, float, float, float]:
     """(load s, first step s, second step s, mean completion tokens) of a trainer on `cfg`."""
-    from minipsn import folders
-    from minipsn.train import Trainer
+    from minipsn.run import folders
+    from minipsn.training.train import Trainer
 
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
@@ -160,9 +160,9 @@ def _time_steps(cfg: Config) -> tuple[float, float, float, float]:
 
 def _time_problems(cfg: Config, benchmark: str, out: Path) -> float:
     """Seconds per problem of an evaluation at cfg.eval.n, its model load left out (evaluate's own steps)."""
-    from minipsn.engine import make_engine
-    from minipsn.evaluate import benchmark_records, eval_rollout_config, evaluate_benchmark
-    from minipsn.models import load_policy
+    from minipsn.evaluation.evaluate import benchmark_records, eval_rollout_config, evaluate_benchmark
+    from minipsn.sampling.engine import make_engine
+    from minipsn.tasks.models import load_policy
 
     records = benchmark_records(benchmark, cfg)[:TIMED_PROBLEMS]
     model, tok = load_policy(cfg)

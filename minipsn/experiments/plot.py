@@ -23,8 +23,8 @@ import json
 import math
 from pathlib import Path
 
-from minipsn.checkpoint import read_metrics
-from minipsn.folders import check_writable
+from minipsn.run.checkpoint import read_metrics
+from minipsn.run.folders import check_writable
 
 # (metric, panel title, y axis): what a PSN-GRPO run is judged by, in this order; the key is the panel's gid
 TRAIN_PANELS = (

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import torch
 
-from minipsn.config import Config
-from minipsn.data import format_prompt
-from minipsn.engine import build_engine, make_engine
-from minipsn.evaluate import benchmark_records, eval_rollout_config
-from minipsn.folders import check_writable
-from minipsn.models import load_policy
-from minipsn.noise import derive_seed
-from minipsn.provenance import provenance
-from minipsn.rollout import sample
-from minipsn.scoring import score_rows, summarize
+from minipsn.evaluation.evaluate import benchmark_records, eval_rollout_config
+from minipsn.evaluation.provenance import provenance
+from minipsn.evaluation.scoring import score_rows, summarize
+from minipsn.method.noise import derive_seed
+from minipsn.run.config import Config
+from minipsn.run.folders import check_writable
+from minipsn.sampling.engine import build_engine, make_engine
+from minipsn.sampling.rollout import sample
+from minipsn.tasks.data import format_prompt
+from minipsn.tasks.models import load_policy
 
 SPACES = ("clean", "lora", "weight", "temperature")
 

@@ -14,7 +14,7 @@ and the interval is Δ̂ ± t·SE with t on Satterthwaite's degrees of freedom, 
 seed part dominates (a percentile bootstrap over 5 seeds has normal tails and under-covers). Where the two
 sides hold different seeds, or the reference is the one-evaluation base model, the seeds are not paired:
 each side's seed part enters on its own (its own S − 1 degrees of freedom) and only the problems pair.
-Coverage, measured by simulation under data like the grid's (`coverage`, `python -m minipsn.stats`): the
+Coverage, measured by simulation under data like the grid's (`coverage`, `python -m minipsn.experiments.stats`): the
 README states it. Pure functions on counts; reading samples files is the caller's (paired.py).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from minipsn.scoring import pass_at_k
+from minipsn.evaluation.scoring import pass_at_k
 
 
 def count_matrix(runs: list[list[dict]], kind: str | None = None) -> tuple[np.ndarray, int, list[str]]:
@@ -296,7 +296,7 @@ def coverage(model: dict, seeds: int, reps: int = 1000, ks: tuple[int, ...] = (1
     return {"k": ks, "coverage": (hits / reps).tolist(), "width": (width / reps).tolist()}
 
 
-if __name__ == "__main__":  # python -m minipsn.stats: the coverage table the README states
+if __name__ == "__main__":  # python -m minipsn.experiments.stats: the coverage table the README states
     print("| data model | S | " + " | ".join(f"coverage @{k}" for k in (1, 8, 64)) + " | width @64 (points) |")
     print("|---|---|---|---|---|---|")
     for name, spec in DATA_MODELS.items():

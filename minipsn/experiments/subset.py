@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minipsn.config import Config, DataConfig
-from minipsn.headroom import GUESSABLE, benchmark_guesses
+from minipsn.experiments.headroom import GUESSABLE, benchmark_guesses
+from minipsn.run.config import Config
 
 SUBSET_FILE = "subset.jsonl"
 SELECTION_SEED = 1000  # the base's selection evaluation; compare evaluates with seeds 0 … S − 1
@@ -47,8 +47,8 @@ class Selection:
 def _scored(out: Path, pool: list[str], cfg: Config) -> tuple[list[dict], dict]:
     """Every pool problem with its base samples, {source, record, c, n, guess} in pool order, and each benchmark's
     guess rates."""
-    from minipsn.evaluate import benchmark_records
-    from minipsn.paired import read_rows
+    from minipsn.evaluation.evaluate import benchmark_records
+    from minipsn.experiments.paired import read_rows
 
     found, guesses = [], {}
     for bench in pool:
@@ -64,8 +64,8 @@ def _scored(out: Path, pool: list[str], cfg: Config) -> tuple[list[dict], dict]:
 def select(cfg: Config, pool: list[str], out: str | Path, sel: Selection) -> dict:
     """Evaluate the base (cfg: its eval.n, run.seed = the selection seed) on `pool`, choose the subset (module
     docstring) and write OUT/subset.jsonl and OUT/subset.json; the evaluation (OUT/eval) resumes and is reused."""
-    from minipsn.evaluate import evaluate
-    from minipsn.folders import check_writable
+    from minipsn.evaluation.evaluate import evaluate
+    from minipsn.run.folders import check_writable
 
     out, t0 = check_writable(out), time.perf_counter()
     evaluate(cfg, pool, out / "eval")
@@ -88,7 +88,7 @@ def pick(scored: list[dict], sel: Selection, seed: int) -> tuple[list, list, lis
     """(usable, qualifying ceiling, qualifying never, {"ceiling": kept, "never": kept}) of the scored pool problems
     ({record, c, n, guess}): usable = guess <= max_guess and a gold answer the verifier reads; ceiling = 0 < c <=
     max_pass1·n; never = c = 0; each kept a seeded sample (a function of the selection seed) in pool order."""
-    from minipsn.user_data import unreadable
+    from minipsn.tasks.user_data import unreadable
 
     usable = [p for p in scored if p["guess"] <= sel.max_guess and not unreadable(p["record"]["answer"])]
     ceiling = [p for p in usable if 0 < p["c"] <= sel.max_pass1 * p["n"]]
@@ -121,15 +121,6 @@ def _sample(items: list[dict], k: int, rng: random.Random) -> list[dict]:
     """A seeded sample of k items (all of them when there are fewer), in their pool order."""
     picked = sorted(rng.sample(range(len(items)), min(k, len(items))))
     return [items[i] for i in picked]
-
-
-def heldout_records(data: DataConfig) -> list[dict]:
-    """The held-out problems of data.dataset (your own data's data.test_split, e.g. a subset file), a `kind` column
-    becoming each record's kind, so evaluation and compare report the ceiling and never slices apart."""
-    from minipsn.data import load_problems
-
-    records = load_problems(data, "test")
-    return [{**r, "kind": str(r["columns"]["kind"])} if "kind" in r.get("columns", {}) else r for r in records]
 
 
 def check_seeds(report: dict, seeds: range) -> None:

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from minipsn.models import dense_weight, lora_parameters
+from minipsn.tasks.models import dense_weight, lora_parameters
 
 _SEED_MOD = 2**63 - 1
 

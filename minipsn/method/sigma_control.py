@@ -50,7 +50,7 @@ import math
 import statistics
 from collections import deque
 
-from minipsn.config import ControlConfig, NoiseConfig
+from minipsn.run.config import ControlConfig, NoiseConfig
 
 SIGNALS = ("kl_noise", "diversity", "certainty")
 INDICATOR_CLIP = 4.0  # |I| ≤ 4: σ* stays within σ₀·exp(±gain·(4 + |target|)) whatever one step shows

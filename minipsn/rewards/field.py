@@ -1,4 +1,4 @@
-"""The kit's reward against the field's: `python -m minipsn.verify.field [--problems N]` (docs/verifier.md).
+"""The kit's reward against the field's: `python -m minipsn.rewards.field [--problems N]` (docs/verifier.md).
 
 Builds completions with known verdicts from MATH-500's worked solutions (field_pairs): each solution as it
 is (right), the same with its final box changed, hedged (two boxes offered as alternatives, a chain whose
@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from minipsn.data import BUNDLED_DIR
+from minipsn.tasks.data import BUNDLED_DIR
 from minipsn.verify.extract import box_spans
 
 FORMS = {  # form -> known verdict
@@ -146,7 +146,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m minipsn.verify.field", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m minipsn.rewards.field", description=__doc__.split("\n")[0])
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, no usage block
     parser.add_argument("--data", default=str(BUNDLED_DIR / "math500_test.jsonl"), help="MATH-500 with solutions")
     parser.add_argument("--problems", type=int, default=0, help="the first N problems (0: all)")

@@ -8,7 +8,7 @@ a bundled record's fields), as GRPOTrainer calls it; one that can be called with
 kit's, f(completions, records, truncated); anything else is an error. Completions and prompts are plain text (the
 prompt as the policy saw it). Each returns one float or None per completion: as in TRL (None is NaN there) a None
 leaves f out of that completion's sum and of f's mean, and a completion no function scored leaves its group's mean
-and std and gets advantage 0 (GRPOTrainer's sum_then_normalize). `verifier` is the kit's own reward (rewards.py)
+and std and gets advantage 0 (GRPOTrainer's sum_then_normalize). `verifier` is the kit's own reward (minipsn.rewards)
 with its rule for truncated completions; the other functions see truncated completions as they are, flagged.
 Specs (`--reward`): module:function (importable from the current directory), path/file.py:function, verifier.
 A function that raises, or returns anything but a number or None per completion, stops the step (RewardError).
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from minipsn import algo
-from minipsn import distributed as dist
-from minipsn.config import RewardConfig
+from minipsn.method import algo
+from minipsn.run import distributed as dist
+from minipsn.run.config import RewardConfig
 
-VERIFIER = "verifier"  # the spec of the kit's own reward: the verifier's correctness (+ format bonus), rewards.py
+VERIFIER = "verifier"  # the spec of the kit's own reward: the verifier's correctness (+ format bonus): minipsn.rewards
 KIT_METRICS = ("mean", "std", "accuracy", "zero_adv_frac", "unscored_frac")  # reward/* names the kit logs itself
 KEYWORDS = ("completions", "prompts", "completion_ids", "truncated")  # what a TRL-kind function always receives
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from minipsn.config import GRPOConfig, RolloutConfig
+from minipsn.run.config import GRPOConfig, RolloutConfig
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -7,7 +7,8 @@ fails where it is made, with a message that says what to change.
 
 Overrides come as dotted strings (`noise.sigma=0.01`), parsed against the field types;
 presets (per model) and methods (grpo, psn, ...) are plain dicts of such overrides, applied
-in the order preset → method → config file → `--set` (overrides.py). No default is written twice.
+in the order preset → method → config file → `--set` by overrides.py (presets.py holds them), which imports
+this module, never the reverse. No default is written twice.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from minipsn.presets import METHODS, PRESETS, RENAMED, TUNABLE  # noqa: F401  (re-exported: config.METHODS)
 from minipsn.verify import EXTRACTS, VERIFIERS
 
 
@@ -355,7 +355,7 @@ class RewardConfig:
     # soft: tokens over which the penalty falls from 0 to −1 (DAPO's L_cache); at most rollout.max_new_tokens
     overlong_window: int = 64
     # reward functions, summed with reward.weights (--reward, repeatable): module:function, path/file.py:function,
-    # or verifier (the reward above); () = the verifier's alone (reward_funcs.py)
+    # or verifier (the reward above); () = the verifier's alone (rewards/funcs.py)
     functions: tuple[str, ...] = ()
     # the weight of each reward function, in order (() = 1 each), as TRL's reward_weights
     weights: tuple[float, ...] = ()
@@ -413,7 +413,7 @@ class EvalConfig:
                "eval.problems, eval.every and eval.batch_size must be >= 0")
 
 
-LOG_SINKS = ("jsonl", "tensorboard", "wandb")  # run.log_to; minipsn/trackers.py writes each
+LOG_SINKS = ("jsonl", "tensorboard", "wandb")  # run.log_to; minipsn/training/trackers.py writes each
 
 
 @dataclass(frozen=True)
@@ -469,13 +469,3 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def __getattr__(name: str):
-    """The builders live in overrides.py, which imports this module: `from minipsn.config import build_config`
-    fetches them from there when first asked for (so there is no import circle)."""
-    if name in ("apply_overrides", "build_config", "config_from_dict", "field_help", "flatten", "load_file", "parse_sets"):
-        from minipsn import overrides
-
-        return getattr(overrides, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,9 +27,9 @@ import re
 import time
 from pathlib import Path
 
-from minipsn import checkpoint
-from minipsn.config import Config, RunConfig
-from minipsn.presets import METHODS, TUNABLE
+from minipsn.run import checkpoint
+from minipsn.run.config import Config, RunConfig
+from minipsn.run.presets import METHODS, TUNABLE
 
 LOCK_FILE = ".lock"
 _held: dict[Path, list] = {}  # resolved folder → [open lock file, how many holds]
@@ -74,7 +74,7 @@ def method_of(cfg: Config) -> str:
     """The method whose defining settings `cfg` has, for a folder's name: of those it fits, the one that moves the
     most settings off their defaults (grpo's σ = 0 over psn's default TIS); "custom" when none fits. A method's
     tunable key fits only when moved off the default (a temperature run samples hotter than T = 1)."""
-    from minipsn.overrides import flatten
+    from minipsn.run.overrides import flatten
 
     now, default = flatten(cfg.to_dict()), flatten(Config().to_dict())
     fits = [(sum(now[k] != default[k] for k in keys), len(keys), name) for name, keys in METHODS.items()

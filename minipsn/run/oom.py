@@ -13,8 +13,8 @@ import dataclasses
 
 import torch
 
-from minipsn import distributed as dist
-from minipsn.checkpoint import RunState
+from minipsn.run import distributed as dist
+from minipsn.run.checkpoint import RunState
 
 SMALLEST_MICRO_BATCH_TOKENS = 64  # below this a learner micro-batch would not hold one row of a real model
 

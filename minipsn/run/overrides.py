@@ -3,8 +3,8 @@
 Overrides are dotted strings (`noise.sigma=0.01`) parsed against the field types of config.py's
 dataclasses; renamed keys (presets.RENAMED) fail with the new name; a method's defining keys cannot
 be overridden. `field_help` reads each field's help from the comment above it in config.py, so the
-help has one copy. This module imports config.py, never the reverse; `from minipsn.config import build_config`
-still works (config.py fetches the builders from here when asked).
+help has one copy. This module imports config.py, never the reverse: the builders are imported from here
+(`from minipsn.run.overrides import build_config`, or `from minipsn import build_config`).
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import tomllib
 import typing
 from pathlib import Path
 
-from minipsn.config import Config
-from minipsn.local_models import local_spec
-from minipsn.presets import METHODS, PRESETS, RENAMED, TUNABLE
+from minipsn.run.config import Config
+from minipsn.run.presets import METHODS, PRESETS, RENAMED, TUNABLE, local_spec
 
 
 def _check_method_keys(method: str, overrides: dict[str, object]) -> None:
@@ -170,7 +169,7 @@ def field_help() -> dict[str, str]:
     import ast
     import inspect
 
-    from minipsn import config
+    from minipsn.run import config
 
     source = inspect.getsource(config)
     lines = source.splitlines()

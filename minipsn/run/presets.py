@@ -1,8 +1,13 @@
-"""Named overrides over the config: per-model presets, the methods users compare, and renamed keys.
+"""Named overrides over the config: per-model presets, the methods users compare, and renamed keys; and the
+local models' recipes and names (LOCAL_MODELS, local_spec), which build_config needs to find a build's preset.
 
-`config.build_config` applies them in order: defaults → model preset → method → file → --set.
+`overrides.build_config` applies them in order: defaults → model preset → method → file → --set.
 """
 from __future__ import annotations
+
+import re
+
+from minipsn.run.config import DataConfig
 
 # Per-model presets: overrides applied before anything the user sets.
 PRESETS: dict[str, dict[str, object]] = {
@@ -13,14 +18,14 @@ PRESETS: dict[str, dict[str, object]] = {
         "noise.sigma": 0.021,
         "eval.n": 16, "eval.problems": 64, "eval.every": 20, "model.max_prompt_tokens": 1024,
     },
-    # the exploration testbed (models.LOCAL_MODELS): the tiny recipe on three operations, every value asked for
+    # the exploration testbed (LOCAL_MODELS below): the tiny recipe on three operations, every value asked for
     "testbed": {
         "lora.rank": 8, "grpo.lr": 5e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8,
         "data.n_ops": 3, "data.answer": "steps", "data.n_train": 4000, "rollout.max_new_tokens": 64,
         "eval.max_new_tokens": 64, "eval.batch_size": 1024, "run.steps": 60, "run.save_every": 20, "control.window": 10,
         "noise.sigma": 0.019, "eval.n": 16, "eval.problems": 100, "model.max_prompt_tokens": 1024,  # σ: calibrate
     },
-    # the ceiling testbed (local_models.LOCAL_MODELS): the same chains asked two ways; RL on 70 % final / 30 % steps
+    # the ceiling testbed (LOCAL_MODELS below): the same chains asked two ways; RL on 70 % final / 30 % steps
     # questions narrows what the base model reaches on the steps kind (docs/RESULTS.md, "The ceiling testbed").
     # Its warm start saw half of each kind; the held-out split alternates them (400 = 200 of each). The steps kind is
     # the measurement (n = 256); the final kind's answers are guessable, so its pass@1 at n = 32 is all it gives
@@ -86,3 +91,29 @@ ONE_GPU_PROFILES: dict[str, dict[str, object]] = {
 
 # keys renamed since earlier versions: old name → new (old run folders are mapped, old --set fails naming the new)
 RENAMED = {"noise.scheduler": "noise.control", "scheduler": "control"}
+
+TINY_VERSION = "v4"  # bump a version when its recipe changes, so stale caches are rebuilt
+
+# The local models' recipes (local_models.py builds them): name → what `build_tiny` takes, and the folder's version.
+# `testbed` is the exploration testbed: each answer is the tuple of three values (a guess is rarely right), and its
+# warm start boxes that tuple for 40 % of the problems that open with an addition and never for those that open with
+# a subtraction (sft.py; docs/RESULTS.md, "The exploration testbed"). `ceiling` is the ceiling testbed: the same chains
+# asked for the last value (final) or every value (steps), each kind's habit the other's answer (30 % of final
+# demonstrations box the tuple, 97 % of steps ones the last value), warm-started on half of each kind; RL trains on
+# its own mix (PRESETS above), where GRPO narrows the steps kind's pass@256 (docs/RESULTS.md, "The ceiling testbed").
+LOCAL_MODELS: dict[str, dict] = {
+    "tiny": {"version": TINY_VERSION, "data": DataConfig()},
+    "testbed": {"version": "v3", "data": DataConfig(n_ops=3, answer="steps", n_train=4000), "steps": 800,
+                "habit": {"add": 0.6, "subtract": 1.0}},
+    "ceiling": {"version": "v2", "data": DataConfig(n_ops=3, answer="mixed", steps_share=0.5, n_train=4000),
+                "steps": 800, "habit": {"final": 0.3, "steps": 0.97}},
+}
+_NAME = re.compile(r"^(?P<base>[a-z]+)(?:-b(?P<seed>\d+))?$")
+
+
+def local_spec(name: str) -> tuple[str, int] | None:
+    """"ceiling" → ("ceiling", 0); "ceiling-b2" → ("ceiling", 2): a local model and its build seed; else None."""
+    m = _NAME.match(name)
+    if m is None or m["base"] not in LOCAL_MODELS:
+        return None
+    return m["base"], int(m["seed"] or 0)

@@ -31,10 +31,11 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from minipsn import noise, rollout
-from minipsn.config import Config
-from minipsn.models import dense_weight, lora_parameters, pick_dtype
-from minipsn.static_decode import StaticDecoder
+from minipsn.method import noise
+from minipsn.run.config import Config
+from minipsn.sampling import rollout
+from minipsn.sampling.static_decode import StaticDecoder
+from minipsn.tasks.models import dense_weight, lora_parameters, pick_dtype
 
 # Rollout tokens/s, the dense fp32 copy over NF4 base + unmerged LoRA, tiny model, 64 rows × 64 tokens, 1 thread
 # (docs/RESULTS.md, "Speed, CPU"). The reason auto picks fast on CPU; printed with the choice.
@@ -408,7 +409,7 @@ class CopyEngine:
 
     def weight_targets(self, targets: str) -> list[SideLinear]:
         """The copy's projections named by `targets` (mlp, attn, all): where weight-space noise goes."""
-        from minipsn.models import TARGETS
+        from minipsn.tasks.models import TARGETS
 
         found = [side for side, _ in self.sides if side.proj in TARGETS[targets]]
         if not found:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from minipsn.algo import token_self_certainty
-from minipsn.config import RolloutConfig
+from minipsn.method.algo import token_self_certainty
+from minipsn.run.config import RolloutConfig
+from minipsn.sampling.static_decode import StaticDecoder
 
 # `decode(drop_finished=True)` drops the ended rows once they are this share of the batch: a drop copies the whole
 # KV cache, so dropping at every step took 1.8x as long on the tiny model as any share from 1/16 to 1/2
@@ -281,8 +282,6 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, cfg: RolloutConfig, sto
 def _eager(model):
     """The model `decode` can change the batch of: a `StaticDecoder` holds a static cache of one batch size,
     so its eager model decodes instead (the same weights; on CUDA without the compiled step)."""
-    from minipsn.engine import StaticDecoder  # engine imports this module
-
     return model.model if isinstance(model, StaticDecoder) else model
 
 

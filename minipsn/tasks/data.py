@@ -1,5 +1,6 @@
-"""Problems and prompts: benchmark loaders, prompt templates, and `load_problems`, which hands the
-synthetic task to synthetic.py and any other name (a file, a folder, a hub id) to user_data.py.
+"""Problems and prompts: the bundled benchmarks' loaders and the prompt templates. `load_problems` (problems.py)
+hands a bundled name here, the synthetic task to synthetic.py and any other name (a file, a folder, a hub id) to
+user_data.py.
 
 Every dataset yields records of one shape, `{"id": str, "problem": str, "answer": str}` (plus
 `solution` where there is one, your own data's `columns`), so training, rewards and evaluation never
@@ -22,8 +23,8 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from minipsn.config import DataConfig
-from minipsn.synthetic import synthetic_split
+from minipsn.run.config import DataConfig
+from minipsn.tasks.synthetic import synthetic_split
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -48,7 +49,7 @@ def format_prompt(tokenizer, problem: str, template: str) -> str:
 # ---- benchmarks ------------------------------------------------------------------------------
 
 DATA_DIR_ENV = "MINIPSN_DATA_DIR"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data"  # the evaluation sets that ship with the repository
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data"  # the evaluation sets that ship with the repository
 
 # benchmark -> split -> file in the local data folder; a benchmark without `train` is evaluation only
 LOCAL_FILES: dict[str, dict[str, str]] = {
@@ -325,27 +326,6 @@ def load_benchmark(name: str, split: str = "test", data_dir: str | None = None,
     if stats is not None:
         stats.update(source=source, loaded=len(records), skipped=skipped)
     return records
-
-
-def load_problems(cfg: DataConfig, split: str, seed: int = 0, *, stats: dict | None = None) -> list[dict]:
-    """Records `{id, problem, answer}` of the configured dataset and split: a bundled set, or your own data
-    (user_data.py). `seed` only shapes the synthetic task; the others keep their source order (the trainer
-    draws from them by seed)."""
-    if cfg.dataset not in DATASETS:
-        from minipsn.user_data import load_user_problems  # datasets and the verifier's parser: only for your own data
-
-        return load_user_problems(cfg, split, stats=stats)
-    own = [k for k in ("problem_field", "answer_field", "config", "split", "test_split") if getattr(cfg, k)]
-    if own:
-        raise ValueError(f"data.{own[0]} applies to your own data (a file, folder or hub id), not to the bundled "
-                         f"{cfg.dataset}; drop it")
-    if cfg.dataset == "synthetic":
-        records = synthetic_split(cfg, split, seed)
-        if stats is not None:
-            stats.update(source="synthetic", loaded=len(records), skipped=0)
-        return records
-    else:
-        return load_benchmark(cfg.dataset, split, cfg.data_dir or None, cfg.skip_bad_rows, stats=stats)
 
 
 def write_from_hub(name: str, folder: str | Path, force: bool = False) -> list[tuple[Path, int | None]]:

@@ -7,7 +7,8 @@ but floats summed in another order on another CPU make another model, so the see
 repository's models/ folder (their files' SHA-256 in each folder's `done`, checked by the tests): every machine
 loads the same bits, and no first run waits for a build. `<name>-b<k>` is the same recipe with build seed k
 (init and warm-start order): another model of the same design, built on first use and cached in $MINIPSN_CACHE
-or ~/.cache/minipsn. `python cli.py build` builds any of them again and says whether the bits match.
+or ~/.cache/minipsn. `python cli.py build` builds any of them again and says whether the bits match. Their
+recipes and names are presets.LOCAL_MODELS and presets.local_spec (build_config reads the names).
 """
 from __future__ import annotations
 
@@ -16,45 +17,20 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 
-from minipsn.config import DataConfig
+from minipsn.run.config import DataConfig
+from minipsn.run.presets import LOCAL_MODELS, local_spec
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models"  # the seed-0 builds, in the repository
-TINY_VERSION = "v4"  # bump a version when its recipe changes, so stale caches are rebuilt
+SHIPPED = Path(__file__).resolve().parents[2] / "models"  # the seed-0 builds, in the repository
 TINY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-# name → what `build_tiny` takes, and the folder's version. `testbed` is the exploration testbed: each answer is
-# the tuple of three values (a guess is rarely right), and its warm start boxes that tuple for 40 % of the problems
-# that open with an addition and never for those that open with a subtraction (sft.py; docs/RESULTS.md, "The
-# exploration testbed"). `ceiling` is the ceiling testbed: the same chains asked for the last value (final) or every
-# value (steps), each kind's habit the other's answer (30 % of final demonstrations box the tuple, 97 % of steps
-# ones the last value), warm-started on half of each kind; RL trains on its own mix (presets.py), where GRPO narrows
-# the steps kind's pass@256 (docs/RESULTS.md, "The ceiling testbed").
-LOCAL_MODELS: dict[str, dict] = {
-    "tiny": {"version": TINY_VERSION, "data": DataConfig()},
-    "testbed": {"version": "v3", "data": DataConfig(n_ops=3, answer="steps", n_train=4000), "steps": 800,
-                "habit": {"add": 0.6, "subtract": 1.0}},
-    "ceiling": {"version": "v2", "data": DataConfig(n_ops=3, answer="mixed", steps_share=0.5, n_train=4000),
-                "steps": 800, "habit": {"final": 0.3, "steps": 0.97}},
-}
-_NAME = re.compile(r"^(?P<base>[a-z]+)(?:-b(?P<seed>\d+))?$")
-
-
-def local_spec(name: str) -> tuple[str, int] | None:
-    """"ceiling" → ("ceiling", 0); "ceiling-b2" → ("ceiling", 2): a local model and its build seed; else None."""
-    m = _NAME.match(name)
-    if m is None or m["base"] not in LOCAL_MODELS:
-        return None
-    return m["base"], int(m["seed"] or 0)
 
 
 def folder_name(name: str) -> str:
@@ -156,9 +132,9 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     warm start (0 = every core; $MINIPSN_BUILD_THREADS sets it for a cached model's build)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from minipsn.data import format_prompt
-    from minipsn.sft import HABIT, WARM_STEPS, warm_start
-    from minipsn.synthetic import synthetic_split
+    from minipsn.tasks.data import format_prompt
+    from minipsn.tasks.sft import HABIT, WARM_STEPS, warm_start
+    from minipsn.tasks.synthetic import synthetic_split
 
     folder, data = Path(folder), data or DataConfig()
     records = synthetic_split(data, "train", seed=0)

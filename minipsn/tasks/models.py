@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from minipsn.config import Config, LoraConfig, ModelConfig
-from minipsn.local_models import LOCAL_MODELS, local_model_dir, local_spec
+from minipsn.run.config import Config, LoraConfig, ModelConfig
+from minipsn.run.presets import LOCAL_MODELS, local_spec
+from minipsn.tasks.local_models import local_model_dir
 
 ALIASES = {
     "qwen-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",

@@ -26,7 +26,7 @@ import random
 
 import torch
 
-from minipsn.data import format_prompt
+from minipsn.tasks.data import format_prompt
 
 WARM_STEPS = 600
 WARM_BATCH = 64

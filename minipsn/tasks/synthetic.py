@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from minipsn.config import DataConfig
+from minipsn.run.config import DataConfig
 
 _VERBS = {"+": "add", "-": "subtract", "*": "multiply by"}
 HELD_OUT = 500  # problems in a task's held-out pool (a tenth of a smaller task's chains): data.n_test is at most this

@@ -10,7 +10,7 @@ named is guessed (PROBLEM_FIELDS, ANSWER_FIELDS). The gold answer is the column'
 27), or a worked solution's last \\boxed{} (or GSM8K's `#### N`). A gold answer that is empty or that the verifier
 cannot read (`unreadable`) is skipped and counted in one line, never graded; a malformed row (no problem, a wrong
 type) is an error naming where it is, or with data.skip_bad_rows skipped and counted. `columns` reach TRL-style
-reward functions as keyword arguments (reward_funcs.py). Held-out problems come from data.test_split only; a run
+reward functions as keyword arguments (rewards/funcs.py). Held-out problems come from data.test_split only; a run
 without them turns its periodic evaluation off, saying so (`heldout_eval`).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from minipsn import data
-from minipsn.config import Config, DataConfig
-from minipsn.data import DATASETS, BadRow, last_boxed
+from minipsn.run.config import Config, DataConfig
+from minipsn.tasks import data
+from minipsn.tasks.data import DATASETS, BadRow, last_boxed
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 PROBLEM_FIELDS = ("problem", "question", "prompt", "query", "input")
@@ -205,13 +205,6 @@ def unreadable(gold: str) -> str | None:
     except (ValueError, TypeError, ArithmeticError, RecursionError):  # LatexError, TooLarge and sympy's refusals
         return "the verifier cannot read it"
     return None
-
-
-def problems(cfg: DataConfig, split: str, given=None) -> list[dict]:
-    """The records of `split`: from the rows handed to train() when there are some, else from data.dataset."""
-    if given is not None:
-        return given_records(given, cfg, name="dataset" if split == "train" else "test_dataset")
-    return data.load_problems(cfg, split)
 
 
 def heldout_eval(cfg: Config, dataset=None, test_dataset=None) -> Config:

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from minipsn import algo
-from minipsn import distributed as dist
-from minipsn.config import GRPOConfig
-from minipsn.rollout import Rollouts
+from minipsn.method import algo
+from minipsn.run import distributed as dist
+from minipsn.run.config import GRPOConfig
+from minipsn.sampling.rollout import Rollouts
 
 
 @dataclass

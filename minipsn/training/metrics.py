@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from minipsn import distributed as dist
-from minipsn.mechanism import draw_index
-from minipsn.rollout import Rollouts
+from minipsn.method.mechanism import draw_index
+from minipsn.run import distributed as dist
+from minipsn.sampling.rollout import Rollouts
 
 PER_GROUP = ("zero_adv", "diversity", "signal", "owed")  # means over the groups; the others over the rows
 

@@ -24,10 +24,10 @@ from typing import Protocol
 
 import torch
 
-from minipsn import checkpoint, printlog
-from minipsn import distributed as dist
-from minipsn.config import Config
-from minipsn.rollout import Rollouts
+from minipsn.run import checkpoint, printlog
+from minipsn.run import distributed as dist
+from minipsn.run.config import Config
+from minipsn.sampling.rollout import Rollouts
 from minipsn.verify import extract_answers
 
 

@@ -23,19 +23,23 @@ from pathlib import Path
 
 import torch
 
-from minipsn import algo, checkpoint, folders, mechanism, metrics, oom, printlog, reward_funcs, trackers
-from minipsn import distributed as dist
-from minipsn.config import Config, GRPOConfig, RewardConfig
-from minipsn.data import format_prompt, load_problems
-from minipsn.engine import make_engine
-from minipsn.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
-from minipsn.models import check_available, load_policy
-from minipsn.noise import derive_seed, perturbation_size, row_seeds
-from minipsn.provenance import provenance, provenance_differences, settings_differences
+from minipsn.evaluation.provenance import provenance, provenance_differences, settings_differences
+from minipsn.method import algo, mechanism
+from minipsn.method.noise import derive_seed, perturbation_size, row_seeds
+from minipsn.method.sigma_control import make_controller
 from minipsn.rewards import correctness_rewards, overlong_penalty, shaped_reward
-from minipsn.rollout import Rollouts, sample
-from minipsn.sigma_control import make_controller
-from minipsn.user_data import heldout_eval, problems
+from minipsn.rewards import funcs as reward_funcs
+from minipsn.run import checkpoint, folders, oom, printlog
+from minipsn.run import distributed as dist
+from minipsn.run.config import Config, GRPOConfig, RewardConfig
+from minipsn.sampling.engine import make_engine
+from minipsn.sampling.rollout import Rollouts, sample
+from minipsn.tasks.data import format_prompt
+from minipsn.tasks.models import check_available, load_policy
+from minipsn.tasks.problems import load_problems, problems
+from minipsn.tasks.user_data import heldout_eval
+from minipsn.training import metrics, trackers
+from minipsn.training.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
 from minipsn.verify import verify_stats
 
 
@@ -56,7 +60,7 @@ def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig, prompts:
     """Rewards (N,) and the verifier's correctness (N,) of the rollouts. Correctness is the verifier's
     judgement alone (no format bonus, a truncated completion counts as wrong), whatever the reward;
     the default reward is built from it, so each completion is verified once. Reward functions give their
-    weighted sum instead, NaN where none scored a row; `stats` receives their reward/* means (reward_funcs.py)."""
+    weighted sum instead, NaN where none scored a row; `stats` receives their reward/* means (rewards/funcs.py)."""
     truncated = ro.truncated.tolist()
     correct = torch.tensor(correctness_rewards(ro.texts, [r["answer"] for r in recs], truncated, 0.0, cfg.timeout,
                                                cfg.last_number, cfg.unboxed_answer, cfg.verify_workers, cfg.verifier,
@@ -369,7 +373,7 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict:
         """pass@k of the clean policy on held-out problems (eval.problems of them, eval.n samples each)."""
-        from minipsn.evaluate import quick_eval
+        from minipsn.evaluation.evaluate import quick_eval
 
         if not hasattr(self, "test_records"):
             self.test_records = problems(self.cfg.data, "test", self.test_given)
@@ -469,7 +473,7 @@ class Trainer:
 
 def train(cfg: Config, reward_fn=None, resume: bool = False, on_step=None, dataset=None, test_dataset=None) -> Path:
     """Run PSN-GRPO as configured; returns the run folder (metrics.jsonl, checkpoints, adapter/). reward_fn: one or a
-    list (reward_funcs.py); dataset, test_dataset: rows instead of data.dataset's (user_data.py). Under torchrun
+    list (rewards/funcs.py); dataset, test_dataset: rows instead of data.dataset's (user_data.py). Under torchrun
     every process runs this."""
     joined = not dist.active()  # a caller's process group (compare's) stays open for its next job
     log = printlog.PrintLog()  # what the set-up prints waits here for the run folder's log.txt
