@@ -47,7 +47,7 @@ def friendly(fn):
 def one_process(command: str, instead: str = "") -> None:
     """Commands that write their files from one process refuse to start under torchrun (each rank would
     write the same files); `train`, `eval` and `compare` split their work over the ranks instead."""
-    from minipsn import distributed as dist
+    from minipsn.run import distributed as dist
 
     if dist.launched():
         raise ValueError(f"{command} runs on one process only; run it without torchrun{instead}")
@@ -55,7 +55,7 @@ def one_process(command: str, instead: str = "") -> None:
 
 def resolve(model, method, config, sets, **first_class):
     """Options → Config: first-class flags are --set shortcuts; explicit --set wins over them."""
-    from minipsn.config import build_config, parse_sets
+    from minipsn.run.overrides import build_config, parse_sets
 
     overrides = {k: v for k, v in first_class.items() if v is not None}
     overrides.update(parse_sets(sets or []))
@@ -70,8 +70,8 @@ def resume_config(resume: str, ignored: list[str], steps, sets: list[str]):
     any option that would change what the run is fails, naming it."""
     import json
 
-    from minipsn import checkpoint
-    from minipsn.config import apply_overrides, config_from_dict, parse_sets
+    from minipsn.run import checkpoint
+    from minipsn.run.overrides import apply_overrides, config_from_dict, parse_sets
 
     run, ckpt = Path(resume), checkpoint.latest(Path(resume))
     if ckpt is None and not (run / "config.json").is_file():
@@ -107,7 +107,7 @@ def train(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
     """Train a LoRA policy with PSN-GRPO."""
-    from minipsn.train import train as run_train
+    from minipsn.training.train import train as run_train
 
     if resume is not None:
         given = {"--model": model, "--method": method, "--sigma": sigma, "--seed": seed, "--out": out,
@@ -135,7 +135,8 @@ def config_(
     from rich.markup import escape
     from rich.table import Table
 
-    from minipsn.config import Config, field_help, flatten
+    from minipsn.run.config import Config
+    from minipsn.run.overrides import field_help, flatten
 
     values, defaults = flatten(resolve(model, method, config, set_).to_dict()), flatten(Config().to_dict())
     shown = lambda v: str(v).lower() if isinstance(v, bool) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
@@ -168,9 +169,9 @@ def eval_(
     """pass@k of the clean policy on math benchmarks; resumes an interrupted evaluation in OUT."""
     from pathlib import Path
 
-    from minipsn import evaluate as ev
-    from minipsn.config import load_file, parse_sets
-    from minipsn.reports import print_table, results_table
+    from minipsn.evaluation import evaluate as ev
+    from minipsn.evaluation.reports import print_table, results_table
+    from minipsn.run.overrides import load_file, parse_sets
 
     first = {"eval.n": n, "eval.problems": problems, "data.data_dir": data_dir, "run.seed": seed}
     adapter_dir, run_dir = ev.resolve_adapter(adapter) if adapter else (None, None)
@@ -208,7 +209,7 @@ def calibrate_(
     space, and the KL of sampling temperatures; suggests σ and T for a target KL."""
     from rich.console import Console
 
-    from minipsn.calibrate import calibrate, parse_sigmas, parse_temperatures, table
+    from minipsn.experiments.calibrate import calibrate, parse_sigmas, parse_temperatures, table
 
     one_process("calibrate")
     cfg = resolve(model, None, config, set_)
@@ -243,7 +244,7 @@ def headroom_(
     """pass@k of the starting policy up to k = n next to what guessing alone would give."""
     from rich.console import Console
 
-    from minipsn.headroom import headroom, table
+    from minipsn.experiments.headroom import headroom, table
 
     one_process("headroom")
     cfg = resolve(model, None, None, [*set_, f"eval.n={n}", f"eval.problems={problems}"])
@@ -262,7 +263,7 @@ def plot_(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
     """pass@k curves (eval.json) and training curves (metrics.jsonl), each as PNG and PDF."""
-    from minipsn.plot import plot
+    from minipsn.experiments.plot import plot
 
     one_process("plot")
     for path in plot(sources, out):
@@ -349,8 +350,8 @@ def compare(
     """Train and evaluate every (method, seed); write compare.md, compare.json, compare.png and compare_diff.png (each
     method's pass@k minus the reference's, with paired 95 % intervals), each figure as PDF too. Finished jobs are reused when
     they were made with these settings. Under torchrun every job trains and evaluates on all the ranks."""
-    from minipsn.compare import compare as run_compare
-    from minipsn.config import parse_sets
+    from minipsn.experiments.compare import compare as run_compare
+    from minipsn.run.overrides import parse_sets
 
     sets = {k: v for k, v in {"run.steps": steps, "noise.sigma": sigma, "eval.n": n}.items() if v is not None}
     sets.update(parse_sets(set_))
@@ -377,8 +378,8 @@ def data_(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
     """Write benchmarks from the Hugging Face hub as local JSON Lines (data/README.md), so they load offline."""
-    from minipsn.data import BUNDLED_DIR, write_from_hub
-    from minipsn.folders import check_writable
+    from minipsn.run.folders import check_writable
+    from minipsn.tasks.data import BUNDLED_DIR, write_from_hub
 
     folder = check_writable(out or BUNDLED_DIR)
     for name in names or ["gsm8k", "math"]:
@@ -402,7 +403,7 @@ def preflight_(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
     """Does noise explore before any training? pass@k and the tuple choice under each noise setting and D draws."""
-    from minipsn.preflight import preflight
+    from minipsn.experiments.preflight import preflight
 
     one_process("preflight")
     extra = [f"eval.n={n}", *([f"eval.problems={problems}"] if problems else []), "eval.n_by_kind="]
@@ -426,7 +427,7 @@ def frontier_(
     """Large-k reach against learning along training: compare_frontier.json and .png/.pdf for a finished grid."""
     import json
 
-    from minipsn.frontier import frontier
+    from minipsn.experiments.frontier import frontier
 
     one_process("frontier")
     grid = json.loads((Path(out) / "compare.json").read_text())
@@ -462,7 +463,7 @@ def subset_(
     local dataset (evaluate it with --set data.test_split=OUT/subset.jsonl and the benchmark heldout)."""
     from rich.console import Console
 
-    from minipsn.subset import SELECTION_SEED, Selection, select, table
+    from minipsn.experiments.subset import SELECTION_SEED, Selection, select, table
 
     one_process("subset")
     seed = SELECTION_SEED if seed is None else seed
@@ -497,8 +498,8 @@ def plan_(
     plan over --budget-h in one line naming what to shrink."""
     from rich.console import Console
 
-    from minipsn import planner
-    from minipsn.evaluate import benchmark_records
+    from minipsn.evaluation.evaluate import benchmark_records
+    from minipsn.experiments import planner
 
     one_process("plan")
     cfg = resolve(model, method, config, set_, **{"run.steps": steps, "eval.n": n})
@@ -522,7 +523,7 @@ def build_(
 ):
     """Build a local model again from its recipe and say whether its files are the shipped bits (a build differs
     from one CPU to another: the shipped models are why every machine loads the same ones)."""
-    from minipsn.local_models import rebuild
+    from minipsn.tasks.local_models import rebuild
 
     one_process("build")
     r = rebuild(model, out or f"runs/build-{model}", threads)

@@ -24,9 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from minipsn.calibrate import calibrate, parse_sigmas, parse_temperatures, reuse, suggest
-from minipsn.compare import compare
-from minipsn.config import build_config
+from minipsn import build_config, compare
+from minipsn.experiments.calibrate import calibrate, parse_sigmas, parse_temperatures, reuse, suggest
 
 DOSES = (0.001, 0.003, 0.01, 0.03, 0.1)  # noise KL per token
 GRIDS = {"sigmas": "0.002,0.005,0.01,0.02,0.04,0.08,0.16", "weight_sigmas": "0.001,0.002,0.005,0.01,0.02,0.04",
@@ -113,7 +112,7 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
     if part == "calibrate":
         return
     if part == "preflight":
-        from minipsn.preflight import preflight
+        from minipsn.experiments.preflight import preflight
 
         settings = ["clean"] + [f"{space}:{d[space]:.5g}" for d in found.values() for space in ("lora", "weight", "temperature")
                                 if d[space] is not None]
@@ -130,7 +129,7 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
                     per_method={noisy: per_method[noisy]})
         return
     if part == "frontier":  # the grid's finished runs: their kept adapters are evaluated, nothing is trained
-        from minipsn.frontier import frontier
+        from minipsn.experiments.frontier import frontier
 
         overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
         best = best_doses(out)

@@ -12,8 +12,8 @@ preflight.png/.pdf (noise without training).
 import json
 from pathlib import Path
 
-from minipsn.frontier import mix_pass1
-from minipsn.stats import across_builds
+from minipsn.experiments.frontier import mix_pass1
+from minipsn.experiments.stats import across_builds
 
 SPACES = {"psn": "σ on the adapter (psn)", "psn-weight": "σ on the weights (psn-weight)",
           "temperature": "temperature (action space)"}

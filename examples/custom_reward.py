@@ -9,10 +9,8 @@ keyword arguments, several with weights, `--reward` on the command line): exampl
 """
 from pathlib import Path
 
-from minipsn import script
-from minipsn.config import build_config
-from minipsn.rewards import correctness_reward, format_reward
-from minipsn.train import train
+from minipsn import build_config, correctness_reward, format_reward, train
+from minipsn.run import script
 
 
 def concise_reward(completions: list[str], records: list[dict], truncated: list[bool]) -> list[float]:

@@ -21,9 +21,8 @@ differs (choose another OUT).
 import sys
 from pathlib import Path
 
-from minipsn.calibrate import calibrate, parse_sigmas, parse_temperatures, reuse
-from minipsn.compare import compare
-from minipsn.config import build_config
+from minipsn import build_config, compare
+from minipsn.experiments.calibrate import calibrate, parse_sigmas, parse_temperatures, reuse
 
 METHODS = ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "temperature", "passk", "psn-passk"]
 TARGET_KL = 0.003

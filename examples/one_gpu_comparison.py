@@ -16,7 +16,7 @@ token) and a higher one (0.01), 3 seeds each with the same seeds across arms, on
                   noise-owed groups, noise KL per completion (OUT/grid/report.md)
 --model llama-1b is the replication arm (another family, its own subset); --model tiny runs it on a CPU.
 --profile smoke is the same path in minutes (5 steps, 20 problems × 16 samples): run it first on a new card. Every
-part reuses what an earlier run finished, so a rerun continues. The presets are ONE_GPU_* in minipsn/presets.py.
+part reuses what an earlier run finished, so a rerun continues. The presets are ONE_GPU_* in minipsn/run/presets.py.
 """
 import argparse
 import json
@@ -24,14 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from minipsn import mechanism, planner, subset
-from minipsn.calibrate import calibrate, parse_sigmas, reuse, suggest
-from minipsn.compare import compare
-from minipsn.config import build_config
-from minipsn.data import BUNDLED_DIR, load_problems
-from minipsn.evaluate import benchmark_records
-from minipsn.frontier import frontier
-from minipsn.presets import ONE_GPU_MODELS, ONE_GPU_PROFILES
+from minipsn import build_config, compare, load_problems
+from minipsn.evaluation.evaluate import benchmark_records
+from minipsn.experiments import planner, subset
+from minipsn.experiments.calibrate import calibrate, parse_sigmas, reuse, suggest
+from minipsn.experiments.frontier import frontier
+from minipsn.method import mechanism
+from minipsn.run.presets import ONE_GPU_MODELS, ONE_GPU_PROFILES
+from minipsn.tasks.data import BUNDLED_DIR
 
 DOSES = (0.003, 0.01)  # noise KL per token: the calibrated dose (the paper's variant-I target) and a higher one
 

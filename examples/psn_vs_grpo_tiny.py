@@ -11,8 +11,8 @@ line naming what differs (choose another OUT). The measured table is in docs/RES
 """
 import sys
 
-from minipsn import script
-from minipsn.compare import compare
+from minipsn import compare
+from minipsn.run import script
 
 METHODS = ["grpo", "psn", "psn-adaptive"]
 DEFAULTS = ("runs/psn-vs-grpo-tiny", 40, 3, 64, 100)  # OUT, STEPS, SEEDS, N, PROBLEMS

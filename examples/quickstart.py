@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from minipsn import script
-from minipsn.config import build_config
-from minipsn.data import format_prompt, load_problems
-from minipsn.models import load_policy
-from minipsn.rollout import sample
-from minipsn.train import train
+from minipsn import build_config, load_problems, train
+from minipsn.run import script
+from minipsn.sampling.rollout import sample
+from minipsn.tasks.data import format_prompt
+from minipsn.tasks.models import load_policy
 
 
 def main() -> None:

@@ -15,11 +15,10 @@ synthetic task, for a dry run on a laptop.
 import os
 from pathlib import Path
 
-from minipsn import script
-from minipsn.calibrate import calibrate, parse_sigmas, reuse
-from minipsn.config import build_config
-from minipsn.models import check_available
-from minipsn.train import train
+from minipsn import build_config, train
+from minipsn.experiments.calibrate import calibrate, parse_sigmas, reuse
+from minipsn.run import script
+from minipsn.tasks.models import check_available
 
 
 def main() -> None:

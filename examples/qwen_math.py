@@ -14,12 +14,10 @@ and the evaluation from its samples files. `TINY=1` runs the same recipe on the 
 import os
 from pathlib import Path
 
-from minipsn import script
-from minipsn.calibrate import calibrate, parse_sigmas, reuse
-from minipsn.config import build_config
-from minipsn.evaluate import evaluate
-from minipsn.models import check_available
-from minipsn.train import train
+from minipsn import build_config, evaluate, train
+from minipsn.experiments.calibrate import calibrate, parse_sigmas, reuse
+from minipsn.run import script
+from minipsn.tasks.models import check_available
 
 
 def main() -> None:

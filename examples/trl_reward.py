@@ -14,7 +14,7 @@ verifier's verdict. The same run from the command line:
 import re
 from pathlib import Path
 
-from minipsn import script
+from minipsn.run import script
 
 # one \boxed{} answer, at the very end (open-r1's format reward asks for <think>/<answer> tags instead)
 ENDS_IN_ONE_BOX = re.compile(r"^(?!.*\\boxed.*\\boxed).*\\boxed\{[^{}]+\}[.$\s]*$", re.DOTALL)
@@ -26,8 +26,7 @@ def format_reward(completions, **kwargs):
 
 
 def main() -> None:
-    from minipsn.config import build_config
-    from minipsn.train import train
+    from minipsn import build_config, train
 
     steps, out = script.args("[STEPS] [RUN_DIR]", (8, Path("runs/trl-reward")))
     cfg = build_config(model="tiny", sets={"run.steps": steps, "run.out": str(out), "noise.sigma": 0.02,

@@ -32,7 +32,7 @@ def tiny_model():
     import subprocess
     import sys
 
-    code = "from minipsn.local_models import tiny_model_dir; print(tiny_model_dir())"
+    code = "from minipsn.tasks.local_models import tiny_model_dir; print(tiny_model_dir())"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=TINY_BUILD_LIMIT_S)
     if proc.returncode != 0:
@@ -52,7 +52,7 @@ def small_policy():
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from minipsn.models import checkpointing_rename_quiet
+    from minipsn.tasks.models import checkpointing_rename_quiet
 
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minipsn import algo
+from minipsn.method import algo
 
 
 def test_group_advantages_hand_numbers():

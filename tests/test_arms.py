@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from minipsn import engine as E
-from minipsn.config import ControlConfig, NoiseConfig, RolloutConfig, build_config
-from minipsn.rollout import sample
-from minipsn.sigma_control import PaperSigma, make_controller, minmax_normalise
+from minipsn.method.sigma_control import PaperSigma, make_controller, minmax_normalise
+from minipsn.run.config import ControlConfig, NoiseConfig, RolloutConfig
+from minipsn.run.overrides import build_config
+from minipsn.sampling import engine as E
+from minipsn.sampling.rollout import sample
 
 
 def sig(div, cert, kl=0.003):
@@ -76,7 +77,7 @@ def test_weight_noise_at_sigma_zero_is_the_identity_and_restores_bit_exactly(cop
 
 
 def test_weight_noise_kl_grows_with_sigma(copy_engine, toy_tok):
-    from minipsn import algo
+    from minipsn.method import algo
 
     cfg = RolloutConfig(max_new_tokens=8, batch_size=32)
     kls = []
@@ -103,10 +104,11 @@ def test_weight_noise_needs_the_copy(small_policy):
 def test_calibrate_finds_the_temperature_that_hits_the_target_kl(tmp_path):
     """The suggested T, measured again on other samples of the same prompts, gives the target KL (within a factor
     of 1.5: the interpolation is log-log between grid points a factor of ~10 apart in KL)."""
-    from minipsn import calibrate as C
-    from minipsn.data import format_prompt, load_problems
-    from minipsn.models import load_policy
-    from minipsn.train import step_records
+    from minipsn.experiments import calibrate as C
+    from minipsn.tasks.data import format_prompt
+    from minipsn.tasks.models import load_policy
+    from minipsn.tasks.problems import load_problems
+    from minipsn.training.train import step_records
 
     cfg = build_config(model="tiny")
     target = 0.003
@@ -127,7 +129,7 @@ def test_a_weight_space_run_is_evaluated_on_any_engine(small_policy, tmp_path):
     """Evaluation has σ = 0: no noise to put on dense weights, so no dense copy is needed (lean, hf, fast alike)."""
     import dataclasses
 
-    from minipsn.evaluate import evaluate
+    from minipsn.evaluation.evaluate import evaluate
 
     cfg = build_config(model="tiny", method="psn-weight", sets={"rollout.engine": "lean", "eval.n": 2, "eval.problems": 2})
     clean = dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, sigma=0.0))

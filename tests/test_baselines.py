@@ -2,8 +2,9 @@
 the methods with noise."""
 import pytest
 
-from minipsn import compare
-from minipsn.config import METHODS, build_config
+from minipsn.experiments import compare
+from minipsn.run.overrides import build_config
+from minipsn.run.presets import METHODS
 
 BASELINES = {"grpo", "temperature", "passk"}
 
@@ -25,8 +26,8 @@ def test_overrides_that_agree_or_are_free_to_tune_pass():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_compare_sigma_reaches_only_the_methods_with_noise(method, tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr("minipsn.train.train", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
-    monkeypatch.setattr("minipsn.evaluate.evaluate", lambda cfg, *a, **k: {"trained": cfg})
+    monkeypatch.setattr("minipsn.training.train.train", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr("minipsn.evaluation.evaluate.evaluate", lambda cfg, *a, **k: {"trained": cfg})
     fixed_draw = "noise.granularity" in METHODS[method]  # c3po: its draws split the step's, its own setting
     sets = {"noise.sigma": 0.02, "eval.every": 0, **({} if fixed_draw else {"noise.granularity": "group"})}
     compare.run_one("qwen-1.5b", method, 0, sets, tmp_path / method, ["synthetic"])

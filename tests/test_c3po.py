@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from minipsn import algo
-from minipsn import engine as E
-from minipsn.config import build_config
-from minipsn.noise import derive_seed, row_seeds
-from minipsn.train import Trainer, advantages
+from minipsn.method import algo
+from minipsn.method.noise import derive_seed, row_seeds
+from minipsn.run.overrides import build_config
+from minipsn.sampling import engine as E
+from minipsn.training.train import Trainer, advantages
 
 SMALL = {"run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4", "rollout.max_new_tokens": "24"}
 
@@ -90,8 +90,8 @@ def test_the_preflight_at_one_clean_draw_is_the_evaluation_and_each_draw_logs_it
     logged), the same D draws for every problem."""
     import json
 
-    from minipsn.evaluate import evaluate
-    from minipsn.preflight import preflight
+    from minipsn.evaluation.evaluate import evaluate
+    from minipsn.experiments.preflight import preflight
 
     cfg = build_config(model="tiny", sets={"eval.n": 4, "eval.problems": 3})
     evaluate(cfg, ["synthetic"], tmp_path / "eval")
@@ -113,8 +113,8 @@ def test_the_frontier_evaluates_the_kept_adapters_of_a_grid(tmp_path):
     the base (step 0), step 1 and the final step on one line per arm, each point a mean over seeds."""
     import json
 
-    from minipsn.compare import compare
-    from minipsn.frontier import frontier
+    from minipsn.experiments.compare import compare
+    from minipsn.experiments.frontier import frontier
 
     sets = {"run.steps": 2, "grpo.prompts_per_step": 2, "grpo.group_size": 4, "rollout.max_new_tokens": 16,
             "eval.n": 4, "eval.problems": 3, "eval.max_new_tokens": 16, "run.keep_adapters": "1"}

@@ -8,11 +8,12 @@ import random
 import numpy as np
 import pytest
 
-from minipsn.config import DataConfig, build_config
-from minipsn.headroom import GUESSABLE, _with_guesses
-from minipsn.local_models import LOCAL_MODELS
-from minipsn.scoring import summarize
-from minipsn.synthetic import synthetic_split
+from minipsn.evaluation.scoring import summarize
+from minipsn.experiments.headroom import GUESSABLE, _with_guesses
+from minipsn.run.config import DataConfig
+from minipsn.run.overrides import build_config
+from minipsn.tasks.local_models import LOCAL_MODELS
+from minipsn.tasks.synthetic import synthetic_split
 
 MIXED = DataConfig(n_ops=3, answer="mixed", steps_share=0.25, n_train=400, n_test=40)
 chain = lambda r: r["problem"].rsplit(". ", 1)[0]
@@ -39,7 +40,7 @@ def test_mixed_test_split_stays_put_when_the_training_mix_changes():
 
 
 def test_mirror_habit_answers_each_kind_with_the_others_answer():
-    from minipsn.sft import demonstration
+    from minipsn.tasks.sft import demonstration
 
     rng, habit = random.Random(0), {"final": 0.3, "steps": 0.9}
     took = collections.defaultdict(list)
@@ -59,7 +60,7 @@ def test_mirror_habit_answers_each_kind_with_the_others_answer():
 
 
 def test_a_kinds_habit_can_depend_on_the_first_operation():
-    from minipsn.sft import habit_share
+    from minipsn.tasks.sft import habit_share
 
     habit = {"final": {"add": 0.0, "subtract": 0.5}, "steps": 0.9}
     recs = synthetic_split(MIXED, "train")
@@ -84,7 +85,7 @@ def test_summaries_break_down_by_kind_next_to_the_totals():
 
 
 def test_a_mixed_evaluation_writes_each_problems_kind_and_reports_each_kind(small_policy, toy_tok, tmp_path):
-    from minipsn.evaluate import evaluate_benchmark
+    from minipsn.evaluation.evaluate import evaluate_benchmark
 
     cfg = build_config("tiny", sets={"data.template": "plain", "eval.n": 4, "eval.max_new_tokens": 6,
                                      "rollout.batch_size": 8})
@@ -129,7 +130,7 @@ def _rows(path):
 
 @pytest.fixture(scope="module")
 def ceiling_base(tmp_path_factory):
-    from minipsn.headroom import headroom
+    from minipsn.experiments.headroom import headroom
 
     out = tmp_path_factory.mktemp("ceiling-base")
     return headroom(build_config(model="ceiling", sets={"eval.n": 256, "eval.problems": 200}), out), out
@@ -156,9 +157,9 @@ def test_one_grpo_seed_narrows_the_steps_kind_and_lifts_the_mix(ceiling_base, tm
     only. Measured (docs/RESULTS.md, the exploration experiment): steps pass@256 71.0 → 25–40 over 5 seeds;
     the mix's pass@1 +10.1 to +13.6 per seed (+11.8 mean, the band is 10 on the mean; on the code before
     issue 23's fixes, +8.9 to +13.3): one seed is held to 6 points, about 3 seed sd below the mean."""
-    from minipsn.evaluate import evaluate
-    from minipsn.stats import count_matrix, paired_difference
-    from minipsn.train import train
+    from minipsn.evaluation.evaluate import evaluate
+    from minipsn.experiments.stats import count_matrix, paired_difference
+    from minipsn.training.train import train
 
     _, base_dir = ceiling_base
     cfg = build_config(model="ceiling", method="grpo", sets={"run.out": str(tmp_path / "run")})
@@ -179,11 +180,11 @@ def test_one_grpo_seed_narrows_the_steps_kind_and_lifts_the_mix(ceiling_base, tm
 def test_a_build_runs_on_the_threads_it_is_given(tmp_path, monkeypatch):
     import torch
 
-    import minipsn.sft
-    from minipsn.local_models import build_tiny
+    import minipsn.tasks.sft
+    from minipsn.tasks.local_models import build_tiny
 
     seen = []
-    monkeypatch.setattr(minipsn.sft, "warm_start", lambda *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(minipsn.tasks.sft, "warm_start", lambda *a, **k: seen.append(torch.get_num_threads()))
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # the caller's setting, which the build must neither use nor lose
     try:

@@ -3,8 +3,9 @@ import os
 import subprocess
 import sys
 
-from minipsn.config import Config, field_help, flatten
-from minipsn.presets import METHODS, PRESETS
+from minipsn.run.config import Config
+from minipsn.run.overrides import field_help, flatten
+from minipsn.run.presets import METHODS, PRESETS
 from tests.conftest import REPO
 
 

@@ -2,8 +2,10 @@
 without Pass@k training) cannot fail a run, while a nonsensical value (a count below 1) always does."""
 import pytest
 
-from minipsn import local_models, models
-from minipsn.config import METHODS, GRPOConfig, NoiseConfig, build_config
+from minipsn.run.config import GRPOConfig, NoiseConfig
+from minipsn.run.overrides import build_config
+from minipsn.run.presets import METHODS
+from minipsn.tasks import local_models, models
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +76,7 @@ def test_update_schedule_and_overlong_keys_validate_with_one_line_errors():
 
 def test_lora_dropout_is_refused_in_one_line():
     """With dropout the learner (train mode) would be another function than the sampler, even at σ = 0."""
-    from minipsn.config import LoraConfig
+    from minipsn.run.config import LoraConfig
 
     assert LoraConfig(dropout=0.0).dropout == 0.0
     with pytest.raises(ValueError, match=r"lora.dropout=0.05: only 0 is supported"):

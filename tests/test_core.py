@@ -4,10 +4,12 @@ import dataclasses
 import pytest
 import torch
 
-from minipsn import config as C
-from minipsn.noise import noise_for, perturbed
-from minipsn.rollout import sample
-from minipsn.train import completion_logprobs, learner_step
+from minipsn.method.noise import noise_for, perturbed
+from minipsn.run import config as C
+from minipsn.run import overrides as O
+from minipsn.run.presets import PRESETS
+from minipsn.sampling.rollout import sample
+from minipsn.training.train import completion_logprobs, learner_step
 
 
 def _snapshot(model):
@@ -104,35 +106,35 @@ def test_loss_and_gradients_do_not_depend_on_micro_batch_split(small_policy, toy
 
 
 def test_config_overrides_are_typed_and_unknown_keys_fail():
-    cfg = C.apply_overrides(C.Config(), {"noise.sigma": "0.01", "grpo.tis": "false", "grpo.group_size": "4"})
+    cfg = O.apply_overrides(C.Config(), {"noise.sigma": "0.01", "grpo.tis": "false", "grpo.group_size": "4"})
     assert cfg.noise.sigma == 0.01 and cfg.grpo.tis is False and cfg.grpo.group_size == 4
     with pytest.raises(ValueError, match="did you mean noise.sigma"):
-        C.apply_overrides(C.Config(), {"noise.sigmaa": "1"})
+        O.apply_overrides(C.Config(), {"noise.sigmaa": "1"})
     with pytest.raises(ValueError, match="unknown config section"):
-        C.apply_overrides(C.Config(), {"nosie.sigma": "1"})
+        O.apply_overrides(C.Config(), {"nosie.sigma": "1"})
     with pytest.raises(ValueError, match="expects int"):
-        C.apply_overrides(C.Config(), {"grpo.group_size": "eight"})
+        O.apply_overrides(C.Config(), {"grpo.group_size": "eight"})
     for bad, msg in [({"noise.sigma": "-1"}, "sigma"), ({"grpo.group_size": "1"}, "G"), ({"grpo.tis_cap": "0"}, "C")]:
         with pytest.raises(ValueError, match=msg):
-            C.apply_overrides(C.Config(), bad)
+            O.apply_overrides(C.Config(), bad)
     with pytest.raises(ValueError, match="section.key=value"):
-        C.parse_sets(["sigma0.1"])
-    assert dataclasses.is_dataclass(cfg) and C.config_from_dict(cfg.to_dict()) == cfg
+        O.parse_sets(["sigma0.1"])
+    assert dataclasses.is_dataclass(cfg) and O.config_from_dict(cfg.to_dict()) == cfg
 
 
 def test_build_config_layers_preset_method_and_sets(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[noise]\nsigma = 0.02\n[run]\nsteps = 7\n")
-    cfg = C.build_config(model="tiny", method="psn", file=str(f), sets={"run.steps": "9"})
-    assert cfg.model.name == "tiny" and cfg.lora.rank == C.PRESETS["tiny"]["lora.rank"]
+    cfg = O.build_config(model="tiny", method="psn", file=str(f), sets={"run.steps": "9"})
+    assert cfg.model.name == "tiny" and cfg.lora.rank == PRESETS["tiny"]["lora.rank"]
     assert cfg.noise.sigma == 0.02 and cfg.run.steps == 9 and cfg.noise.control == "fixed"
     with pytest.raises(ValueError, match="--method grpo fixes noise.sigma"):  # a file can't make a baseline PSN
-        C.build_config(model="tiny", method="grpo", file=str(f))
+        O.build_config(model="tiny", method="grpo", file=str(f))
     with pytest.raises(ValueError, match="unknown method"):
-        C.build_config(model="tiny", method="psn-magic")
-    plain = C.build_config(model="qwen-1.5b")  # without --method a run is PSN-GRPO with the adaptive scheduler
+        O.build_config(model="tiny", method="psn-magic")
+    plain = O.build_config(model="qwen-1.5b")  # without --method a run is PSN-GRPO with the adaptive scheduler
     assert (plain.noise.sigma, plain.noise.control, plain.grpo.tis) == (0.003, "adaptive", True)
-    assert C.build_config(model="qwen-1.5b", method="grpo").noise.sigma == 0.0
+    assert O.build_config(model="qwen-1.5b", method="grpo").noise.sigma == 0.0
 
 
 def test_one_update_raises_logprob_of_positive_advantage_rows(small_policy, toy_tok):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from minipsn import data, synthetic
-from minipsn.config import DataConfig
+from minipsn.run.config import DataConfig
+from minipsn.tasks import data, synthetic
+from minipsn.tasks.problems import load_problems
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # the training sets, where a checkout has them
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no local data folder at {DATA_DIR}")
@@ -124,9 +125,9 @@ def test_data_command_writes_hub_sets_in_the_local_layout(tmp_path, monkeypatch)
 @needs_data
 def test_math_test_is_math500_and_load_problems_dispatches():
     cfg = DataConfig(dataset="math", data_dir=str(DATA_DIR))
-    assert data.load_problems(cfg, "test") == data.load_benchmark("math500", "test", str(DATA_DIR))
-    assert len(data.load_problems(cfg, "train")) == 7500
-    aime = data.load_problems(DataConfig(dataset="aime24", data_dir=str(DATA_DIR)), "test")
+    assert load_problems(cfg, "test") == data.load_benchmark("math500", "test", str(DATA_DIR))
+    assert len(load_problems(cfg, "train")) == 7500
+    aime = load_problems(DataConfig(dataset="aime24", data_dir=str(DATA_DIR)), "test")
     assert aime[0]["id"] == "aime24-I-01" and aime[0]["answer"] == "204"
 
 
@@ -134,7 +135,7 @@ def test_math_test_is_math500_and_load_problems_dispatches():
 def test_env_data_dir_fallback(monkeypatch):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(DATA_DIR))
     assert len(data.load_benchmark("aime25")) == 30
-    assert len(data.load_problems(DataConfig(dataset="amc23"), "test")) == 40
+    assert len(load_problems(DataConfig(dataset="amc23"), "test")) == 40
     # data.data_dir wins over the environment variable
     with pytest.raises(ValueError, match=r"no_such_folder.*data\.data_dir"):
         data.load_benchmark("aime25", data_dir="/no_such_folder")
@@ -157,7 +158,7 @@ def test_the_held_out_pool_is_fixed_and_no_training_split_draws_from_it():
     holds a pool problem; an n_test beyond the pool fails in one line. (Before, the test chains were a prefix
     that grew with n_test and the ceiling's warm start excluded only the first 200: at n_test = 1000, 63 of the
     held-out chains had been trained on.)"""
-    from minipsn.local_models import LOCAL_MODELS
+    from minipsn.tasks.local_models import LOCAL_MODELS
 
     chain = lambda r: r["problem"].rsplit(". ", 1)[0]  # noqa: E731  (the mixed task's kinds share a chain)
     for spec in LOCAL_MODELS.values():
@@ -175,7 +176,7 @@ def test_the_held_out_pool_is_fixed_and_no_training_split_draws_from_it():
 
 def test_synthetic_by_name():
     cfg = DataConfig(n_train=20, n_test=5)
-    assert data.load_problems(cfg, "train") == synthetic.synthetic_split(cfg, "train")
+    assert load_problems(cfg, "train") == synthetic.synthetic_split(cfg, "train")
     assert len(data.load_benchmark("synthetic", "test")) == DataConfig().n_test
 
 
@@ -204,7 +205,7 @@ def test_synthetic_ops_knob_and_worked_solution():
 def test_warm_start_demonstrations_mix_worked_and_early_answers():
     import random
 
-    from minipsn.sft import demonstration
+    from minipsn.tasks.sft import demonstration
 
     rec = synthetic.synthetic_split(DataConfig(n_ops=3, n_train=1, n_test=1), "train")[0]
     steps = rec["solution"].split("\n")[:-1]
@@ -223,7 +224,7 @@ def test_warm_start_demonstrations_mix_worked_and_early_answers():
 
 def test_unknown_dataset_lists_names_and_closest_match():
     with pytest.raises(ValueError, match=r"unknown dataset 'gsm8'.*did you mean gsm8k\?.*olympiadbench"):
-        data.load_problems(DataConfig(dataset="gsm8"), "train")
+        load_problems(DataConfig(dataset="gsm8"), "train")
     with pytest.raises(ValueError, match=r"did you mean aime24"):
         data.load_benchmark("aime2024")
 
@@ -231,7 +232,7 @@ def test_unknown_dataset_lists_names_and_closest_match():
 @pytest.mark.parametrize("name", ["math500", "aime24", "aime25", "amc23", "minerva", "olympiadbench"])
 def test_train_on_eval_only_set_is_an_error(name, tmp_path):
     with pytest.raises(ValueError, match="evaluation only, do not train on it"):
-        data.load_problems(DataConfig(dataset=name, data_dir=str(tmp_path)), "train")
+        load_problems(DataConfig(dataset=name, data_dir=str(tmp_path)), "train")
 
 
 def test_unknown_split_is_an_error():
@@ -274,8 +275,8 @@ def test_skip_bad_rows_skips_counts_and_reports(tmp_path, capsys):
     bad = ["not json", {"id": "b", "problem": "x"}, {"id": "c", "problem": "x", "answer": None}]
     write_jsonl(tmp_path / "minerva_math.jsonl", [*good_rows(2), *bad, *good_rows(4)[2:], ""])
     stats = {}
-    records = data.load_problems(DataConfig(dataset="minerva", data_dir=str(tmp_path), skip_bad_rows=True),
-                                 "test", stats=stats)
+    records = load_problems(DataConfig(dataset="minerva", data_dir=str(tmp_path), skip_bad_rows=True),
+                            "test", stats=stats)
     assert [r["id"] for r in records] == ["p0", "p1", "p2", "p3"]
     assert stats["skipped"] == 3 and stats["loaded"] == 4
     out = capsys.readouterr().out

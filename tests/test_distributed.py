@@ -109,9 +109,9 @@ def test_sigkill_under_torchrun_then_resume_matches_the_uninterrupted_run(tmp_pa
 def test_a_rank_that_raises_ends_the_job_with_its_message(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text(f"""
-from minipsn import distributed as dist
-from minipsn.config import build_config
-from minipsn.train import train
+from minipsn.run import distributed as dist
+from minipsn.run.overrides import build_config
+from minipsn.training.train import train
 
 def reward(texts, recs, truncated):
     if dist.rank() == 1:

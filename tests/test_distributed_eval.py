@@ -64,7 +64,7 @@ def test_one_process_commands_refuse_torchrun(args, monkeypatch, tmp_path):
 def _split_on(rank: int, monkeypatch, samples) -> tuple[list, list, dict]:
     """_sample_split of 5 problems, 2 per call, as rank `rank` of 2 (a stand-in for torch.distributed):
     (the problems of each sampling call, the rows each gather got, the finished problems)."""
-    from minipsn import evaluate as ev
+    from minipsn.evaluation import evaluate as ev
 
     calls, gathers, done = [], [], {}
     monkeypatch.setattr(ev.dist, "_state", {"on": True, "rank": rank, "world": 2})

@@ -6,11 +6,12 @@ import os
 import pytest
 import torch
 
-from minipsn import engine as eng
-from minipsn.config import RolloutConfig, build_config
-from minipsn.engine import CopyEngine, StaticDecoder, UnmergedEngine, choose_engine, make_engine
-from minipsn.noise import perturbed
-from minipsn.rollout import sample
+from minipsn.method.noise import perturbed
+from minipsn.run.config import RolloutConfig
+from minipsn.run.overrides import build_config
+from minipsn.sampling import engine as eng
+from minipsn.sampling.engine import CopyEngine, StaticDecoder, UnmergedEngine, choose_engine, make_engine
+from minipsn.sampling.rollout import sample
 
 SIGMA, SEED = 0.1, 1234
 GiB = 2**30
@@ -23,8 +24,8 @@ def ids_for(n=3, t=7):
 def load_nf4(folder, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from minipsn.config import LoraConfig
-    from minipsn.models import attach_lora
+    from minipsn.run.config import LoraConfig
+    from minipsn.tasks.models import attach_lora
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
@@ -131,7 +132,7 @@ def test_leaving_the_copy_restores_the_clean_adapter_and_never_touches_the_model
 
 
 def test_fast_rollout_logp_equals_teacher_forced_perturbed_policy(nf4_policy, toy_tok):
-    from minipsn.train import completion_logprobs
+    from minipsn.training.train import completion_logprobs
 
     engine = CopyEngine(nf4_policy, max_new_tokens=6)
     cfg = RolloutConfig(max_new_tokens=6, batch_size=4)
@@ -256,9 +257,9 @@ def test_cuda_compiled_static_decoding_matches_the_perturbed_nf4_policy(nf4_fold
     """bf16 copy, static cache, torch.compile'd step: the check passes and log-probs match π_θ̃ (bf16 tolerance)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from minipsn.config import LoraConfig
-    from minipsn.models import attach_lora
-    from minipsn.train import completion_logprobs
+    from minipsn.run.config import LoraConfig
+    from minipsn.tasks.models import attach_lora
+    from minipsn.training.train import completion_logprobs
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
@@ -291,7 +292,7 @@ def test_bf16_static_decoding_matches_the_bf16_nf4_learner_on_cpu(model_seed, tm
     1.3e-7 to 6.6e-5 nats; the bounds are 10x the largest max and the guard's threshold on the mean."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from minipsn.train import completion_logprobs
+    from minipsn.training.train import completion_logprobs
 
     torch.manual_seed(model_seed)
     Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -313,7 +314,7 @@ def test_bf16_static_decoding_matches_the_bf16_nf4_learner_on_cpu(model_seed, tm
 
 def test_end_ids_read_the_tokenizer_and_the_generation_config(small_policy, toy_tok, monkeypatch):
     from minipsn.bench import NoEos
-    from minipsn.rollout import end_ids
+    from minipsn.sampling.rollout import end_ids
 
     gen_cfg = eng.base_of(small_policy).generation_config
     assert end_ids(small_policy, toy_tok) == [1]  # none declared

@@ -56,8 +56,8 @@ def test_prompt_longer_than_the_context_is_an_error(tmp_path):
 def test_missing_bitsandbytes_loads_full_precision_with_a_notice(monkeypatch, capsys):
     import sys
 
-    from minipsn.config import ModelConfig
-    from minipsn.models import load_base
+    from minipsn.run.config import ModelConfig
+    from minipsn.tasks.models import load_base
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
     model, _ = load_base(ModelConfig(name="tiny"))
@@ -66,8 +66,8 @@ def test_missing_bitsandbytes_loads_full_precision_with_a_notice(monkeypatch, ca
 
 
 def test_quantize_none_says_so(capsys):
-    from minipsn.config import ModelConfig
-    from minipsn.models import load_base
+    from minipsn.run.config import ModelConfig
+    from minipsn.tasks.models import load_base
 
     model, _ = load_base(ModelConfig(name="tiny", quantize="none"))
     assert "full precision" in capsys.readouterr().out and not getattr(model, "is_loaded_in_4bit", False)
@@ -76,8 +76,8 @@ def test_quantize_none_says_so(capsys):
 def test_nf4_on_cpu_is_the_real_4bit_path():
     import bitsandbytes as bnb
 
-    from minipsn.config import ModelConfig
-    from minipsn.models import load_base
+    from minipsn.run.config import ModelConfig
+    from minipsn.tasks.models import load_base
 
     model, _ = load_base(ModelConfig(name="tiny"))
     assert model.is_loaded_in_4bit and any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
@@ -105,7 +105,7 @@ def test_an_uncached_hub_model_online_is_checked_with_one_request(error, says, m
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-    from minipsn.models import check_available
+    from minipsn.tasks.models import check_available
 
     calls = []
 
@@ -131,7 +131,7 @@ def test_an_uncached_hub_model_online_is_checked_with_one_request(error, says, m
 def test_ctrl_c_while_the_model_loads_exits_130_saying_there_is_no_checkpoint(tmp_path, monkeypatch):
     def load_base(*a, **k):
         raise KeyboardInterrupt  # what Ctrl-C raises in the middle of from_pretrained
-    monkeypatch.setattr("minipsn.models.load_base", load_base)
+    monkeypatch.setattr("minipsn.tasks.models.load_base", load_base)
     out = tmp_path / "run"
     code, err = invoke("train", "--model", "tiny", "--out", str(out))
     assert code == 130

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from minipsn import evaluate as ev
-from minipsn import scoring
-from minipsn.config import DataConfig, build_config
-from minipsn.synthetic import synthetic_split
+from minipsn.evaluation import evaluate as ev
+from minipsn.evaluation import scoring
+from minipsn.run.config import DataConfig
+from minipsn.run.overrides import build_config
+from minipsn.tasks.synthetic import synthetic_split
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +196,7 @@ def _png_ok(path: Path) -> None:
 
 
 def test_plot_draws_passk_and_training_curves(tmp_path):
-    from minipsn.plot import plot
+    from minipsn.experiments.plot import plot
 
     runs = []
     for name, sigma in (("grpo", 0.0), ("psn", 3e-3)):
@@ -260,7 +261,7 @@ def test_cli_eval_and_plot_on_tiny_model(tmp_path):
     assert res.exit_code == 2 and "unknown dataset" in res.output
 
     # a run folder: its adapter and config.json, output in RUN/eval; plot RUN draws both figures
-    from minipsn.models import load_policy
+    from minipsn.tasks.models import load_policy
 
     run = tmp_path / "run"
     cfg = build_config("tiny", sets={"eval.n": 2, "run.out": str(run)})
@@ -297,7 +298,7 @@ def test_evaluation_drops_ended_rows_and_a_problem_samples_the_same_in_any_call(
                                                                                  monkeypatch):
     """Evaluation's decode path (each prompt encoded once, ended rows dropped as the batch decodes) on problems
     whose rows end far apart: a problem's samples are the same alone as in a call of three."""
-    from minipsn import rollout
+    from minipsn.sampling import rollout
 
     recs = [{"id": f"p{i}", "problem": f"Start at {d}, add {d}. What number do you get?", "answer": str(2 * d)}
             for i, d in enumerate((3, 5, 7))]  # one length: no padding differs between the batched and lone calls

@@ -136,7 +136,7 @@ def _from_a_tensor(arg, assigned) -> bool:
 def test_every_generator_is_made_on_the_models_device():
     """A bare `torch.Generator()` is a CPU generator: sampling on CUDA with it fails. Static check, so it
     runs without a GPU: every call in examples/ and minipsn/ passes a device taken from a tensor."""
-    files = sorted((REPO / "examples").glob("*.py")) + sorted((REPO / "minipsn").glob("*.py"))
+    files = sorted((REPO / "examples").glob("*.py")) + sorted((REPO / "minipsn").rglob("*.py"))
     seen, bad = 0, []
     for f in files:
         calls, assigned = _generator_calls(f)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from minipsn import folders
+from minipsn.run import folders
 from tests.conftest import REPO
 
 # every command that writes, with what it needs besides --out (--model tiny is never loaded: see _no_model)
@@ -36,7 +36,7 @@ def _no_model(monkeypatch):
     """Loading a model is the work a bad --out must come before."""
     def load_base(*a, **k):
         raise AssertionError("a model was loaded before --out was checked")
-    monkeypatch.setattr("minipsn.models.load_base", load_base)
+    monkeypatch.setattr("minipsn.tasks.models.load_base", load_base)
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
@@ -59,7 +59,7 @@ def test_a_bad_out_is_one_line_before_any_work(command, where, tmp_path, _no_mod
 
 def _holder(folder):
     """Another process that holds `folder` (as a running train or compare would), once it says so."""
-    code = (f"from minipsn import folders; folders.hold({str(folder)!r}); print('held', flush=True); "
+    code = (f"from minipsn.run import folders; folders.hold({str(folder)!r}); print('held', flush=True); "
             "import time; time.sleep(600)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
@@ -68,7 +68,7 @@ def _holder(folder):
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder_and_a_killed_one_leaves_no_lock(tmp_path, _no_model):
-    from minipsn.config import build_config
+    from minipsn.run.overrides import build_config
 
     run = tmp_path / "run"
     holder = _holder(run)
@@ -97,7 +97,7 @@ def test_one_process_may_hold_a_folder_again_and_the_last_release_frees_it(tmp_p
     folders.hold(run)
     folders.hold(run)  # a trainer and its resume in one process
     folders.release(run)
-    probe = [sys.executable, "-c", f"from minipsn import folders; folders.hold({str(run)!r})"]
+    probe = [sys.executable, "-c", f"from minipsn.run import folders; folders.hold({str(run)!r})"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert subprocess.run(probe, cwd=REPO, env=env, capture_output=True).returncode != 0  # still held once
     folders.release(run)

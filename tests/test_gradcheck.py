@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-from minipsn import algo
-from minipsn.config import GRPOConfig
-from minipsn.rollout import Rollouts
-from minipsn.train import completion_logprobs, learner_step, micro_batches
+from minipsn.method import algo
+from minipsn.run.config import GRPOConfig
+from minipsn.sampling.rollout import Rollouts
+from minipsn.training.train import completion_logprobs, learner_step, micro_batches
 
 EPS = 1e-5   # central difference step; truncation error O(EPS²) is below float64 rounding / EPS here
 RTOL = 1e-5  # observed error ≤ 1e-7; a gradient off by 1 % (or the KL term's 0.5 %) fails

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from minipsn import algo
-from minipsn import train as T
-from minipsn.config import GRPOConfig
-from minipsn.learner import completion_forward, completion_logprobs, learner_step
-from minipsn.rollout import Rollouts
+from minipsn.method import algo
+from minipsn.run.config import GRPOConfig
+from minipsn.sampling.rollout import Rollouts
+from minipsn.training import train as T
+from minipsn.training.learner import completion_forward, completion_logprobs, learner_step
 from tests.test_train import tiny_cfg
 
 N, TP, TW = 8, 5, 6  # rows, prompt width, completion width
@@ -55,7 +55,7 @@ def _previous_policy_loss(logp, old_logp, advantages, mask, tis_w, clip_eps):
 
 
 def previous_learner_step(model, optimizer, ro, advantages, cfg, max_len, keep=None, shard=None, sample_temperature=None):
-    """minipsn.train.learner_step before grpo.epochs, mini_batches, entropy and overlong (commit 7a50089), with
+    """minipsn.training.train.learner_step before grpo.epochs, mini_batches, entropy and overlong (commit 7a50089), with
     the diversity pooling fixed since (the completion's own positions, not one position early)."""
     assert keep is None and shard in (None, (0, ro.completion_ids.shape[0]))  # one process: every row is its own
     n_tokens = ro.n_tokens

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from minipsn import local_models as L
-from minipsn.config import DataConfig
+from minipsn.run.config import DataConfig
+from minipsn.tasks import local_models as L
 
 
 def test_every_shipped_model_is_the_build_it_records():

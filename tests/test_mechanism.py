@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from minipsn import mechanism
-from minipsn.metrics import draw_accuracy
-from minipsn.noise import row_seeds
+from minipsn.method import mechanism
+from minipsn.method.noise import row_seeds
+from minipsn.training.metrics import draw_accuracy
 
 # four groups of G = 4: all right | one right | two right | none right
 CORRECT = torch.tensor([[1, 1, 1, 1], [0, 1, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.float32)
@@ -57,7 +57,7 @@ def test_per_draw_accuracy_takes_each_draws_rows_of_every_group():
 
 
 def test_a_run_logs_the_mechanism_every_step(tmp_path):
-    from minipsn.train import train
+    from minipsn.training.train import train
     from tests.test_train import tiny_cfg
 
     out = train(tiny_cfg(tmp_path / "psn", **{"noise.sigma": "0.05", "noise.control": "fixed", "noise.draws": "2"}))

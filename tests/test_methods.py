@@ -1,8 +1,9 @@
 """Every method runs on the tiny model; PSN with σ = 0 is exactly GRPO; real datasets train end to end."""
 import pytest
 
-from minipsn.config import METHODS, build_config
-from minipsn.train import Trainer
+from minipsn.run.overrides import build_config
+from minipsn.run.presets import METHODS
+from minipsn.training.train import Trainer
 from tests.conftest import TRAIN_DATA
 
 SMALL = {"run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4", "rollout.max_new_tokens": "24"}
@@ -87,7 +88,7 @@ def test_grpo_raises_held_out_accuracy_on_the_tiny_task(tmp_path):
 def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path, capsys):
     import json
 
-    from minipsn.train import train
+    from minipsn.training.train import train
 
     cfg = build_config(model="tiny", sets={**SMALL, "run.steps": "2", "run.out": str(tmp_path / "ev"),
                                            "eval.every": "2", "eval.n": "2", "eval.problems": "3"})
@@ -103,7 +104,7 @@ def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path, capsys):
 
 
 def test_compare_with_two_workers_gives_the_same_grid_as_one(tmp_path, capfd):
-    from minipsn.compare import compare
+    from minipsn.experiments.compare import compare
 
     sets = {"run.steps": 1, "grpo.prompts_per_step": 2, "grpo.group_size": 4, "rollout.max_new_tokens": 16,
             "eval.n": 4, "eval.problems": 3, "eval.max_new_tokens": 16}

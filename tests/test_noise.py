@@ -5,9 +5,9 @@ changed in place) seed by seed, and leave no hook and no changed bit behind."""
 import pytest
 import torch
 
-from minipsn.config import RolloutConfig
-from minipsn.noise import RowNoise, noise_context, perturbed, row_seeds
-from minipsn.rollout import sample
+from minipsn.method.noise import RowNoise, noise_context, perturbed, row_seeds
+from minipsn.run.config import RolloutConfig
+from minipsn.sampling.rollout import sample
 
 SIGMA = 0.1
 TOL = dict(atol=2e-5, rtol=1e-4)

@@ -4,11 +4,11 @@ that gives log π_clean (so the noise's KL can be told apart from numerics)."""
 import pytest
 import torch
 
-from minipsn import algo, noise
-from minipsn.config import RolloutConfig
-from minipsn.engine import CopyEngine, UnmergedEngine
-from minipsn.noise import lora_pairs, noise_context, perturbation_size, row_seeds
-from minipsn.rollout import rescore, sample
+from minipsn.method import algo, noise
+from minipsn.method.noise import lora_pairs, noise_context, perturbation_size, row_seeds
+from minipsn.run.config import RolloutConfig
+from minipsn.sampling.engine import CopyEngine, UnmergedEngine
+from minipsn.sampling.rollout import rescore, sample
 from tests.test_noise import model  # noqa: F401  (the random-init Qwen2 + LoRA fixture, B ≠ 0)
 
 
@@ -90,7 +90,7 @@ def _exact_kl(model, ro, cfg, sigma, seeds):  # noqa: F811
     row through `noise.perturbed` on the peft model itself: another route than the engines' (no hooks, no copy)."""
     import torch.nn.functional as F
 
-    from minipsn.rollout import sampling_logp
+    from minipsn.sampling.rollout import sampling_logp
 
     kl, old = torch.zeros_like(ro.sampler_logp), torch.zeros_like(ro.sampler_logp)
     T = ro.completion_ids.shape[1]
@@ -130,7 +130,7 @@ def test_the_noise_kl_is_exact_over_the_vocabulary_even_under_top_p(model, engin
 
 
 def test_copy_bytes_counts_what_the_copy_allocates(model):  # noqa: F811
-    from minipsn.engine import copy_bytes
+    from minipsn.sampling.engine import copy_bytes
 
     engine = CopyEngine(model, max_new_tokens=4, static_cache=False, compile_step=False)
     tensors = {t.data_ptr(): t.numel() * t.element_size() for t in [*engine.plain.parameters(), *engine.plain.buffers()]}

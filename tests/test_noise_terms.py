@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from minipsn.calibrate import calibrate, parse_sigmas, suggest
-from minipsn.config import build_config
-from minipsn.noise import derive_seed, perturbation_size
-from minipsn.train import Trainer
+from minipsn.experiments.calibrate import calibrate, parse_sigmas, suggest
+from minipsn.method.noise import derive_seed, perturbation_size
+from minipsn.run.overrides import build_config
+from minipsn.training.train import Trainer
 
 NEW_KEYS = {"noise/kl_total", "noise/kl_numerics", "noise/kl_noise", "noise/delta_w_rel", "tis/ess", "tis/ratio_max",
             "noise/diversity_z", "noise/certainty_z", "noise/calibrating", "perf/rescore_s"}

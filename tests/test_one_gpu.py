@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from minipsn import planner, subset
-from minipsn.headroom import benchmark_guesses
+from minipsn.experiments import planner, subset
+from minipsn.experiments.headroom import benchmark_guesses
 from tests.conftest import REPO
 from tests.test_examples import ENV
 from tests.test_train import cli
@@ -90,11 +90,11 @@ def test_a_llama_shaped_model_trains_and_evaluates_through_the_kit(tmp_path):
     its chat template (begin-of-text, headers, <|eot_id|>) frames the prompt, and every declared end id stops a row."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from minipsn.config import build_config
-    from minipsn.local_models import tiny_model_dir
-    from minipsn.models import load_policy
-    from minipsn.rollout import end_ids
-    from minipsn.train import train
+    from minipsn.run.overrides import build_config
+    from minipsn.sampling.rollout import end_ids
+    from minipsn.tasks.local_models import tiny_model_dir
+    from minipsn.tasks.models import load_policy
+    from minipsn.training.train import train
 
     folder = tmp_path / "llama"
     tok = AutoTokenizer.from_pretrained(tiny_model_dir())
@@ -131,8 +131,8 @@ def test_the_subset_command_writes_a_local_dataset_that_heldout_evaluates(tmp_pa
     lines = [json.loads(x) for x in (out / "subset.jsonl").read_text().splitlines()]
     assert [x["kind"] for x in lines] == ["ceiling"] * 5 + ["never"] * 2
     assert all(0 < x["base_correct"] <= 2 for x in lines[:5]) and all(x["base_correct"] == 0 for x in lines[5:])
-    from minipsn.config import build_config
-    from minipsn.evaluate import benchmark_records
+    from minipsn.evaluation.evaluate import benchmark_records
+    from minipsn.run.overrides import build_config
 
     cfg = build_config(model="tiny", sets={"data.dataset": str(out / "subset.jsonl"),
                                            "data.test_split": str(out / "subset.jsonl"), "eval.problems": 0})
@@ -176,7 +176,7 @@ def test_the_recipe_runs_end_to_end_on_tiny_in_its_smoke_profile(tmp_path):
     assert chosen["kept"]["ceiling"] == 20 and 1 <= chosen["kept"]["never"] <= 4 and chosen["selection_seed"] == 1000
     grid = out / "grid"
     high = json.loads((grid / "psn-weight@0.01-s2" / "config.json").read_text())
-    from minipsn.calibrate import suggest
+    from minipsn.experiments.calibrate import suggest
 
     assert high["noise"]["sigma"] == round(suggest(cal["rows"], 0.01)[0], 6) and high["noise"]["space"] == "weight"
     assert high["run"]["keep_adapters"] == "3" and high["data"]["test_split"] == chosen["file"]

@@ -10,7 +10,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from minipsn import plot, scoring
+from minipsn.evaluation import scoring
+from minipsn.experiments import plot
 from tests.conftest import REPO
 from tests.test_examples import ENV as EXAMPLES_ENV
 from tests.test_plot import RUNS
@@ -33,7 +34,7 @@ def _diff_result():
 
 
 def _figures():
-    from minipsn import paired
+    from minipsn.experiments import paired
 
     summary = {m: {"pass@k": {k: (k / 20, 0.01) for k in (1, 2, 4)}, "seeds": s} for m, s in (("base", 1), ("psn", 3))}
     return {"training": plot.training_figure(RUNS), "passk": plot.passk_figure(_evals()),
@@ -150,7 +151,7 @@ def test_a_workers_lines_start_with_its_job(capsys):
     from rich.console import Console
     from rich.progress import Progress
 
-    from minipsn.printlog import labelled
+    from minipsn.run.printlog import labelled
 
     with labelled("psn-s1"):
         print("── training psn, seed 1")
@@ -168,8 +169,8 @@ def test_a_workers_lines_start_with_its_job(capsys):
 @pytest.mark.parametrize("steps, said", [(11, True), (12, False)])
 def test_an_adaptive_run_within_its_window_is_said_to_be_a_fixed_one(steps, said, capsys):
     """σ first moves for step window + 2: a run of window + 1 steps samples every step at σ₀, as psn does."""
-    from minipsn.config import ControlConfig, NoiseConfig
-    from minipsn.sigma_control import make_controller
+    from minipsn.method.sigma_control import make_controller
+    from minipsn.run.config import ControlConfig, NoiseConfig
 
     ctl = make_controller(NoiseConfig(sigma=0.01, control="adaptive"), ControlConfig(window=10), steps)
     assert ("the same as one with noise.control=fixed" in capsys.readouterr().out) == said
@@ -181,7 +182,7 @@ def test_an_adaptive_run_within_its_window_is_said_to_be_a_fixed_one(steps, said
 
 
 def test_a_method_that_fixes_a_setting_names_the_methods_that_accept_the_value():
-    from minipsn.config import build_config
+    from minipsn.run.overrides import build_config
 
     with pytest.raises(ValueError) as e:
         build_config(model="tiny", method="grpo", sets={"noise.sigma": "0.02"})
@@ -192,7 +193,7 @@ def test_a_method_that_fixes_a_setting_names_the_methods_that_accept_the_value()
 
 
 def test_compare_suggests_the_method_meant(tmp_path):
-    from minipsn.compare import compare
+    from minipsn.experiments.compare import compare
 
     with pytest.raises(ValueError, match=r"unknown method 'psn-adaptiv'; .* \(did you mean psn-adaptive\?\)"):
         compare("tiny", ["grpo", "psn-adaptiv"], 1, tmp_path / "grid")
@@ -226,13 +227,13 @@ def test_a_qwen_example_checks_its_model_before_any_data_in_one_line(offline, tm
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(HfApi, "model_info", no_network)
-    monkeypatch.setattr("minipsn.calibrate.load_problems", no_data)
-    monkeypatch.setattr("minipsn.train.problems", no_data)
+    monkeypatch.setattr("minipsn.experiments.calibrate.load_problems", no_data)
+    monkeypatch.setattr("minipsn.training.train.problems", no_data)
     monkeypatch.setattr(sys, "argv", ["qwen_gsm8k.py", "", str(tmp_path / "out")])
     spec = importlib.util.spec_from_file_location("qwen_gsm8k", REPO / "examples" / "qwen_gsm8k.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)  # defines main(); runs nothing
-    from minipsn import script
+    from minipsn.run import script
 
     with pytest.raises(SystemExit) as exc:
         script.run(example.main)
@@ -248,7 +249,7 @@ def test_a_bundled_set_from_an_unreachable_hub_is_one_request_and_one_line(monke
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    from minipsn import data
+    from minipsn.tasks import data
 
     calls = []
 
@@ -275,7 +276,7 @@ def test_a_bundled_set_from_an_unreachable_hub_is_one_request_and_one_line(monke
 
 def test_verify_audit_with_nothing_to_report_is_one_line(tmp_path):
     import cli as cli_module
-    from minipsn.config import build_config
+    from minipsn.run.overrides import build_config
 
     run = tmp_path / "run"
     run.mkdir()
@@ -290,7 +291,7 @@ def test_verify_audit_with_nothing_to_report_is_one_line(tmp_path):
 def test_calibrates_temperature_table_starts_at_the_policy_itself():
     from rich.console import Console
 
-    from minipsn.calibrate import table
+    from minipsn.experiments.calibrate import table
 
     row = {"sigma": 0.0, "kl_noise": 0.0, "kl_numerics": 1e-7, "accuracy": 0.25, "accuracy_clean": 0.25,
            "diversity": 0.1234, "delta_w_rel": 0.0}

@@ -9,10 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from minipsn import compare, folders, plot
-from minipsn.evaluate import benchmark_records
-from minipsn.provenance import provenance
-from minipsn.scoring import summarize
+from minipsn.evaluation.evaluate import benchmark_records
+from minipsn.evaluation.provenance import provenance
+from minipsn.evaluation.scoring import summarize
+from minipsn.experiments import compare, plot
+from minipsn.run import folders
 
 N, PROBLEMS = 4, 20  # half final, half steps questions, as the mixed task's held-out split alternates them
 
@@ -31,7 +32,7 @@ def correct_count(method: str, kind: str, seed: int, problem: int) -> int:
 
 @pytest.fixture
 def jobs(monkeypatch):
-    from minipsn.train import prepare_run_dir
+    from minipsn.training.train import prepare_run_dir
 
     def train(cfg, resume=False):
         run = prepare_run_dir(cfg, resume)
@@ -59,8 +60,8 @@ def jobs(monkeypatch):
         (out / "eval.json").write_text(json.dumps(report))
         return report
 
-    monkeypatch.setattr("minipsn.train.train", train)
-    monkeypatch.setattr("minipsn.evaluate.evaluate", evaluate)
+    monkeypatch.setattr("minipsn.training.train.train", train)
+    monkeypatch.setattr("minipsn.evaluation.evaluate.evaluate", evaluate)
 
 
 SETS = {"run.steps": 2, "eval.n": N, "eval.problems": PROBLEMS}
@@ -94,7 +95,7 @@ def test_paired_differences_are_per_kind_and_marked_only_where_the_interval_excl
 def test_the_figures_have_a_panel_per_kind(tmp_path, jobs):
     out = tmp_path / "grid"
     payload = compare.compare("tiny", ["grpo", "psn"], 2, out, SETS)
-    from minipsn import paired
+    from minipsn.experiments import paired
 
     fig = paired.diff_figure(payload["paired"]["benchmarks"], "grpo", ["base", "grpo", "psn"], 2)
     titles = [ax.get_title() for ax in fig.axes]
@@ -159,7 +160,7 @@ def _samples(folder: Path, rows: list[tuple[str, list[int]]]) -> Path:
 
 
 def test_each_side_is_scored_with_its_own_n_and_seeds_pair_by_seed(tmp_path):
-    from minipsn import paired
+    from minipsn.experiments import paired
 
     ref = {s: _samples(tmp_path / f"grpo-s{s}", [("a", [0] * 8), ("b", [1] + [0] * 7)]) for s in (0, 1)}
     method = {s: _samples(tmp_path / f"psn-s{s}", [("a", [1, 1, 0, 0]), ("b", [1, 0, 0, 0])]) for s in (0, 1)}
@@ -175,7 +176,7 @@ def test_each_side_is_scored_with_its_own_n_and_seeds_pair_by_seed(tmp_path):
 
 
 def test_sides_on_other_problems_are_refused_naming_the_method_and_the_first_id(tmp_path):
-    from minipsn import paired
+    from minipsn.experiments import paired
 
     ref = {0: _samples(tmp_path / "grpo-s0", [("a", [0, 1]), ("b", [1, 1]), ("c", [0, 0])])}
     method = {0: _samples(tmp_path / "psn-s0", [("a", [0, 1]), ("d", [1, 1]), ("c", [0, 0])])}

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from minipsn import plot, scoring
+from minipsn.evaluation import scoring
+from minipsn.experiments import plot
 
 
 def _metrics(steps: int, sigma: float, shaped: float = 0.0, seed: int = 0) -> list[dict]:

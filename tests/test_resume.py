@@ -68,7 +68,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint_and_exits_130(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 130, out[-2000:]
-    from minipsn import checkpoint
+    from minipsn.run import checkpoint
 
     ckpt = checkpoint.latest(run)
     state = checkpoint.load_state(ckpt)

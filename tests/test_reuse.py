@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from minipsn import calibrate, compare, folders
-from minipsn.config import build_config
-from minipsn.evaluate import benchmark_records
-from minipsn.provenance import provenance
-from minipsn.scoring import ks_for
+from minipsn.evaluation.evaluate import benchmark_records
+from minipsn.evaluation.provenance import provenance
+from minipsn.evaluation.scoring import ks_for
+from minipsn.experiments import calibrate, compare
+from minipsn.run import folders
+from minipsn.run.overrides import build_config
 
 
 @pytest.fixture
 def jobs(monkeypatch):
     """Stand-ins for train and evaluate; returns the list of what ran, ("train" | "eval", folder name)."""
-    from minipsn.train import prepare_run_dir
+    from minipsn.training.train import prepare_run_dir
 
     ran = []
 
@@ -47,8 +48,8 @@ def jobs(monkeypatch):
         ran.append(("eval", out.parent.name))
         return report
 
-    monkeypatch.setattr("minipsn.train.train", train)
-    monkeypatch.setattr("minipsn.evaluate.evaluate", evaluate)
+    monkeypatch.setattr("minipsn.training.train.train", train)
+    monkeypatch.setattr("minipsn.evaluation.evaluate.evaluate", evaluate)
     return ran
 
 
@@ -189,7 +190,7 @@ def test_values_that_resolve_alike_and_benchmark_order_do_not_refuse(tmp_path, j
 
 
 def test_a_resume_under_another_build_is_refused_and_under_other_code_is_recorded(tmp_path, capsys):
-    from minipsn.train import _resumed_provenance
+    from minipsn.training.train import _resumed_provenance
 
     stored = {"code": {"source": "a"}, "model": "m1", "device": "cpu", "dtype": "float32", "torch": "2.13",
               "records": {"train": "r1"}}

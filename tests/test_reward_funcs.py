@@ -1,4 +1,4 @@
-"""Reward functions (reward_funcs.py): the kit's signature and TRL's, weighted sums with None as TRL has it, the
+"""Reward functions (rewards/funcs.py): the kit's signature and TRL's, weighted sums with None as TRL has it, the
 keyword arguments a TRL function receives, specs from the command line, each error's one line, and what a resume
 checks. Hand-computed numbers; the runs at the end check metrics.jsonl and samples.jsonl of a few tiny steps."""
 import functools
@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minipsn import algo, reward_funcs
-from minipsn.config import GRPOConfig, RewardConfig, build_config
-from minipsn.train import advantages, score
+from minipsn.method import algo
+from minipsn.rewards import funcs as reward_funcs
+from minipsn.run.config import GRPOConfig, RewardConfig
+from minipsn.run.overrides import build_config
+from minipsn.training.train import advantages, score
 from tests.conftest import REPO
 from tests.test_train import ENV
 
@@ -199,7 +201,7 @@ def test_cli_reward_module_function_with_weights(tmp_path, tiny_model):
 def test_none_rewards_in_a_run_and_its_resume(tmp_path, tiny_model):
     """A TRL function that scores only some completions (None for the rest): each row's reward is the verifier's
     plus its own where it gave one; reward/<name> is its mean over the rows it scored. A resume must bring it."""
-    from minipsn.train import Trainer, train
+    from minipsn.training.train import Trainer, train
 
     def even_len(completions, **kwargs):
         return [1.0 if len(c) % 2 == 0 else None for c in completions]

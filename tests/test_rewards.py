@@ -71,9 +71,9 @@ def test_reward_fn_checks_its_inputs():
 
 
 def test_reward_unboxed_answer_false_insists_on_a_box():
-    from minipsn.config import build_config
+    from minipsn.evaluation.scoring import score_rows
     from minipsn.rewards import build_reward_fn, correctness_reward
-    from minipsn.scoring import score_rows
+    from minipsn.run.overrides import build_config
 
     unboxed = ["The answer is 5.", "#### 5", "so 2 + 3 = 5"]
     for text in unboxed:

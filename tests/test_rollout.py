@@ -7,10 +7,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from minipsn import rollout
-from minipsn.config import RolloutConfig
-from minipsn.engine import StaticDecoder
-from minipsn.rollout import sample
+from minipsn.run.config import RolloutConfig
+from minipsn.sampling import rollout
+from minipsn.sampling.engine import StaticDecoder
+from minipsn.sampling.rollout import sample
 from tests.test_engine import _engine, nf4_folder, nf4_policy  # noqa: F401 (fixtures)
 
 FAST = {"shared_prefill": True, "drop_finished": True}

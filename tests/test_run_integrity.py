@@ -9,9 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minipsn import algo, checkpoint, plot, verify
-from minipsn.config import GRPOConfig, RewardConfig, build_config
-from minipsn.train import Trainer, advantages, score, train
+from minipsn import verify
+from minipsn.experiments import plot
+from minipsn.method import algo
+from minipsn.run import checkpoint
+from minipsn.run.config import GRPOConfig, RewardConfig
+from minipsn.run.overrides import build_config
+from minipsn.training.train import Trainer, advantages, score, train
 from tests.test_resume import _metrics, _start, _wait_for_steps
 from tests.test_train import cli
 
@@ -59,7 +63,7 @@ def test_passk_advantages_read_passes_from_the_verifier():
 
 
 def test_verifier_timeouts_and_errors_are_counted_per_step(tmp_path, monkeypatch):
-    import minipsn.train as train_mod
+    import minipsn.training.train as train_mod
 
     real = train_mod.correctness_rewards
 
@@ -97,8 +101,8 @@ def test_skipped_steps_and_halved_batches_survive_a_resume(tmp_path, capsys):
 
 
 def _run_state(**configured):
-    from minipsn.config import NoiseConfig, RolloutConfig
-    from minipsn.sigma_control import make_controller
+    from minipsn.method.sigma_control import make_controller
+    from minipsn.run.config import NoiseConfig, RolloutConfig
 
     w = torch.nn.Parameter(torch.ones(3))
     noise = NoiseConfig(control="adaptive")

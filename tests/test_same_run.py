@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minipsn import metrics
+from minipsn.training import metrics
 from tests.conftest import REPO
 from tests.same_run import VARIANTS, differences, train
 
@@ -36,7 +36,7 @@ def cases():
 
 @pytest.mark.parametrize("P,G,rewards", list(cases()))
 def test_the_step_means_are_torchs_bit_for_bit_on_one_process(P, G, rewards):
-    from minipsn.algo import group_advantages
+    from minipsn.method.algo import group_advantages
 
     gen = torch.Generator().manual_seed(P * G)
     N = P * G
@@ -60,8 +60,8 @@ def test_the_step_means_are_torchs_bit_for_bit_on_one_process(P, G, rewards):
 def test_a_steps_metrics_are_what_its_samples_give(tmp_path):
     """Every row written to samples.jsonl (run.log_samples = N); the step's metrics, recomputed from them with
     torch, are the logged ones exactly. Soft overlong penalties make the rewards non-dyadic, N = 12."""
-    from minipsn.config import build_config
-    from minipsn.train import Trainer
+    from minipsn.run.overrides import build_config
+    from minipsn.training.train import Trainer
 
     P, G = 3, 4
     cfg = build_config(model="tiny", sets={"run.out": str(tmp_path / "r"), "grpo.prompts_per_step": str(P),

@@ -5,12 +5,13 @@ the noise KL stays finite under top-p; logits are upcast before the softmax."""
 import pytest
 import torch
 
-from minipsn import algo
-from minipsn import engine as E
-from minipsn import learner as L
-from minipsn.config import GRPOConfig, RolloutConfig, build_config
-from minipsn.fidelity import B_SCALES, layer_fidelity, model_fidelity, set_lora_b
-from minipsn.rollout import Rollouts, sample, sampling_logp
+from minipsn.bench.fidelity import B_SCALES, layer_fidelity, model_fidelity, set_lora_b
+from minipsn.method import algo
+from minipsn.run.config import GRPOConfig, RolloutConfig
+from minipsn.run.overrides import build_config
+from minipsn.sampling import engine as E
+from minipsn.sampling.rollout import Rollouts, sample, sampling_logp
+from minipsn.training import learner as L
 from tests.test_learner import ADV, TP, TW, make_rollouts, trainable
 
 
@@ -26,8 +27,9 @@ def test_a_bf16_fold_loses_a_small_update(b_std):
 
 @pytest.fixture(scope="module")
 def bf16_tiny():
-    from minipsn.data import format_prompt, load_problems
-    from minipsn.models import load_policy
+    from minipsn.tasks.data import format_prompt
+    from minipsn.tasks.models import load_policy
+    from minipsn.tasks.problems import load_problems
 
     cfg = build_config(model="tiny", sets={"model.dtype": "bfloat16", "rollout.max_new_tokens": "24"})
     torch.manual_seed(0)
@@ -54,7 +56,7 @@ def test_the_sampler_applies_the_whole_update_on_tiny_in_bf16(bf16_tiny):
 
 
 def _run(tmp_path, name, monkeypatch=None, **sets):
-    from minipsn.train import Trainer
+    from minipsn.training.train import Trainer
 
     cfg = build_config(model="tiny", method="grpo", sets={"run.out": str(tmp_path / name), "run.steps": "5",
                                                           "eval.every": "0", "run.save_every": "100", **sets})
@@ -108,7 +110,7 @@ def test_an_out_of_memory_after_an_update_is_not_retried(small_policy, monkeypat
 
 
 def test_the_trainer_refuses_to_retry_a_partly_applied_batch(tmp_path, monkeypatch):
-    from minipsn import train as T
+    from minipsn.training import train as T
 
     tr = _run(tmp_path, "oom", **{"grpo.epochs": "2"})
     real = T.learner_step
@@ -183,7 +185,7 @@ def test_logits_are_upcast_before_the_softmax():
 def test_the_fidelity_table_measures_the_copy_on_the_model_only():
     """On one layer the copy's side path is the learner's own LoRA term: comparing them measures nothing, so the
     layer column of the copy row is empty and only the model measure (the whole engine) is shown."""
-    from minipsn import fidelity
+    from minipsn.bench import fidelity
 
     cell = {"projection": 0.5, "rel_error": 0.5, "gap": 1e-4}
     report = {"model_name": "tiny", "layer": {"bfloat16": {"fold": {str(b): cell for b in B_SCALES}}},

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minipsn.config import Config, ControlConfig, NoiseConfig, apply_overrides, config_from_dict
-from minipsn.sigma_control import AdaptiveSigma, FixedSigma, KLSigma, make_controller, standardise
+from minipsn.method.sigma_control import AdaptiveSigma, FixedSigma, KLSigma, make_controller, standardise
+from minipsn.run.config import Config, ControlConfig, NoiseConfig
+from minipsn.run.overrides import apply_overrides, config_from_dict
 
 
 def sig(kl=0.003, div=0.5, cert=1.0):

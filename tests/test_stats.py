@@ -1,9 +1,10 @@
-"""The paired difference of pass@k and its interval (minipsn/stats.py): estimates, variance, coverage, pairing."""
+"""The paired difference of pass@k and its interval (minipsn/experiments/stats.py): estimates, variance, coverage,
+pairing."""
 import numpy as np
 import pytest
 
-from minipsn.scoring import pass_at_k
-from minipsn.stats import (
+from minipsn.evaluation.scoring import pass_at_k
+from minipsn.experiments.stats import (
     DATA_MODELS,
     count_matrix,
     coverage,
@@ -88,7 +89,7 @@ def test_seed_effects_shared_by_both_sides_cancel_from_the_paired_interval():
 def test_the_95_percent_interval_covers_the_truth_under_grid_like_data(name):
     """1,000 simulated grids per data model (P = 100 problems, n = 64, k = 1, 8, 64): 93-98 % coverage with 5
     seeds below k = n, at least 93 % at k = n (where pass@k of a cell is 0 or 1 and the interval is conservative,
-    up to 100 %), at least 90 % with 3 (`python -m minipsn.stats` prints the table docs/evaluation.md states)."""
+    up to 100 %), at least 90 % with 3 (`python -m minipsn.experiments.stats` prints the table docs/evaluation.md states)."""
     five, three = coverage(DATA_MODELS[name], 5), coverage(DATA_MODELS[name], 3)
     assert all(0.93 <= c <= 0.98 for c in five["coverage"][:-1]) and five["coverage"][-1] >= 0.93, five
     assert all(c >= 0.90 for c in three["coverage"]), three
@@ -133,7 +134,7 @@ def test_count_matrix_pairs_problems_by_id_and_kind():
 
 
 def test_across_builds_is_the_hartung_knapp_random_effects_mean():
-    from minipsn.stats import across_builds
+    from minipsn.experiments.stats import across_builds
 
     same = across_builds([0.05, 0.05, 0.05], [0.01, 0.02, 0.01])
     assert same["diff"] == pytest.approx(0.05) and same["tau2"] == 0.0 and same["high"] - same["low"] < 1e-12

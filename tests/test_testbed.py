@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from minipsn.config import DataConfig
-from minipsn.headroom import guess_rates
-from minipsn.local_models import LOCAL_MODELS
-from minipsn.models import resolve_name
-from minipsn.synthetic import synthetic_split
+from minipsn.experiments.headroom import guess_rates
+from minipsn.run.config import DataConfig
+from minipsn.tasks.local_models import LOCAL_MODELS
+from minipsn.tasks.models import resolve_name
+from minipsn.tasks.synthetic import synthetic_split
 
 
 def test_the_default_task_is_unchanged_by_the_new_knobs():
@@ -56,7 +56,7 @@ def test_steps_answers_are_the_ordered_tuple_of_values_and_graded_in_order():
 
 
 def test_habit_share_per_first_operation():
-    from minipsn.sft import demonstration, first_operation
+    from minipsn.tasks.sft import demonstration, first_operation
 
     recs = synthetic_split(DataConfig(n_ops=3, answer="steps", n_train=400, n_test=20), "train")
     assert {first_operation(r["problem"]) for r in recs} == {"add", "subtract"}
@@ -96,7 +96,7 @@ def test_guess_rates_count_what_a_guess_would_score():
 
 
 def test_testbed_is_a_local_model_like_tiny(tmp_path, monkeypatch):
-    from minipsn.local_models import SHIPPED, folder_name, local_spec
+    from minipsn.tasks.local_models import SHIPPED, folder_name, local_spec
 
     assert set(LOCAL_MODELS) == {"tiny", "testbed", "ceiling"}
     assert local_spec("testbed") == ("testbed", 0) and local_spec("testbed-b3") == ("testbed", 3)
@@ -112,7 +112,7 @@ def test_testbed_is_a_local_model_like_tiny(tmp_path, monkeypatch):
 
 
 def test_testbed_preset_trains_on_the_task_its_model_was_built_on():
-    from minipsn.config import build_config
+    from minipsn.run.overrides import build_config
 
     built, used = LOCAL_MODELS["testbed"]["data"], build_config(model="testbed").data
     for key in ("n_ops", "min_ops", "ops", "max_operand", "max_start", "answer", "n_train"):
@@ -122,8 +122,8 @@ def test_testbed_preset_trains_on_the_task_its_model_was_built_on():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="builds the testbed (~8 min with the check): MINIPSN_SLOW=1")
 def test_testbed_has_headroom_at_large_k_that_guessing_does_not_explain(tmp_path):
-    from minipsn.config import build_config
-    from minipsn.headroom import headroom
+    from minipsn.experiments.headroom import headroom
+    from minipsn.run.overrides import build_config
 
     result = headroom(build_config(model="testbed", sets={"eval.n": 256, "eval.problems": 100}), tmp_path)
     p = result["pass@k"]
@@ -135,8 +135,8 @@ def test_testbed_has_headroom_at_large_k_that_guessing_does_not_explain(tmp_path
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="trains GRPO on the testbed (~3 min): MINIPSN_SLOW=1")
 def test_grpo_lifts_the_testbeds_pass_at_1_by_ten_points(tmp_path):
-    from minipsn.config import build_config
-    from minipsn.train import train
+    from minipsn.run.overrides import build_config
+    from minipsn.training.train import train
 
     cfg = build_config(model="testbed", method="grpo",
                        sets={"run.steps": 50, "run.out": str(tmp_path / "run"), "eval.every": 50})

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minipsn import trackers
-from minipsn.config import apply_overrides, build_config, config_from_dict
 from minipsn.rewards import correctness_reward, shaped_reward
+from minipsn.run.overrides import apply_overrides, build_config, config_from_dict
+from minipsn.training import trackers
 from minipsn.verify import extract_answers
 
 SMALL = {"run.steps": "3", "run.save_every": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4",
@@ -80,7 +80,7 @@ def test_tensorboard_and_samples_match_metrics_after_a_kill_and_resume(tmp_path,
     """Step 3 is logged, then the run dies before its checkpoint; the resume redoes step 3, and neither
     the event files nor samples.jsonl hold it twice."""
     pytest.importorskip("tensorboard")
-    from minipsn.train import Trainer
+    from minipsn.training.train import Trainer
 
     run = tmp_path / "run"
     cfg = build_config(model="tiny", sets={**SMALL, "run.out": str(run), "run.log_to": "jsonl,tensorboard"})

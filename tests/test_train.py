@@ -23,7 +23,7 @@ def cli(*args, check=True, timeout=1800):
 
 
 def tiny_cfg(out, **sets):
-    from minipsn.config import build_config
+    from minipsn.run.overrides import build_config
 
     base = {"run.out": str(out), "run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4",
             "rollout.max_new_tokens": "32"}
@@ -44,7 +44,7 @@ def test_cli_train_tiny_writes_metrics_and_a_reloadable_adapter(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from minipsn.local_models import tiny_model_dir
+    from minipsn.tasks.local_models import tiny_model_dir
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
     fresh = {n: p.clone() for n, p in base.named_parameters()}
@@ -59,7 +59,7 @@ def test_cli_train_tiny_writes_metrics_and_a_reloadable_adapter(tmp_path):
 
 
 def test_trainer_keeps_base_weights_frozen_in_4bit(tmp_path):
-    from minipsn.train import Trainer
+    from minipsn.training.train import Trainer
 
     tr = Trainer(tiny_cfg(tmp_path / "r"))
     if getattr(tr.model.get_base_model(), "is_loaded_in_4bit", False):
@@ -76,8 +76,9 @@ def test_trainer_keeps_base_weights_frozen_in_4bit(tmp_path):
 
 
 def test_verifier_both_logs_the_step_disagreements(tmp_path, monkeypatch):
-    from minipsn import train, verify
-    from minipsn.train import Trainer
+    from minipsn import verify
+    from minipsn.training import train
+    from minipsn.training.train import Trainer
 
     real = train.correctness_rewards
 
@@ -92,8 +93,8 @@ def test_verifier_both_logs_the_step_disagreements(tmp_path, monkeypatch):
 
 
 def test_nan_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
-    from minipsn import algo
-    from minipsn.train import Trainer
+    from minipsn.method import algo
+    from minipsn.training.train import Trainer
 
     tr = Trainer(tiny_cfg(tmp_path / "r"))
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
@@ -105,7 +106,7 @@ def test_nan_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
 
 
 def test_simulated_oom_halves_the_rollout_batch_and_the_learner_budget(tmp_path, monkeypatch):
-    from minipsn import train as T
+    from minipsn.training import train as T
 
     tr = T.Trainer(tiny_cfg(tmp_path / "r", **{"rollout.batch_size": "8", "grpo.micro_batch_tokens": "2048"}))
     real_sample, real_learn = T.sample, T.learner_step
@@ -133,9 +134,10 @@ def test_simulated_oom_halves_the_rollout_batch_and_the_learner_budget(tmp_path,
 def test_build_tiny_variant_records_its_task_and_trains_from_its_folder(tmp_path, capsys):
     """A tiny model for another synthetic task (2 warm-start steps here, to stay quick) loads by folder;
     the build names the model it builds."""
-    from minipsn.config import DataConfig, build_config
-    from minipsn.local_models import build_tiny
-    from minipsn.train import Trainer
+    from minipsn.run.config import DataConfig
+    from minipsn.run.overrides import build_config
+    from minipsn.tasks.local_models import build_tiny
+    from minipsn.training.train import Trainer
 
     data = DataConfig(n_ops=3, ops="+-*", n_train=80, n_test=5)  # a warm-start batch takes 64
     folder = build_tiny(tmp_path / "tiny3", data, steps=2, name="tiny3")
@@ -169,7 +171,7 @@ def test_a_rollout_retried_after_out_of_memory_samples_what_the_first_try_would_
     """The first try consumed its generators before it ran out of memory; the retry starts from fresh ones seeded
     as the first try's (per prompt, with batch sizes that are multiples of G), so the step is the step without
     out-of-memory: the same completions, the same rewards."""
-    from minipsn import train as T
+    from minipsn.training import train as T
 
     sets = {"rollout.batch_size": "8", "noise.sigma": "0.02"}
     clean = T.Trainer(tiny_cfg(tmp_path / "clean", **sets))
@@ -195,8 +197,8 @@ def test_a_rollout_retried_after_out_of_memory_samples_what_the_first_try_would_
 def test_the_learner_on_a_base_dequantized_once_is_the_nf4_learner_bit_for_bit(tmp_path):
     """model.dequantize_once (on by default on the CPU) keeps each 4-bit weight's dequantized values: the learner's
     log-probs and the adapter's gradients are those of dequantizing at every call."""
-    from minipsn import learner
-    from minipsn import train as T
+    from minipsn.training import learner
+    from minipsn.training import train as T
 
     outs = []
     for mode in ("off", "on"):
@@ -218,7 +220,7 @@ def test_the_learner_on_a_base_dequantized_once_is_the_nf4_learner_bit_for_bit(t
 def test_the_guard_watches_the_decode_path_that_gives_the_tis_denominators(tmp_path, monkeypatch, capsys):
     """At σ > 0 the decoded log-probs (TIS's π_θ̃) are checked against a full teacher-forced pass of the same noisy
     sampler: a healthy decode is within float noise of it; one whose log-probs drift is warned about."""
-    from minipsn import train as T
+    from minipsn.training import train as T
 
     tr = T.Trainer(tiny_cfg(tmp_path / "r", **{"noise.sigma": "0.02", "rollout.guard_every": "1"}))
     healthy = tr.step(0)

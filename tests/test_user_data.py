@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-from minipsn import data, user_data
-from minipsn.config import DataConfig, build_config
+from minipsn.run.config import DataConfig
+from minipsn.run.overrides import build_config
+from minipsn.tasks import data, user_data
+from minipsn.tasks.problems import load_problems
 
 PROBLEMS = ["Start at 3, add 4. What number do you get?", "Start at 9, subtract 2. What number do you get?",
             "Start at 5, add 5. What number do you get?"]
@@ -29,12 +31,12 @@ def test_jsonl_with_other_column_names_keeps_every_column(tmp_path):
     rows = [{"question": p, "final": g, "topic": "add"} for p, g in zip(PROBLEMS, GOLDS)]
     path = write_jsonl(tmp_path / "mine.jsonl", [rows[0], "", *rows[1:]])  # a blank line holds no row
     stats = {}
-    records = data.load_problems(own(path), "train", stats=stats)
+    records = load_problems(own(path), "train", stats=stats)
     assert [(r["id"], r["problem"], r["answer"]) for r in records] == [
         ("mine-00000", PROBLEMS[0], "7"), ("mine-00001", PROBLEMS[1], "7"), ("mine-00002", PROBLEMS[2], "10")]
     assert records[2]["columns"] == rows[2]  # what TRL-style reward functions receive
     assert stats == {"source": str(path), "loaded": 3, "skipped": 0, "unreadable": 0}
-    named = data.load_problems(own(path, problem_field="topic", answer_field="final"), "train")
+    named = load_problems(own(path, problem_field="topic", answer_field="final"), "train")
     assert named[0]["problem"] == "add"
 
 
@@ -47,7 +49,7 @@ def test_jsonl_with_other_column_names_keeps_every_column(tmp_path):
     ({"problem": "p", "answer": "\\boxed{12}", "solution": "s"}, "12"),  # answer before solution
 ])
 def test_field_guesses_and_gold_forms(tmp_path, row, gold):
-    assert data.load_problems(own(write_jsonl(tmp_path / "d.jsonl", [row])), "train")[0]["answer"] == gold
+    assert load_problems(own(write_jsonl(tmp_path / "d.jsonl", [row])), "train")[0]["answer"] == gold
 
 
 def test_gold_answers_that_cannot_be_graded_are_skipped_and_counted(tmp_path, capsys):
@@ -55,14 +57,14 @@ def test_gold_answers_that_cannot_be_graded_are_skipped_and_counted(tmp_path, ca
             {"problem": "d", "answer": "\\frac{1}{"}, {"problem": "e", "answer": "x^{\\prime}+r x=0"},
             {"problem": "f", "answer": "(2, 3)"}, {"problem": "g", "solution": "no box"}]
     stats = {}
-    records = data.load_problems(own(write_jsonl(tmp_path / "g.jsonl", rows)), "train", stats=stats)
+    records = load_problems(own(write_jsonl(tmp_path / "g.jsonl", rows)), "train", stats=stats)
     assert [r["problem"] for r in records] == ["a", "f"]
     assert stats["loaded"] == 2 and stats["unreadable"] == 5 == stats["skipped"]
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "skipped 5 of 7 rows" in out and "g.jsonl:2: empty" in out
     solution_only = write_jsonl(tmp_path / "s.jsonl", [{"problem": "a", "solution": "no box here"}])
     with pytest.raises(ValueError, match=r"no usable rows \(0 malformed, 1 with an unreadable gold answer"):
-        data.load_problems(own(solution_only), "train")
+        load_problems(own(solution_only), "train")
 
 
 def test_unreadable_is_the_verifiers_view():
@@ -77,48 +79,48 @@ def test_unreadable_is_the_verifiers_view():
 def test_csv_is_text_and_names_lines(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text('question,answer\n"two\nlines",007\nb,8\n')
-    records = data.load_problems(own(path), "train")
+    records = load_problems(own(path), "train")
     assert [(r["problem"], r["answer"]) for r in records] == [("two\nlines", "007"), ("b", "8")]  # "007" stays
     path.write_text('question,answer\n"two\nlines",7\nb,8,9\n')
     with pytest.raises(ValueError, match=rf"{path}:4: 1 cells more than the header's columns"):
-        data.load_problems(own(path), "train")
+        load_problems(own(path), "train")
 
 
 def test_parquet_json_and_a_folder_through_datasets(tmp_path):
     import pandas as pd
 
     pd.DataFrame({"problem": ["p", "q"], "answer": [4.0, None]}).to_parquet(tmp_path / "d.parquet")
-    records = data.load_problems(own(tmp_path / "d.parquet"), "train")
+    records = load_problems(own(tmp_path / "d.parquet"), "train")
     assert [(r["problem"], r["answer"]) for r in records] == [("p", "4")]
     (tmp_path / "d.json").write_text(json.dumps([{"question": "p", "answer": 1}, {"question": "q", "answer": "x+1"}]))
-    assert [r["answer"] for r in data.load_problems(own(tmp_path / "d.json"), "train")] == ["1", "x+1"]
+    assert [r["answer"] for r in load_problems(own(tmp_path / "d.json"), "train")] == ["1", "x+1"]
     folder = tmp_path / "set"
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"q": "p", "a": "1"}])
     write_jsonl(folder / "test.jsonl", [{"q": "t", "a": "2"}])
     cfg = own(folder, problem_field="q", answer_field="a", test_split="test")
-    assert [r["problem"] for r in data.load_problems(cfg, "train")] == ["p"]
-    assert [r["problem"] for r in data.load_problems(cfg, "test")] == ["t"]
+    assert [r["problem"] for r in load_problems(cfg, "train")] == ["p"]
+    assert [r["problem"] for r in load_problems(cfg, "test")] == ["t"]
     with pytest.raises(ValueError, match=r"cannot load .*set \(validation\): ValueError: Unknown split"):
-        data.load_problems(own(folder, problem_field="q", answer_field="a", split="validation"), "train")
+        load_problems(own(folder, problem_field="q", answer_field="a", split="validation"), "train")
 
 
 def test_held_out_problems_from_a_file(tmp_path):
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     write_jsonl(train, [{"problem": "p", "answer": "1"}])
     write_jsonl(test, [{"problem": "t", "answer": "2"}])
-    assert data.load_problems(own(train, test_split=str(test)), "test")[0]["problem"] == "t"
+    assert load_problems(own(train, test_split=str(test)), "test")[0]["problem"] == "t"
     with pytest.raises(ValueError, match="has no held-out problems: set data.test_split"):
-        data.load_problems(own(train), "test")
+        load_problems(own(train), "test")
     with pytest.raises(ValueError, match="is a file, so its held-out problems are another file"):
-        data.load_problems(own(train, test_split="test"), "test")
+        load_problems(own(train, test_split="test"), "test")
 
 
 def test_a_hub_id_offline_fails_in_one_line_at_once(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(ValueError, match=r"cannot load someone/no-such-set: .*HF_HUB_OFFLINE") as e:
-        data.load_problems(DataConfig(dataset="someone/no-such-set"), "train")
+        load_problems(DataConfig(dataset="someone/no-such-set"), "train")
     assert time.monotonic() - start < 10 and "\n" not in str(e.value)
 
 
@@ -135,7 +137,7 @@ def test_a_hub_id_with_the_network_down_asks_once(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
     with pytest.raises(ValueError, match=r"hub cannot be reached for dataset someone/set .*HF_HUB_OFFLINE=1"):
-        data.load_problems(DataConfig(dataset="someone/set", config="main"), "train")
+        load_problems(DataConfig(dataset="someone/set", config="main"), "train")
     assert calls == [("someone/set", 10)]
 
 
@@ -147,28 +149,28 @@ def test_a_hub_id_with_the_network_down_asks_once(monkeypatch):
 def test_dataset_names_that_fail_say_what_to_give(dataset, fields, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=message):
-        data.load_problems(DataConfig(dataset=dataset, **fields), "train")
+        load_problems(DataConfig(dataset=dataset, **fields), "train")
 
 
 def test_errors_name_the_columns_the_file_or_the_line(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"q": "p", "sol": "1"}])
     with pytest.raises(ValueError, match=r"no problem column in .*d.jsonl \(looked for problem, question.*its "
                                          r"columns: q, sol; name one with --set data.problem_field=COLUMN"):
-        data.load_problems(own(path), "train")
+        load_problems(own(path), "train")
     with pytest.raises(ValueError, match=r"data.answer_field='answer' is not a column of .*; its columns: q, sol"):
-        data.load_problems(own(path, problem_field="q", answer_field="answer"), "train")
+        load_problems(own(path, problem_field="q", answer_field="answer"), "train")
     with pytest.raises(ValueError, match=r"data.split names a split of a hub dataset or folder; .* is a file"):
-        data.load_problems(own(path, problem_field="q", answer_field="sol", split="test"), "train")
+        load_problems(own(path, problem_field="q", answer_field="sol", split="test"), "train")
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(ValueError, match=r"files of type .txt are not read; use .jsonl, .json, .parquet or .csv"):
-        data.load_problems(own(tmp_path / "d.txt"), "train")
+        load_problems(own(tmp_path / "d.txt"), "train")
     bad = write_jsonl(tmp_path / "b.jsonl", [{"q": "p", "a": "1"}, '{"q": ', {"q": "", "a": "2"}, {"q": "r", "a": {}}])
     cfg = own(bad, problem_field="q", answer_field="a")
     with pytest.raises(ValueError, match=rf"{bad}:2: not valid JSON.*skip_bad_rows"):
-        data.load_problems(cfg, "train")
+        load_problems(cfg, "train")
     stats = {}
-    assert len(data.load_problems(own(bad, problem_field="q", answer_field="a", skip_bad_rows=True), "train",
-                                  stats=stats)) == 1 and stats["skipped"] == 3
+    assert len(load_problems(own(bad, problem_field="q", answer_field="a", skip_bad_rows=True), "train",
+                             stats=stats)) == 1 and stats["skipped"] == 3
 
 
 # ---- rows given to train(), held-out evaluation, prompts -----------------------------------------
@@ -228,7 +230,7 @@ def test_training_reaches_the_trainer_from_each_source(kind, tmp_path, tiny_mode
     import pandas as pd
     from datasets import Dataset
 
-    from minipsn.train import train
+    from minipsn.training.train import train
 
     rows = [{"question": p, "final": g} for p, g in zip(PROBLEMS, GOLDS)] + [{"question": "Skip me", "final": ""}]
     if kind in ("parquet", "csv"):
@@ -243,9 +245,9 @@ def test_training_reaches_the_trainer_from_each_source(kind, tmp_path, tiny_mode
         run = train(tiny(tmp_path, kind), dataset=given)
     assert trained_on(run) <= set(zip(PROBLEMS, GOLDS)) and len(trained_on(run)) >= 2
     assert "skipped 1 of 4 rows" in capsys.readouterr().out
-    from minipsn.provenance import records_digest
+    from minipsn.evaluation.provenance import records_digest
 
-    trained = data.load_problems(own(path), "train") if kind in ("parquet", "csv") else \
+    trained = load_problems(own(path), "train") if kind in ("parquet", "csv") else \
         user_data.given_records(given, DataConfig())
     digest = json.loads((run / "config.json").read_text())["provenance"]["records"]["train"]
     assert digest == records_digest(trained)  # what a resume compares
@@ -253,7 +255,7 @@ def test_training_reaches_the_trainer_from_each_source(kind, tmp_path, tiny_mode
 
 def test_held_out_rows_given_to_train_are_evaluated(tmp_path, tiny_model):
     """data.dataset names a file with no held-out split, so only test_dataset= can feed the periodic evaluation."""
-    from minipsn.train import train
+    from minipsn.training.train import train
 
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": p, "answer": g} for p, g in zip(PROBLEMS, GOLDS)])
     cfg = tiny(tmp_path, "run", **{"data.dataset": str(path), "eval.every": "2", "eval.n": "2", "eval.problems": "2"})

@@ -9,9 +9,10 @@ import time
 import pytest
 
 from minipsn import verify
-from minipsn.config import RewardConfig, build_config
+from minipsn.evaluation.scoring import score_rows
 from minipsn.rewards import correctness_rewards
-from minipsn.scoring import score_rows
+from minipsn.run.config import RewardConfig
+from minipsn.run.overrides import build_config
 from minipsn.verify import extract_answers, verify_stats, warm_up
 
 SLACK = 5.0  # seconds a request may take beyond its limit (killing the worker, a busy machine)
@@ -59,8 +60,8 @@ def test_the_pick_is_math_verifys_own():
     math_verify.parse with TRL's first-match settings, on MATH-500 solutions without their boxes."""
     import math_verify
 
+    from minipsn.rewards.field import field_pairs
     from minipsn.verify import judge
-    from minipsn.verify.field import field_pairs
     from tests.conftest import DATA
 
     rows = [json.loads(line) for line in (DATA / "math500_test.jsonl").read_text(encoding="utf-8").splitlines()[:60]]

@@ -1,5 +1,5 @@
-"""minipsn.verify.field (issue 35): the completions built from MATH-500's solutions carry the verdicts their form
-says, and the subset table in docs/verifier.md is what the code gives (python -m minipsn.verify.field --problems 8)."""
+"""minipsn.rewards.field (issue 35): the completions built from MATH-500's solutions carry the verdicts their form
+says, and the subset table in docs/verifier.md is what the code gives (python -m minipsn.rewards.field --problems 8)."""
 
 import json
 import re
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from minipsn.rewards.field import FORMS, audit, field_pairs, markdown
 from minipsn.verify import boxed_contents, warm_up
-from minipsn.verify.field import FORMS, audit, field_pairs, markdown
 from tests.conftest import DATA, REPO
 
 ROWS = [json.loads(line) for line in (DATA / "math500_test.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -45,7 +45,7 @@ def test_the_docs_subset_table_is_what_the_code_gives():
 
 
 def test_the_script_fails_in_one_line():
-    run = lambda *args: subprocess.run([sys.executable, "-m", "minipsn.verify.field", *args], capture_output=True,
+    run = lambda *args: subprocess.run([sys.executable, "-m", "minipsn.rewards.field", *args], capture_output=True,
                                        text=True, cwd=REPO)
     for args, says in ((["--problems", "-1"], "--problems must be >= 0"), (["--data", "nowhere.jsonl"], "not found")):
         result = run(*args)

@@ -12,8 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from minipsn import verify
-from minipsn.config import RewardConfig, build_config
 from minipsn.rewards import build_reward_fn, correctness_reward
+from minipsn.run.config import RewardConfig
+from minipsn.run.overrides import build_config
 from minipsn.verify import VERIFIERS, is_equivalent, verify_stats, warm_up
 from minipsn.verify.judge import math_verify_equal
 
@@ -131,7 +132,7 @@ def _math_verify_or_hang(raw_pred: str, raw_gold: str, readings=None):
 
 
 def test_a_hung_math_verify_is_bounded_by_the_worker_and_counted_as_a_timeout():
-    from minipsn.train import score
+    from minipsn.training.train import score
 
     verify._restart_worker(_math_verify_or_hang, stage="math-verify")
     try:
@@ -167,9 +168,9 @@ def test_reward_rules_hold_with_every_verifier(verifier):
 
 
 def test_the_verifier_reaches_every_scorer():
-    from minipsn.evaluate import sampling_meta
-    from minipsn.scoring import score_rows
-    from minipsn.train import score
+    from minipsn.evaluation.evaluate import sampling_meta
+    from minipsn.evaluation.scoring import score_rows
+    from minipsn.training.train import score
 
     texts, gold = ["\\boxed{|AB|=4,|CD|=5}", "\\boxed{4, 6}"], "4, 5"
     assert score_rows(texts, [False, False], [3, 3], gold)["correct"] == [1, 0]

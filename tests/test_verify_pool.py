@@ -8,8 +8,8 @@ import time
 import pytest
 
 from minipsn import verify
-from minipsn.config import RewardConfig
 from minipsn.rewards import correctness_reward, correctness_rewards
+from minipsn.run.config import RewardConfig
 from minipsn.verify import is_equivalent, is_equivalent_many, verify_stats, warm_up, worker
 
 SLACK = 5.0  # seconds a check may take beyond its limit (killing the worker, a busy machine)

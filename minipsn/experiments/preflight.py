@@ -1,0 +1,146 @@
+"""The noise-only pre-flight: does noise explore before any training, and where? `python cli.py preflight`.
+
+Evaluates a policy (the base model, or an RL checkpoint's adapter) with each problem's n samples drawn from D
+independent noise draws, n/D samples each (D = n: one draw per sample), for each setting of a list:
+
+    clean           no noise, T = 1 (D = 1 here is exactly `eval`'s and `headroom`'s sampling)
+    lora:σ          σ·ε on the LoRA adapter (the `psn` arms' space)
+    weight:σ        σ·ε on the target projections' dense base weights (the `psn-weight` arm's, the paper's form)
+    temperature:T   the clean policy sampled at T (action-space noise, the `temperature` arm)
+
+Draw d's noise seed is derive_seed(run.seed, "preflight", d), shared by every problem, and logged with each sample
+(`noise_seeds`); each problem's generator for draw d is its evaluation generator, made draw-specific when D > 1. It
+reports each setting's pass@k per kind of question, and on answers that should be tuples (the ceiling's steps
+questions) how often the policy boxes a tuple and how often that tuple is right: the choice that makes the ceiling.
+It costs evaluations only: if no noise beats clean sampling on that choice, training runs cannot be expected to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from minipsn.evaluation.evaluate import benchmark_records, eval_rollout_config
+from minipsn.evaluation.provenance import provenance
+from minipsn.evaluation.scoring import score_rows, summarize
+from minipsn.method.noise import derive_seed
+from minipsn.run.config import Config
+from minipsn.run.folders import check_writable
+from minipsn.sampling.engine import build_engine, make_engine
+from minipsn.sampling.rollout import sample
+from minipsn.tasks.data import format_prompt
+from minipsn.tasks.models import load_policy
+
+SPACES = ("clean", "lora", "weight", "temperature")
+
+
+def parse_setting(text: str) -> tuple[str, float]:
+    """"clean" → ("clean", 0); "lora:0.02" → ("lora", 0.02); "temperature:1.2" → ("temperature", 1.2)."""
+    space, _, value = text.partition(":")
+    if space not in SPACES or (space == "clean") != (value == ""):
+        raise ValueError(f"a pre-flight setting is clean, lora:σ, weight:σ or temperature:T, got {text!r}")
+    try:
+        v = float(value) if value else 0.0
+    except ValueError:
+        raise ValueError(f"a pre-flight setting's value must be a number, got {text!r}") from None
+    if v < 0 or (space == "temperature" and v <= 0):
+        raise ValueError(f"a pre-flight setting's σ must be >= 0 and T > 0, got {text!r}")
+    return space, v
+
+
+def sample_setting(model, engines: dict, tok, records: list[dict], cfg: Config, space: str, value: float,
+                   draws: int) -> list[dict]:
+    """Every problem's n = eval.n samples, n/D from each of D draws of one setting, scored; one row per problem with
+    the samples of every draw in order and each sample's noise seed."""
+    n = cfg.eval.n
+    if draws < 1 or n % draws:
+        raise ValueError(f"the pre-flight's draws D={draws} must divide eval.n={n}")
+    rcfg = eval_rollout_config(cfg.rollout, cfg.eval)
+    if space == "temperature":
+        rcfg = dataclasses.replace(rcfg, temperature=value)
+    engine, sigma = engines["weight" if space == "weight" else "lora"], value if space in ("lora", "weight") else 0.0
+    device = next(model.parameters()).device
+    per = n // draws
+    rows = {r["id"]: {"id": r["id"], **({"kind": r["kind"]} if "kind" in r else {}), "texts": [], "cut": [], "lengths": [],
+                      "noise_seeds": []} for r in records}
+    per_call = max(1, rcfg.batch_size // per)
+    for d in range(draws):
+        seed = derive_seed(cfg.run.seed, "preflight", d)
+        with engine.policy(sigma, [seed], cfg.noise.targets) as (sampler, _):
+            for s in range(0, len(records), per_call):
+                chunk = records[s : s + per_call]
+                gens = [torch.Generator(device).manual_seed(derive_seed(cfg.run.seed, "eval", "synthetic", r["id"],
+                                                                        *(("draw", d) if draws > 1 else ())))
+                        for r in chunk]
+                ro = sample(sampler, tok, [format_prompt(tok, r["problem"], cfg.data.template) for r in chunk], per, rcfg,
+                            gens, cfg.model.max_prompt_tokens, shared_prefill=True, drop_finished=True)
+                lengths, cut = ro.completion_mask.sum(1).tolist(), ro.truncated.tolist()
+                for j, r in enumerate(chunk):
+                    row = rows[r["id"]]
+                    row["texts"] += ro.texts[j * per:(j + 1) * per]
+                    row["cut"] += cut[j * per:(j + 1) * per]
+                    row["lengths"] += lengths[j * per:(j + 1) * per]
+                    row["noise_seeds"] += [seed if sigma > 0 else None] * per
+    scored = []
+    for r in records:
+        row = rows[r["id"]]
+        scored.append({k: v for k, v in row.items() if k not in ("texts", "cut", "lengths")}
+                      | score_rows(row["texts"], row["cut"], row["lengths"], r["answer"], cfg.reward.timeout,
+                                   cfg.reward.last_number, cfg.reward.unboxed_answer, cfg.reward.verifier,
+                                   cfg.reward.extract))
+    return scored
+
+
+def tuple_choice(rows: list[dict]) -> dict:
+    """On problems whose gold is a tuple: the share of samples that box a tuple, and that box the right one, each a
+    mean over problems of the per-problem share."""
+    tuples = [r for r in rows if r["gold"].startswith("(")]
+    if not tuples:
+        return {}
+    boxed = [sum(a is not None and a.startswith("(") for a in r["answers"]) / len(r["answers"]) for r in tuples]
+    right = [sum(r["correct"]) / len(r["correct"]) for r in tuples]
+    return {"problems": len(tuples), "tuple_rate": sum(boxed) / len(tuples), "right_rate": sum(right) / len(tuples)}
+
+
+def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Path, adapter: str | None = None,
+              kind: str | None = None) -> dict:
+    """Each setting × each D (module docstring) on the held-out synthetic problems (eval.problems of them, only those
+    of `kind` when given, eval.n samples each); writes OUT/preflight.json (and each setting's rows in OUT/samples/)
+    and returns the report."""
+    out = check_writable(out)
+    parsed = [parse_setting(s) for s in settings]
+    records = [r for r in benchmark_records("synthetic", cfg) if kind is None or r.get("kind") == kind]
+    if not records:
+        raise ValueError(f"no held-out problems of kind {kind!r}; the mixed task has final and steps")
+    t0 = time.perf_counter()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)  # the fresh adapter the runs start with, as the trainer and calibrate make it
+    model, tok = load_policy(cfg, adapter)
+    model.eval()
+    clean = dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, sigma=0.0, space="lora"))
+    engines = {"lora": make_engine(model, clean)}
+    if any(space == "weight" for space, _ in parsed):
+        engines["weight"] = build_engine(model, "fast", cfg.eval.max_new_tokens, "weight", static_cache=False,
+                                         compile_step=False)
+    report = {"model": cfg.model.name, "adapter": adapter, "n": cfg.eval.n, "problems": len(records), "kind": kind,
+              "results": [],
+              "provenance": provenance(cfg, {"synthetic": records})}
+    for text, (space, value) in zip(settings, parsed):
+        for d in draws if space != "clean" else [1]:
+            rows = sample_setting(model, engines, tok, records, cfg, space, value, d)
+            (out / "samples").mkdir(parents=True, exist_ok=True)
+            (out / "samples" / f"{text.replace(':', '-')}-D{d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            numbers = summarize(rows)
+            kinds = {k: {"pass@k": v["pass@k"], **tuple_choice([r for r in rows if r.get("kind") == k])}
+                     for k, v in numbers.get("kinds", {}).items()}
+            report["results"].append({"setting": text, "space": space, "value": value, "draws": d,
+                                      "pass@k": numbers["pass@k"], **tuple_choice(rows), "kinds": kinds})
+            print(f"pre-flight {text} D={d}: pass@1 {numbers['pass@k']['1']:.3f}, pass@{cfg.eval.n} "
+                  f"{numbers['pass@k'][str(cfg.eval.n)]:.3f}", flush=True)
+    report["seconds"] = time.perf_counter() - t0
+    (out / "preflight.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,4 @@
+"""Where rollouts come from: the engine holds the weights the perturbed policy samples from (engine.py), and the
+decode loop turns prompts into completions with their sampler log-probs (rollout.py; static_decode.py, its static
+cache on CUDA). Above method/, whose noise the engine applies.
+"""

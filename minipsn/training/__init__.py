@@ -1,0 +1,3 @@
+"""The training loop: `Trainer.step` is the paper's Algorithm 1, each labelled phase a call or two (train.py), the
+learner's log-probs and update (learner.py), a step's metrics (metrics.py) and where they go (trackers.py).
+"""
