@@ -108,7 +108,7 @@ def test_calibrate_finds_the_temperature_that_hits_the_target_kl(tmp_path):
     from minipsn.tasks.data import format_prompt
     from minipsn.tasks.models import load_policy
     from minipsn.tasks.problems import load_problems
-    from minipsn.training.train import step_records
+    from minipsn.training.batch import step_records
 
     cfg = build_config(model="tiny")
     target = 0.003

@@ -2,7 +2,7 @@
 the methods with noise."""
 import pytest
 
-from minipsn.experiments import compare
+from minipsn.experiments import jobs
 from minipsn.run.overrides import build_config
 from minipsn.run.presets import METHODS
 
@@ -30,7 +30,7 @@ def test_compare_sigma_reaches_only_the_methods_with_noise(method, tmp_path, mon
     monkeypatch.setattr("minipsn.evaluation.evaluate.evaluate", lambda cfg, *a, **k: {"trained": cfg})
     fixed_draw = "noise.granularity" in METHODS[method]  # c3po: its draws split the step's, its own setting
     sets = {"noise.sigma": 0.02, "eval.every": 0, **({} if fixed_draw else {"noise.granularity": "group"})}
-    compare.run_one("qwen-1.5b", method, 0, sets, tmp_path / method, ["synthetic"])
+    jobs.run_one("qwen-1.5b", method, 0, sets, tmp_path / method, ["synthetic"])
     noise = seen["cfg"].noise
     if method in BASELINES:
         assert noise.sigma == 0.0 and noise.granularity == build_config(model="qwen-1.5b").noise.granularity
@@ -40,5 +40,5 @@ def test_compare_sigma_reaches_only_the_methods_with_noise(method, tmp_path, mon
 
 def test_compare_granularity_the_c3po_arm_cannot_take_fails_naming_it(tmp_path):
     with pytest.raises(ValueError, match=r"--method c3po fixes noise.granularity=step.*noise.granularity=group"):
-        compare.job_config("qwen-1.5b", "c3po", 0, {"noise.granularity": "group"}, tmp_path / "w")
-    assert compare.job_config("qwen-1.5b", "psn-weight", 0, {"noise.granularity": "group"}, tmp_path / "w").noise.granularity == "group"
+        jobs.job_config("qwen-1.5b", "c3po", 0, {"noise.granularity": "group"}, tmp_path / "w")
+    assert jobs.job_config("qwen-1.5b", "psn-weight", 0, {"noise.granularity": "group"}, tmp_path / "w").noise.granularity == "group"

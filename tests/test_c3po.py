@@ -9,7 +9,8 @@ from minipsn.method import algo
 from minipsn.method.noise import derive_seed, row_seeds
 from minipsn.run.overrides import build_config
 from minipsn.sampling import engine as E
-from minipsn.training.train import Trainer, advantages
+from minipsn.training.batch import advantages
+from minipsn.training.train import Trainer
 
 SMALL = {"run.steps": "2", "grpo.prompts_per_step": "2", "grpo.group_size": "4", "rollout.max_new_tokens": "24"}
 

@@ -130,7 +130,7 @@ def test_the_noise_kl_is_exact_over_the_vocabulary_even_under_top_p(model, engin
 
 
 def test_copy_bytes_counts_what_the_copy_allocates(model):  # noqa: F811
-    from minipsn.sampling.engine import copy_bytes
+    from minipsn.sampling.dense_copy import copy_bytes
 
     engine = CopyEngine(model, max_new_tokens=4, static_cache=False, compile_step=False)
     tensors = {t.data_ptr(): t.numel() * t.element_size() for t in [*engine.plain.parameters(), *engine.plain.buffers()]}

@@ -14,7 +14,7 @@ from minipsn.method import algo
 from minipsn.rewards import funcs as reward_funcs
 from minipsn.run.config import GRPOConfig, RewardConfig
 from minipsn.run.overrides import build_config
-from minipsn.training.train import advantages, score
+from minipsn.training.batch import advantages, score
 from tests.conftest import REPO
 from tests.test_train import ENV
 

@@ -15,7 +15,8 @@ from minipsn.method import algo
 from minipsn.run import checkpoint
 from minipsn.run.config import GRPOConfig, RewardConfig
 from minipsn.run.overrides import build_config
-from minipsn.training.train import Trainer, advantages, score, train
+from minipsn.training.batch import advantages, score
+from minipsn.training.train import Trainer, train
 from tests.test_resume import _metrics, _start, _wait_for_steps
 from tests.test_train import cli
 
@@ -63,9 +64,9 @@ def test_passk_advantages_read_passes_from_the_verifier():
 
 
 def test_verifier_timeouts_and_errors_are_counted_per_step(tmp_path, monkeypatch):
-    import minipsn.training.train as train_mod
+    import minipsn.training.batch as batch_mod
 
-    real = train_mod.correctness_rewards
+    real = batch_mod.correctness_rewards
 
     def slow_and_broken(completions, *args, **kwargs):
         for _ in completions:
@@ -76,7 +77,7 @@ def test_verifier_timeouts_and_errors_are_counted_per_step(tmp_path, monkeypatch
 
     tr = Trainer(build_config(model="tiny", sets={**SMALL, "run.out": str(tmp_path / "v")}))
     clean = tr.step(0)
-    monkeypatch.setattr(train_mod, "correctness_rewards", slow_and_broken)
+    monkeypatch.setattr(batch_mod, "correctness_rewards", slow_and_broken)
     noisy = tr.step(1)
     assert (clean["verify/timeouts"], clean["verify/errors"]) == (0, 0)
     assert (noisy["verify/timeouts"], noisy["verify/errors"]) == (8, 16)  # P·G = 8 completions this step

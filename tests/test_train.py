@@ -77,17 +77,17 @@ def test_trainer_keeps_base_weights_frozen_in_4bit(tmp_path):
 
 def test_verifier_both_logs_the_step_disagreements(tmp_path, monkeypatch):
     from minipsn import verify
-    from minipsn.training import train
+    from minipsn.training import batch
     from minipsn.training.train import Trainer
 
-    real = train.correctness_rewards
+    real = batch.correctness_rewards
 
     def scored_with_two_disagreements(*args, **kwargs):
         for _ in range(2):  # strict refuses a labelled list, Math-Verify reads it: a disagreement each
             assert verify.is_equivalent("|AB|=4,|CD|=5", "4, 5", verifier="both") is False
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "correctness_rewards", scored_with_two_disagreements)
+    monkeypatch.setattr(batch, "correctness_rewards", scored_with_two_disagreements)
     tr = Trainer(tiny_cfg(tmp_path / "r", **{"reward.verifier": "both"}))
     assert tr.step(0)["verify/disagree"] >= 2
 

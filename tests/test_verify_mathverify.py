@@ -132,7 +132,7 @@ def _math_verify_or_hang(raw_pred: str, raw_gold: str, readings=None):
 
 
 def test_a_hung_math_verify_is_bounded_by_the_worker_and_counted_as_a_timeout():
-    from minipsn.training.train import score
+    from minipsn.training.batch import score
 
     verify._restart_worker(_math_verify_or_hang, stage="math-verify")
     try:
@@ -170,7 +170,7 @@ def test_reward_rules_hold_with_every_verifier(verifier):
 def test_the_verifier_reaches_every_scorer():
     from minipsn.evaluation.evaluate import sampling_meta
     from minipsn.evaluation.scoring import score_rows
-    from minipsn.training.train import score
+    from minipsn.training.batch import score
 
     texts, gold = ["\\boxed{|AB|=4,|CD|=5}", "\\boxed{4, 6}"], "4, 5"
     assert score_rows(texts, [False, False], [3, 3], gold)["correct"] == [1, 0]

@@ -7,7 +7,7 @@
                  `guard/sampler_gap`)
     kl_numerics  mean (log π_sampler − log π_learner) per sampled token (`noise/kl_numerics`)
 
-On the model, `route="copy"` measures the fast engine as it is (`engine.SideLinear`: the base in the compute dtype,
+On the model, `route="copy"` measures the fast engine as it is (`dense_copy.SideLinear`: the base in the compute dtype,
 the adapter beside it in fp32; folded in an fp32 copy) and `route="fold"` folds s·BA into the copy's weights in
 their dtype, the route the engine does not take in bf16, kept so the table shows what it would lose; on one
 layer only the fold is measured (the side path is the learner's term itself there) (docs/RESULTS.md, "The sampler samples
@@ -77,7 +77,7 @@ def folded(engine):
             for (side, _), (w, fold) in zip(engine.sides, saved):
                 side.weight.copy_(w)
                 side.fold = fold
-        from minipsn.sampling.engine import load_adapters
+        from minipsn.sampling.dense_copy import load_adapters
 
         load_adapters(engine.sides, 0.0, 0, set())
 
@@ -98,7 +98,7 @@ def model_fidelity(model, engine, tok, prompts: list[str], G: int, rcfg, route: 
     engine's copy (`route`), then compare over the sampled tokens: the logits' change from the adapter
     (with it against B = 0) in sampler and learner (projection, rel_error), and the sampler's decoded
     log-probs against the learner's full pass (gap, kl_numerics), both at the rollout temperature."""
-    from minipsn.sampling.engine import load_adapters
+    from minipsn.sampling.dense_copy import load_adapters
     from minipsn.training.learner import body_and_head
     from minipsn.sampling.rollout import sample
 

@@ -46,8 +46,8 @@ from minipsn.sampling.rollout import sample
 from minipsn.tasks.data import format_prompt
 from minipsn.tasks.models import load_policy
 from minipsn.tasks.problems import load_problems
+from minipsn.training.batch import step_records
 from minipsn.training.learner import completion_forward, micro_batches
-from minipsn.training.train import step_records
 
 DEFAULT_SIGMAS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # the config keys a calibration depends on (the run's length, learning rate or σ controller do not matter)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minipsn.experiments.compare import Evaluation, in_workers
+from minipsn.experiments.jobs import Evaluation, in_workers, job_config
 
 
 def mix_pass1(report: dict, benchmark: str = "synthetic") -> float:
@@ -83,7 +83,6 @@ def frontier(model: str, arms: list[str], seeds: int, out: str | Path, steps: li
 
 def _one_by_one(model: str, jobs: list[Evaluation], sets: dict, benchmark: str = "synthetic") -> list[dict]:
     from minipsn.evaluation.evaluate import evaluate
-    from minipsn.experiments.compare import job_config
 
     reports = []
     for job in jobs:

@@ -2,8 +2,8 @@
 
 Every field has a type, a default and a one-line docstring (the comment above it) with its
 paper symbol where there is one: P prompts per step, G group size, σ noise std, C TIS cap,
-ε clip range, β KL weight, R LoRA rank. Validation lives in `__post_init__` so a bad value
-fails where it is made, with a message that says what to change.
+ε clip range, β KL weight, R LoRA rank. Validation runs in `__post_init__` so a bad value
+fails where it is made, with a message that says what to change (checks.py holds the checks, one per section).
 
 Overrides come as dotted strings (`noise.sigma=0.01`), parsed against the field types;
 presets (per model) and methods (grpo, psn, ...) are plain dicts of such overrides, applied
@@ -13,19 +13,10 @@ this module, never the reverse. No default is written twice.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
+from minipsn.run import checks
 from minipsn.verify import EXTRACTS, VERIFIERS
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
-    _check(value in options, f"{name}={value!r} is not one of {', '.join(options)}")
 
 
 @dataclass(frozen=True)
@@ -49,11 +40,7 @@ class ModelConfig:
     dequantize_once: str = "auto"
 
     def __post_init__(self):
-        _one_of("model.quantize", self.quantize, ("nf4", "none"))
-        _one_of("model.dequantize_once", self.dequantize_once, ("auto", "on", "off"))
-        _one_of("model.device", self.device, ("auto", "cpu", "cuda"))
-        _one_of("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        _check(self.max_prompt_tokens > 0, "model.max_prompt_tokens must be > 0")
+        checks.model_config(self)
 
 
 @dataclass(frozen=True)
@@ -69,10 +56,7 @@ class LoraConfig:
     targets: str = "all"
 
     def __post_init__(self):
-        _check(self.rank >= 1, f"lora.rank must be >= 1, got {self.rank}")
-        _check(self.dropout == 0.0, f"lora.dropout={self.dropout:g}: only 0 is supported (the learner runs in train "
-               "mode, so dropout would make it another function than the sampler); drop the setting")
-        _one_of("lora.targets", self.targets, ("attn", "mlp", "all"))
+        checks.lora_config(self)
 
 
 @dataclass(frozen=True)
@@ -123,17 +107,7 @@ class DataConfig:
     test_split: str = ""
 
     def __post_init__(self):
-        _check(self.template in ("chat", "plain") or "{problem}" in self.template,
-               f"data.template={self.template!r} is not chat, plain, or a prompt with {{problem}} where the problem "
-               "goes (e.g. \"Solve: {problem}\")")
-        _one_of("data.answer", self.answer, ("final", "steps", "mixed"))
-        _check(0.0 <= self.steps_share <= 1.0, f"data.steps_share must be in [0, 1], got {self.steps_share}")
-        _check(self.n_ops >= 1, "data.n_ops must be >= 1")
-        _check(0 <= self.min_ops <= self.n_ops, "data.min_ops must be in 0..data.n_ops (0 = every problem has n_ops)")
-        _check(self.max_operand >= 2, "data.max_operand must be >= 2")
-        _check(self.max_start == 0 or self.max_start >= 2, "data.max_start must be 0 (= max_operand) or >= 2")
-        _check(bool(self.ops) and set(self.ops) <= set("+-*"), f"data.ops must be made of + - *, got {self.ops!r}")
-        _check(self.n_train >= 1 and self.n_test >= 1, "data.n_train and data.n_test must be >= 1")
+        checks.data_config(self)
 
 
 @dataclass(frozen=True)
@@ -160,18 +134,7 @@ class NoiseConfig:
     sigma_max: float = 0.5
 
     def __post_init__(self):
-        _check(self.sigma >= 0.0, f"noise.sigma must be >= 0, got {self.sigma}")
-        _one_of("noise.targets", self.targets, ("mlp", "attn", "all"))
-        _one_of("noise.granularity", self.granularity, ("step", "group", "rollout"))
-        _one_of("noise.space", self.space, ("lora", "weight"))
-        _check(self.draws >= 1, f"noise.draws must be >= 1, got {self.draws}")
-        _check(self.draws == 1 or self.granularity == "step",
-               f"noise.draws={self.draws} splits the step's draw; it needs noise.granularity=step")
-        _one_of("noise.control", self.control, ("fixed", "kl", "adaptive", "paper"))
-        _check(0.0 <= self.sigma_min <= self.sigma_max, "need 0 <= noise.sigma_min <= noise.sigma_max")
-        _check(self.sigma == 0.0 or self.sigma_min <= self.sigma <= self.sigma_max,
-               f"noise.sigma={self.sigma:g} is outside [noise.sigma_min, noise.sigma_max] = "
-               f"[{self.sigma_min:g}, {self.sigma_max:g}]; change sigma or the bounds")
+        checks.noise_config(self)
 
 
 @dataclass(frozen=True)
@@ -209,13 +172,7 @@ class ControlConfig:
     paper_window: int = 20
 
     def __post_init__(self):
-        _check(self.kl_target > 0 and self.kl_alpha >= 1.0, "need control.kl_target > 0, kl_alpha >= 1")
-        _check(self.paper_beta >= 1.0 and self.paper_window >= 2, "need control.paper_beta >= 1 and paper_window >= 2")
-        _check(self.kl_band >= 1.0, f"control.kl_band must be >= 1, got {self.kl_band}")
-        _check(0.0 <= self.lam <= 1.0, "control.lam must be in [0, 1]")
-        _check(self.gain >= 0.0 and 0.0 < self.rate <= 1.0, "need control.gain >= 0 and 0 < control.rate <= 1")
-        _check(self.window >= 2, "control.window must be >= 2")
-        _one_of("control.diversity", self.diversity, ("hidden", "ngram"))
+        checks.control_config(self)
 
 
 @dataclass(frozen=True)
@@ -270,27 +227,7 @@ class GRPOConfig:
     temperature: float = 1.0
 
     def __post_init__(self):
-        _check(self.prompts_per_step >= 1, "grpo.prompts_per_step (P) must be >= 1")
-        _check(0 < self.seq_mis_low < 1 < self.seq_mis_high, "need 0 < grpo.seq_mis_low < 1 < grpo.seq_mis_high")
-        _check(self.group_size >= 2, f"grpo.group_size (G) must be >= 2, got {self.group_size}")
-        _check(self.clip_eps > 0, "grpo.clip_eps (ε) must be > 0")
-        _check(self.clip_eps_high >= 0, "grpo.clip_eps_high (ε_high) must be >= 0 (0 = grpo.clip_eps)")
-        _check(self.epochs >= 1, f"grpo.epochs (μ) must be >= 1, got {self.epochs}")
-        _check(1 <= self.mini_batches <= self.prompts_per_step * self.group_size,
-               f"grpo.mini_batches (M) must be in [1, P·G = {self.prompts_per_step * self.group_size}], got {self.mini_batches}")
-        _one_of("grpo.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"))
-        _check(self.warmup_steps >= 0, f"grpo.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(self.tis_cap > 0, f"grpo.tis_cap (C) must be > 0, got {self.tis_cap}")
-        _check(self.kl_beta >= 0, "grpo.kl_beta (β) must be >= 0")
-        _one_of("grpo.advantage", self.advantage, ("grpo", "passk"))
-        _check(self.passk_k >= 1, f"grpo.passk_k must be >= 1, got {self.passk_k}")
-        # k ≤ G only binds where Pass@k training reads it: a smaller G for GRPO must not trip on it
-        _check(self.advantage != "passk" or self.passk_k <= self.group_size,
-               f"grpo.passk_k={self.passk_k} must be in [1, grpo.group_size={self.group_size}] (G) "
-               f"with grpo.advantage='passk'; lower grpo.passk_k or raise grpo.group_size")
-        _one_of("grpo.loss_agg", self.loss_agg, ("token-mean", "seq-mean", "dr-grpo"))
-        _check(self.lr > 0 and self.micro_batch_tokens > 0, "grpo.lr and grpo.micro_batch_tokens must be > 0")
-        _check(self.temperature > 0, "grpo.temperature must be > 0")
+        checks.grpo_config(self)
 
 
 @dataclass(frozen=True)
@@ -318,14 +255,7 @@ class RolloutConfig:
     guard_every: int = 10
 
     def __post_init__(self):
-        _check(self.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
-        _check(self.gap_warn >= 0, f"rollout.gap_warn must be >= 0 (0 = never warn), got {self.gap_warn}")
-        _check(self.guard_every >= 1, f"rollout.guard_every must be >= 1, got {self.guard_every}")
-        _one_of("rollout.rng", self.rng, ("auto", "batch", "prompt"))
-        _check(self.temperature > 0, "rollout.temperature must be > 0")
-        _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
-        _check(self.batch_size >= 1, "rollout.batch_size must be >= 1")
-        _one_of("rollout.engine", self.engine, ("auto", "hf", "fast", "lean"))
+        checks.rollout_config(self)
 
 
 @dataclass(frozen=True)
@@ -361,15 +291,7 @@ class RewardConfig:
     weights: tuple[float, ...] = ()
 
     def __post_init__(self):
-        _one_of("reward.verifier", self.verifier, VERIFIERS)
-        _one_of("reward.extract", self.extract, EXTRACTS)
-        _check(self.timeout > 0, "reward.timeout must be > 0")
-        _check(self.verify_workers >= 1, f"reward.verify_workers must be >= 1, got {self.verify_workers}")
-        _one_of("reward.overlong", self.overlong, ("none", "soft", "mask"))
-        _check(self.overlong_window >= 1, f"reward.overlong_window must be >= 1, got {self.overlong_window}")
-        _check(not self.weights or not self.functions or len(self.weights) == len(self.functions),
-               f"reward.weights has {len(self.weights)} weights for {len(self.functions)} reward.functions; give one each")
-        _check(all(math.isfinite(w) for w in self.weights), f"reward.weights must be finite numbers, got {self.weights}")
+        checks.reward_config(self)
 
 
 @dataclass(frozen=True)
@@ -392,28 +314,24 @@ class EvalConfig:
     batch_size: int = 0
 
     def __post_init__(self):
-        _check(1 <= self.n <= 4096, "eval.n must be in [1, 4096]")
-        _check(all(1 <= n <= 4096 for n in self.kind_n().values()), "eval.n_by_kind's n must be in [1, 4096]")
+        checks.eval_config(self)
 
     def kind_n(self) -> dict[str, int]:
         """eval.n_by_kind as {kind: n}; a malformed one is an error naming the form."""
         out = {}
         for item in filter(None, (x.strip() for x in self.n_by_kind.split(","))):
             kind, sep, n = item.partition("=")
-            _check(bool(sep) and kind.strip() != "" and n.strip().isdigit(),
-                   f"eval.n_by_kind expects kind=n,… (e.g. final=32), got {self.n_by_kind!r}")
+            checks.check(bool(sep) and kind.strip() != "" and n.strip().isdigit(),
+                         f"eval.n_by_kind expects kind=n,… (e.g. final=32), got {self.n_by_kind!r}")
             out[kind.strip()] = int(n)
         return out
 
     def n_for(self, record: dict) -> int:
         """Samples for this problem: its kind's n, else eval.n."""
         return self.kind_n().get(record.get("kind"), self.n)
-        _check(self.temperature > 0 and self.max_new_tokens >= 1, "eval.temperature > 0, eval.max_new_tokens >= 1")
-        _check(self.problems >= 0 and self.every >= 0 and self.batch_size >= 0,
-               "eval.problems, eval.every and eval.batch_size must be >= 0")
-
-
-LOG_SINKS = ("jsonl", "tensorboard", "wandb")  # run.log_to; minipsn/training/trackers.py writes each
+        checks.check(self.temperature > 0 and self.max_new_tokens >= 1, "eval.temperature > 0, eval.max_new_tokens >= 1")
+        checks.check(self.problems >= 0 and self.every >= 0 and self.batch_size >= 0,
+                     "eval.problems, eval.every and eval.batch_size must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -437,14 +355,7 @@ class RunConfig:
     log_samples: int = 4
 
     def __post_init__(self):
-        _check(self.steps >= 1, f"run.steps must be >= 1, got {self.steps}")
-        _check(self.save_every >= 1, "run.save_every must be >= 1")
-        _check(all(x.strip().isdigit() and int(x) >= 1 for x in self.keep_adapters.split(",") if x.strip()),
-               f"run.keep_adapters expects steps like 20,40, got {self.keep_adapters!r}")
-        _check(self.threads >= 0, "run.threads must be >= 0 (0 = torch's default)")
-        bad = [name for name in self.log_to if name not in LOG_SINKS]
-        _check(not bad, f"run.log_to has {', '.join(map(repr, bad))}; choose from {', '.join(LOG_SINKS)}")
-        _check(self.log_samples >= 0, "run.log_samples must be >= 0 (0 = no samples.jsonl)")
+        checks.run_config(self)
 
 
 @dataclass(frozen=True)
@@ -461,11 +372,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):  # checks across sections
-        _check(self.grpo.group_size % self.noise.draws == 0,
-               f"noise.draws={self.noise.draws} must divide grpo.group_size={self.grpo.group_size} (G/N rollouts per draw)")
-        _check(self.reward.overlong != "soft" or self.reward.overlong_window <= self.rollout.max_new_tokens,
-               f"reward.overlong_window={self.reward.overlong_window} must be <= rollout.max_new_tokens="
-               f"{self.rollout.max_new_tokens} with reward.overlong=soft; lower the window")
+        checks.config(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""The learner: clean-policy log-probs, TIS weights and the clipped loss over micro-batches; the updates.
+"""The learner: clean-policy log-probs, TIS weights and the clipped loss over micro-batches; the updates, at the
+step's learning rate (`set_learning_rate`, grpo.lr_schedule).
 
     w_t  = min(π_θold(a_t) / π_θ̃(a_t), C), detached      TIS: the batch was sampled by the noisy π_θ̃
     ρ_t  = π_θ(a_t) / π_θold(a_t), clipped to [1 − ε, 1 + ε_high]
@@ -25,7 +26,7 @@ import torch
 
 from minipsn.method import algo
 from minipsn.run import distributed as dist
-from minipsn.run.config import GRPOConfig
+from minipsn.run.config import Config, GRPOConfig
 from minipsn.sampling.rollout import Rollouts
 
 
@@ -176,6 +177,15 @@ def _update(model, optimizer, cfg: GRPOConfig, loss_total: float) -> tuple[float
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm), ok
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: Config, step: int) -> float:
+    """The step's learning rate (grpo.lr_schedule), set on every parameter group: a function of the step, so a
+    resumed run needs no scheduler state."""
+    lr = cfg.grpo.lr * algo.lr_factor(step, cfg.grpo.lr_schedule, cfg.grpo.warmup_steps, cfg.run.steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def learner_step(model, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: GRPOConfig, max_len: int,

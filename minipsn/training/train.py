@@ -8,8 +8,9 @@
 (arXiv 2602.02555, Alg. 1). Deviations: noise only on LoRA adapters of a 4-bit base; by default
 one optimizer step per batch (on-policy: π_θold = π_θ, so the PPO ratio is 1), `grpo.epochs` ×
 `grpo.mini_batches` steps as an option (`learner.py`); `algo.py` holds every formula. Around the step:
-`Trainer.batch` (this process's prompts, generators and noise seeds), metrics.py (the step's means over every
-process; perf/*), oom.py (halve and retry), checkpoint.RunState (what a checkpoint saves), trackers.py (records).
+`Trainer.batch` (this process's prompts, generators and noise seeds; batch.py, with the rewards and advantages),
+metrics.py (the step's means over every process; perf/*), oom.py (halve and retry), checkpoint.RunState (what a
+checkpoint saves), trackers.py (records).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,11 +27,11 @@ from minipsn.evaluation.provenance import provenance, provenance_differences, se
 from minipsn.method import algo, mechanism
 from minipsn.method.noise import derive_seed, perturbation_size, row_seeds
 from minipsn.method.sigma_control import make_controller
-from minipsn.rewards import correctness_rewards, overlong_penalty, shaped_reward
 from minipsn.rewards import funcs as reward_funcs
+from minipsn.rewards import overlong_penalty
 from minipsn.run import checkpoint, folders, oom, printlog
 from minipsn.run import distributed as dist
-from minipsn.run.config import Config, GRPOConfig, RewardConfig
+from minipsn.run.config import Config
 from minipsn.sampling.engine import make_engine
 from minipsn.sampling.rollout import Rollouts, sample
 from minipsn.tasks.data import format_prompt
@@ -39,50 +39,9 @@ from minipsn.tasks.models import check_available, load_policy
 from minipsn.tasks.problems import load_problems, problems
 from minipsn.tasks.user_data import heldout_eval
 from minipsn.training import metrics, trackers
-from minipsn.training.learner import LearnerOut, body_and_head, completion_logprobs, learner_step, micro_batches  # noqa: F401
+from minipsn.training.batch import StepBatch, advantages, per_prompt_rng, score, step_records
+from minipsn.training.learner import LearnerOut, completion_logprobs, learner_step, micro_batches, set_learning_rate  # noqa: F401
 from minipsn.verify import verify_stats
-
-
-def step_records(records: list[dict], step: int, P: int, seed: int) -> list[dict]:
-    """The P problems of a step: a fixed function of (seed, step), so a resumed run sees the same ones."""
-    n = len(records)
-    out = []
-    for j in range(step * P, (step + 1) * P):
-        epoch, i = divmod(j, n)
-        order = list(range(n))
-        random.Random(derive_seed(seed, "data", epoch)).shuffle(order)
-        out.append(records[order[i]])
-    return out
-
-
-def score(reward_fn, ro: Rollouts, recs: list[dict], cfg: RewardConfig, prompts: list[str] | None = None,
-          stats: dict | None = None):
-    """Rewards (N,) and the verifier's correctness (N,) of the rollouts. Correctness is the verifier's
-    judgement alone (no format bonus, a truncated completion counts as wrong), whatever the reward;
-    the default reward is built from it, so each completion is verified once. Reward functions give their
-    weighted sum instead, NaN where none scored a row; `stats` receives their reward/* means (rewards/funcs.py)."""
-    truncated = ro.truncated.tolist()
-    correct = torch.tensor(correctness_rewards(ro.texts, [r["answer"] for r in recs], truncated, 0.0, cfg.timeout,
-                                               cfg.last_number, cfg.unboxed_answer, cfg.verify_workers, cfg.verifier,
-                                               cfg.extract))
-    rewards = [shaped_reward(float(c), t, tr, cfg.format_weight, cfg.truncated_reward)
-               for c, t, tr in zip(correct.tolist(), ro.texts, truncated)]
-    if reward_fn is not None:
-        rewards = reward_funcs.combine(reward_fn, ro, recs, truncated, rewards, cfg, prompts, stats)
-    return torch.tensor(rewards, dtype=torch.float32), correct
-
-
-def advantages(rewards: torch.Tensor, correct: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
-    """(P, G) rewards and verifier correctness → (P, G) advantages by the configured estimator:
-    GRPO normalises the reward within groups; Pass@k training reads pass/fail from the verifier."""
-    if cfg.advantage == "grpo":
-        if rewards.isnan().any():  # rows no reward function scored: out of their group's mean and std, as in TRL
-            return reward_funcs.scored_group_advantages(rewards, cfg.scale_advantages)
-        return algo.group_advantages(rewards, scale=cfg.scale_advantages)
-    elif cfg.advantage == "passk":
-        return algo.passk_advantages(correct, cfg.passk_k)
-    else:
-        raise ValueError(f"unknown advantage estimator {cfg.advantage!r}; use grpo or passk")
 
 
 def prepare_run_dir(cfg: Config, resume: bool, records: list[dict] | None = None) -> Path:
@@ -123,59 +82,6 @@ def _resumed_provenance(run_dir: Path, stored: dict | None, now: dict) -> dict:
     print(f"note: resuming {run_dir} under another {', '.join(f'{k} ({a} → {b})' for k, (a, b) in differ.items())}; "
           "config.json records it under provenance.resumes")
     return {**stored, "resumes": [*stored.get("resumes", []), now]}
-
-
-def per_prompt_rng(cfg: Config) -> bool:
-    """One sampling generator per prompt (rollout.rng=prompt or auto, the default), else one per step (batch)."""
-    return cfg.rollout.rng != "batch"
-
-
-@dataclass
-class StepBatch:
-    """What a process samples at one step: its share lo … hi − 1 of the step's P prompts (all of them on one process)."""
-    records: list[dict]          # (P_r,) the problems
-    prompts: list[str]           # (P_r,) the problems as prompts
-    generator_seeds: list[int]   # (P_r,) one per prompt, seeded by its index in the step, or (1,) one for the step
-    per_prompt: bool             # which of the two (rollout.rng)
-    device: torch.device
-    noise_seed: int              # the step's noise seed (noise/seed): rebuilds its noisy policies
-    step_seeds: list[int]        # (N,) the noise seed of every row of the step, prompt-major (noise.row_seeds)
-    first_row: int               # this process's rows are first_row … first_row + P_r·G − 1 of the step's N = P·G
-    G: int
-
-    def generators(self) -> torch.Generator | list[torch.Generator]:
-        """Fresh sampling generators, one per prompt or one for the step: a rollout retried after out-of-memory
-        starts from these again, so with one per prompt and batch sizes that are multiples of G the retry samples
-        what the first try would have (tests/test_train.py)."""
-        gens = [torch.Generator(self.device).manual_seed(s) for s in self.generator_seeds]
-        return gens if self.per_prompt else gens[0]
-
-    @property
-    def seeds(self) -> list[int]:
-        """(P_r·G,) the noise seeds of this process's rows: a function of a row's index in the step."""
-        return self.step_seeds[self.first_row : self.first_row + len(self.records) * self.G]
-
-    @property
-    def row_records(self) -> list[dict]:
-        """(P_r·G,) the problem of each row, prompt-major: row i → prompt i // G."""
-        return [r for r in self.records for _ in range(self.G)]
-
-    def logged_seeds(self, granularity: str) -> dict:
-        """noise/row_seeds: the seed of each group (group noise) or row (rollout noise, several draws); none for one
-        draw a step."""
-        if granularity == "step" and len(set(self.step_seeds)) == 1:
-            return {}
-        return {"noise/row_seeds": self.step_seeds[:: self.G] if granularity == "group" else self.step_seeds[: self.G]
-                if granularity == "step" else self.step_seeds}  # draws: the first group's rows show the split
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: Config, step: int) -> float:
-    """The step's learning rate (grpo.lr_schedule), set on every parameter group: a function of the step, so a
-    resumed run needs no scheduler state."""
-    lr = cfg.grpo.lr * algo.lr_factor(step, cfg.grpo.lr_schedule, cfg.grpo.warmup_steps, cfg.run.steps)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 class Trainer:
