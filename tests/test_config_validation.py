@@ -83,3 +83,11 @@ def test_lora_dropout_is_refused_in_one_line():
         build_config(model="tiny", sets={"lora.dropout": 0.05})
     with pytest.raises(ValueError, match="only 0 is supported"):
         LoraConfig(dropout=0.1)
+
+
+@pytest.mark.parametrize("key,value", [("eval.temperature", "0"), ("eval.max_new_tokens", "0"), ("eval.problems", "-1"),
+                                       ("eval.every", "-1"), ("eval.batch_size", "-1")])
+def test_eval_settings_out_of_range_fail_in_one_line(key, value):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as err:
+        build_config(model="tiny", sets={key: value})
+    assert "\n" not in str(err.value)

@@ -128,6 +128,9 @@ def reward_config(cfg) -> None:
 def eval_config(cfg) -> None:
     check(1 <= cfg.n <= 4096, "eval.n must be in [1, 4096]")
     check(all(1 <= n <= 4096 for n in cfg.kind_n().values()), "eval.n_by_kind's n must be in [1, 4096]")
+    check(cfg.temperature > 0 and cfg.max_new_tokens >= 1, "eval.temperature must be > 0 and eval.max_new_tokens >= 1")
+    check(cfg.problems >= 0 and cfg.every >= 0 and cfg.batch_size >= 0,
+          "eval.problems, eval.every and eval.batch_size must be >= 0")
 
 
 def run_config(cfg) -> None:
