@@ -14,6 +14,16 @@ DATA = REPO / "data"  # the evaluation sets that ship with the repository
 TRAIN_DATA = REPO.parent / "shared" / "data"  # the training sets, where a checkout has them (data/README.md)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.slow` runs under `make test-slow` (MINIPSN_SLOW=1) only: `make test` stays near 5 minutes."""
+    if os.environ.get("MINIPSN_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow (more than ~20 s on 2 cores): make test-slow, or MINIPSN_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
 def data_file(name: str) -> Path:
     """A benchmark file: the bundled copy, else the training sets' folder (may not exist)."""
     return DATA / name if (DATA / name).is_file() else TRAIN_DATA / name
