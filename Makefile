@@ -10,7 +10,9 @@ install:  # works in a fresh virtualenv too (make install PY=.venv/bin/python); 
 test:
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests
 
-test-slow:  # also the test that compiles the decode step (torch.compile on the CPU, ~20 s more)
+# test-slow adds the @pytest.mark.slow checks: end-to-end runs (the one-GPU recipe, kill and resume, a venv install,
+# bench, torchrun, the testbeds' bands, the compiled decode step)
+test-slow:
 	MINIPSN_SLOW=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q -x tests
 
 gpu-check:  # on a CUDA machine: the GPU tests, then the benchmark with the 1.5B-shaped model

@@ -15,6 +15,7 @@ ROLLOUT_KEYS = {"new_tokens", "tokens", "seconds", "tokens_per_s", "noise_in_ms"
 STEP_KEYS = {"step_s", "sample_s", "learn_s", "psn_s", "sched_s", "psn_pct", "sched_pct", "peak_gb", "warmup_step_s"}
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_every_section(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "bench", "--out", str(out), "--model", "tiny",

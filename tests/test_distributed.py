@@ -62,6 +62,7 @@ def _equal_to_one_process(tmp_path, *extra):
     assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_step_noise(tmp_path):
     _equal_to_one_process(tmp_path)
 

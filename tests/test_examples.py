@@ -48,6 +48,7 @@ def test_trl_reward_example_sums_its_format_reward_with_the_verifier(tmp_path):
         assert r["reward/mean"] == pytest.approx(r["reward/verifier"] + 0.5 * r["reward/format_reward"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
     env_tiny = {**ENV, "TINY": "1"}
     for name in ("qwen_gsm8k.py", "qwen_math.py"):
@@ -71,6 +72,7 @@ def test_gpu_recipes_run_on_the_tiny_model(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_psn_vs_grpo_example_writes_its_table(tmp_path):
     args = (str(tmp_path / "cmp"), "1", "1", "4", "4")
     out = run_example("psn_vs_grpo_tiny.py", *args)

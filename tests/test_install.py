@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import REPO
@@ -24,6 +25,7 @@ def _site_dirs() -> list[str]:
     return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
 
 
+@pytest.mark.slow
 def test_make_install_into_a_fresh_venv_gives_a_console_script_that_trains(tmp_path, tiny_model):
     """`make install PY=venv/bin/python`, as a user runs it, with nothing downloaded: the venv sees this
     interpreter's packages through a .pth file (processed like a site folder, so their own .pth files

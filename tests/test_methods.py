@@ -63,6 +63,7 @@ def test_kl_to_the_base_is_zero_before_the_first_update_and_positive_after(tmp_p
     assert second["loss/policy"] != pytest.approx(second["loss/total"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_grpo_raises_held_out_accuracy_on_the_tiny_task(tmp_path):
     """End to end on the real reward: the warm-started tiny model answers after the first step in
     about half its samples (almost always wrong); GRPO learns to finish the computation, and held-out
@@ -103,6 +104,7 @@ def test_periodic_evaluation_logs_held_out_pass_at_k(tmp_path, capsys):
             "(3 problems × 2 samples)") in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_with_two_workers_gives_the_same_grid_as_one(tmp_path, capfd):
     from minipsn.experiments.compare import compare
 

@@ -123,6 +123,7 @@ def test_a_llama_shaped_model_trains_and_evaluates_through_the_kit(tmp_path):
     assert prompt.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>")
 
 
+@pytest.mark.slow
 def test_the_subset_command_writes_a_local_dataset_that_heldout_evaluates(tmp_path):
     out = tmp_path / "sub"
     proc = cli("subset", "--model", "tiny", "--benchmarks", "synthetic", "--n", "8", "--problems", "40", "--size", "5",
@@ -143,6 +144,7 @@ def test_the_subset_command_writes_a_local_dataset_that_heldout_evaluates(tmp_pa
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "fewer than --min-size 150" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_plan_command_refuses_a_plan_over_its_budget_in_one_line(tmp_path):
     # training dominates by far: the other phases take ~0.05 h here, 0.16 h on a loaded machine, far under 5 h
     proc = cli("plan", "--model", "tiny", "--steps", "100000", "--set", "eval.n=8", "--set", "eval.problems=40",
@@ -161,6 +163,7 @@ def recipe(*args):
                            "--profile", "smoke", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=3600)
 
 
+@pytest.mark.slow
 def test_the_recipe_runs_end_to_end_on_tiny_in_its_smoke_profile(tmp_path):
     out = tmp_path / "one-gpu"
     refused = recipe("--out", str(out), "--budget-h", "0.0001")  # the plan comes before the grid

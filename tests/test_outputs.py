@@ -76,6 +76,7 @@ def test_plot_writes_each_figure_as_png_and_pdf(tmp_path):
 # ---------------------------------------------------------------- a run folder: summary.json, log.txt, no model card
 
 
+@pytest.mark.slow
 def test_a_run_folder_keeps_its_summary_and_its_log_and_a_refused_resume_says_nothing_first(tmp_path):
     run = tmp_path / "run"
     sets = ["--set", "eval.every=1", "--set", "eval.problems=2", "--set", "eval.n=2", "--set", "grpo.prompts_per_step=2",

@@ -38,6 +38,7 @@ def _wait_for_steps(proc, run, n, timeout=1800):
     raise AssertionError("training did not reach the step in time")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     steps = 5
     cli("train", "--model", "tiny", "--steps", str(steps), "--out", str(tmp_path / "full"), *SETS)

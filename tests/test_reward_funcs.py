@@ -175,6 +175,7 @@ def cli_in(folder, out, reward: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=folder, env=ENV, capture_output=True, text=True, timeout=1800)
 
 
+@pytest.mark.slow
 def test_cli_reward_module_function_with_weights(tmp_path, tiny_model):
     """`--reward verifier --reward my_rewards:has_box --set reward.weights=1,2` from the folder that holds the module:
     every logged row's reward is 1·correct + 2·has_box, and the metrics are its means (all rows are logged)."""

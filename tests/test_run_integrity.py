@@ -159,6 +159,7 @@ def test_one_reader_drops_a_cut_last_line_with_a_note_and_refuses_a_bad_middle_l
 # ------------------------------------------------------------ no dead ends
 
 
+@pytest.mark.slow
 def test_a_run_that_dies_before_its_first_checkpoint_restarts_with_resume(tmp_path):
     run = tmp_path / "early"
     proc = _start(run, 3)  # test_resume's settings: a checkpoint every 2 steps

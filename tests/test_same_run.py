@@ -87,6 +87,7 @@ SMALL = ["--model", "tiny", "--steps", "2", "--set", "grpo.prompts_per_step=2", 
          "--set", "eval.n=2", "--set", "run.log_samples=8"]
 
 
+@pytest.mark.slow
 def test_a_run_twice_is_the_same_run(tmp_path):
     a, b = (train(REPO, tmp_path / name, 1, SMALL) for name in ("a", "b"))
     assert differences(a, b) == []
