@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from minipsn.run.config import Config, LoraConfig, ModelConfig
+from minipsn.run.hub import check_reachable
 from minipsn.run.presets import LOCAL_MODELS, local_spec
 from minipsn.tasks.local_models import local_model_dir
 
@@ -63,27 +64,14 @@ def check_available(name: str) -> None:
     repo = resolve_name(name)
     if name not in ALIASES and (repo.startswith((".", "/", "~")) or repo.count("/") != 1):
         raise ValueError(f"model folder {name} does not exist; give an existing folder, an alias or a hub id (org/name)")
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import constants, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
         return
     if constants.HF_HUB_OFFLINE:
         raise ValueError(f"model {name} ({repo}) is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                          f"download it once with the network (hf download {repo}), or use a local folder or tiny")
-    client_error = HfHubHTTPError.__bases__[0]  # the hub's HTTP client's base error: no network, timeouts
-    try:
-        HfApi().model_info(repo, timeout=10)
-    except GatedRepoError:
-        raise ValueError(f"model {name} ({repo}) is gated on the Hugging Face hub: accept its licence on "
-                         f"huggingface.co/{repo} and log in (hf auth login)") from None
-    except RepositoryNotFoundError:
-        raise ValueError(f"model {name} ({repo}) was not found on the Hugging Face hub (or it is private: "
-                         "hf auth login); check the id") from None
-    except (client_error, OSError) as e:
-        raise ValueError(f"model {name} ({repo}) is not cached and the Hugging Face hub cannot be reached "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else 'no detail'}); "
-                         "check the network, or set HF_HUB_OFFLINE=1 and use a cached model or a local folder") from None
+    check_reachable(repo, "model", f"model {name} ({repo})", "a cached model or a local folder")
 
 
 def quiet_loading() -> None:

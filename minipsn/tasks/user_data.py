@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from minipsn.run.config import Config, DataConfig
+from minipsn.run.hub import check_reachable
 from minipsn.tasks import data
 from minipsn.tasks.data import DATASETS, BadRow, last_boxed
 
@@ -287,20 +288,8 @@ def _load_dataset(source: str, kind: str, suffix: str | None, config: str, split
 def _check_hub(repo: str) -> None:
     """One request, so a dead network or a wrong id fails at once (the hub's downloads retry for close to half a
     minute); offline (HF_HUB_OFFLINE) `datasets` looks in its cache and fails fast by itself."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return
-    client_error = HfHubHTTPError.__bases__[0]  # the hub's HTTP client's base error: no network, timeouts
-    try:
-        HfApi().dataset_info(repo, timeout=10)
-    except GatedRepoError:
-        raise ValueError(f"dataset {repo} is gated on the Hugging Face hub: accept its terms on "
-                         f"huggingface.co/datasets/{repo} and log in (hf auth login)") from None
-    except RepositoryNotFoundError:
-        raise ValueError(f"dataset {repo} was not found on the Hugging Face hub (or it is private: hf auth login); "
-                         "check the id, or give a local file") from None
-    except (client_error, OSError) as e:
-        raise ValueError(f"the Hugging Face hub cannot be reached for dataset {repo} ({type(e).__name__}); check the "
-                         "network, or set HF_HUB_OFFLINE=1 to load a cached copy, or give a local file") from None
+    check_reachable(repo, "dataset", f"dataset {repo}", "a cached copy, or give a local file")
