@@ -425,12 +425,10 @@ def frontier_(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
     """Large-k reach against learning along training: compare_frontier.json and .png/.pdf for a finished grid."""
-    import json
-
-    from minipsn.experiments.frontier import frontier
+    from minipsn.experiments.frontier import frontier, read_grid
 
     one_process("frontier")
-    grid = json.loads((Path(out) / "compare.json").read_text())
+    grid = read_grid(Path(out))
     frontier(grid["model"], [a.strip() for a in arms.split(",")], grid["seeds"], out,
              [int(x) for x in steps.split(",")], grid["overrides"], kind, k, workers)
     typer.echo(f"wrote {out}/compare_frontier.json, compare_frontier.png, compare_frontier.pdf")

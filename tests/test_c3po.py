@@ -131,3 +131,11 @@ def test_the_frontier_evaluates_the_kept_adapters_of_a_grid(tmp_path):
     assert (out / "compare_frontier.png").stat().st_size > 0 and (out / "compare_frontier.pdf").stat().st_size > 0
     with pytest.raises(ValueError, match="kept no adapter at step 2"):
         frontier("tiny", ["grpo"], 2, out, [2], grid["overrides"])
+
+
+def test_the_frontier_of_a_folder_without_a_grid_is_one_line(tmp_path):
+    from minipsn.experiments.frontier import frontier
+
+    with pytest.raises(ValueError, match="holds no compare.json; give --out a finished compare grid") as err:
+        frontier("tiny", ["grpo"], 1, tmp_path / "none", [20], {})
+    assert "\n" not in str(err.value)

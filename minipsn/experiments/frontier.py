@@ -36,13 +36,21 @@ def _point(report: dict, kind: str, k: int, benchmark: str = "synthetic") -> tup
     return mix_pass1(report, benchmark), (kinds[kind] if kind in kinds else bench)["pass@k"][str(k)]
 
 
+def read_grid(out: Path) -> dict:
+    """A finished compare grid's compare.json, or a one-line error."""
+    if not (Path(out) / "compare.json").is_file():
+        raise ValueError(f"{out} holds no compare.json; give --out a finished compare grid (run compare first, with "
+                         "--set run.keep_adapters=20,40)")
+    return json.loads((Path(out) / "compare.json").read_text())
+
+
 def frontier(model: str, arms: list[str], seeds: int, out: str | Path, steps: list[int], sets: dict,
              kind: str = "steps", k: int = 256, workers: int = 1, benchmark: str = "synthetic") -> dict:
     """Evaluate each (arm, seed)'s adapters kept at `steps` in a finished compare grid `out` (with the grid's own
     `sets`: compare.json's "overrides") on `benchmark` (the grid's; `heldout`: a subset, subset.py), into
     RUN/<arm>-s<seed>/eval-step<N>/ (reused when done); write and return the frontier (module docstring)."""
     out = Path(out)
-    grid = json.loads((out / "compare.json").read_text())
+    grid = read_grid(out)
     labels = list(arms)  # the grid's arm names (a method, or a LABEL of LABEL=METHOD)
     missing = [a for a in labels if a not in grid["methods"]]
     if missing:
