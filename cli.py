@@ -234,7 +234,7 @@ def calibrate_(
 @app.command("headroom")
 @friendly
 def headroom_(
-    model: str = typer.Option("testbed", help="a model trained on the synthetic task (testbed, ceiling, tiny, a folder)"),
+    model: str = typer.Option("testbed", help="a model trained on the synthetic task (testbed, ceiling, route, tiny, a folder)"),
     n: int = typer.Option(256, help="samples per held-out problem (pass@k up to k = n)"),
     problems: int = typer.Option(100, help="held-out problems"),
     out: str = typer.Option("runs/headroom", help="folder for headroom.json, eval.json and the samples"),
@@ -395,7 +395,7 @@ def preflight_(
                                  help="comma-separated: clean, lora:σ, weight:σ, temperature:T"),
     draws: str = typer.Option("1,256", help="comma-separated D: each problem's n samples from D noise draws (D divides n)"),
     adapter: Optional[str] = typer.Option(None, help="an RL checkpoint's adapter folder (default: the fresh adapter)"),
-    kind: Optional[str] = typer.Option("steps", help="only the held-out problems of this kind (mixed task; '' = all)"),
+    kind: Optional[str] = typer.Option("steps", help="only the held-out problems of this kind (mixed task: final, steps; route task: pos, neg; '' = all)"),
     n: int = typer.Option(256, help="samples per problem"),
     problems: int = typer.Option(0, help="held-out problems (0: the preset's)"),
     out: str = typer.Option("runs/preflight", help="folder for preflight.json and the samples"),
@@ -514,7 +514,7 @@ def plan_(
 @app.command("build")
 @friendly
 def build_(
-    model: str = typer.Option("tiny", help="a local model: tiny, testbed, ceiling, or NAME-bK (build seed K)"),
+    model: str = typer.Option("tiny", help="a local model: tiny, testbed, ceiling, route, or NAME-bK (build seed K)"),
     out: Optional[str] = typer.Option(None, help="folder to build into (default runs/build-MODEL)"),
     threads: int = typer.Option(0, help="torch threads of the warm start (0 = every core)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),

@@ -12,6 +12,8 @@ preflight.png/.pdf (noise without training).
 import json
 from pathlib import Path
 
+from matplotlib.ticker import NullFormatter
+
 from minipsn.experiments.frontier import mix_pass1
 from minipsn.experiments.stats import across_builds
 
@@ -93,17 +95,20 @@ def _figure(panels: int, width: float = 5.5):
 def dose_figure(rows: list[dict], tokens: float):
     fig, axes = _figure(2)
     for ax, (j, k) in zip(axes, (("i256", 256), ("i16", 16))):
-        for arm, name in SPACES.items():
+        for shift, (arm, name) in zip((0.93, 1.0, 1.07), SPACES.items()):  # side by side, so the bars do not overlap
             rs = [r for r in rows if r["arm"] == arm]
             if not rs:
                 continue
-            x = [r["kl"] for r in rs]
+            x = [r["kl"] * shift for r in rs]
             y = [100 * r["d256"]["diff"][r[j]] for r in rs]
             err = [[100 * (r["d256"]["diff"][r[j]] - r["d256"]["low"][r[j]]) for r in rs],
                    [100 * (r["d256"]["high"][r[j]] - r["d256"]["diff"][r[j]]) for r in rs]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        kls = sorted({r["kl"] for r in rows})
+        ax.set_xticks(kls, [f"{kl:g}" for kl in kls])  # the doses run, by name
         ax.set(xlabel="noise KL per token (nats, log scale)", ylabel=f"Δ pass@{k} vs GRPO (points)",
                title=f"steps questions: Δ pass@{k} against the noise's size")
         top = ax.secondary_xaxis("top", functions=(lambda v: v * tokens, lambda v: v / tokens))

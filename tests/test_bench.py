@@ -35,6 +35,11 @@ def test_cli_bench_writes_every_section(tmp_path):
         assert e["rollout"]["tokens"] == 2 * 2 * 4  # the end token is suppressed: every row runs T tokens
         assert ("step" in e) == (name == "fast")
     assert STEP_KEYS <= tiny["engines"]["fast"]["step"].keys()
+    for bound in (tiny["engines"]["fast"]["learn_bound"], tiny["eval"]["bound"]):  # roofline.py on the two big phases
+        assert bound["gflop"] > 0 and 0 < bound["matmul_s"] and bound["floor_s"] > 0 and bound["top_other"]
+        assert bound["floor_share"] == pytest.approx(bound["floor_s"] / bound["wall_s"])
+        assert 0 < bound["matmul_share"] < 1 and bound["matmul_s"] + sum(o["s"] for o in bound["top_other"]) <= bound["profiled_s"] * 1.0001
+    assert "learn_bound" not in tiny["engines"]["lean"] and "what bounds a phase · tiny" in proc.stdout
     assert 0 <= tiny["engines"]["fast"]["step"]["psn_pct"] <= 100
     assert tiny["trl"] == {"skipped": "--no-trl"} and tiny["trl_ratio"] == {}
     ev = tiny["eval"]  # evaluation sampling: the kit's paths next to HF generate on the same work
@@ -99,3 +104,29 @@ def test_the_qwen_shaped_path_runs_at_a_toy_size_on_cpu(tmp_path, monkeypatch):
     spec = bench.Spec(bench.SHAPE_NAME, str(folder), "plain", 2, 2, 4, 4, "cpu")
     out = bench.bench_engine(spec, "fast", str(tmp_path), 0.01, 1, 1, do_steps=True)
     assert out["rollout"]["tokens"] == 16 and out["step"]["step_s"] > 0
+
+
+def test_phase_bound_counts_the_products_flops_and_names_the_rest():
+    """roofline.phase_bound: the FLOPs are the products' exact count, the floor is those products timed alone, and
+    the other operators are listed by own time; a phase with no product is refused."""
+    import torch
+
+    from minipsn.bench.roofline import phase_bound
+
+    a, b, x = torch.randn(64, 32), torch.randn(32, 16), torch.randn(2000, 2000)
+    bias, c = torch.randn(16), torch.randn(3, 8, 5)
+
+    def phase():
+        torch.mm(a, b)
+        torch.addmm(bias, a, b)
+        torch.bmm(c, c.transpose(1, 2))
+        x.exp().exp()  # the phase's other work: far more time than the products
+
+    out = phase_bound(phase, wall_s=1.0)
+    assert round(out["gflop"] * 1e9) == 2 * (2 * 64 * 32 * 16) + 2 * 3 * 8 * 5 * 8
+    assert out["floor_s"] > 0 and out["floor_share"] == out["floor_s"] / 1.0 and out["wall_s"] == 1.0
+    assert out["top_other"][0]["op"] == "aten::exp" and out["top_other"][0]["share"] > out["matmul_share"]
+    assert out["matmul_share"] == pytest.approx(out["matmul_s"] / out["profiled_s"])
+    assert out["gflops"] == pytest.approx(out["gflop"] / out["matmul_s"])
+    with pytest.raises(ValueError, match="no matrix product"):
+        phase_bound(lambda: x.exp(), wall_s=1.0)

@@ -167,7 +167,8 @@ def test_the_held_out_pool_is_fixed_and_no_training_split_draws_from_it():
         held = {chain(r) for r in pool}
         assert len(held) == len(pool) == synthetic.pool_size(build)
         for n_train, n_test, share in ((build.n_train, 10, build.steps_share), (500, 100, 0.3), (4000, 200, 0.7)):
-            cfg = dataclasses.replace(build, n_train=min(n_train, build.n_train), n_test=n_test, steps_share=share)
+            cfg = dataclasses.replace(build, n_train=min(n_train, build.n_train), n_test=n_test, steps_share=share,
+                                      neg_share=share)
             assert not held & {chain(r) for r in synthetic.synthetic_split(cfg, "train")}
             assert synthetic.synthetic_split(cfg, "test") == pool[:n_test]  # the same problems, whatever the sizes
     with pytest.raises(ValueError, match="data.n_test=1000 is beyond this task's held-out pool of 500 problems"):

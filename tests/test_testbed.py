@@ -98,7 +98,7 @@ def test_guess_rates_count_what_a_guess_would_score():
 def test_testbed_is_a_local_model_like_tiny(tmp_path, monkeypatch):
     from minipsn.tasks.local_models import SHIPPED, folder_name, local_spec
 
-    assert set(LOCAL_MODELS) == {"tiny", "testbed", "ceiling"}
+    assert set(LOCAL_MODELS) == {"tiny", "testbed", "ceiling", "route"}
     assert local_spec("testbed") == ("testbed", 0) and local_spec("testbed-b3") == ("testbed", 3)
     assert local_spec("testbed-3") is None and local_spec("nope-b1") is None
     assert resolve_name("testbed") == str(SHIPPED / folder_name("testbed"))  # the shipped build

@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from minipsn.bench.engines import SHAPE_NAME, NoEos, Spec, bench_engine, bench_eval
+from minipsn.bench.roofline import phase_bound
 from minipsn.bench.trl import bench_trl
 from minipsn.bench.verifier import bench_verify, symbolic_pairs
 from minipsn.tasks.data import BUNDLED_DIR
 from minipsn.run.folders import check_writable
 
-__all__ = ["run_bench", "tables", "specs", "shape_model_dir", "machine_info", "SHAPE_NAME", "QWEN15_SHAPE", "Spec",
+__all__ = ["run_bench", "tables", "phase_bound", "specs", "shape_model_dir", "machine_info", "SHAPE_NAME", "QWEN15_SHAPE", "Spec",
            "NoEos", "bench_engine", "bench_eval", "bench_trl", "bench_verify", "symbolic_pairs"]
 
 QWEN15_SHAPE = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -181,6 +182,22 @@ def phase_table(entry: dict, label: str, table):
     return t
 
 
+def bound_table(entry: dict, label: str, table):
+    """What bounds the learner and evaluation sampling (roofline.py): their matrix products against the same alone."""
+    t = table(f"what bounds a phase · {label} · matrix products in the phase against the same products alone",
+              "phase", "seconds", "products s (share)", "GFLOP/s", "alone GFLOP/s", "floor s (share)", "top other ops")
+    rows = [(f"learner ({name} engine)", e["learn_bound"]) for name, e in entry["engines"].items() if "learn_bound" in e]
+    rows += [("evaluation sampling", entry["eval"]["bound"])] if "bound" in entry.get("eval", {}) else []
+    for name, b in rows:
+        t.add_row(name, f"{b['wall_s']:.3f}", f"{b['matmul_s']:.3f} ({100 * b['matmul_share']:.0f} %)",
+                  f"{b['gflops']:.1f}", f"{b['alone_gflops']:.1f}", f"{b['floor_s']:.3f} ({100 * b['floor_share']:.0f} %)",
+                  ", ".join(f"{o['op'].removeprefix('aten::')} {100 * o['share']:.0f} %" for o in b["top_other"][:3]))
+    t.caption = ("shares: of the profiled phase (every operator's own time); floor: the phase's products at the alone "
+                 "rate (same shapes, warm caches, best of 5) and nothing else, as a share of the phase's time; products "
+                 "near their alone rate and a floor near the phase's time leave little to trim but work")
+    return t if rows else None
+
+
 def tables(report: dict) -> list:
     """rich Tables: machine and settings; per model its rollouts and its steps; the verifier."""
     from rich.table import Table
@@ -215,6 +232,8 @@ def tables(report: dict) -> list:
         out += [ro, st, phase_table(entry, label, table)]
         if "eval" in entry:
             out.append(eval_table(entry["eval"], label, table))
+        bound = bound_table(entry, label, table)
+        out += [bound] if bound is not None else []
         trl = entry["trl"]
         if "step_s" in trl:
             st.add_row("TRL", f"{trl['step_s']:.2f}", "–", "–", "–", "–", f"{trl['peak_gb']:.2f}", "1.00")

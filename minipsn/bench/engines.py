@@ -176,9 +176,30 @@ def bench_engine(spec: Spec, engine: str, work: str, sigma: float, steps: int, r
     out["rollout"]["peak_gb"] = peak_gb(spec.device)  # run.threads (the tiny preset: 1) is set by the Trainer
     if do_steps:
         out["step"] = bench_steps(trainer, steps, spec.device)
+        if spec.device == "cpu":  # the profiler's CPU view: what bounds the learner (roofline.py)
+            out["learn_bound"] = learn_bound(trainer)
     del trainer
     free_memory()
     return out
+
+
+def learn_bound(trainer) -> dict:
+    """roofline.phase_bound of one learner update: one more step runs with its learner call's arguments kept, and
+    that call is timed again without the profiler (the wall time) and then profiled."""
+    from minipsn.bench.roofline import phase_bound
+
+    learn, kept = trainer._learn, []
+    trainer._learn = lambda *args: kept.append(args) or learn(*args)
+    try:
+        trainer.step(0)
+    finally:
+        trainer._learn = learn
+    walls = []
+    for _ in range(2):  # the least disturbed of two (a shared CPU)
+        t0 = time.perf_counter()
+        learn(*kept[0])
+        walls.append(time.perf_counter() - t0)
+    return phase_bound(lambda: learn(*kept[0]), min(walls))
 
 
 def eval_size(spec: Spec, quick: bool) -> tuple[int, int, int]:
@@ -244,6 +265,10 @@ def bench_eval(spec: Spec, work: str, quick: bool, reps: int) -> dict:
             best = min(runs[1:], key=lambda x: x[0])
             out["paths"][name] = {"seconds": best[0], "tokens": best[1], "tokens_per_s": best[1] / best[0],
                                   "all_seconds": [x[0] for x in runs[1:]]}
+        if spec.device == "cpu":  # the profiler's CPU view: what bounds evaluation sampling (roofline.py)
+            from minipsn.bench.roofline import phase_bound
+
+            out["bound"] = phase_bound(lambda: paths["minipsn eval"](sampler), out["paths"]["minipsn eval"]["seconds"])
     top = out["paths"]["HF generate"]["tokens_per_s"]
     for v in out["paths"].values():
         v["vs_generate"] = v["tokens_per_s"] / top

@@ -17,16 +17,22 @@ from pathlib import Path
 
 from minipsn.experiments.jobs import Evaluation, in_workers, job_config
 
+# a task with kinds of question: (the other kind, the kind whose training share is the setting, that setting)
+MIXES = {frozenset({"final", "steps"}): ("final", "steps", "steps_share"),
+         frozenset({"pos", "neg"}): ("pos", "neg", "neg_share")}
+
 
 def mix_pass1(report: dict, benchmark: str = "synthetic") -> float:
     """pass@1 on the training mix: on the mixed task (1 − s)·final + s·steps, s = data.steps_share (the share of steps
-    questions RL trains on), from the held-out kinds' pass@1; else pass@1 over every problem."""
+    questions RL trains on), on the route task (1 − s)·pos + s·neg, s = data.neg_share, from the held-out kinds'
+    pass@1; else pass@1 over every problem."""
     bench = report["benchmarks"][benchmark]
     kinds = bench.get("kinds", {})
-    if set(kinds) != {"final", "steps"}:
+    if frozenset(kinds) not in MIXES:
         return bench["pass@k"]["1"]
-    s = report["config"]["data"]["steps_share"]
-    return (1 - s) * kinds["final"]["pass@k"]["1"] + s * kinds["steps"]["pass@k"]["1"]
+    other, kind, share = MIXES[frozenset(kinds)]
+    s = report["config"]["data"][share]
+    return (1 - s) * kinds[other]["pass@k"]["1"] + s * kinds[kind]["pass@k"]["1"]
 
 
 def _point(report: dict, kind: str, k: int, benchmark: str = "synthetic") -> tuple[float, float]:

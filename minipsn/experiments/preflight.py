@@ -12,7 +12,10 @@ Draw d's noise seed is derive_seed(run.seed, "preflight", d), shared by every pr
 (`noise_seeds`); each problem's generator for draw d is its evaluation generator, made draw-specific when D > 1. It
 reports each setting's pass@k per kind of question, and on answers that should be tuples (the ceiling's steps
 questions) how often the policy boxes a tuple and how often that tuple is right: the choice that makes the ceiling.
-It costs evaluations only: if no noise beats clean sampling on that choice, training runs cannot be expected to.
+On the route task it is the mechanism probe: which route each sample took (tasks/route.py), how often a sample starts
+the rare route and how often a sample that starts it keeps it to the box, the prediction that tells noise on the
+parameters (one policy for a whole trajectory) from noise on the tokens. It costs evaluations only: if no noise beats
+clean sampling on that choice, training runs cannot be expected to.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from minipsn.sampling.engine import build_engine, make_engine
 from minipsn.sampling.rollout import sample
 from minipsn.tasks.data import format_prompt
 from minipsn.tasks.models import load_policy
+from minipsn.tasks.route import KINDS, ROUTES, route_counts
 
 SPACES = ("clean", "lora", "weight", "temperature")
 
@@ -87,6 +91,8 @@ def sample_setting(model, engines: dict, tok, records: list[dict], cfg: Config, 
     scored = []
     for r in records:
         row = rows[r["id"]]
+        if r.get("kind") in KINDS:  # the route task: which route each sample took
+            row["routes"] = route_counts(row["texts"], r["problem"])
         scored.append({k: v for k, v in row.items() if k not in ("texts", "cut", "lengths")}
                       | score_rows(row["texts"], row["cut"], row["lengths"], r["answer"], cfg.reward.timeout,
                                    cfg.reward.last_number, cfg.reward.unboxed_answer, cfg.reward.verifier,
@@ -105,6 +111,20 @@ def tuple_choice(rows: list[dict]) -> dict:
     return {"problems": len(tuples), "tuple_rate": sum(boxed) / len(tuples), "right_rate": sum(right) / len(tuples)}
 
 
+def route_choice(rows: list[dict]) -> dict:
+    """On the route task's rows: the share of samples that start the rare route (a mean over problems of the
+    per-problem share) and the share of rare starts kept to the box (pooled over problems: most problems have few),
+    with the pooled counts of every route."""
+    routed = [r for r in rows if "routes" in r]
+    if not routed:
+        return {}
+    counts = {k: sum(r["routes"][k] for r in routed) for k in ROUTES}
+    starts = counts["rare-kept"] + counts["rare-broken"]
+    rare = [(r["routes"]["rare-kept"] + r["routes"]["rare-broken"]) / sum(r["routes"].values()) for r in routed]
+    return {"problems": len(routed), "rare_rate": sum(rare) / len(routed),
+            "keep_rate": counts["rare-kept"] / starts if starts else None, "routes": counts}
+
+
 def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Path, adapter: str | None = None,
               kind: str | None = None) -> dict:
     """Each setting × each D (module docstring) on the held-out synthetic problems (eval.problems of them, only those
@@ -114,7 +134,8 @@ def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Pat
     parsed = [parse_setting(s) for s in settings]
     records = [r for r in benchmark_records("synthetic", cfg) if kind is None or r.get("kind") == kind]
     if not records:
-        raise ValueError(f"no held-out problems of kind {kind!r}; the mixed task has final and steps")
+        raise ValueError(f"no held-out problems of kind {kind!r}; the mixed task has final and steps, the route task "
+                         "pos and neg")
     t0 = time.perf_counter()
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -135,12 +156,17 @@ def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Pat
             (out / "samples").mkdir(parents=True, exist_ok=True)
             (out / "samples" / f"{text.replace(':', '-')}-D{d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             numbers = summarize(rows)
-            kinds = {k: {"pass@k": v["pass@k"], **tuple_choice([r for r in rows if r.get("kind") == k])}
+            kinds = {k: {"pass@k": v["pass@k"], **tuple_choice(of_kind := [r for r in rows if r.get("kind") == k]),
+                         **({"route": route_choice(of_kind)} if route_choice(of_kind) else {})}
                      for k, v in numbers.get("kinds", {}).items()}
+            routes = route_choice(rows)
             report["results"].append({"setting": text, "space": space, "value": value, "draws": d,
-                                      "pass@k": numbers["pass@k"], **tuple_choice(rows), "kinds": kinds})
+                                      "pass@k": numbers["pass@k"], **tuple_choice(rows), "kinds": kinds,
+                                      **({"route": routes} if routes else {})})
+            kept = "" if not routes else (f", rare starts {routes['rare_rate']:.4f}, kept "
+                                          + ("–" if routes["keep_rate"] is None else f"{routes['keep_rate']:.3f}"))
             print(f"pre-flight {text} D={d}: pass@1 {numbers['pass@k']['1']:.3f}, pass@{cfg.eval.n} "
-                  f"{numbers['pass@k'][str(cfg.eval.n)]:.3f}", flush=True)
+                  f"{numbers['pass@k'][str(cfg.eval.n)]:.3f}{kept}", flush=True)
     report["seconds"] = time.perf_counter() - t0
     (out / "preflight.json").write_text(json.dumps(report, indent=2))
     return report

@@ -43,8 +43,13 @@ def data_config(cfg) -> None:
     check(cfg.template in ("chat", "plain") or "{problem}" in cfg.template,
           f"data.template={cfg.template!r} is not chat, plain, or a prompt with {{problem}} where the problem "
           "goes (e.g. \"Solve: {problem}\")")
-    one_of("data.answer", cfg.answer, ("final", "steps", "mixed"))
+    one_of("data.answer", cfg.answer, ("final", "steps", "mixed", "route"))
     check(0.0 <= cfg.steps_share <= 1.0, f"data.steps_share must be in [0, 1], got {cfg.steps_share}")
+    check(0.0 <= cfg.neg_share <= 1.0, f"data.neg_share must be in [0, 1], got {cfg.neg_share}")
+    check(cfg.route_offset >= 2, f"data.route_offset must be >= 2 (chains stay above -route_offset, so a "
+          f"negative value needs 2 or more), got {cfg.route_offset}")
+    check(cfg.answer != "route" or set(cfg.ops) == set("+-"), f"data.answer=route needs data.ops='+-' (the ledger's "
+          f"shift does not survive *, and neg problems need -), got {cfg.ops!r}")
     check(cfg.n_ops >= 1, "data.n_ops must be >= 1")
     check(0 <= cfg.min_ops <= cfg.n_ops, "data.min_ops must be in 0..data.n_ops (0 = every problem has n_ops)")
     check(cfg.max_operand >= 2, "data.max_operand must be >= 2")

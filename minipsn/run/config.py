@@ -84,11 +84,18 @@ class DataConfig:
     # the answer space large, so a guessed answer is rarely right
     max_start: int = 0
     # synthetic task: what is asked, final (the last value) or steps (the tuple of every value on the way,
-    # in order: a large answer space with single-digit arithmetic), or mixed (both kinds, see steps_share)
+    # in order: a large answer space with single-digit arithmetic), or mixed (both kinds, see steps_share), or route
+    # (the steps question, worked by a common route or a rare offset ledger; minipsn/tasks/route.py)
     answer: str = "final"
     # mixed task: share of the training problems that ask for every value (the rest ask for the last one);
     # the held-out split alternates the two kinds, so its first 2m problems hold m of each
     steps_share: float = 0.2
+    # route task: share of the training problems with a negative value on the way (kind neg, where only the rare
+    # route is right; the rest are pos); the held-out split alternates the two kinds, its first 2m hold m of each
+    neg_share: float = 0.2
+    # route task: the rare route's offset ("Shift by 10: 3 + 10 = 13"); no value of a chain is below
+    # 1 - route_offset, so every shifted value is >= 1
+    route_offset: int = 10
     # synthetic task: size of the training set
     n_train: int = 2000
     # synthetic task: size of the held-out set

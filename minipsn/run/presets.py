@@ -36,6 +36,18 @@ PRESETS: dict[str, dict[str, object]] = {
         "run.save_every": 20, "control.window": 10, "noise.sigma": 0.019, "eval.n": 256, "eval.n_by_kind": "final=32",
         "eval.problems": 400, "model.max_prompt_tokens": 1024,
     },
+    # the route testbed (LOCAL_MODELS below): the steps question on four operations, worked by a common route (right on
+    # pos problems only) or a rare offset ledger (right everywhere, if kept on every line); RL trains on 80 % pos, 20 %
+    # neg. The neg kind is the measurement (n = 256); the held-out split alternates the kinds (400 = 200 of each). A
+    # 4-operation rare solution is at most 78 tokens with its own tokenizer (81 with the ceiling's), hence 128.
+    # σ: the ceiling's until `calibrate --model route` measures this one
+    "route": {
+        "lora.rank": 8, "grpo.lr": 5e-4, "model.gradient_checkpointing": False, "run.threads": 1, "grpo.prompts_per_step": 8,
+        "data.n_ops": 4, "data.answer": "route", "data.neg_share": 0.2, "data.n_train": 4000, "data.n_test": 400,
+        "rollout.max_new_tokens": 128, "eval.max_new_tokens": 128, "eval.batch_size": 1024, "run.steps": 60,
+        "run.save_every": 20, "control.window": 10, "noise.sigma": 0.019, "eval.n": 256, "eval.n_by_kind": "pos=32",
+        "eval.problems": 400, "model.max_prompt_tokens": 1024,
+    },
     "qwen-1.5b": {"grpo.lr": 1e-5, "rollout.max_new_tokens": 1024, "run.steps": 500},
 }
 
@@ -101,13 +113,21 @@ TINY_VERSION = "v4"  # bump a version when its recipe changes, so stale caches a
 # asked for the last value (final) or every value (steps), each kind's habit the other's answer (30 % of final
 # demonstrations box the tuple, 97 % of steps ones the last value), warm-started on half of each kind; RL trains on
 # its own mix (PRESETS above), where GRPO narrows the steps kind's pass@256 (docs/RESULTS.md, "The ceiling testbed").
+# `route` is the route testbed (minipsn/tasks/route.py): its `habit` is the share of the rare route
+# per kind (3 %, as the ceiling's rare tuple; the rest take the common route, wrong on every neg problem), and 15 % of rare demonstrations slip
+# part way (`slip`, sft.py); 30 % of warm-start rows ask for the ledger (`cue`: the skill learnt where it is asked
+# for, the choice still rare on the plain question; v1, without it, never kept the ledger); warm-started on half of
+# each kind, RL trains on 20 % neg (PRESETS above).
 LOCAL_MODELS: dict[str, dict] = {
     "tiny": {"version": TINY_VERSION, "data": DataConfig()},
     "testbed": {"version": "v3", "data": DataConfig(n_ops=3, answer="steps", n_train=4000), "steps": 800,
                 "habit": {"add": 0.6, "subtract": 1.0}},
     "ceiling": {"version": "v2", "data": DataConfig(n_ops=3, answer="mixed", steps_share=0.5, n_train=4000),
                 "steps": 800, "habit": {"final": 0.3, "steps": 0.97}},
+    "route": {"version": "v2", "data": DataConfig(n_ops=4, answer="route", neg_share=0.5, n_train=4000), "steps": 800,
+              "habit": {"pos": 0.03, "neg": 0.03}, "slip": 0.15, "cue": 0.3},
 }
+NOT_SHIPPED = {"route"}  # designs not yet in models/: their seed 0 is built on first use and cached, like a -bK build
 _NAME = re.compile(r"^(?P<base>[a-z]+)(?:-b(?P<seed>\d+))?$")
 
 

@@ -1,4 +1,5 @@
-"""The local models: `tiny`, `testbed` and `ceiling`, small Qwen2-architecture models the kit builds and ships.
+"""The local models: `tiny`, `testbed`, `ceiling` and `route`, small Qwen2-architecture models the kit builds and ships
+(`route` does not ship yet: presets.NOT_SHIPPED, built on first use and cached).
 
 Each is built from a config, with a byte-level BPE tokenizer trained in seconds by the `tokenizers` library,
 and warm-started by a short supervised pass on its synthetic task (sft.py: worked solutions mixed with a habit,
@@ -124,12 +125,15 @@ def _warm_start_progress(model, name: str, steps: int):
 
 
 def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | None = None, seed: int = 0,
-               habit: float | dict | None = None, name: str = "tiny", threads: int = 0) -> Path:
+               habit: float | dict | None = None, name: str = "tiny", threads: int = 0, slip: float = 0.0,
+               cue: float = 0.0) -> Path:
     """Build and warm-start a tiny model into `folder`: by default the `tiny` preset's model; other
     synthetic-task settings (`data`), warm-start lengths (`steps`), build seeds (of the init and the warm-start
-    order) and habit shares (`habit`, sft.py) give variants to train with `--model FOLDER` (the tiny preset's
-    settings then come from `--set`). `name` is what the progress line calls it. `threads`: torch threads of the
-    warm start (0 = every core; $MINIPSN_BUILD_THREADS sets it for a cached model's build)."""
+    order), habit shares (`habit`, sft.py) and, on the route task, the rare route's slip rate (`slip`) and its cued
+    share (`cue`) give variants
+    to train with `--model FOLDER` (the tiny preset's settings then come from `--set`). `name` is what the progress
+    line calls it. `threads`: torch threads of the warm start (0 = every core; $MINIPSN_BUILD_THREADS sets it for a
+    cached model's build)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from minipsn.tasks.data import format_prompt
@@ -137,6 +141,9 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     from minipsn.tasks.synthetic import synthetic_split
 
     folder, data = Path(folder), data or DataConfig()
+    for knob, value in (("slip", slip), ("cue", cue)):
+        if value and data.answer != "route":
+            raise ValueError(f"{knob}={value} is the route task's warm-start knob; drop it or use data.answer=route")
     records = synthetic_split(data, "train", seed=0)
     tok = _train_tokenizer([r["problem"] + "\n" + r["solution"] for r in records[:5000]]
                            + [format_prompt(None, "x", "plain"), "user\nassistant\n"] * 50)
@@ -156,7 +163,7 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     try:
         habit = HABIT if habit is None else habit
         with _warm_start_progress(model, name, steps or WARM_STEPS):
-            warm_start(model, tok, records, steps=steps or WARM_STEPS, seed=seed, habit=habit)
+            warm_start(model, tok, records, steps=steps or WARM_STEPS, seed=seed, habit=habit, slip=slip, cue=cue)
     finally:
         torch.set_num_threads(before)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -165,7 +172,7 @@ def build_tiny(folder: str | Path, data: DataConfig | None = None, steps: int | 
     spec = local_spec(name)
     (tmp / "done").write_text(json.dumps({"name": name, "version": LOCAL_MODELS[spec[0]]["version"] if spec else None,
                                           "data": dataclasses.asdict(data), "warm_steps": steps or WARM_STEPS,
-                                          "seed": seed, "habit": habit, "torch": torch.__version__,
+                                          "seed": seed, "habit": habit, "slip": slip, "cue": cue, "torch": torch.__version__,
                                           "files": file_digests(tmp)}, indent=1))
     try:
         tmp.rename(folder)  # atomic: a concurrent builder that lost the race keeps its own copy out

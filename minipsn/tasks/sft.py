@@ -19,6 +19,16 @@ takes, though every step of it is work it does: the room at large k that explora
 On the mixed task (records with a `kind`) `habit` is one share per kind ({"final": 0.3, "steps": 0.9}),
 and each kind's habit is the other kind's answer: a final question answered with the tuple of every
 value, a steps question with the last value alone (the ceiling testbed, docs/RESULTS.md).
+
+On the route task (records of kind pos or neg, route.py) `habit` is the other way round: the share of the rare route
+(the offset ledger, right everywhere), one per kind ({"pos": 0.1, "neg": 0.1}); the rest take the common route, whose
+sign-drop shortcut is wrong on every neg problem. With probability `slip` a rare demonstration slips at a random
+operation and goes on in the common route's form from the unshifted value, so the warm-started model has seen the
+ledger dropped part way (a slip's box is wrong, but where the slipped line's value is -offset/2: its |v| lands back
+on the ledger). With probability `cue` a route record is instead asked with CUE before it and worked by the rare route
+(slips included): the model learns the ledger as a skill it has, from prompts that ask for it, while on the plain
+question it still opens the ledger only at the `habit` rate (3 % of demonstrations alone teach the choice, not the
+ledger's arithmetic: a first build without the cue never kept the ledger to the box).
 """
 from __future__ import annotations
 
@@ -27,7 +37,9 @@ import random
 import torch
 
 from minipsn.tasks.data import format_prompt
+from minipsn.tasks.route import KINDS, common_route, ledger_offset, parse_chain, rare_route
 
+CUE = "Keep a ledger. "  # the route task's cued prompts (warm start only: RL and evaluation ask the plain question)
 WARM_STEPS = 600
 WARM_BATCH = 64
 WARM_LR = 4e-3
@@ -51,11 +63,13 @@ def habit_share(record: dict, habit: float | dict) -> float:
     return habit
 
 
-def demonstration(record: dict, rng: random.Random, habit: float | dict = HABIT) -> str:
+def demonstration(record: dict, rng: random.Random, habit: float | dict = HABIT, slip: float = 0.0) -> str:
     """The worked solution, or with probability `habit` (a number, or one per first operation or kind) the
     habit: its first steps (at least one, not all) and that intermediate value boxed; when the answer is
     the tuple of every value, every step and the last value boxed alone; on a final question of the mixed
-    task, every step and the tuple boxed."""
+    task, every step and the tuple boxed. A route record: route_demonstration (`slip` is read only there)."""
+    if record.get("kind") in KINDS:
+        return route_demonstration(record, rng, habit, slip)
     lines = record["solution"].split("\n")[:-1]  # the steps; the last line boxes the answer
     if len(lines) < 2 or rng.random() >= habit_share(record, habit):
         return record["solution"]
@@ -68,6 +82,27 @@ def demonstration(record: dict, rng: random.Random, habit: float | dict = HABIT)
         lines = lines[: rng.randint(1, len(lines) - 1)]
         wrong = values[len(lines) - 1]
     return "\n".join(lines) + f"\nThe answer is \\boxed{{{wrong}}}."
+
+
+def route_demonstration(record: dict, rng: random.Random, rare: float | dict, slip: float = 0.0) -> str:
+    """With probability `rare` (a number, or one per kind) the rare route, its worked solution, which with probability
+    `slip` slips at an operation drawn uniformly (route.rare_route's slip_at); else the common route."""
+    start, ops = parse_chain(record["problem"])
+    if rng.random() >= habit_share(record, rare):
+        return common_route(start, ops)
+    if rng.random() >= slip:
+        return record["solution"]
+    return rare_route(start, ops, ledger_offset(record["solution"]), slip_at=rng.randint(1, len(ops)))
+
+
+def warm_pair(record: dict, rng: random.Random, habit: float | dict = HABIT, slip: float = 0.0,
+              cue: float = 0.0) -> tuple[str, str]:
+    """(prompt, demonstration) of one warm-start row: the problem and its `demonstration`, or on the route task with
+    probability `cue` the problem after CUE and the rare route (with its `slip`). cue = 0 draws nothing more, so the
+    other tasks' streams are unchanged."""
+    if cue and record.get("kind") in KINDS and rng.random() < cue:
+        return CUE + record["problem"], route_demonstration(record, rng, 1.0, slip)
+    return record["problem"], demonstration(record, rng, habit, slip)
 
 
 def sft_batch(tok, problems: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,8 +123,10 @@ def sft_batch(tok, problems: list[str], targets: list[str]) -> tuple[torch.Tenso
 
 
 def warm_start(model, tok, records: list[dict], steps: int = WARM_STEPS, lr: float = WARM_LR,
-               batch: int = WARM_BATCH, seed: int = 0, habit: float | dict = HABIT) -> list[float]:
-    """Train all weights of `model` in place for `steps` steps; returns the loss curve."""
+               batch: int = WARM_BATCH, seed: int = 0, habit: float | dict = HABIT, slip: float = 0.0,
+               cue: float = 0.0) -> list[float]:
+    """Train all weights of `model` in place for `steps` steps on `warm_pair`s (`habit`, and `slip` and `cue` on the
+    route task); returns the loss curve."""
     if len(records) < batch:
         raise ValueError(f"the warm start draws {batch} problems a step: give it at least {batch} (data.n_train)")
     rng = random.Random(seed)
@@ -99,7 +136,8 @@ def warm_start(model, tok, records: list[dict], steps: int = WARM_STEPS, lr: flo
     losses = []
     for _ in range(steps):
         chosen = rng.sample(records, batch)
-        ids, mask, labels = sft_batch(tok, [r["problem"] for r in chosen], [demonstration(r, rng, habit) for r in chosen])
+        prompts, demos = zip(*(warm_pair(r, rng, habit, slip, cue) for r in chosen))
+        ids, mask, labels = sft_batch(tok, list(prompts), list(demos))
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

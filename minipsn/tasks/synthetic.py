@@ -1,15 +1,16 @@
-"""The seeded synthetic arithmetic task and the mixed task built on its chains.
+"""The seeded synthetic arithmetic task and the mixed and route tasks built on its chains.
 
 The synthetic task is a seeded chain of integer operations ("Start at 7, add 5, subtract 3.
 What number do you get?") with a worked solution ending in `\\boxed{}`. Its knobs
 (`n_ops`, `ops`, `max_operand`) set the difficulty; it lets the whole PSN-GRPO loop run offline on
 a laptop with the same code path as GSM8K or MATH. The mixed task (`answer=mixed`) asks two kinds of
 question about the same chains, the last value (`kind` "final") or every value ("steps"); its records
-carry their `kind`, so evaluation reports each kind apart.
+carry their `kind`, so evaluation reports each kind apart. The route task (`answer=route`; its routes in route.py) asks
+the steps question, worked in two ways: its records' kind says which way is right, pos (both) or neg (the rare one).
 
 Records have the shape of every dataset (data.py): `{"id", "problem", "answer", "solution"}`, plus
-`kind` in the mixed task. The same settings and seed give the same problems, in the same order. Each task has a
-fixed held-out pool (HELD_OUT problems, or a tenth of a smaller task's chains), drawn first from a stream of its
+`kind` in the mixed and route tasks. The same settings and seed give the same problems, in the same order. Each task
+has a fixed held-out pool (HELD_OUT problems, or a tenth of a smaller task's chains), drawn first from a stream of its
 own: the test split is its first `n_test`, whatever n_test or n_train, and no training split (RL's or a warm
 start's) ever holds one of them.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import random
 
 from minipsn.run.config import DataConfig
+from minipsn.tasks.route import KINDS, chain_values, parse_chain, rare_route
 
 _VERBS = {"+": "add", "-": "subtract", "*": "multiply by"}
 HELD_OUT = 500  # problems in a task's held-out pool (a tenth of a smaller task's chains): data.n_test is at most this
@@ -85,6 +87,8 @@ def synthetic_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
     pool_n = _check_test_size(cfg)
     if cfg.answer == "mixed":
         return mixed_split(cfg, split, seed)
+    if cfg.answer == "route":
+        return route_split(cfg, split, seed)
     # absent by default: the same stream names as before these knobs existed
     task = f"{seed}-{cfg.n_ops}-{cfg.max_operand}-{''.join(sorted(set(cfg.ops)))}" + (
         f"-start{cfg.max_start}" if cfg.max_start else "") + (f"-min{cfg.min_ops}" if cfg.min_ops else "") + (
@@ -127,6 +131,46 @@ def mixed_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
                                  "raise data.max_operand, data.n_ops or data.ops")
             seen.add(_chain(rec["problem"]))
             records.append({"id": f"mixed-{part}-{len(records):05d}", **rec, "kind": kind})
+        if part == split:
+            return records[: cfg.n_test] if part == "test" else records
+    raise AssertionError("unreachable")
+
+
+def route_problem(rng: random.Random, cfg: DataConfig) -> dict | None:
+    """One steps-question chain as a route record without its id ({"problem", "answer", "solution", "kind"}), or None
+    when a value falls below 1 - route_offset (the rare route's shifted values must stay >= 1)."""
+    rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops, "steps")
+    start, ops = parse_chain(rec["problem"])
+    values = chain_values(start, ops)
+    if min(values) < 1 - cfg.route_offset:
+        return None
+    return {"problem": rec["problem"], "answer": rec["answer"], "solution": rare_route(start, ops, cfg.route_offset),
+            "kind": "neg" if min(values) < 0 else "pos"}
+
+
+def route_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
+    """The route task: the held-out pool alternates pos/neg (its first 2m hold m of each), drawn first, so `test` (its
+    first n_test) does not move with n_test, n_train or neg_share; `train` holds round(neg_share·n_train) neg
+    problems, the rest pos, in a seeded order, and never a chain of the pool."""
+    name = (f"route-{seed}-{cfg.n_ops}-{cfg.min_ops}-{cfg.max_operand}-{cfg.max_start}-"
+            f"{''.join(sorted(set(cfg.ops)))}-{cfg.route_offset}")
+    n_neg = round(cfg.neg_share * cfg.n_train)
+    kinds = {"test": [KINDS[i % 2] for i in range(pool_size(cfg))],
+             "train": ["neg"] * n_neg + ["pos"] * (cfg.n_train - n_neg)}
+    random.Random(f"{name}-order-{cfg.n_train}-{n_neg}").shuffle(kinds["train"])
+    seen: set[str] = set()
+    for part in ("test", "train"):
+        rng, records = random.Random(f"{name}-{part}"), []
+        for kind in kinds[part]:
+            for _ in range(1000):
+                rec = route_problem(rng, cfg)
+                if rec is not None and rec["kind"] == kind and _chain(rec["problem"]) not in seen:
+                    break
+            else:
+                raise ValueError(f"route task too small for {len(kinds['test']) + len(kinds['train'])} chains of "
+                                 f"both kinds: raise data.max_operand, data.n_ops or data.route_offset")
+            seen.add(_chain(rec["problem"]))
+            records.append({"id": f"route-{part}-{len(records):05d}", **rec})
         if part == split:
             return records[: cfg.n_test] if part == "test" else records
     raise AssertionError("unreachable")
