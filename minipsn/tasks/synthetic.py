@@ -108,32 +108,43 @@ def _chain(problem: str) -> str:
     return problem.rsplit(". ", 1)[0]
 
 
-def mixed_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
-    """The mixed task: the held-out pool alternates final/steps questions (its first 2m hold m of each), drawn
-    first, so `test` (its first n_test) does not move with n_test, n_train or steps_share; `train` holds
-    round(steps_share·n_train) steps questions, the rest final, in a seeded order, and never a chain of the pool,
-    whichever kind asks about it."""
-    name = f"mixed-{seed}-{cfg.n_ops}-{cfg.min_ops}-{cfg.max_operand}-{cfg.max_start}-{''.join(sorted(set(cfg.ops)))}"
-    n_steps = round(cfg.steps_share * cfg.n_train)
-    kinds = {"test": [("final", "steps")[i % 2] for i in range(pool_size(cfg))],
-             "train": ["steps"] * n_steps + ["final"] * (cfg.n_train - n_steps)}
-    random.Random(f"{name}-order-{cfg.n_train}-{n_steps}").shuffle(kinds["train"])
+def _kinded_split(cfg: DataConfig, split: str, name: str, pool_kinds: tuple[str, str], rare: str, share: float,
+                  draw, prefix: str, too_small: str) -> list[dict]:
+    """A task of two kinds: the held-out pool alternates `pool_kinds` (its first 2m hold m of each), drawn first, so
+    `test` (its first n_test) does not move with n_test, n_train or the share; `train` holds round(share·n_train) of
+    kind `rare`, the rest of the other kind, in a seeded order, and never a chain of the pool. `draw(rng, kind)` is a
+    record of that kind or None (drawn again, up to 1,000 times)."""
+    n_rare = round(share * cfg.n_train)
+    other = next(k for k in pool_kinds if k != rare)
+    kinds = {"test": [pool_kinds[i % 2] for i in range(pool_size(cfg))],
+             "train": [rare] * n_rare + [other] * (cfg.n_train - n_rare)}
+    random.Random(f"{name}-order-{cfg.n_train}-{n_rare}").shuffle(kinds["train"])
     seen: set[str] = set()
     for part in ("test", "train"):
         rng, records = random.Random(f"{name}-{part}"), []
         for kind in kinds[part]:
             for _ in range(1000):
-                rec = synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start, cfg.min_ops, kind)
-                if _chain(rec["problem"]) not in seen:
+                rec = draw(rng, kind)
+                if rec is not None and _chain(rec["problem"]) not in seen:
                     break
             else:
-                raise ValueError(f"synthetic task too small for {len(kinds['test']) + len(kinds['train'])} chains: "
-                                 "raise data.max_operand, data.n_ops or data.ops")
+                raise ValueError(f"{too_small} for {len(kinds['test']) + len(kinds['train'])} chains: raise "
+                                 "data.max_operand, data.n_ops or " + ("data.route_offset" if prefix == "route" else "data.ops"))
             seen.add(_chain(rec["problem"]))
-            records.append({"id": f"mixed-{part}-{len(records):05d}", **rec, "kind": kind})
+            records.append({"id": f"{prefix}-{part}-{len(records):05d}", **rec, "kind": kind})
         if part == split:
             return records[: cfg.n_test] if part == "test" else records
     raise AssertionError("unreachable")
+
+
+def mixed_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
+    """The mixed task (_kinded_split): final and steps questions, round(steps_share·n_train) steps ones in training,
+    and no chain of the pool trained on, whichever kind asks about it."""
+    name = f"mixed-{seed}-{cfg.n_ops}-{cfg.min_ops}-{cfg.max_operand}-{cfg.max_start}-{''.join(sorted(set(cfg.ops)))}"
+    draw = lambda rng, kind: synthetic_problem(rng, cfg.n_ops, cfg.max_operand, cfg.ops, cfg.max_start,  # noqa: E731
+                                               cfg.min_ops, kind)
+    return _kinded_split(cfg, split, name, ("final", "steps"), "steps", cfg.steps_share, draw, "mixed",
+                         "synthetic task too small")
 
 
 def route_problem(rng: random.Random, cfg: DataConfig) -> dict | None:
@@ -149,28 +160,12 @@ def route_problem(rng: random.Random, cfg: DataConfig) -> dict | None:
 
 
 def route_split(cfg: DataConfig, split: str, seed: int = 0) -> list[dict]:
-    """The route task: the held-out pool alternates pos/neg (its first 2m hold m of each), drawn first, so `test` (its
-    first n_test) does not move with n_test, n_train or neg_share; `train` holds round(neg_share·n_train) neg
-    problems, the rest pos, in a seeded order, and never a chain of the pool."""
+    """The route task (_kinded_split): pos and neg problems, round(neg_share·n_train) neg ones in training."""
     name = (f"route-{seed}-{cfg.n_ops}-{cfg.min_ops}-{cfg.max_operand}-{cfg.max_start}-"
             f"{''.join(sorted(set(cfg.ops)))}-{cfg.route_offset}")
-    n_neg = round(cfg.neg_share * cfg.n_train)
-    kinds = {"test": [KINDS[i % 2] for i in range(pool_size(cfg))],
-             "train": ["neg"] * n_neg + ["pos"] * (cfg.n_train - n_neg)}
-    random.Random(f"{name}-order-{cfg.n_train}-{n_neg}").shuffle(kinds["train"])
-    seen: set[str] = set()
-    for part in ("test", "train"):
-        rng, records = random.Random(f"{name}-{part}"), []
-        for kind in kinds[part]:
-            for _ in range(1000):
-                rec = route_problem(rng, cfg)
-                if rec is not None and rec["kind"] == kind and _chain(rec["problem"]) not in seen:
-                    break
-            else:
-                raise ValueError(f"route task too small for {len(kinds['test']) + len(kinds['train'])} chains of "
-                                 f"both kinds: raise data.max_operand, data.n_ops or data.route_offset")
-            seen.add(_chain(rec["problem"]))
-            records.append({"id": f"route-{part}-{len(records):05d}", **rec})
-        if part == split:
-            return records[: cfg.n_test] if part == "test" else records
-    raise AssertionError("unreachable")
+
+    def draw(rng, kind):
+        rec = route_problem(rng, cfg)
+        return rec if rec is not None and rec["kind"] == kind else None
+
+    return _kinded_split(cfg, split, name, KINDS, "neg", cfg.neg_share, draw, "route", "route task too small")
