@@ -27,8 +27,8 @@ from minipsn.bench.engines import SHAPE_NAME, NoEos, Spec, bench_engine, bench_e
 from minipsn.bench.roofline import phase_bound
 from minipsn.bench.trl import bench_trl
 from minipsn.bench.verifier import bench_verify, symbolic_pairs
-from minipsn.tasks.data import BUNDLED_DIR
 from minipsn.run.folders import check_writable
+from minipsn.tasks.data import BUNDLED_DIR
 
 __all__ = ["run_bench", "tables", "phase_bound", "specs", "shape_model_dir", "machine_info", "SHAPE_NAME", "QWEN15_SHAPE", "Spec",
            "NoEos", "bench_engine", "bench_eval", "bench_trl", "bench_verify", "symbolic_pairs"]

@@ -223,9 +223,9 @@ def bench_eval(spec: Spec, work: str, quick: bool, reps: int) -> dict:
     plain decode loop (training's), and Hugging Face `generate` (num_return_sequences = n, top_k off, same
     temperature). Tokens are the completion tokens sampled (to the end token), so a path that stops rows
     early is not credited for padding; best of `reps` after a warm-up."""
-    from minipsn.sampling.engine import build_engine
     from minipsn.evaluation.evaluate import FAST_SAMPLING
     from minipsn.method.noise import derive_seed
+    from minipsn.sampling.engine import build_engine
     from minipsn.sampling.rollout import encode_prompts, end_ids, sample
 
     P, n, T = eval_size(spec, quick)

@@ -99,8 +99,8 @@ def model_fidelity(model, engine, tok, prompts: list[str], G: int, rcfg, route: 
     (with it against B = 0) in sampler and learner (projection, rel_error), and the sampler's decoded
     log-probs against the learner's full pass (gap, kl_numerics), both at the rollout temperature."""
     from minipsn.sampling.dense_copy import load_adapters
-    from minipsn.training.learner import body_and_head
     from minipsn.sampling.rollout import sample
+    from minipsn.training.learner import body_and_head
 
     with engine.policy(0.0, [0], "all") as (sampler, _), (folded(engine) if route == "fold" else _same(sampler)):
         device = engine.device
@@ -146,10 +146,10 @@ def bench_fidelity(device: str = "cpu", model_name: str = "tiny", prompts: int =
     """`python cli.py bench`'s sampler/learner section: the layer measure (Qwen2.5-1.5B width) and the model
     measures on `model_name` (NF4 base, `model.dtype` bfloat16 and float32), fold against copy, per B scale."""
     from minipsn.run.overrides import build_config
-    from minipsn.tasks.data import format_prompt
-    from minipsn.tasks.problems import load_problems
     from minipsn.sampling.engine import CopyEngine
+    from minipsn.tasks.data import format_prompt
     from minipsn.tasks.models import load_policy
+    from minipsn.tasks.problems import load_problems
 
     dtypes = ("bfloat16", "float32")
     out = {"layer": {d: {"fold": {str(b): layer_fidelity(b_std=b, dtype=getattr(torch, d)) for b in B_SCALES}}

@@ -61,8 +61,8 @@ def bench_completions(rows: list[dict]) -> dict:
     import time
 
     from minipsn.rewards import correctness_rewards
-    from minipsn.verify import warm_up
     from minipsn.rewards.field import unbox
+    from minipsn.verify import warm_up
 
     warm_up()
     out = {}
