@@ -393,7 +393,7 @@ def preflight_(
     model: str = typer.Option("ceiling", help="a model trained on the synthetic task (ceiling, testbed, tiny, a folder)"),
     settings: str = typer.Option("clean,lora:0.02,weight:0.005,temperature:1.2",
                                  help="comma-separated: clean, lora:σ, weight:σ, temperature:T"),
-    draws: str = typer.Option("1,256", help="comma-separated D: each problem's n samples from D noise draws (D divides n)"),
+    draws: str = typer.Option("1,256", help="comma-separated D: each problem's n samples from D noise draws (D divides n; clean and temperature: once)"),
     adapter: Optional[str] = typer.Option(None, help="an RL checkpoint's adapter folder (default: the fresh adapter)"),
     kind: Optional[str] = typer.Option("steps", help="only the held-out problems of this kind (mixed task: final, steps; route task: pos, neg; '' = all)"),
     n: int = typer.Option(256, help="samples per problem"),

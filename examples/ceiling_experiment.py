@@ -34,16 +34,17 @@ ARMS = ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "tem
 SETS = {"run.keep_adapters": "20,40"}
 
 
-def doses(out: Path) -> dict:
-    """{kl: {"lora": σ, "weight": σ, "temperature": T, "tokens": mean completion length}} from one calibration."""
-    cfg = build_config(model="ceiling")
+def doses(out: Path, model: str = "ceiling", kls: tuple[float, ...] = DOSES) -> dict:
+    """{kl: {"lora": σ, "weight": σ, "temperature": T, "tokens": mean completion length}} from one calibration of
+    `model` (OUT/calibrate)."""
+    cfg = build_config(model=model)
     args = (parse_sigmas(GRIDS["sigmas"]), 0.003, 2, None, parse_sigmas(GRIDS["weight_sigmas"]),
             parse_temperatures(GRIDS["temperatures"]))
     path = out / "calibrate" / "calibrate.json"
     report = reuse(path, cfg, *args) or calibrate(cfg, args[0], 0.003, 2, out / "calibrate", *args[3:])
     t_rows = [{"sigma": r["temperature"] - 1, "kl_noise": r["kl"]} for r in report["temperature"]["rows"]]
     found = {}
-    for kl in DOSES:
+    for kl in kls:
         lora, weight, hot = (suggest(rows, kl)[0] for rows in (report["rows"], report["weight"]["rows"], t_rows))
         found[kl] = {"lora": lora, "weight": weight, "temperature": None if hot is None else 1 + hot,
                      "tokens": report["rows"][0]["len_mean"]}

@@ -88,7 +88,7 @@ def test_a_weight_space_run_with_rollout_noise_trains_and_measures_its_kl(tmp_pa
 
 def test_the_preflight_at_one_clean_draw_is_the_evaluation_and_each_draw_logs_its_seed(tmp_path):
     """D = 1 at σ = 0 samples what `eval` samples; with D = n and σ > 0 every sample has its own draw (its seed
-    logged), the same D draws for every problem."""
+    logged), the same D draws for every problem; a temperature is sampled once."""
     import json
 
     from minipsn.evaluation.evaluate import evaluate
@@ -96,8 +96,10 @@ def test_the_preflight_at_one_clean_draw_is_the_evaluation_and_each_draw_logs_it
 
     cfg = build_config(model="tiny", sets={"eval.n": 4, "eval.problems": 3})
     evaluate(cfg, ["synthetic"], tmp_path / "eval")
-    report = preflight(cfg, ["clean", "lora:0.05"], [1, 4], tmp_path / "pre")
-    assert [(r["setting"], r["draws"]) for r in report["results"]] == [("clean", 1), ("lora:0.05", 1), ("lora:0.05", 4)]
+    report = preflight(cfg, ["clean", "lora:0.05", "temperature:1.2"], [1, 4], tmp_path / "pre")
+    # a temperature, like clean sampling, has no draws: one row, D = 1
+    assert [(r["setting"], r["draws"]) for r in report["results"]] == [("clean", 1), ("lora:0.05", 1), ("lora:0.05", 4),
+                                                                     ("temperature:1.2", 1)]
     rows = lambda p: [json.loads(x) for x in p.read_text().splitlines() if "meta" not in x]  # noqa: E731
     want = rows(tmp_path / "eval" / "samples" / "synthetic.jsonl")
     got = rows(tmp_path / "pre" / "samples" / "clean-D1.jsonl")

@@ -166,3 +166,74 @@ def test_the_exploration_example_runs_every_arm_on_the_tiny_model(tmp_path):
     assert cfgs["temperature"]["rollout"]["temperature"] == round(cal["temperature"]["suggested_temperature"], 3)
     assert set(result["paired"]["benchmarks"]["synthetic"]["kinds"]["all"]) == {"base", *result["methods"]} - {"grpo"}
     assert (out / "compare_diff.png").is_file()
+
+
+def _route_experiment(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "examples"))  # it imports the ceiling experiment's calibration recipe
+    spec = importlib.util.spec_from_file_location("route_experiment", REPO / "examples" / "route_experiment.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # defines run() and main(); runs nothing
+    return example
+
+
+def test_route_experiment_keep_difference_pairs_problems_and_refuses_an_unknown_part(tmp_path, monkeypatch):
+    example = _route_experiment(monkeypatch)
+    a, b = [(5, 10), (0, 0), (2, 4)], [(2, 10), (1, 2), (2, 4)]
+    d, lo, hi = example.keep_difference(a, b)
+    assert d == pytest.approx(7 / 14 - 5 / 16) and lo <= d <= hi
+    assert example.keep_difference(b, b) == (0.0, 0.0, 0.0)  # the same problems resampled on both sides
+    many = [(8, 10)] * 30, [(2, 10)] * 30  # every problem keeps 80 % against 20 %: the interval excludes 0
+    assert example.keep_difference(*many)[1] == pytest.approx(0.6)
+    monkeypatch.setattr(sys, "argv", ["route_experiment.py", "arm", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="error: no part 'arm': calibrate, probe") as exc:
+        example.main()
+    assert "\n" not in str(exc.value) and not (tmp_path / "x").exists()  # refused before anything is calibrated
+
+
+def test_route_experiment_probe_table_reads_the_counts_and_marks_a_separated_keep_rate(tmp_path, monkeypatch):
+    example = _route_experiment(monkeypatch)
+    folder = tmp_path / "probe"
+    (folder / "samples").mkdir(parents=True)
+    rows = {"clean-D1": [(1, 9), (2, 8)] * 10, "lora-0.02-D256": [(9, 1), (8, 2)] * 10,
+            "weight-0.01-D256": [(3, 7), (0, 10)] * 10, "temperature-1.2-D1": [(2, 8), (2, 8)] * 10}
+    results = []
+    for name, counts in rows.items():
+        (folder / "samples" / f"{name}.jsonl").write_text("".join(
+            json.dumps({"routes": {"rare-kept": k, "rare-broken": b, "common": 50, "other": 0}}) + "\n" for k, b in counts))
+        setting, draws = name.rsplit("-D", 1)
+        kept, broken = sum(k for k, _ in counts), sum(b for _, b in counts)
+        results.append({"setting": setting.replace("-", ":", 1), "draws": int(draws), "pass@k": {"1": 0.01, "256": 0.5},
+                        "route": {"rare_rate": 0.1, "routes": {"rare-kept": kept, "rare-broken": broken}}})
+    (folder / "preflight.json").write_text(json.dumps({"problems": 20, "n": 256, "adapter": None, "results": results}))
+    clean, lora, weight, hot = example.probe_table(folder).splitlines()[-4:]
+    assert clean.startswith("| clean | 1 |") and "| 200 | 30 (15.0 %) |  |  |" in clean
+    # 85 % kept against clean's 15 % and the temperature's 20 %: both intervals exclude 0
+    assert "| 200 | 170 (85.0 %) | +70.0 [" in lora and "✱ | +65.0 [" in lora and lora.endswith("✱ |")
+    # as many kept as clean, +2 on half the problems and −2 on the others: the interval straddles 0
+    assert "| 200 | 30 (15.0 %) | +0.0 [-" in weight and "| -5.0 [" in weight and "✱" not in weight
+    assert hot.startswith("| temperature:1.2 | 1 |") and hot.endswith("|  |")  # no temperature column of its own
+
+
+def test_route_experiment_keep_interval_covers_under_data_like_the_probes(monkeypatch):
+    """The keep-rate interval's coverage, simulated: 50 problems whose open rates (mostly a few %, some 30 %) and keep
+    rates (0–90 %) differ as the probe's do, two settings with the same per-problem rates (no difference) or the
+    first keeping 10 points less; 200 simulations each. Measured on the probe's own rates: 94.5 % and 96 %."""
+    import random
+
+    example = _route_experiment(monkeypatch)
+    rng = random.Random(0)
+    opens = [rng.choice([0.0, 0.01, 0.03, 0.08, 0.3]) for _ in range(50)]
+    keeps = [rng.uniform(0.0, 0.9) for _ in range(50)]
+
+    def draw(shift):
+        out = []
+        for o, k in zip(opens, keeps):
+            opened = sum(rng.random() < o for _ in range(256))
+            out.append((sum(rng.random() < max(0.0, k + shift) for _ in range(opened)), opened))
+        return out
+
+    for shift in (0.0, -0.1):
+        truth = sum(o * (max(0.0, k + shift) - k) for o, k in zip(opens, keeps)) / sum(opens)
+        hits = sum(lo <= truth <= hi for lo, hi in (example.keep_difference(draw(shift), draw(0.0), reps=500, seed=s)[1:]
+                                                    for s in range(200)))
+        assert hits >= 0.9 * 200, (shift, hits)

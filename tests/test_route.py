@@ -1,7 +1,10 @@
 """The route testbed: the route task's records and held-out pool, its two-route warm start with slips, the
-route classifier on hand-written completions, and its config, preset and recipe. Offline, no model is built."""
+route classifier on hand-written completions, its config, preset and recipe (offline, no model is built), and (slow)
+the shipped build's bands."""
 import collections
 import dataclasses
+import json
+import os
 import random
 
 import pytest
@@ -195,13 +198,18 @@ def test_the_route_preset_and_recipe_without_building_the_model(monkeypatch, tmp
     tok = AutoTokenizer.from_pretrained(local_models.SHIPPED / local_models.folder_name("ceiling"))
     longest = max(len(tok(r["solution"])["input_ids"]) for r in synthetic_split(cfg.data, "test"))
     assert cfg.rollout.max_new_tokens == cfg.eval.max_new_tokens >= 1.5 * (longest + 1)
-    assert recipe["habit"] == {"pos": 0.03, "neg": 0.03} and recipe["slip"] == 0.15 and recipe["cue"] == 0.3
-    assert "route" in NOT_SHIPPED
-    assert local_models.local_spec("route-b2") == ("route", 2) and local_models.folder_name("route") == "route-v2"
-    models.resolve_name("route")  # not shipped: built on first use, with the recipe's knobs
+    assert recipe["habit"] == {"pos": 0.065, "neg": 0.065} and recipe["slip"] == 0.15 and recipe["cue"] == 0.3
+    assert "route" not in NOT_SHIPPED and local_models.folder_name("route") == "route-v3"
+    assert models.resolve_name("route") == str(local_models.SHIPPED / "route-v3") and not built  # seed 0 ships
+    shipped = json.loads((local_models.SHIPPED / "route-v3" / "done").read_text())
+    assert {k: shipped[k] for k in ("habit", "slip", "cue", "warm_steps", "seed")} == {
+        "habit": recipe["habit"], "slip": 0.15, "cue": 0.3, "warm_steps": recipe["steps"], "seed": 0}
+    assert DataConfig(**shipped["data"]) == recipe["data"]  # the shipped bits are this recipe's build
+    assert local_models.local_spec("route-b2") == ("route", 2)
+    models.resolve_name("route-b2")  # another build seed: built on first use, with the recipe's knobs
     (folder, kw), = built
-    assert folder == tmp_path / "route-v2" and kw["slip"] == 0.15 and kw["habit"] == recipe["habit"] and kw["cue"] == 0.3
-    assert kw["data"] == recipe["data"] and kw["seed"] == 0
+    assert folder == tmp_path / "route-b2-v3" and kw["slip"] == 0.15 and kw["habit"] == recipe["habit"] and kw["cue"] == 0.3
+    assert kw["data"] == recipe["data"] and kw["seed"] == 2
 
 
 def test_slip_and_cue_belong_to_the_route_task():
@@ -274,3 +282,47 @@ def test_the_mechanism_probe_at_sigma_0_is_clean_sampling_and_counts_every_sampl
     assert [(r["answers"], r["routes"]) for r in rows("clean-D1.jsonl")] == [(r["answers"], r["routes"])
                                                                             for r in rows("lora-0-D1.jsonl")]
     assert all(sum(r["routes"].values()) == 4 for r in rows("clean-D1.jsonl"))
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()[1:]]  # the first line is the meta
+
+
+@pytest.fixture(scope="module")
+def route_base(tmp_path_factory):
+    from minipsn.experiments.headroom import headroom
+
+    out = tmp_path_factory.mktemp("route-base")
+    return headroom(build_config(model="route", sets={"eval.problems": 200}), out), out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="evaluates the shipped route model on 100 neg problems "
+                    "at n = 256 (~3 min): MINIPSN_SLOW=1")
+def test_route_base_band_and_guess_rate(route_base):
+    """Issue 33's base band on the shipped v3 build: measured neg pass@256 58 % (docs/RESULTS.md, the route testbed)."""
+    result, _ = route_base
+    neg = result["kinds"]["neg"]
+    assert neg["problems"] == 100
+    assert max(neg["guess"][g] for g in ("mode", "shuffled", "uniform")) <= 1e-3 and not neg["guessable"]
+    assert 0.50 <= neg["pass@k"]["256"] <= 0.90
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MINIPSN_SLOW"), reason="one GRPO run on the route model and its evaluation "
+                    "(~5 min after the base test): MINIPSN_SLOW=1")
+def test_one_grpo_seed_narrows_the_neg_kind(route_base, tmp_path):
+    """A reduced check of issue 33's narrowing band: one seed, an interval over problems only. Measured over 5 seeds:
+    neg pass@256 58.0 → 29.4 ± 3.7 (seeds 25–35 %), so one seed is held to 10 points of narrowing."""
+    from minipsn.evaluation.evaluate import evaluate
+    from minipsn.experiments.stats import count_matrix, paired_difference
+    from minipsn.training.train import train
+
+    _, base_dir = route_base
+    cfg = build_config(model="route", method="grpo", sets={"run.out": str(tmp_path / "run"), "eval.problems": 200})
+    evaluate(cfg, ["synthetic"], tmp_path / "eval", adapter=str(train(cfg) / "adapter"))
+    base, grpo = _rows(base_dir / "samples" / "synthetic.jsonl"), _rows(tmp_path / "eval" / "samples" / "synthetic.jsonl")
+    m, n, _ = count_matrix([grpo], "neg")
+    r, _, _ = count_matrix([base], "neg")
+    result = paired_difference(m, r, n, [1, 256])
+    assert result["diff"][1] <= -0.10 and result["high"][1] < 0, result

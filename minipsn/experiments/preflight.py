@@ -8,6 +8,8 @@ independent noise draws, n/D samples each (D = n: one draw per sample), for each
     weight:σ        σ·ε on the target projections' dense base weights (the `psn-weight` arm's, the paper's form)
     temperature:T   the clean policy sampled at T (action-space noise, the `temperature` arm)
 
+Clean sampling and a temperature have no noise draws, so each is sampled once (D = 1) whatever the list of D.
+
 Draw d's noise seed is derive_seed(run.seed, "preflight", d), shared by every problem, and logged with each sample
 (`noise_seeds`); each problem's generator for draw d is its evaluation generator, made draw-specific when D > 1. It
 reports each setting's pass@k per kind of question, and on answers that should be tuples (the ceiling's steps
@@ -151,7 +153,7 @@ def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Pat
               "results": [],
               "provenance": provenance(cfg, {"synthetic": records})}
     for text, (space, value) in zip(settings, parsed):
-        for d in draws if space != "clean" else [1]:
+        for d in draws if space in ("lora", "weight") else [1]:  # clean and a temperature have no draws
             rows = sample_setting(model, engines, tok, records, cfg, space, value, d)
             (out / "samples").mkdir(parents=True, exist_ok=True)
             (out / "samples" / f"{text.replace(':', '-')}-D{d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,5 +1,5 @@
 """The local models: `tiny`, `testbed`, `ceiling` and `route`, small Qwen2-architecture models the kit builds and ships
-(`route` does not ship yet: presets.NOT_SHIPPED, built on first use and cached).
+(a design still being tuned can be left out of models/: presets.NOT_SHIPPED, built on first use and cached).
 
 Each is built from a config, with a byte-level BPE tokenizer trained in seconds by the `tokenizers` library,
 and warm-started by a short supervised pass on its synthetic task (sft.py: worked solutions mixed with a habit,

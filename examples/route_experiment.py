@@ -1,0 +1,168 @@
+"""The route experiment: does noise on the parameters keep a rare route that noise on the tokens breaks? (docs/RESULTS.md)
+
+    python examples/route_experiment.py PART [OUT] [SEEDS] [WORKERS]
+
+On the `route` model, where only the rare route (the offset ledger, kept on every line) is right on the neg problems
+and GRPO narrows their pass@256, in parts that each resume where they stopped, as the ceiling experiment's do:
+    calibrate   σ on the adapter, σ on the weights and the temperature at each noise KL per token of DOSES
+    probe       the mechanism before training: on the first 50 held-out neg problems × 256 samples, how often a sample
+                opens the ledger and how often an opened ledger is kept to the box, clean and at each dose, one
+                noise draw per problem (D = 1) and one per sample (D = 256)
+    arms        grpo, psn, psn-weight and temperature at a noise KL of DOSE per token
+    extras      the same grid plus per-rollout noise (adapter and weights), passk (k = 4) and c3po (2 draws)
+    probe-grpo  the probe at GRPO's checkpoints (seed 0's adapters at steps 20, 40 and 60): clean, and DOSE on the
+                adapter, the weights and the temperature, one draw per sample
+    frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
+    report      OUT/report/report.md: the probe tables and the grid's paired table
+Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2.
+"""
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from ceiling_experiment import doses  # examples/: one calibration recipe for both ceilings
+
+from minipsn import build_config, compare
+
+DOSES = (0.003, 0.03)  # noise KL per token: the ceiling's arms and its best dose for every space
+DOSE = 0.03
+ARMS = ["grpo", "psn", "psn-weight", "temperature"]
+EXTRAS = ["psn-rollout=psn", "psn-weight-rollout=psn-weight", "passk", "c3po"]
+SETS = {"run.keep_adapters": "20,40", "eval.problems": 200}  # 100 neg problems at n = 256, 100 pos at n = 32
+PROBE = {"eval.n_by_kind": "", "eval.problems": 100, "run.threads": 2}  # the first 100 held-out problems: 50 neg
+
+
+def settings(d: dict) -> list[str]:
+    return [f"{space}:{d[space]:.5g}" for space in ("lora", "weight", "temperature") if d[space] is not None]
+
+
+def per_method(d: dict) -> dict:
+    lora, weight = round(d["lora"], 5), round(d["weight"], 5)
+    return {"psn": {"noise.sigma": lora}, "psn-weight": {"noise.sigma": weight},
+            "temperature": {"rollout.temperature": round(d["temperature"], 4)},
+            "psn-rollout": {"noise.sigma": lora, "noise.granularity": "rollout"},
+            "psn-weight-rollout": {"noise.sigma": weight, "noise.granularity": "rollout"},
+            "c3po": {"noise.sigma": lora}}
+
+
+PARTS = ("calibrate", "probe", "arms", "extras", "probe-grpo", "frontier", "report")
+
+
+def run(part: str, out: Path, seeds: int, workers: int) -> None:
+    if part not in PARTS:
+        raise ValueError(f"no part {part!r}: {', '.join(PARTS)}")
+    if part == "report":
+        report(out)
+        return
+    found = doses(out, "route", DOSES)
+    print("doses (noise KL per token → σ adapter, σ weights, T; KL per trajectory at the base's mean length): " + "; ".join(
+        f"{kl:g} → {d['lora'] and round(d['lora'], 4)}, {d['weight'] and round(d['weight'], 4)}, "
+        f"{d['temperature'] and round(d['temperature'], 3)} ({kl * d['tokens']:.2g}/trajectory)" for kl, d in found.items()))
+    if part == "calibrate":
+        return
+    from minipsn.experiments.preflight import preflight
+
+    if part == "probe":
+        every = ["clean"] + [s for d in found.values() for s in settings(d)]
+        preflight(build_config(model="route", sets=PROBE), every, [1, 256], out / "probe", kind="neg")
+        return
+    if part == "probe-grpo":
+        run_dir = out / "grid" / "grpo-s0"
+        for step, adapter in ((20, run_dir / "adapters" / "step-20"), (40, run_dir / "adapters" / "step-40"),
+                              (60, run_dir / "adapter")):
+            if not adapter.is_dir():
+                raise ValueError(f"{adapter} is missing: run the arms part first")
+            preflight(build_config(model="route", sets=PROBE), ["clean", *settings(found[DOSE])], [256],
+                      out / f"probe-grpo-{step}", adapter=str(adapter), kind="neg")
+        return
+    sets = per_method(found[DOSE])
+    grid = ARMS + (EXTRAS if part in ("extras", "frontier") else [])
+    labels = [a.split("=")[0] for a in grid]
+    if part == "frontier":  # the grid's kept adapters, nothing trained
+        from minipsn.experiments.frontier import frontier
+
+        overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
+        done = [a for a in labels if (out / "grid" / f"{a}-s0").is_dir()]
+        frontier("route", done, seeds, out / "grid", [20, 40], overrides, kind="neg", workers=workers)
+        return
+    compare("route", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo",
+            per_method={a: sets[a] for a in labels if a in sets})
+
+
+def keep_counts(path: Path) -> list[tuple[int, int]]:
+    """(kept, opened) ledgers per problem of one probe row's samples file."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["routes"]["rare-kept"], r["routes"]["rare-kept"] + r["routes"]["rare-broken"]) for r in rows]
+
+
+def keep_difference(a: list[tuple[int, int]], b: list[tuple[int, int]], reps: int = 4000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """The keep rate of a minus b (pooled kept / opened) on the same problems, with a 95 % percentile interval from
+    resampling problems (a problem's samples stay together: a problem that opens the ledger often weighs more in
+    both rates)."""
+    rng = random.Random(seed)
+    rate = lambda rows, idx: sum(rows[i][0] for i in idx) / max(1, sum(rows[i][1] for i in idx))  # noqa: E731
+    every = range(len(a))
+    draws = sorted(rate(a, idx) - rate(b, idx) for idx in ([rng.randrange(len(a)) for _ in every] for _ in range(reps)))
+    return rate(a, every) - rate(b, every), draws[int(0.025 * reps)], draws[int(0.975 * reps) - 1]
+
+
+def probe_table(folder: Path) -> str:
+    """One line per (setting, D): pass@1 and pass@256 on the neg problems, the share of samples that open the ledger,
+    the opened ledgers kept to the box, and the keep rate's difference from clean sampling's and, for noise on the
+    adapter or the weights, from the temperature's at the same noise KL (the next temperature row with the same D:
+    the probe part lists each dose's settings in the order adapter, weights, temperature), each with its interval."""
+    rep = json.loads((folder / "preflight.json").read_text())
+    counts = lambda r: keep_counts(folder / "samples" / f"{r['setting'].replace(':', '-')}-D{r['draws']}.jsonl")  # noqa: E731
+    clean = keep_counts(folder / "samples" / "clean-D1.jsonl")
+    lines = [f"{rep['problems']} neg problems × {rep['n']}, adapter {rep['adapter'] or 'none (the base)'}\n",
+             "| setting | D | pass@1 | pass@256 | opens | opened | kept | kept − clean's | kept − temperature's |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    results = rep["results"]
+    for i, r in enumerate(results):
+        route, pk = r["route"], r["pass@k"]
+        opened = route["routes"]["rare-kept"] + route["routes"]["rare-broken"]
+        kept = route["routes"]["rare-kept"]
+        hot = next((t for t in results[i + 1:] if t["setting"].startswith("temperature")),
+                   None) if r["setting"].split(":")[0] in ("lora", "weight") else None
+        cells = [_diff(counts(r), clean) if r["setting"] != "clean" else "",
+                 _diff(counts(r), counts(hot)) if hot else ""]
+        lines.append(f"| {r['setting']} | {r['draws']} | {100 * pk['1']:.2f} | {100 * pk[str(rep['n'])]:.0f} | "
+                     f"{100 * route['rare_rate']:.1f} % | {opened} | {kept} ({100 * kept / max(opened, 1):.1f} %) | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _diff(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> str:
+    d, lo, hi = keep_difference(a, b)
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{' ✱' if lo > 0 or hi < 0 else ''}"
+
+
+def report(out: Path) -> None:
+    parts = ["# The route experiment\n"]
+    for folder in [out / "probe", *sorted(out.glob("probe-grpo-*"))]:
+        if (folder / "preflight.json").is_file():
+            parts += [f"\n## The mechanism probe: {folder.name}\n", probe_table(folder)]
+    if (out / "grid" / "compare.md").is_file():
+        parts += ["\n## The arms (the grid's compare.md)\n", (out / "grid" / "compare.md").read_text()]
+    (out / "report").mkdir(parents=True, exist_ok=True)
+    (out / "report" / "report.md").write_text("".join(parts))
+    print(f"report: {out / 'report' / 'report.md'}")
+
+
+def main() -> None:
+    args = sys.argv[1:] + [None] * 4
+    if args[0] is None or len(sys.argv) > 5 or any(a is not None and not a.isdigit() for a in args[2:4]):
+        raise SystemExit("usage: python examples/route_experiment.py PART [OUT] [SEEDS] [WORKERS] (see its docstring)")
+    t0 = time.perf_counter()
+    try:
+        run(args[0], Path(args[1] or "runs/route-experiment"), int(args[2] or 5), int(args[3] or 2))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"part {args[0]}: {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":  # compare's workers are spawned processes: they import this file without running it
+    main()
