@@ -153,13 +153,14 @@ def _steps_diff(grid: Path, arm: str) -> float:
     return json.loads((grid / "compare.json").read_text())["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"][arm]["diff"][-1]
 
 
-def main() -> None:
+def main(run=run, script: str = "ceiling_experiment.py", default_out: str = "runs/ceiling-experiment") -> None:
+    """PART [OUT] [SEEDS] [WORKERS] from the command line into `run` (the route experiment's main is this one too)."""
     args = sys.argv[1:] + [None] * 4
     if args[0] is None or len(sys.argv) > 5 or any(a is not None and not a.isdigit() for a in args[2:4]):
-        raise SystemExit("usage: python examples/ceiling_experiment.py PART [OUT] [SEEDS] [WORKERS] (see its docstring)")
+        raise SystemExit(f"usage: python examples/{script} PART [OUT] [SEEDS] [WORKERS] (see its docstring)")
     t0 = time.perf_counter()
     try:
-        run(args[0], Path(args[1] or "runs/ceiling-experiment"), int(args[2] or 5), int(args[3] or 2))
+        run(args[0], Path(args[1] or default_out), int(args[2] or 5), int(args[3] or 2))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"part {args[0]}: {(time.perf_counter() - t0) / 60:.1f} min")

@@ -18,11 +18,10 @@ Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 
 """
 import json
 import random
-import sys
-import time
 from pathlib import Path
 
-from ceiling_experiment import doses  # examples/: one calibration recipe for both ceilings
+import ceiling_experiment  # examples/: one calibration recipe and one command line for both ceilings
+from ceiling_experiment import doses
 
 from minipsn import build_config, compare
 
@@ -56,6 +55,18 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
     if part == "report":
         report(out)
         return
+    if part == "frontier":  # the grid's kept adapters, nothing trained
+        from minipsn.experiments.frontier import frontier
+
+        if not (out / "grid" / "compare.json").is_file():
+            raise ValueError(f"{out / 'grid' / 'compare.json'} is missing: run the arms part first")
+        overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
+        labels = [a.split("=")[0] for a in ARMS + EXTRAS]
+        done = [a for a in labels if (out / "grid" / f"{a}-s0").is_dir()]
+        frontier("route", done, seeds, out / "grid", [20, 40], overrides, kind="neg", workers=workers)
+        return
+    if part == "probe-grpo" and not (out / "grid" / "grpo-s0" / "adapter").is_dir():
+        raise ValueError(f"{out / 'grid' / 'grpo-s0' / 'adapter'} is missing: run the arms part first")
     found = doses(out, "route", DOSES)
     print("doses (noise KL per token → σ adapter, σ weights, T; KL per trajectory at the base's mean length): " + "; ".join(
         f"{kl:g} → {d['lora'] and round(d['lora'], 4)}, {d['weight'] and round(d['weight'], 4)}, "
@@ -78,15 +89,8 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
                       out / f"probe-grpo-{step}", adapter=str(adapter), kind="neg")
         return
     sets = per_method(found[DOSE])
-    grid = ARMS + (EXTRAS if part in ("extras", "frontier") else [])
+    grid = ARMS + (EXTRAS if part == "extras" else [])
     labels = [a.split("=")[0] for a in grid]
-    if part == "frontier":  # the grid's kept adapters, nothing trained
-        from minipsn.experiments.frontier import frontier
-
-        overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
-        done = [a for a in labels if (out / "grid" / f"{a}-s0").is_dir()]
-        frontier("route", done, seeds, out / "grid", [20, 40], overrides, kind="neg", workers=workers)
-        return
     compare("route", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo",
             per_method={a: sets[a] for a in labels if a in sets})
 
@@ -153,15 +157,7 @@ def report(out: Path) -> None:
 
 
 def main() -> None:
-    args = sys.argv[1:] + [None] * 4
-    if args[0] is None or len(sys.argv) > 5 or any(a is not None and not a.isdigit() for a in args[2:4]):
-        raise SystemExit("usage: python examples/route_experiment.py PART [OUT] [SEEDS] [WORKERS] (see its docstring)")
-    t0 = time.perf_counter()
-    try:
-        run(args[0], Path(args[1] or "runs/route-experiment"), int(args[2] or 5), int(args[3] or 2))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"part {args[0]}: {(time.perf_counter() - t0) / 60:.1f} min")
+    ceiling_experiment.main(run, "route_experiment.py", "runs/route-experiment")
 
 
 if __name__ == "__main__":  # compare's workers are spawned processes: they import this file without running it
