@@ -1,6 +1,6 @@
 """The ceiling experiment: does noise lift the ceiling at any dose, or only learn less? (docs/RESULTS.md)
 
-    python examples/ceiling_experiment.py PART [OUT] [SEEDS] [WORKERS]
+    python examples/ceiling_experiment.py PART [OUT] [SEEDS] [WORKERS] [--other-code]
 
 On the `ceiling` model, where GRPO narrows the steps questions' pass@256, in parts that each resume where they
 stopped (every finished job is reused) and can run on different days; every arm in one compare grid (OUT/grid), so
@@ -17,7 +17,9 @@ every difference is paired with the same GRPO seeds:
     frontier    pass@256 of the steps questions against the mix's pass@1 at steps 0, 20, 40, 60: grpo, passk and each
                 space's best dose (the runs' kept adapters, nothing trained)
     report      the figures and tables (examples/ceiling_report.py) into OUT/report
-Each part prints its wall time; OUT defaults to runs/ceiling-experiment, SEEDS to 5, WORKERS to 2.
+Each part prints its wall time; OUT defaults to runs/ceiling-experiment, SEEDS to 5, WORKERS to 2. A part refuses
+to reuse a calibration or a job made by other code (after a `git pull`, say) unless given --other-code; the grid's
+compare.json then lists which code made which job.
 """
 import json
 import sys
@@ -34,14 +36,14 @@ ARMS = ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "tem
 SETS = {"run.keep_adapters": "20,40"}
 
 
-def doses(out: Path, model: str = "ceiling", kls: tuple[float, ...] = DOSES) -> dict:
+def doses(out: Path, model: str = "ceiling", kls: tuple[float, ...] = DOSES, other_code: bool = False) -> dict:
     """{kl: {"lora": σ, "weight": σ, "temperature": T, "tokens": mean completion length}} from one calibration of
-    `model` (OUT/calibrate)."""
+    `model` (OUT/calibrate; one made by other code is reused with `other_code`)."""
     cfg = build_config(model=model)
     args = (parse_sigmas(GRIDS["sigmas"]), 0.003, 2, None, parse_sigmas(GRIDS["weight_sigmas"]),
             parse_temperatures(GRIDS["temperatures"]))
     path = out / "calibrate" / "calibrate.json"
-    report = reuse(path, cfg, *args) or calibrate(cfg, args[0], 0.003, 2, out / "calibrate", *args[3:])
+    report = reuse(path, cfg, *args, other_code=other_code) or calibrate(cfg, args[0], 0.003, 2, out / "calibrate", *args[3:])
     t_rows = [{"sigma": r["temperature"] - 1, "kl_noise": r["kl"]} for r in report["temperature"]["rows"]]
     found = {}
     for kl in kls:
@@ -91,8 +93,8 @@ def extras(found: dict, best: dict) -> tuple[list[str], dict]:
     return arms, per
 
 
-def run(part: str, out: Path, seeds: int, workers: int) -> None:
-    found = doses(out)
+def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False) -> None:
+    found = doses(out, other_code=other_code)
     print("doses (noise KL per token → σ adapter, σ weights, T; KL per trajectory at the base's mean length): " + "; ".join(
         f"{kl:g} → {d['lora'] and round(d['lora'], 4)}, {d['weight'] and round(d['weight'], 4)}, "
         f"{d['temperature'] and round(d['temperature'], 3)} ({kl * d['tokens']:.2g}/trajectory)" for kl, d in found.items()))
@@ -127,7 +129,7 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
         for build in ("ceiling-b1", "ceiling-b2"):
             arms_b = ["grpo", f"{noisy}={best_arm}", "passk"]
             compare(build, arms_b, seeds, out / f"grid-{build}", SETS, workers=workers, ref="grpo",
-                    per_method={noisy: per_method[noisy]})
+                    per_method={noisy: per_method[noisy]}, other_code=other_code)
         return
     if part == "frontier":  # the grid's finished runs: their kept adapters are evaluated, nothing is trained
         from minipsn.experiments.frontier import frontier
@@ -142,7 +144,8 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
 
         report(out, DOSES, found)
         return
-    compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method)
+    compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method,
+            other_code=other_code)
 
 
 def _label(arm: str, kl: float) -> str:
@@ -154,13 +157,15 @@ def _steps_diff(grid: Path, arm: str) -> float:
 
 
 def main(run=run, script: str = "ceiling_experiment.py", default_out: str = "runs/ceiling-experiment") -> None:
-    """PART [OUT] [SEEDS] [WORKERS] from the command line into `run` (the route experiment's main is this one too)."""
-    args = sys.argv[1:] + [None] * 4
-    if args[0] is None or len(sys.argv) > 5 or any(a is not None and not a.isdigit() for a in args[2:4]):
-        raise SystemExit(f"usage: python examples/{script} PART [OUT] [SEEDS] [WORKERS] (see its docstring)")
+    """PART [OUT] [SEEDS] [WORKERS] [--other-code] from the command line into `run` (the route experiment's main is
+    this one too)."""
+    given = [a for a in sys.argv[1:] if a != "--other-code"]
+    args = given + [None] * 4
+    if args[0] is None or len(given) > 4 or any(a is not None and not a.isdigit() for a in args[2:4]):
+        raise SystemExit(f"usage: python examples/{script} PART [OUT] [SEEDS] [WORKERS] [--other-code] (see its docstring)")
     t0 = time.perf_counter()
     try:
-        run(args[0], Path(args[1] or default_out), int(args[2] or 5), int(args[3] or 2))
+        run(args[0], Path(args[1] or default_out), int(args[2] or 5), int(args[3] or 2), "--other-code" in sys.argv)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"part {args[0]}: {(time.perf_counter() - t0) / 60:.1f} min")

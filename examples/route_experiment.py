@@ -1,6 +1,6 @@
 """The route experiment: does noise on the parameters keep a rare route that noise on the tokens breaks? (docs/RESULTS.md)
 
-    python examples/route_experiment.py PART [OUT] [SEEDS] [WORKERS]
+    python examples/route_experiment.py PART [OUT] [SEEDS] [WORKERS] [--other-code]
 
 On the `route` model, where only the rare route (the offset ledger, kept on every line) is right on the neg problems
 and GRPO narrows their pass@256, in parts that each resume where they stopped, as the ceiling experiment's do:
@@ -14,7 +14,8 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
                 adapter, the weights and the temperature, one draw per sample
     frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
     report      OUT/report/report.md: the probe tables and the grid's paired table
-Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2.
+Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2; --other-code as in
+the ceiling experiment (a calibration and jobs made by other code are reused, compare.json lists the versions).
 """
 import json
 import random
@@ -49,7 +50,7 @@ def per_method(d: dict) -> dict:
 PARTS = ("calibrate", "probe", "arms", "extras", "probe-grpo", "frontier", "report")
 
 
-def run(part: str, out: Path, seeds: int, workers: int) -> None:
+def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False) -> None:
     if part not in PARTS:
         raise ValueError(f"no part {part!r}: {', '.join(PARTS)}")
     if part == "report":
@@ -67,7 +68,7 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
         return
     if part == "probe-grpo" and not (out / "grid" / "grpo-s0" / "adapter").is_dir():
         raise ValueError(f"{out / 'grid' / 'grpo-s0' / 'adapter'} is missing: run the arms part first")
-    found = doses(out, "route", DOSES)
+    found = doses(out, "route", DOSES, other_code)
     print("doses (noise KL per token → σ adapter, σ weights, T; KL per trajectory at the base's mean length): " + "; ".join(
         f"{kl:g} → {d['lora'] and round(d['lora'], 4)}, {d['weight'] and round(d['weight'], 4)}, "
         f"{d['temperature'] and round(d['temperature'], 3)} ({kl * d['tokens']:.2g}/trajectory)" for kl, d in found.items()))
@@ -92,7 +93,7 @@ def run(part: str, out: Path, seeds: int, workers: int) -> None:
     grid = ARMS + (EXTRAS if part == "extras" else [])
     labels = [a.split("=")[0] for a in grid]
     compare("route", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo",
-            per_method={a: sets[a] for a in labels if a in sets})
+            per_method={a: sets[a] for a in labels if a in sets}, other_code=other_code)
 
 
 def keep_counts(path: Path) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -188,6 +189,20 @@ def test_route_experiment_keep_difference_pairs_problems_and_refuses_an_unknown_
     with pytest.raises(SystemExit, match="error: no part 'arm': calibrate, probe") as exc:
         example.main()
     assert "\n" not in str(exc.value) and not (tmp_path / "x").exists()  # refused before anything is calibrated
+
+
+def test_experiment_command_line_passes_other_code_and_refuses_extra_arguments(tmp_path, monkeypatch):
+    example, calls = _route_experiment(monkeypatch), []
+    monkeypatch.setattr(example, "run", lambda *args: calls.append(args))
+    for argv in (["extras", str(tmp_path), "3", "--other-code"], ["--other-code", "extras"], ["report"]):
+        monkeypatch.setattr(sys, "argv", ["route_experiment.py", *argv])
+        example.main()
+    assert calls == [("extras", tmp_path, 3, 2, True), ("extras", Path("runs/route-experiment"), 5, 2, True),
+                     ("report", Path("runs/route-experiment"), 5, 2, False)]
+    for argv in (["extras", "out", "5", "2", "more"], ["extras", "out", "five"], ["--other-code"]):
+        monkeypatch.setattr(sys, "argv", ["route_experiment.py", *argv])
+        with pytest.raises(SystemExit, match=r"usage: python examples/route_experiment.py PART .*\[--other-code\]"):
+            example.main()
 
 
 def test_route_experiment_probe_table_reads_the_counts_and_marks_a_separated_keep_rate(tmp_path, monkeypatch):

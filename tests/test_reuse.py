@@ -136,6 +136,14 @@ def test_calibrate_json_is_reused_only_with_its_settings(tmp_path):
     path.write_text(json.dumps(other))
     with pytest.raises(ValueError, match=r"measured with other settings: dtype \(bfloat16 → float32\)"):
         calibrate.reuse(path, cfg, sigmas, 0.003, 2)
+    with pytest.raises(ValueError, match=r"dtype \(bfloat16 → float32\)"):  # other code reuses the code only
+        calibrate.reuse(path, cfg, sigmas, 0.003, 2, other_code=True)
+    other["settings"]["provenance"]["dtype"] = report["settings"]["provenance"]["dtype"]
+    other["settings"]["provenance"]["code"]["source"] = "0" * 16  # measured by other code
+    path.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"measured with other settings: source \(0{16} → "):
+        calibrate.reuse(path, cfg, sigmas, 0.003, 2)
+    assert calibrate.reuse(path, cfg, sigmas, 0.003, 2, other_code=True) == other
     path.write_text(json.dumps({"suggested_sigma": 0.019}))  # made before the settings were stored
     with pytest.raises(ValueError, match="does not record the settings"):
         calibrate.reuse(path, cfg, sigmas, 0.003, 2)

@@ -222,9 +222,10 @@ def settings(cfg: Config, sigmas: list[float], target_kl: float, draws: int, ada
 
 def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float = 0.003, draws: int = 2,
           adapter: str | None = None, weight_sigmas: list[float] | None = None,
-          temperatures: list[float] | None = None) -> dict | None:
+          temperatures: list[float] | None = None, other_code: bool = False) -> dict | None:
     """The report in `path` when it was measured with these settings; None when there is none; an error
-    naming the settings that differ otherwise (a stale σ is never picked up silently)."""
+    naming the settings that differ otherwise (a stale σ is never picked up silently). `other_code`: a report
+    of other code (provenance `source`) is reused, as compare's --other-code reuses a grid's jobs."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -235,7 +236,8 @@ def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float =
     diff = {k: (stored.get(k, "absent"), v) for k, v in now.items()
             if k not in ("config", "provenance") and stored.get(k, "absent") != v}
     diff.update(settings_differences(stored["config"], cfg.to_dict(), lambda k: k.startswith(MEASURED_WITH)))
-    diff.update(provenance_differences(stored.get("provenance"), now["provenance"]))
+    diff.update({k: v for k, v in provenance_differences(stored.get("provenance"), now["provenance"]).items()
+                 if not (other_code and k == "source")})
     if diff:
         said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
         raise ValueError(f"{path} was measured with other settings: {said}; delete it to measure again, "
