@@ -13,6 +13,8 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
     probe-grpo  the probe at GRPO's checkpoints (seed 0's adapters at steps 20, 40 and 60): clean, and DOSE on the
                 adapter, the weights and the temperature, one draw per sample
     frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
+    builds      grpo, psn and temperature (DOSE, the σ and T calibrated on the shipped build) on another build of the
+                same design (route-b1, built on first use: about 15 min), a grid of its own (OUT/grid-route-b1)
     report      OUT/report/report.md: the probe tables and the grid's paired table
 Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2; --other-code as in
 the ceiling experiment (a calibration and jobs made by other code are reused, compare.json lists the versions).
@@ -47,7 +49,8 @@ def per_method(d: dict) -> dict:
             "c3po": {"noise.sigma": lora}}
 
 
-PARTS = ("calibrate", "probe", "arms", "extras", "probe-grpo", "frontier", "report")
+PARTS = ("calibrate", "probe", "arms", "extras", "probe-grpo", "frontier", "builds", "report")
+BUILDS = ["route-b1"]
 
 
 def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False) -> None:
@@ -82,14 +85,19 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         return
     if part == "probe-grpo":
         run_dir = out / "grid" / "grpo-s0"
-        for step, adapter in ((20, run_dir / "adapters" / "step-20"), (40, run_dir / "adapters" / "step-40"),
-                              (60, run_dir / "adapter")):
+        for step, adapter in ((20, run_dir / "adapters" / "step-20" / "adapter"),
+                              (40, run_dir / "adapters" / "step-40" / "adapter"), (60, run_dir / "adapter")):
             if not adapter.is_dir():
                 raise ValueError(f"{adapter} is missing: run the arms part first")
             preflight(build_config(model="route", sets=PROBE), ["clean", *settings(found[DOSE])], [256],
                       out / f"probe-grpo-{step}", adapter=str(adapter), kind="neg")
         return
     sets = per_method(found[DOSE])
+    if part == "builds":
+        for build in BUILDS:
+            compare(build, ["grpo", "psn", "temperature"], seeds, out / f"grid-{build}", SETS, workers=workers,
+                    ref="grpo", per_method={a: sets[a] for a in ("psn", "temperature")}, other_code=other_code)
+        return
     grid = ARMS + (EXTRAS if part == "extras" else [])
     labels = [a.split("=")[0] for a in grid]
     compare("route", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo",
@@ -150,8 +158,9 @@ def report(out: Path) -> None:
     for folder in [out / "probe", *sorted(out.glob("probe-grpo-*"))]:
         if (folder / "preflight.json").is_file():
             parts += [f"\n## The mechanism probe: {folder.name}\n", probe_table(folder)]
-    if (out / "grid" / "compare.md").is_file():
-        parts += ["\n## The arms (the grid's compare.md)\n", (out / "grid" / "compare.md").read_text()]
+    for grid in ["grid", *(f"grid-{b}" for b in BUILDS)]:
+        if (out / grid / "compare.md").is_file():
+            parts += [f"\n## The arms ({grid}/compare.md)\n", (out / grid / "compare.md").read_text()]
     (out / "report").mkdir(parents=True, exist_ok=True)
     (out / "report" / "report.md").write_text("".join(parts))
     print(f"report: {out / 'report' / 'report.md'}")

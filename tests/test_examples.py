@@ -205,6 +205,35 @@ def test_experiment_command_line_passes_other_code_and_refuses_extra_arguments(t
             example.main()
 
 
+def test_route_experiment_probe_grpo_probes_the_kept_adapters(tmp_path, monkeypatch):
+    import minipsn.experiments.preflight as preflight
+
+    example, calls = _route_experiment(monkeypatch), []
+    run = tmp_path / "grid" / "grpo-s0"
+    for folder in (run / "adapter", run / "adapters" / "step-20" / "adapter", run / "adapters" / "step-40" / "adapter"):
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")  # what a kept adapter's folder holds (train.py)
+    dose = {"lora": 0.03, "weight": 0.02, "temperature": 1.3, "tokens": 59}
+    monkeypatch.setattr(example, "doses", lambda *a: {0.003: dose, 0.03: dose})
+    monkeypatch.setattr(preflight, "preflight", lambda cfg, settings, draws, out, adapter, kind: calls.append(
+        (settings, draws, out.name, adapter, kind)))
+    example.run("probe-grpo", tmp_path, 5, 2)
+    assert [c[2] for c in calls] == ["probe-grpo-20", "probe-grpo-40", "probe-grpo-60"]
+    assert all((Path(c[3]) / "adapter_config.json").is_file() for c in calls)  # the adapters, not their step folders
+    assert calls[0][:2] == (["clean", "lora:0.03", "weight:0.02", "temperature:1.3"], [256]) and calls[0][4] == "neg"
+
+
+def test_route_experiment_builds_runs_the_arms_on_another_build_with_the_shipped_builds_dose(tmp_path, monkeypatch):
+    example, calls = _route_experiment(monkeypatch), []
+    dose = {"lora": 0.033471, "weight": 0.01931, "temperature": 1.33079, "tokens": 59}
+    monkeypatch.setattr(example, "doses", lambda *a: {0.003: dose, 0.03: dose})
+    monkeypatch.setattr(example, "compare", lambda model, arms, seeds, out, sets, **kw: calls.append(
+        (model, arms, seeds, out, kw["per_method"], kw["other_code"])))
+    example.run("builds", tmp_path, 5, 2, other_code=True)
+    assert calls == [("route-b1", ["grpo", "psn", "temperature"], 5, tmp_path / "grid-route-b1",
+                      {"psn": {"noise.sigma": 0.03347}, "temperature": {"rollout.temperature": 1.3308}}, True)]
+
+
 def test_route_experiment_probe_table_reads_the_counts_and_marks_a_separated_keep_rate(tmp_path, monkeypatch):
     example = _route_experiment(monkeypatch)
     folder = tmp_path / "probe"
