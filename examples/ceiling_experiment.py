@@ -161,7 +161,8 @@ def main(run=run, script: str = "ceiling_experiment.py", default_out: str = "run
     this one too)."""
     given = [a for a in sys.argv[1:] if a != "--other-code"]
     args = given + [None] * 4
-    if args[0] is None or len(given) > 4 or any(a is not None and not a.isdigit() for a in args[2:4]):
+    if (args[0] is None or len(given) > 4 or any(a.startswith("--") for a in given)
+            or any(a is not None and not a.isdigit() for a in args[2:4])):
         raise SystemExit(f"usage: python examples/{script} PART [OUT] [SEEDS] [WORKERS] [--other-code] (see its docstring)")
     t0 = time.perf_counter()
     try:

@@ -14,7 +14,7 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
                 adapter, the weights and the temperature, one draw per sample
     frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
     builds      grpo, psn and temperature (DOSE, the σ and T calibrated on the shipped build) on another build of the
-                same design (route-b1, built on first use: about 15 min), a grid of its own (OUT/grid-route-b1)
+                same design (route-b1, built on first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
     report      OUT/report/report.md: the probe tables and the grid's paired table
 Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2; --other-code as in
 the ceiling experiment (a calibration and jobs made by other code are reused, compare.json lists the versions).

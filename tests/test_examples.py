@@ -199,7 +199,8 @@ def test_experiment_command_line_passes_other_code_and_refuses_extra_arguments(t
         example.main()
     assert calls == [("extras", tmp_path, 3, 2, True), ("extras", Path("runs/route-experiment"), 5, 2, True),
                      ("report", Path("runs/route-experiment"), 5, 2, False)]
-    for argv in (["extras", "out", "5", "2", "more"], ["extras", "out", "five"], ["--other-code"]):
+    for argv in (["extras", "out", "5", "2", "more"], ["extras", "out", "five"], ["--other-code"],
+                 ["extras", "--othercode"]):  # a misspelt flag is not taken for OUT
         monkeypatch.setattr(sys, "argv", ["route_experiment.py", *argv])
         with pytest.raises(SystemExit, match=r"usage: python examples/route_experiment.py PART .*\[--other-code\]"):
             example.main()
