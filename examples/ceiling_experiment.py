@@ -12,8 +12,9 @@ every difference is paired with the same GRPO seeds:
     doses       psn, psn-weight and temperature at the other doses (label `<arm>@<kl>`)
     extras      at each space's best dose: per-rollout noise (adapter and weights), c3po with 2 and 4 draws, a fixed-σ
                 psn-passk, passk with k = 2
-    builds      grpo, the best noise arm (at its best dose) and passk on two more builds of the ceiling model
-                (ceiling-b1, ceiling-b2), each a grid of its own (OUT/grid-ceiling-b1, …)
+    builds      grpo, the best noise arm (at its best dose, the σ or T of each build's own calibration, in
+                OUT/calibrate-ceiling-b1, …) and passk on two more builds of the ceiling model (ceiling-b1,
+                ceiling-b2), each a grid of its own (OUT/grid-ceiling-b1, …)
     frontier    pass@256 of the steps questions against the mix's pass@1 at steps 0, 20, 40, 60: grpo, passk and each
                 space's best dose (the runs' kept adapters, nothing trained)
     report      the figures and tables (examples/ceiling_report.py) into OUT/report
@@ -34,16 +35,22 @@ GRIDS = {"sigmas": "0.002,0.005,0.01,0.02,0.04,0.08,0.16", "weight_sigmas": "0.0
          "temperatures": "1.02,1.05,1.1,1.2,1.4,1.7,2.0"}
 ARMS = ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "temperature", "passk", "psn-passk"]
 SETS = {"run.keep_adapters": "20,40"}
+BUILDS = ("ceiling-b1", "ceiling-b2")
 
 
-def doses(out: Path, model: str = "ceiling", kls: tuple[float, ...] = DOSES, other_code: bool = False) -> dict:
+SPACES = (("psn", "lora", "noise.sigma"), ("psn-weight", "weight", "noise.sigma"),
+          ("temperature", "temperature", "rollout.temperature"))  # arm, its calibrated space, the key it sets
+
+
+def doses(out: Path, model: str = "ceiling", kls: tuple[float, ...] = DOSES, other_code: bool = False,
+          folder: str = "calibrate") -> dict:
     """{kl: {"lora": σ, "weight": σ, "temperature": T, "tokens": mean completion length}} from one calibration of
-    `model` (OUT/calibrate; one made by other code is reused with `other_code`)."""
+    `model` (OUT/FOLDER; one made by other code is reused with `other_code`)."""
     cfg = build_config(model=model)
     args = (parse_sigmas(GRIDS["sigmas"]), 0.003, 2, None, parse_sigmas(GRIDS["weight_sigmas"]),
             parse_temperatures(GRIDS["temperatures"]))
-    path = out / "calibrate" / "calibrate.json"
-    report = reuse(path, cfg, *args, other_code=other_code) or calibrate(cfg, args[0], 0.003, 2, out / "calibrate", *args[3:])
+    path = out / folder / "calibrate.json"
+    report = reuse(path, cfg, *args, other_code=other_code) or calibrate(cfg, args[0], 0.003, 2, out / folder, *args[3:])
     t_rows = [{"sigma": r["temperature"] - 1, "kl_noise": r["kl"]} for r in report["temperature"]["rows"]]
     found = {}
     for kl in kls:
@@ -58,8 +65,8 @@ def per_arm(found: dict, kls: tuple[float, ...], label: bool) -> tuple[list[str]
     arms, sets = [], {}
     for kl in kls:
         d = found[kl]
-        for arm, key, value in (("psn", "noise.sigma", d["lora"]), ("psn-weight", "noise.sigma", d["weight"]),
-                                ("temperature", "rollout.temperature", d["temperature"])):
+        for arm, space, key in SPACES:
+            value = d[space]
             if value is None:
                 print(f"note: calibrate's grid does not reach a noise KL of {kl} for {arm}; that dose is left out")
                 continue
@@ -123,13 +130,17 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         preflight(build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 200}), settings, [1, 256],
                   out / "preflight", kind="steps")
         return
-    if part == "builds":
+    if part == "builds":  # the best dose is a noise KL: each build's own calibration gives its σ (or T) there
         best_arm = max(("psn", "psn-weight", "temperature"), key=lambda a: _steps_diff(out / "grid", _label(a, best[a])))
-        noisy = _label(best_arm, best[best_arm])
-        for build in ("ceiling-b1", "ceiling-b2"):
-            arms_b = ["grpo", f"{noisy}={best_arm}", "passk"]
-            compare(build, arms_b, seeds, out / f"grid-{build}", SETS, workers=workers, ref="grpo",
-                    per_method={noisy: per_method[noisy]}, other_code=other_code)
+        noisy, kl = _label(best_arm, best[best_arm]), best[best_arm]
+        space, key = next((space, key) for arm, space, key in SPACES if arm == best_arm)
+        for build in BUILDS:
+            value = doses(out, build, (kl,), other_code, folder=f"calibrate-{build}")[kl][space]
+            if value is None:
+                raise ValueError(f"calibrate's grid does not reach a noise KL of {kl:g} for {best_arm} on {build}")
+            print(f"{build}: {noisy} at {key} = {value:.5g} (its own calibration)")
+            compare(build, ["grpo", f"{noisy}={best_arm}", "passk"], seeds, out / f"grid-{build}", SETS, workers=workers,
+                    ref="grpo", per_method={noisy: {key: round(value, 5)}}, other_code=other_code)
         return
     if part == "frontier":  # the grid's finished runs: their kept adapters are evaluated, nothing is trained
         from minipsn.experiments.frontier import frontier

@@ -235,6 +235,31 @@ def test_route_experiment_builds_runs_the_arms_on_another_build_with_the_shipped
                       {"psn": {"noise.sigma": 0.03347}, "temperature": {"rollout.temperature": 1.3308}}, True)]
 
 
+def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_for_its_dose(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location("ceiling_experiment", REPO / "examples" / "ceiling_experiment.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    diffs = {"psn": 1.1, "psn@0.03": 3.8, "psn-weight": 1.8, "psn-weight@0.03": 3.3, "temperature": -0.3}
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "compare.json").write_text(json.dumps({"paired": {"benchmarks": {"synthetic": {"kinds": {
+        "steps": {arm: {"diff": [0.0, d]} for arm, d in diffs.items()}}}}}}))
+    sigma = {"ceiling": 0.035, "ceiling-b1": 0.041, "ceiling-b2": 0.029}  # each build its own σ at a KL of 0.03
+    asked, calls = [], []
+
+    def doses(out, model="ceiling", kls=example.DOSES, other_code=False, folder="calibrate"):
+        asked.append((model, folder))
+        return {kl: {"lora": sigma[model], "weight": 0.018, "temperature": 1.35, "tokens": 37} for kl in kls}
+
+    monkeypatch.setattr(example, "doses", doses)
+    monkeypatch.setattr(example, "compare", lambda model, arms, seeds, out, sets, **kw: calls.append(
+        (model, arms, out.name, kw["per_method"])))
+    example.run("builds", tmp_path, 5, 2)
+    assert asked[-2:] == [("ceiling-b1", "calibrate-ceiling-b1"), ("ceiling-b2", "calibrate-ceiling-b2")]
+    assert calls == [(b, ["grpo", "psn@0.03=psn", "passk"], f"grid-{b}", {"psn@0.03": {"noise.sigma": sigma[b]}})
+                     for b in ("ceiling-b1", "ceiling-b2")]
+
+
 def test_route_experiment_probe_table_reads_the_counts_and_marks_a_separated_keep_rate(tmp_path, monkeypatch):
     example = _route_experiment(monkeypatch)
     folder = tmp_path / "probe"

@@ -144,6 +144,15 @@ def test_calibrate_json_is_reused_only_with_its_settings(tmp_path):
     with pytest.raises(ValueError, match=r"measured with other settings: source \(0{16} → "):
         calibrate.reuse(path, cfg, sigmas, 0.003, 2)
     assert calibrate.reuse(path, cfg, sigmas, 0.003, 2, other_code=True) == other
+    del other["settings"]["config"]["rollout"]["guard_every"]  # that code had no such setting
+    path.write_text(json.dumps(other))
+    assert calibrate.reuse(path, cfg, sigmas, 0.003, 2, other_code=True) == other
+    with pytest.raises(ValueError, match=r"rollout.guard_every \(absent → 10\)"):
+        calibrate.reuse(path, cfg, sigmas, 0.003, 2)
+    other["settings"]["provenance"]["code"]["source"] = report["settings"]["provenance"]["code"]["source"]
+    path.write_text(json.dumps(other))  # this code's result without a key it has: not another code's
+    with pytest.raises(ValueError, match=r"rollout.guard_every \(absent → 10\)"):
+        calibrate.reuse(path, cfg, sigmas, 0.003, 2, other_code=True)
     path.write_text(json.dumps({"suggested_sigma": 0.019}))  # made before the settings were stored
     with pytest.raises(ValueError, match="does not record the settings"):
         calibrate.reuse(path, cfg, sigmas, 0.003, 2)
@@ -186,6 +195,29 @@ def test_other_code_is_reused_only_when_asked_and_then_said(tmp_path, jobs):
     payload = compare.compare("tiny", ["grpo"], 1, out, SETS, other_code=True)
     assert jobs == [] and payload["code"]["0123456789abcdef"] == ["grpo-s0"] and len(payload["code"]) == 2
     assert "**Made by 2 code versions**" in (out / "compare.md").read_text()
+
+
+def test_a_setting_other_code_lacked_is_reused_only_for_that_code_and_then_listed(tmp_path, jobs):
+    """A key a result lacks because its code had no such setting: reused under --other-code, listed in compare.json
+    and compare.md; a result of this code that lacks a key is still refused."""
+    out = tmp_path / "grid"
+    compare.compare("tiny", ["grpo"], 1, out, SETS)
+
+    def older(d):
+        del d["rollout"]["guard_every"]
+        d["provenance"]["code"].update(source="0123456789abcdef")
+
+    _edit(out / "grpo-s0" / "config.json", older)
+    with pytest.raises(ValueError, match=r"rollout.guard_every \(absent → 10\)"):
+        compare.compare("tiny", ["grpo"], 1, out, SETS)
+    jobs.clear()
+    payload = compare.compare("tiny", ["grpo"], 1, out, SETS, other_code=True)
+    assert jobs == [] and payload["lacked"] == {"rollout.guard_every": ["grpo-s0"]}
+    assert "did not have (they ran as that code did): rollout.guard_every: grpo-s0" in (out / "compare.md").read_text()
+    _edit(out / "grpo-s0" / "config.json", lambda d: d["provenance"]["code"].update(
+        source=json.loads((out / "base" / "eval" / "eval.json").read_text())["provenance"]["code"]["source"]))
+    with pytest.raises(ValueError, match=r"grpo-s0 differ in rollout.guard_every \(absent → 10\)"):
+        compare.compare("tiny", ["grpo"], 1, out, SETS, other_code=True)
 
 
 def test_values_that_resolve_alike_and_benchmark_order_do_not_refuse(tmp_path, jobs):

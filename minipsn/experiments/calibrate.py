@@ -225,7 +225,8 @@ def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float =
           temperatures: list[float] | None = None, other_code: bool = False) -> dict | None:
     """The report in `path` when it was measured with these settings; None when there is none; an error
     naming the settings that differ otherwise (a stale σ is never picked up silently). `other_code`: a report
-    of other code (provenance `source`) is reused, as compare's --other-code reuses a grid's jobs."""
+    of other code (provenance `source`) is reused, as compare's --other-code reuses a grid's jobs, with the settings
+    that code did not have (keys it lacks)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -236,8 +237,10 @@ def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float =
     diff = {k: (stored.get(k, "absent"), v) for k, v in now.items()
             if k not in ("config", "provenance") and stored.get(k, "absent") != v}
     diff.update(settings_differences(stored["config"], cfg.to_dict(), lambda k: k.startswith(MEASURED_WITH)))
-    diff.update({k: v for k, v in provenance_differences(stored.get("provenance"), now["provenance"]).items()
-                 if not (other_code and k == "source")})
+    made = provenance_differences(stored.get("provenance"), now["provenance"])
+    if other_code and "source" in made:  # a key that code did not have: it measured as that code did
+        diff = {k: v for k, v in diff.items() if v[0] != "absent"}
+    diff.update({k: v for k, v in made.items() if not (other_code and k == "source")})
     if diff:
         said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
         raise ValueError(f"{path} was measured with other settings: {said}; delete it to measure again, "

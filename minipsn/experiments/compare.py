@@ -35,7 +35,7 @@ import shutil
 from pathlib import Path
 
 from minipsn.evaluation.evaluate import benchmark_records
-from minipsn.evaluation.provenance import provenance, provenance_differences, settings_differences
+from minipsn.evaluation.provenance import ABSENT, provenance, provenance_differences, settings_differences
 from minipsn.experiments.jobs import (
     base_config,
     evaluate_base,
@@ -80,22 +80,27 @@ def _differences(folder: Path, cfg: Config, benchmarks: list[str], train: bool) 
 
 
 def check_reuse(out: Path, model: str, methods: list[str], seeds: int, sets: dict, benchmarks: list[str],
-                recompute: bool, other_code: bool = False) -> None:
+                recompute: bool, other_code: bool = False) -> dict[str, list[str]]:
     """Before any job runs: every stored result of the grid must have been made with the settings and the
     provenance asked for now. A mismatch is one error naming the jobs and keys, or, with `recompute`, those jobs
     are cleared (the whole run folder when a training setting differs, else its evaluation) to be redone.
-    `other_code`: results of other code (provenance `source`) are reused, and compare.json lists the versions."""
+    `other_code`: results of other code (provenance `source`) are reused, and compare.json lists the versions; a
+    setting such a result lacks (that code had no such key) is reused too, and returned: {key: [jobs]}."""
     jobs = [("base", out / "base", base_config(model, sets), False)]
     jobs += [(f"{m}-s{s}", out / f"{m}-s{s}", job_config(model, m, s, sets, out / f"{m}-s{s}"), True)
              for m in methods for s in range(seeds)]
-    stale = {}
+    stale, lacked = {}, {}
     for name, folder, cfg, train in jobs:
-        train_diff, eval_diff = (
-            {k: v for k, v in d.items() if not (other_code and k == "source")} for d in _differences(folder, cfg, benchmarks, train))
+        diffs = _differences(folder, cfg, benchmarks, train)
+        if other_code and any("source" in d for d in diffs):
+            for key in sorted({k for d in diffs for k, (was, _) in d.items() if was == ABSENT}):
+                lacked.setdefault(key, []).append(name)
+            diffs = tuple({k: v for k, v in d.items() if v[0] != ABSENT} for d in diffs)
+        train_diff, eval_diff = ({k: v for k, v in d.items() if not (other_code and k == "source")} for d in diffs)
         if train_diff or eval_diff:
             stale[name] = (folder, train_diff, eval_diff)
     if not stale:
-        return
+        return lacked
     keys = {k: v for _, t, e in stale.values() for k, v in {**t, **e}.items()}
     said = ", ".join(f"{k} ({v[0]} → {v[1]})" for k, v in list(keys.items())[:6]) + (", …" if len(keys) > 6 else "")
     if not recompute:
@@ -106,6 +111,7 @@ def check_reuse(out: Path, model: str, methods: list[str], seeds: int, sets: dic
         print(f"── {name}: made with other settings ({', '.join({**train_diff, **eval_diff})}); recomputing its "
               f"{'training and evaluation' if train_diff else 'evaluation'}")
         shutil.rmtree(folder if train_diff else folder / "eval")
+    return lacked
 
 
 def _on_main(fn, *args):
@@ -247,8 +253,8 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
         sets = {"eval.every": 0, **(sets or {}), **({"run.threads": 1} if workers > 1 else {}),
                 **({"per_method": per_method} if per_method else {}),
                 **({"arms": arms} if any(label != m for label, m in arms.items()) else {})}
-        _on_main(check_reuse, out, model, methods, seeds, sets, list(benchmarks), recompute, other_code)
-        return _grid(model, methods, seeds, out, sets, benchmarks, workers, ref)
+        lacked = _on_main(check_reuse, out, model, methods, seeds, sets, list(benchmarks), recompute, other_code)
+        return _grid(model, methods, seeds, out, sets, benchmarks, workers, ref, lacked)
     finally:
         if dist.is_main():
             folders.release(out)
@@ -257,7 +263,7 @@ def compare(model: str, methods: list[str], seeds: int, out: str | Path, sets: d
 
 
 def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, benchmarks: tuple[str, ...],
-          workers: int, ref: str) -> dict:
+          workers: int, ref: str, lacked: dict[str, list[str]] | None = None) -> dict:
     if workers > 1:
         from minipsn.tasks.models import resolve_name
 
@@ -277,7 +283,7 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
     for name, report in [("base", results[0]), *((f"{m}-s{s}", r) for (m, s), r in zip(grid, results[1:]))]:
         made_by.setdefault(report.get("provenance", {}).get("code", {}).get("source", "absent"), []).append(name)
     payload = {"model": model, "methods": methods, "seeds": seeds, "n": n, "benchmarks": list(benchmarks),
-               "code": made_by, "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
+               "code": made_by, **({"lacked": lacked} if lacked else {}), "overrides": sets, "summary": {m: {**s, "pass@k": {str(k): v for k, v in s["pass@k"].items()}}
                                               for m, s in summary.items()}}
     if dist.is_main():
         from minipsn.experiments import paired
@@ -287,6 +293,9 @@ def _grid(model: str, methods: list[str], seeds: int, out: Path, sets: dict, ben
         payload["paired"] = {"ref": ref, "benchmarks": paired.paired(folders, ref, list(benchmarks), TABLE_KS)}
         mixed = ("" if len(made_by) == 1 else f"**Made by {len(made_by)} code versions** (provenance source digest: jobs): "
                  + "; ".join(f"{k}: {', '.join(v)}" for k, v in made_by.items()) + "\n\n")
+        if lacked:  # settings the older code did not have: its jobs ran as that code did
+            mixed += ("Settings some jobs' code did not have (they ran as that code did): "
+                      + "; ".join(f"{k}: {', '.join(v)}" for k, v in lacked.items()) + "\n\n")
         (out / "compare.md").write_text(header(model, methods, seeds, base_config(model, sets), results[0], ref) + mixed + markdown(summary) + "\n" + paired.markdown(payload["paired"]["benchmarks"],
                                                                                                   ref, seeds))
         (out / "compare.json").write_text(json.dumps(payload, indent=2))
