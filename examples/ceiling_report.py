@@ -4,8 +4,9 @@
 
 Reads OUT/grid/compare.json (the arms and doses, every difference against grpo paired on seeds and problems),
 each job's eval.json (the training mix's pass@1 per seed), OUT/grid-ceiling-b*/compare.json (the other builds),
-OUT/preflight/preflight.json and OUT/grid/compare_frontier.json where they exist, and writes OUT/report/: report.md
-(the tables of docs/RESULTS.md), dose_response.png/.pdf (Δ pass@256 and Δ pass@16 of the steps questions against
+OUT/preflight/preflight.json, OUT/grid/compare_frontier.json and GRPO's evaluations at its kept steps (the frontier
+part) where they exist, and writes OUT/report/: report.md (the tables of docs/RESULTS.md; the frontier's: each
+arm's last step against GRPO's steps 40 and 20, paired on seeds and problems), dose_response.png/.pdf (Δ pass@256 and Δ pass@16 of the steps questions against
 the noise KL, per space, with the paired 95 % intervals), cost.png/.pdf (the mix's pass@1 against the same KL) and
 preflight.png/.pdf (noise without training).
 """
@@ -135,6 +136,40 @@ def cost_figure(rows: list[dict], grpo_mix: list[float]):
     return fig
 
 
+def frontier_table(grid: Path, c: dict, steps: tuple[int, ...] = (40, 20)) -> str:
+    """Each arm's last step against GRPO's own path: Δ pass@256 of the steps questions against GRPO's kept adapters at
+    `steps` (evaluated by the frontier part), paired on seeds and problems, next to the mix's pass@1 of each. An arm
+    that learned about as much as GRPO at step 40 and reaches less sits below GRPO's frontier: it learns less, it
+    does not explore more. Arms whose own kept adapters were evaluated get their path (compare_frontier.json)."""
+    from minipsn.experiments.paired import paired
+
+    seeds = c["seeds"]
+    steps = [t for t in steps if all((grid / f"grpo-s{s}" / f"eval-step{t}" / "eval.json").is_file() for s in range(seeds))]
+    if not steps:
+        return ""
+    arms = [a for a in c["summary"] if a not in ("base", "grpo")]
+    mix = {a: sum(_mix(grid, a, seeds)) / seeds for a in arms}
+    cols = []
+    for t in steps:
+        ref = f"grpo@{t}"
+        folders = {ref: {s: grid / f"grpo-s{s}" / f"eval-step{t}" for s in range(seeds)},
+                   **{a: {s: grid / f"{a}-s{s}" / "eval" for s in range(seeds)} for a in arms}}
+        ref_mix = [mix_pass1(json.loads((folders[ref][s] / "eval.json").read_text())) for s in range(seeds)]
+        cols.append((f"vs grpo at step {t} (mix {100 * sum(ref_mix) / seeds:.1f})",
+                     paired(folders, ref, ["synthetic"], (256,))["synthetic"]["kinds"]["steps"]))
+    k = cols[0][1][arms[0]]["k"][-1]
+    lines = ["| arm (last step) | mix pass@1 | " + " | ".join(f"Δ@{k} {name}" for name, _ in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    lines += [f"| {a} | {100 * mix[a]:.1f} | " + " | ".join(_cell(d[a], -1) for _, d in cols) + " |" for a in arms]
+    path = grid / "compare_frontier.json"
+    if path.is_file():
+        lines += ["", "| arm | (mix pass@1, steps pass@256) at each step, mean over seeds |", "|---|---|"]
+        for arm, by_step in json.loads(path.read_text())["points"].items():
+            pts = [f"{t}: ({100 * sum(p['x']) / len(p['x']):.1f}, {100 * sum(p['y']) / len(p['y']):.1f})" for t, p in by_step.items()]
+            lines.append(f"| {arm} | " + " → ".join(pts) + " |")
+    return "\n".join(lines)
+
+
 def builds_table(out: Path, noisy: str) -> str:
     """Δ pass@256 of the steps questions against grpo per build, and across builds (the build a random effect)."""
     grids = [("ceiling (b0)", out / "grid")] + [(g.name.removeprefix("grid-"), g) for g in sorted(out.glob("grid-ceiling-b*"))]
@@ -208,6 +243,7 @@ def report(out: Path, doses: tuple, found: dict) -> None:
              f"{1e4 * r['cell']['residual']:.1f} | {100 * r['mde256']:.1f} |" for r in rows]
     parts += ["\n## Variance of one cell's D (points², pass@256, steps) and the minimum detectable effect\n",
               "| arm | seed | problem | residual | MDE (points) |\n|---|---|---|---|---|\n" + "\n".join(comps)]
+    parts += ["\n## The frontier: each arm's last step against GRPO's path\n", frontier_table(grid, c)]
     noisy = max(rows, key=lambda r: r["d256"]["diff"][r["i256"]]) if rows else None
     if noisy:
         parts += ["\n## Builds\n", builds_table(out, _label(noisy["arm"], noisy["kl"]))]
