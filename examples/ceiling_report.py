@@ -136,9 +136,10 @@ def cost_figure(rows: list[dict], grpo_mix: list[float]):
     return fig
 
 
-def frontier_table(grid: Path, c: dict, steps: tuple[int, ...] = (40, 20)) -> str:
-    """Each arm's last step against GRPO's own path: Δ pass@256 of the steps questions against GRPO's kept adapters at
-    `steps` (evaluated by the frontier part), paired on seeds and problems, next to the mix's pass@1 of each. An arm
+def frontier_table(grid: Path, c: dict, steps: tuple[int, ...] = (40, 20), kind: str = "steps") -> str:
+    """Each arm's last step against GRPO's own path: Δ pass@256 of the `kind` questions (the ceiling's steps, the
+    route's neg) against GRPO's kept adapters at `steps` (evaluated by the frontier part), paired on seeds and
+    problems, next to the mix's pass@1 of each. An arm
     that learned about as much as GRPO at step 40 and reaches less sits below GRPO's frontier: it learns less, it
     does not explore more. Arms whose own kept adapters were evaluated get their path (compare_frontier.json)."""
     from minipsn.experiments.paired import paired
@@ -156,14 +157,14 @@ def frontier_table(grid: Path, c: dict, steps: tuple[int, ...] = (40, 20)) -> st
                    **{a: {s: grid / f"{a}-s{s}" / "eval" for s in range(seeds)} for a in arms}}
         ref_mix = [mix_pass1(json.loads((folders[ref][s] / "eval.json").read_text())) for s in range(seeds)]
         cols.append((f"vs grpo at step {t} (mix {100 * sum(ref_mix) / seeds:.1f})",
-                     paired(folders, ref, ["synthetic"], (256,))["synthetic"]["kinds"]["steps"]))
+                     paired(folders, ref, ["synthetic"], (256,))["synthetic"]["kinds"][kind]))
     k = cols[0][1][arms[0]]["k"][-1]
     lines = ["| arm (last step) | mix pass@1 | " + " | ".join(f"Δ@{k} {name}" for name, _ in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     lines += [f"| {a} | {100 * mix[a]:.1f} | " + " | ".join(_cell(d[a], -1) for _, d in cols) + " |" for a in arms]
     path = grid / "compare_frontier.json"
     if path.is_file():
-        lines += ["", "| arm | (mix pass@1, steps pass@256) at each step, mean over seeds |", "|---|---|"]
+        lines += ["", f"| arm | (mix pass@1, {kind} pass@{k}) at each step, mean over seeds |", "|---|---|"]
         for arm, by_step in json.loads(path.read_text())["points"].items():
             pts = [f"{t}: ({100 * sum(p['x']) / len(p['x']):.1f}, {100 * sum(p['y']) / len(p['y']):.1f})" for t, p in by_step.items()]
             lines.append(f"| {arm} | " + " → ".join(pts) + " |")

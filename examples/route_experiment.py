@@ -25,6 +25,7 @@ from pathlib import Path
 
 import ceiling_experiment  # examples/: one calibration recipe and one command line for both ceilings
 from ceiling_experiment import doses
+from ceiling_report import frontier_table
 
 from minipsn import build_config, compare
 
@@ -161,6 +162,10 @@ def report(out: Path) -> None:
     for grid in ["grid", *(f"grid-{b}" for b in BUILDS)]:
         if (out / grid / "compare.md").is_file():
             parts += [f"\n## The arms ({grid}/compare.md)\n", (out / grid / "compare.md").read_text()]
+            c = json.loads((out / grid / "compare.json").read_text())
+            table = frontier_table(out / grid, c, kind="neg")  # "" until the frontier part evaluated GRPO's kept steps
+            if table:
+                parts += [f"\n## The frontier ({grid}): each arm's last step against GRPO's path\n", table, "\n"]
     (out / "report").mkdir(parents=True, exist_ok=True)
     (out / "report" / "report.md").write_text("".join(parts))
     print(f"report: {out / 'report' / 'report.md'}")

@@ -260,31 +260,33 @@ def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_fo
                      for b in ("ceiling-b1", "ceiling-b2")]
 
 
-def test_ceiling_report_frontier_table_pairs_each_arms_last_step_with_grpos_kept_step(tmp_path, monkeypatch):
-    """An arm's step 60 against GRPO's step 40 on the same seeds and problems: here it reaches one problem GRPO's step 40
-    lost on every seed (Δ pass@4 = +50 points, 2 problems), and the mix pass@1 of each side is the 70/30 mix."""
+@pytest.mark.parametrize("kinds,share", [(("final", "steps"), "steps_share"), (("pos", "neg"), "neg_share")])
+def test_ceiling_report_frontier_table_pairs_each_arms_last_step_with_grpos_kept_step(tmp_path, monkeypatch, kinds, share):
+    """An arm's step 60 against GRPO's step 40 on the same seeds and problems of the ceiling's kind (the ceiling's steps
+    questions, the route's neg problems): here it reaches one problem GRPO's step 40 lost on every seed (Δ pass@4 =
+    +50 points, 2 problems), and the mix pass@1 of each side is the 70/30 mix of the two kinds."""
     monkeypatch.syspath_prepend(str(REPO / "examples"))
     spec = importlib.util.spec_from_file_location("ceiling_report", REPO / "examples" / "ceiling_report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
-    grid = tmp_path / "grid"
+    grid, (other, kind) = tmp_path / "grid", kinds
 
-    def evaluation(folder, steps_right, final_pass1):
+    def evaluation(folder, right, other_pass1):
         (folder / "samples").mkdir(parents=True)
-        rows = [{"id": "a", "kind": "steps", "correct": steps_right}, {"id": "b", "kind": "steps", "correct": [0] * 4}]
+        rows = [{"id": "a", "kind": kind, "correct": right}, {"id": "b", "kind": kind, "correct": [0] * 4}]
         (folder / "samples" / "synthetic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"meta": {}}, *rows]))
-        kinds = {"final": {"pass@k": {"1": final_pass1}}, "steps": {"pass@k": {"1": sum(steps_right) / 8}}}
-        (folder / "eval.json").write_text(json.dumps({"benchmarks": {"synthetic": {"kinds": kinds}},
-                                                      "config": {"data": {"steps_share": 0.3}}}))
+        by_kind = {other: {"pass@k": {"1": other_pass1}}, kind: {"pass@k": {"1": sum(right) / 8}}}
+        (folder / "eval.json").write_text(json.dumps({"benchmarks": {"synthetic": {"kinds": by_kind}},
+                                                      "config": {"data": {share: 0.3}}}))
 
     for s in (0, 1):
         evaluation(grid / f"grpo-s{s}" / "eval-step40", [0] * 4, 0.5)
         evaluation(grid / f"psn-s{s}" / "eval", [1, 0, 0, 0], 0.4)
     c = {"seeds": 2, "summary": {"base": {}, "grpo": {}, "psn": {}}}
-    header, _, row = report.frontier_table(grid, c).splitlines()
+    header, _, row = report.frontier_table(grid, c, kind=kind).splitlines()
     assert header == "| arm (last step) | mix pass@1 | Δ@4 vs grpo at step 40 (mix 35.0) |"  # 0.7·0.5 + 0.3·0
     assert row.startswith("| psn | 31.7 | +50.0 [")  # 0.7·0.4 + 0.3·(1/8) = 0.3175
-    assert report.frontier_table(grid, c, steps=(20,)) == ""  # GRPO's step 20 not evaluated: no table
+    assert report.frontier_table(grid, c, steps=(20,), kind=kind) == ""  # GRPO's step 20 not evaluated: no table
 
 
 def test_route_experiment_probe_table_reads_the_counts_and_marks_a_separated_keep_rate(tmp_path, monkeypatch):
