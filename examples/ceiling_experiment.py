@@ -77,12 +77,18 @@ def per_arm(found: dict, kls: tuple[float, ...], label: bool) -> tuple[list[str]
 
 
 def best_doses(out: Path) -> dict:
-    """Each space's dose with the largest Δ pass@256 of the steps questions against GRPO (the doses part's grid)."""
-    paired = json.loads((out / "grid" / "compare.json").read_text())["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
+    """Each space's dose with the largest Δ pass@256 of the steps questions against GRPO (the doses part's grid), among
+    the doses where training still learns: the training mix's pass@1 after training above the base model's (a dose
+    that breaks training is not a candidate; on the shipped build psn-weight at 0.1 ends below the base)."""
+    c = json.loads((out / "grid" / "compare.json").read_text())
+    paired, summary = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"], c["summary"]
+    share = build_config(model="ceiling").data.steps_share
+    mix = lambda arm: sum((share if kind == "steps" else 1 - share) * summary[arm]["kinds"][kind]["pass@k"]["1"][0]  # noqa: E731
+                          for kind in ("final", "steps"))
     best = {}
     for arm in ("psn", "psn-weight", "temperature"):
-        at = {kl: paired[f"{arm}@{kl:g}" if kl != 0.003 else arm]["diff"][-1] for kl in DOSES
-              if (f"{arm}@{kl:g}" if kl != 0.003 else arm) in paired}
+        at = {kl: paired[_label(arm, kl)]["diff"][-1] for kl in DOSES
+              if _label(arm, kl) in paired and mix(_label(arm, kl)) > mix("base")}
         best[arm] = max(at, key=at.get)
     return best
 

@@ -240,10 +240,15 @@ def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_fo
     spec = importlib.util.spec_from_file_location("ceiling_experiment", REPO / "examples" / "ceiling_experiment.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    diffs = {"psn": 1.1, "psn@0.03": 3.8, "psn-weight": 1.8, "psn-weight@0.03": 3.3, "temperature": -0.3}
+    # psn at 0.1 has the largest Δ but its training broke (its mix pass@1 ends below the base's): not a candidate
+    diffs = {"psn": 1.1, "psn@0.03": 3.8, "psn@0.1": 5.0, "psn-weight": 1.8, "psn-weight@0.03": 3.3, "temperature": -0.3}
+    final = {"base": 0.30, **{arm: 0.40 for arm in diffs}, "psn@0.1": 0.25}
     (tmp_path / "grid").mkdir()
     (tmp_path / "grid" / "compare.json").write_text(json.dumps({"paired": {"benchmarks": {"synthetic": {"kinds": {
-        "steps": {arm: {"diff": [0.0, d]} for arm, d in diffs.items()}}}}}}))
+        "steps": {arm: {"diff": [0.0, d]} for arm, d in diffs.items()}}}}}, "summary": {
+        arm: {"kinds": {"final": {"pass@k": {"1": [p, 0.0]}}, "steps": {"pass@k": {"1": [0.01, 0.0]}}}}
+        for arm, p in final.items()}}))
+    assert example.best_doses(tmp_path) == {"psn": 0.03, "psn-weight": 0.03, "temperature": 0.003}
     sigma = {"ceiling": 0.035, "ceiling-b1": 0.041, "ceiling-b2": 0.029}  # each build its own σ at a KL of 0.03
     asked, calls = [], []
 
@@ -287,6 +292,30 @@ def test_ceiling_report_frontier_table_pairs_each_arms_last_step_with_grpos_kept
     assert header == "| arm (last step) | mix pass@1 | Δ@4 vs grpo at step 40 (mix 35.0) |"  # 0.7·0.5 + 0.3·0
     assert row.startswith("| psn | 31.7 | +50.0 [")  # 0.7·0.4 + 0.3·(1/8) = 0.3175
     assert report.frontier_table(grid, c, steps=(20,), kind=kind) == ""  # GRPO's step 20 not evaluated: no table
+
+
+def test_ceiling_report_builds_table_reads_the_arm_the_builds_ran_not_todays_best(tmp_path, monkeypatch):
+    """The builds part ran psn@0.03; a dose added later (temperature@0.1) has a larger Δ on the shipped grid. The table
+    still pairs the builds on psn@0.03, and its across-builds row pools the three builds' Δ of that arm."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location("ceiling_report", REPO / "examples" / "ceiling_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+
+    def grid(folder, diffs):
+        folder.mkdir()
+        cell = lambda d: {"k": [256], "diff": [d], "se": [0.01], "low": [d - 0.02], "high": [d + 0.02]}  # noqa: E731
+        summary = {a: {"kinds": {"steps": {"pass@k": {"256": [p, 0.0]}}}} for a, p in (("base", 0.6), ("grpo", 0.1))}
+        (folder / "compare.json").write_text(json.dumps({"summary": summary, "paired": {"benchmarks": {"synthetic": {
+            "kinds": {"steps": {a: cell(d) for a, d in diffs.items()}}}}}}))
+
+    grid(tmp_path / "grid", {"base": 0.5, "psn@0.03": 0.04, "temperature@0.1": 0.10, "passk": 0.27})
+    grid(tmp_path / "grid-ceiling-b1", {"base": 0.5, "psn@0.03": 0.02, "passk": 0.53})
+    grid(tmp_path / "grid-ceiling-b2", {"base": 0.5, "psn@0.03": 0.03, "passk": 0.32})
+    lines = report.builds_table(tmp_path).splitlines()
+    assert lines[0] == "| build | base pass@256 | grpo pass@256 | Δ psn@0.03 | Δ passk |"
+    assert lines[2] == "| ceiling (b0) | 60.0 | 10.0 | +4.0 [+2.0, +6.0] ✱ | +27.0 [+25.0, +29.0] ✱ |"
+    assert lines[-1].startswith("| across builds (random effect) | | | +3.0 [")  # equal SEs: the mean of 4, 2, 3
 
 
 def test_route_experiment_probe_table_reads_the_counts_and_marks_a_separated_keep_rate(tmp_path, monkeypatch):
