@@ -80,15 +80,16 @@ def best_doses(out: Path) -> dict:
     """Each space's dose with the largest Δ pass@256 of the steps questions against GRPO (the doses part's grid), among
     the doses where training still learns: the training mix's pass@1 after training above the base model's (a dose
     that breaks training is not a candidate; on the shipped build psn-weight at 0.1 ends below the base)."""
-    c = json.loads((out / "grid" / "compare.json").read_text())
-    paired, summary = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"], c["summary"]
-    share = build_config(model="ceiling").data.steps_share
-    mix = lambda arm: sum((share if kind == "steps" else 1 - share) * summary[arm]["kinds"][kind]["pass@k"]["1"][0]  # noqa: E731
-                          for kind in ("final", "steps"))
+    from minipsn.experiments.frontier import mix_pass1
+
+    grid = out / "grid"
+    c = json.loads((grid / "compare.json").read_text())
+    paired = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
+    mix = lambda run: mix_pass1(json.loads((grid / run / "eval" / "eval.json").read_text()))  # noqa: E731
+    learns = lambda label: sum(mix(f"{label}-s{s}") for s in range(c["seeds"])) / c["seeds"] > mix("base")  # noqa: E731
     best = {}
     for arm in ("psn", "psn-weight", "temperature"):
-        at = {kl: paired[_label(arm, kl)]["diff"][-1] for kl in DOSES
-              if _label(arm, kl) in paired and mix(_label(arm, kl)) > mix("base")}
+        at = {kl: paired[_label(arm, kl)]["diff"][-1] for kl in DOSES if _label(arm, kl) in paired and learns(_label(arm, kl))}
         best[arm] = max(at, key=at.get)
     return best
 

@@ -6,9 +6,9 @@ Reads OUT/grid/compare.json (the arms and doses, every difference against grpo p
 each job's eval.json (the training mix's pass@1 per seed), OUT/grid-ceiling-b*/compare.json (the other builds),
 OUT/preflight/preflight.json, OUT/grid/compare_frontier.json and GRPO's evaluations at its kept steps (the frontier
 part) where they exist, and writes OUT/report/: report.md (the tables of docs/RESULTS.md; the frontier's: each
-arm's last step against GRPO's steps 40 and 20, paired on seeds and problems), dose_response.png/.pdf (Δ pass@256 and Δ pass@16 of the steps questions against
-the noise KL, per space, with the paired 95 % intervals), cost.png/.pdf (the mix's pass@1 against the same KL) and
-preflight.png/.pdf (noise without training).
+arm's last step against GRPO's steps 40 and 20, paired on seeds and problems), dose_response.png/.pdf (Δ pass@256
+and Δ pass@16 of the steps questions against the noise KL, per space, with the paired 95 % intervals), cost.png/.pdf
+(the mix's pass@1 against the same KL) and preflight.png/.pdf (noise without training).
 """
 import json
 from pathlib import Path
@@ -139,9 +139,9 @@ def cost_figure(rows: list[dict], grpo_mix: list[float]):
 def frontier_table(grid: Path, c: dict, steps: tuple[int, ...] = (40, 20), kind: str = "steps") -> str:
     """Each arm's last step against GRPO's own path: Δ pass@256 of the `kind` questions (the ceiling's steps, the
     route's neg) against GRPO's kept adapters at `steps` (evaluated by the frontier part), paired on seeds and
-    problems, next to the mix's pass@1 of each. An arm
-    that learned about as much as GRPO at step 40 and reaches less sits below GRPO's frontier: it learns less, it
-    does not explore more. Arms whose own kept adapters were evaluated get their path (compare_frontier.json)."""
+    problems, next to the mix's pass@1 of each. An arm that learned about as much as GRPO at step 40 and reaches less
+    sits below GRPO's frontier: it learns less, it does not explore more. Arms whose own kept adapters were evaluated
+    get their path (compare_frontier.json)."""
     from minipsn.experiments.paired import paired
 
     seeds = c["seeds"]
@@ -184,14 +184,13 @@ def builds_table(out: Path) -> str:
     for name, g in grids:
         c = json.loads((g / "compare.json").read_text())
         p = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
-        arm = noisy
         st = c["summary"]
         cells = [f"{100 * st['base']['kinds']['steps']['pass@k']['256'][0]:.1f}",
                  f"{100 * st['grpo']['kinds']['steps']['pass@k']['256'][0]:.1f}"]
-        for key, a in ((noisy, arm), ("passk", "passk")):
-            d = p[a]
-            cells.append(_cell(d, d["k"].index(256)))
-            per[key].append((d["diff"][d["k"].index(256)], d["se"][d["k"].index(256)]))
+        for arm in (noisy, "passk"):
+            d, j = p[arm], p[arm]["k"].index(256)
+            cells.append(_cell(d, j))
+            per[arm].append((d["diff"][j], d["se"][j]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     cells = []
     for key in (noisy, "passk"):

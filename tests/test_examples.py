@@ -242,12 +242,13 @@ def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_fo
     spec.loader.exec_module(example)
     # psn at 0.1 has the largest Δ but its training broke (its mix pass@1 ends below the base's): not a candidate
     diffs = {"psn": 1.1, "psn@0.03": 3.8, "psn@0.1": 5.0, "psn-weight": 1.8, "psn-weight@0.03": 3.3, "temperature": -0.3}
-    final = {"base": 0.30, **{arm: 0.40 for arm in diffs}, "psn@0.1": 0.25}
-    (tmp_path / "grid").mkdir()
-    (tmp_path / "grid" / "compare.json").write_text(json.dumps({"paired": {"benchmarks": {"synthetic": {"kinds": {
-        "steps": {arm: {"diff": [0.0, d]} for arm, d in diffs.items()}}}}}, "summary": {
-        arm: {"kinds": {"final": {"pass@k": {"1": [p, 0.0]}}, "steps": {"pass@k": {"1": [0.01, 0.0]}}}}
-        for arm, p in final.items()}}))
+    final = {"base": 0.30, **{f"{arm}-s0": 0.40 for arm in diffs}, "psn@0.1-s0": 0.25}  # the final kind's pass@1
+    for run, p in final.items():
+        (tmp_path / "grid" / run / "eval").mkdir(parents=True)
+        (tmp_path / "grid" / run / "eval" / "eval.json").write_text(json.dumps({"benchmarks": {"synthetic": {"kinds": {
+            "final": {"pass@k": {"1": p}}, "steps": {"pass@k": {"1": 0.01}}}}}, "config": {"data": {"steps_share": 0.3}}}))
+    (tmp_path / "grid" / "compare.json").write_text(json.dumps({"seeds": 1, "paired": {"benchmarks": {"synthetic": {
+        "kinds": {"steps": {arm: {"diff": [0.0, d]} for arm, d in diffs.items()}}}}}}))
     assert example.best_doses(tmp_path) == {"psn": 0.03, "psn-weight": 0.03, "temperature": 0.003}
     sigma = {"ceiling": 0.035, "ceiling-b1": 0.041, "ceiling-b2": 0.029}  # each build its own σ at a KL of 0.03
     asked, calls = [], []
