@@ -12,8 +12,9 @@ every difference is paired with the same GRPO seeds:
     doses       psn, psn-weight and temperature at the other doses (label `<arm>@<kl>`)
     extras      at each space's best dose: per-rollout noise (adapter and weights), c3po with 2 and 4 draws, a fixed-σ
                 psn-passk, passk with k = 2
-    builds      grpo, the best noise arm (at its best dose, the σ or T of each build's own calibration, in
-                OUT/calibrate-ceiling-b1, …) and passk on two more builds of the ceiling model (ceiling-b1,
+    builds      grpo, the best parameter-noise arm, the best noise arm if temperature's lift is larger (each at its
+                best dose, the σ or T of each build's own calibration, in OUT/calibrate-ceiling-b1, …) and passk on
+                two more builds of the ceiling model (ceiling-b1,
                 ceiling-b2), each a grid of its own (OUT/grid-ceiling-b1, …)
     frontier    pass@256 of the steps questions against the mix's pass@1 at steps 0, 20, 40, 60: grpo, passk and each
                 space's best dose (the runs' kept adapters, nothing trained)
@@ -138,16 +139,21 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
                   out / "preflight", kind="steps")
         return
     if part == "builds":  # the best dose is a noise KL: each build's own calibration gives its σ (or T) there
-        best_arm = max(("psn", "psn-weight", "temperature"), key=lambda a: _steps_diff(out / "grid", _label(a, best[a])))
-        noisy, kl = _label(best_arm, best[best_arm]), best[best_arm]
-        space, key = next((space, key) for arm, space, key in SPACES if arm == best_arm)
+        lift = lambda a: _steps_diff(out / "grid", _label(a, best[a]))  # noqa: E731
+        best_params = max(("psn", "psn-weight"), key=lift)  # the kit's question is parameter noise: always its best arm
+        noisy = [best_params] + [a for a in ("temperature",) if lift(a) > lift(best_params)]  # and a better one if any
         for build in BUILDS:
-            value = doses(out, build, (kl,), other_code, folder=f"calibrate-{build}")[kl][space]
-            if value is None:
-                raise ValueError(f"calibrate's grid does not reach a noise KL of {kl:g} for {best_arm} on {build}")
-            print(f"{build}: {noisy} at {key} = {value:.5g} (its own calibration)")
-            compare(build, ["grpo", f"{noisy}={best_arm}", "passk"], seeds, out / f"grid-{build}", SETS, workers=workers,
-                    ref="grpo", per_method={noisy: {key: round(value, 5)}}, other_code=other_code)
+            arms, per = ["grpo"], {}
+            for arm in noisy:
+                kl, (space, key) = best[arm], next((space, key) for a, space, key in SPACES if a == arm)
+                value = doses(out, build, (kl,), other_code, folder=f"calibrate-{build}")[kl][space]
+                if value is None:
+                    raise ValueError(f"calibrate's grid does not reach a noise KL of {kl:g} for {arm} on {build}")
+                print(f"{build}: {_label(arm, kl)} at {key} = {value:.5g} (its own calibration)")
+                arms.append(f"{_label(arm, kl)}={arm}")
+                per[_label(arm, kl)] = {key: round(value, 5)}
+            compare(build, arms + ["passk"], seeds, out / f"grid-{build}", SETS, workers=workers, ref="grpo",
+                    per_method=per, other_code=other_code)
         return
     if part == "frontier":  # the grid's finished runs: their kept adapters are evaluated, nothing is trained
         from minipsn.experiments.frontier import frontier

@@ -16,7 +16,7 @@ from pathlib import Path
 from matplotlib.ticker import NullFormatter
 
 from minipsn.experiments.frontier import mix_pass1
-from minipsn.experiments.stats import across_builds
+from minipsn.experiments.stats import across_builds, count_matrix, paired_difference
 
 SPACES = {"psn": "σ on the adapter (psn)", "psn-weight": "σ on the weights (psn-weight)",
           "temperature": "temperature (action space)"}
@@ -173,31 +173,38 @@ def frontier_table(grid: Path, c: dict, steps: tuple[int, ...] = (40, 20), kind:
 
 def builds_table(out: Path) -> str:
     """Δ pass@256 of the steps questions against grpo per build, and across builds (the build a random effect), for
-    the noise arm the builds part ran (the best one when it ran: later doses may have moved the best since)."""
+    each arm the builds part ran (the best ones when it ran: later doses may have moved the best since)."""
     grids = [("ceiling (b0)", out / "grid")] + [(g.name.removeprefix("grid-"), g) for g in sorted(out.glob("grid-ceiling-b*"))]
     if len(grids) < 2:
         return ""
     ran = json.loads((grids[1][1] / "compare.json").read_text())["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
-    noisy = next(a for a in ran if a not in ("base", "passk"))
-    lines = ["| build | base pass@256 | grpo pass@256 | " + f"Δ {noisy} | Δ passk |", "|---|---|---|---|---|"]
-    per = {noisy: [], "passk": []}
+    arms = [a for a in ran if a not in ("base", "passk")] + ["passk"]
+    lines = ["| build | base pass@256 | grpo pass@256 | " + " | ".join(f"Δ {a}" for a in arms) + " |",
+             "|---|---|---|" + "---|" * len(arms)]
+    per = {a: [] for a in arms}
     for name, g in grids:
         c = json.loads((g / "compare.json").read_text())
         p = c["paired"]["benchmarks"]["synthetic"]["kinds"]["steps"]
         st = c["summary"]
         cells = [f"{100 * st['base']['kinds']['steps']['pass@k']['256'][0]:.1f}",
                  f"{100 * st['grpo']['kinds']['steps']['pass@k']['256'][0]:.1f}"]
-        for arm in (noisy, "passk"):
+        for arm in arms:
             d, j = p[arm], p[arm]["k"].index(256)
             cells.append(_cell(d, j))
             per[arm].append((d["diff"][j], d["se"][j]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     cells = []
-    for key in (noisy, "passk"):
+    for key in arms:
         r = across_builds([x for x, _ in per[key]], [s for _, s in per[key]])
         cells.append(f"{100 * r['diff']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] (τ² {1e4 * r['tau2']:.1f} pt²)")
     lines.append("| across builds (random effect) | | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _preflight_counts(folder: Path, result: dict) -> tuple:
+    """(counts (1, P), n, problem ids) of one pre-flight setting from its samples file (one problem row a line)."""
+    text = (folder / "samples" / f"{result['setting'].replace(':', '-')}-D{result['draws']}.jsonl").read_text()
+    return count_matrix([[json.loads(line) for line in text.splitlines() if line.strip()]])
 
 
 def preflight_part(out: Path, report_dir: Path, found: dict) -> str:
@@ -206,14 +213,21 @@ def preflight_part(out: Path, report_dir: Path, found: dict) -> str:
         return ""
     pf = json.loads(path.read_text())
     kl_of = {(space, round(d[space], 5)): kl for kl, d in found.items() for space in ("lora", "weight", "temperature") if d[space]}
-    lines = ["| setting | KL / token | D | pass@1 | pass@16 | pass@256 | boxes a tuple | right |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | KL / token | D | pass@1 | pass@16 | pass@256 | Δ pass@256 − clean | boxes a tuple | right |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    counts = lambda r: _preflight_counts(path.parent, r)  # noqa: E731
+    clean = next(counts(r) for r in pf["results"] if r["space"] == "clean")
     fig, axes = _figure(1, 6.5)
     curves = {}
     for r in pf["results"]:
         kl = 0.0 if r["space"] == "clean" else kl_of.get((r["space"], round(r["value"], 5)))
-        p = r["pass@k"]
+        p, (c, n, ids) = r["pass@k"], counts(r)
+        if ids != clean[2]:
+            raise ValueError(f"the pre-flight's {r['setting']} (D = {r['draws']}) holds other problems than clean sampling's")
+        # paired on problems, one evaluation on each side: the interval holds the problems and each side's sampling
+        d = "" if r["space"] == "clean" else _cell(paired_difference(c, clean[0], n, [256], clean[1]), 0)
         lines.append(f"| {r['setting']} | {kl if kl is not None else '?'} | {r['draws']} | {100 * p['1']:.1f} | {100 * p['16']:.1f} | "
-                     f"{100 * p['256']:.1f} | {100 * r.get('tuple_rate', 0):.2f} % | {100 * r.get('right_rate', 0):.2f} % |")
+                     f"{100 * p['256']:.1f} | {d} | {100 * r.get('tuple_rate', 0):.2f} % | {100 * r.get('right_rate', 0):.2f} % |")
         if r["space"] == "clean":
             axes[0].axhline(100 * p["256"], color="black", lw=0.8, ls="--", label=f"clean sampling ({100 * p['256']:.1f})")
         elif kl is not None:

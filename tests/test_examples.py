@@ -264,6 +264,18 @@ def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_fo
     assert asked[-2:] == [("ceiling-b1", "calibrate-ceiling-b1"), ("ceiling-b2", "calibrate-ceiling-b2")]
     assert calls == [(b, ["grpo", "psn@0.03=psn", "passk"], f"grid-{b}", {"psn@0.03": {"noise.sigma": sigma[b]}})
                      for b in ("ceiling-b1", "ceiling-b2")]
+    # temperature at 0.1 lifts more than the best parameter noise: the builds run both, each at its build's own value
+    diffs["temperature@0.1"] = 6.0
+    (tmp_path / "grid" / "temperature@0.1-s0" / "eval").mkdir(parents=True)
+    (tmp_path / "grid" / "temperature@0.1-s0" / "eval" / "eval.json").write_text(
+        (tmp_path / "grid" / "psn-s0" / "eval" / "eval.json").read_text())
+    (tmp_path / "grid" / "compare.json").write_text(json.dumps({"seeds": 1, "paired": {"benchmarks": {"synthetic": {
+        "kinds": {"steps": {arm: {"diff": [0.0, d]} for arm, d in diffs.items()}}}}}}))
+    calls.clear()
+    example.run("builds", tmp_path, 5, 2)
+    assert calls == [(b, ["grpo", "psn@0.03=psn", "temperature@0.1=temperature", "passk"], f"grid-{b}",
+                      {"psn@0.03": {"noise.sigma": sigma[b]}, "temperature@0.1": {"rollout.temperature": 1.35}})
+                     for b in ("ceiling-b1", "ceiling-b2")]
 
 
 @pytest.mark.parametrize("kinds,share", [(("final", "steps"), "steps_share"), (("pos", "neg"), "neg_share")])
@@ -296,8 +308,9 @@ def test_ceiling_report_frontier_table_pairs_each_arms_last_step_with_grpos_kept
 
 
 def test_ceiling_report_builds_table_reads_the_arm_the_builds_ran_not_todays_best(tmp_path, monkeypatch):
-    """The builds part ran psn@0.03; a dose added later (temperature@0.1) has a larger Δ on the shipped grid. The table
-    still pairs the builds on psn@0.03, and its across-builds row pools the three builds' Δ of that arm."""
+    """The builds part ran psn@0.03 and temperature@0.1; a dose added later (psn-weight@0.1) has a larger Δ on the
+    shipped grid. The table still pairs the builds on the arms they ran, and its across-builds row pools the three
+    builds' Δ of each."""
     monkeypatch.syspath_prepend(str(REPO / "examples"))
     spec = importlib.util.spec_from_file_location("ceiling_report", REPO / "examples" / "ceiling_report.py")
     report = importlib.util.module_from_spec(spec)
@@ -310,13 +323,14 @@ def test_ceiling_report_builds_table_reads_the_arm_the_builds_ran_not_todays_bes
         (folder / "compare.json").write_text(json.dumps({"summary": summary, "paired": {"benchmarks": {"synthetic": {
             "kinds": {"steps": {a: cell(d) for a, d in diffs.items()}}}}}}))
 
-    grid(tmp_path / "grid", {"base": 0.5, "psn@0.03": 0.04, "temperature@0.1": 0.10, "passk": 0.27})
-    grid(tmp_path / "grid-ceiling-b1", {"base": 0.5, "psn@0.03": 0.02, "passk": 0.53})
-    grid(tmp_path / "grid-ceiling-b2", {"base": 0.5, "psn@0.03": 0.03, "passk": 0.32})
+    grid(tmp_path / "grid", {"base": 0.5, "psn@0.03": 0.04, "psn-weight@0.1": 0.2, "temperature@0.1": 0.10, "passk": 0.27})
+    grid(tmp_path / "grid-ceiling-b1", {"base": 0.5, "psn@0.03": 0.02, "temperature@0.1": 0.0, "passk": 0.53})
+    grid(tmp_path / "grid-ceiling-b2", {"base": 0.5, "psn@0.03": 0.03, "temperature@0.1": 0.05, "passk": 0.32})
     lines = report.builds_table(tmp_path).splitlines()
-    assert lines[0] == "| build | base pass@256 | grpo pass@256 | Δ psn@0.03 | Δ passk |"
-    assert lines[2] == "| ceiling (b0) | 60.0 | 10.0 | +4.0 [+2.0, +6.0] ✱ | +27.0 [+25.0, +29.0] ✱ |"
+    assert lines[0] == "| build | base pass@256 | grpo pass@256 | Δ psn@0.03 | Δ temperature@0.1 | Δ passk |"
+    assert lines[2] == "| ceiling (b0) | 60.0 | 10.0 | +4.0 [+2.0, +6.0] ✱ | +10.0 [+8.0, +12.0] ✱ | +27.0 [+25.0, +29.0] ✱ |"
     assert lines[-1].startswith("| across builds (random effect) | | | +3.0 [")  # equal SEs: the mean of 4, 2, 3
+    assert "| +5.0 [" in lines[-1]  # temperature@0.1: the mean of 10, 0, 5
 
 
 def test_route_experiment_probe_table_reads_the_counts_and_marks_a_separated_keep_rate(tmp_path, monkeypatch):
@@ -366,3 +380,28 @@ def test_route_experiment_keep_interval_covers_under_data_like_the_probes(monkey
         hits = sum(lo <= truth <= hi for lo, hi in (example.keep_difference(draw(shift), draw(0.0), reps=500, seed=s)[1:]
                                                     for s in range(200)))
         assert hits >= 0.9 * 200, (shift, hits)
+
+
+def test_ceiling_report_preflight_table_pairs_each_setting_with_clean_sampling_on_its_problems(tmp_path, monkeypatch):
+    """Three steps questions × 256: clean sampling solves none of problem a; the adapter's noise solves it once, so
+    its Δ pass@256 is +1/3 (the interval over 3 problems holds 0), and the KL comes from the calibration's σ."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location("ceiling_report", REPO / "examples" / "ceiling_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    folder = tmp_path / "preflight"
+    (folder / "samples").mkdir(parents=True)
+    results = []
+    for setting, space, value, right in (("clean", "clean", 0.0, [0, 256, 3]), ("lora:0.035", "lora", 0.035, [1, 256, 3])):
+        rows = [{"id": i, "kind": "steps", "correct": [1] * c + [0] * (256 - c)} for i, c in zip("abc", right)]
+        (folder / "samples" / f"{setting.replace(':', '-')}-D256.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        results.append({"setting": setting, "space": space, "value": value, "draws": 256,
+                        "pass@k": {"1": 0.3, "16": 0.5, "256": sum(c > 0 for c in right) / 3}})
+    (folder / "preflight.json").write_text(json.dumps({"problems": 3, "n": 256, "results": results}))
+    found = {0.03: {"lora": 0.035, "weight": 0.018, "temperature": 1.35, "tokens": 37}}
+    clean, lora = report.preflight_part(tmp_path, tmp_path, found).splitlines()[-2:]
+    assert clean.startswith("| clean | 0.0 | 256 | 30.0 | 50.0 | 66.7 |  |")
+    assert lora.startswith("| lora:0.035 | 0.03 | 256 | 30.0 | 50.0 | 100.0 | +33.3 [-") and "✱" not in lora
+    (folder / "samples" / "lora-0.035-D256.jsonl").write_text(json.dumps({"id": "z", "correct": [0] * 256}) + "\n" * 3)
+    with pytest.raises(ValueError, match="other problems than clean sampling's"):
+        report.preflight_part(tmp_path, tmp_path, found)
