@@ -398,8 +398,10 @@ def preflight_(
     kind: Optional[str] = typer.Option("steps", help="only the held-out problems of this kind (mixed task: final, steps; route task: pos, neg; '' = all)"),
     n: int = typer.Option(256, help="samples per problem"),
     problems: int = typer.Option(0, help="held-out problems (0: the preset's)"),
-    out: str = typer.Option("runs/preflight", help="folder for preflight.json and the samples"),
+    out: str = typer.Option("runs/preflight", help="folder for preflight.json and the samples (a stopped pre-flight "
+                            "into it continues, keeping each finished setting)"),
     set_: list[str] = typer.Option([], "--set", help="section.key=value, repeatable"),
+    other_code: bool = typer.Option(False, "--other-code", help="keep finished settings made by other code"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
     """Does noise explore before any training? pass@k and the tuple choice under each noise setting and D draws."""
@@ -409,7 +411,7 @@ def preflight_(
     extra = [f"eval.n={n}", *([f"eval.problems={problems}"] if problems else []), "eval.n_by_kind="]
     cfg = resolve(model, None, None, [*set_, *extra])
     report = preflight(cfg, [x.strip() for x in settings.split(",") if x.strip()],
-                       [int(x) for x in draws.split(",") if x.strip()], out, adapter, kind or None)
+                       [int(x) for x in draws.split(",") if x.strip()], out, adapter, kind or None, other_code)
     typer.echo(f"pre-flight: {out}/preflight.json ({len(report['results'])} settings, {report['seconds']:.0f} s)")
 
 

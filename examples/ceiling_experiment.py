@@ -136,7 +136,7 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
                                 if d[space] is not None]
         # 100 steps questions (the first 200 held-out problems): 31 evaluations at n = 256, about an hour on 2 cores
         preflight(build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 200}), settings, [1, 256],
-                  out / "preflight", kind="steps")
+                  out / "preflight", kind="steps", other_code=other_code)  # resumes: each finished setting is kept
         return
     if part == "builds":  # the best dose is a noise KL: each build's own calibration gives its σ (or T) there
         lift = lambda a: _steps_diff(out / "grid", _label(a, best[a]))  # noqa: E731

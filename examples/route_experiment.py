@@ -82,7 +82,8 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
 
     if part == "probe":
         every = ["clean"] + [s for d in found.values() for s in settings(d)]
-        preflight(build_config(model="route", sets=PROBE), every, [1, 256], out / "probe", kind="neg")
+        preflight(build_config(model="route", sets=PROBE), every, [1, 256], out / "probe", kind="neg",
+                  other_code=other_code)
         return
     if part == "probe-grpo":
         run_dir = out / "grid" / "grpo-s0"
@@ -91,7 +92,7 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
             if not adapter.is_dir():
                 raise ValueError(f"{adapter} is missing: run the arms part first")
             preflight(build_config(model="route", sets=PROBE), ["clean", *settings(found[DOSE])], [256],
-                      out / f"probe-grpo-{step}", adapter=str(adapter), kind="neg")
+                      out / f"probe-grpo-{step}", adapter=str(adapter), kind="neg", other_code=other_code)
         return
     sets = per_method(found[DOSE])
     if part == "builds":

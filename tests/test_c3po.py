@@ -111,6 +111,40 @@ def test_the_preflight_at_one_clean_draw_is_the_evaluation_and_each_draw_logs_it
     assert all(len(set(r["noise_seeds"])) == 1 and r["noise_seeds"][0] is not None for r in one_draw)
 
 
+def test_a_stopped_preflight_continues_with_its_finished_settings_and_refuses_other_settings(tmp_path, monkeypatch):
+    """Killed during its second setting, the pre-flight has written the first; run again, it samples only the rest,
+    and its report equals an unbroken run's. Into the same folder with another n it refuses, naming the key."""
+    import json
+
+    import minipsn.experiments.preflight as pre
+
+    cfg = build_config(model="tiny", sets={"eval.n": 4, "eval.problems": 3})
+    settings, real, sampled = ["clean", "lora:0.05"], pre.sample_setting, []
+
+    def dies_on_noise(model, engines, tok, records, cfg, space, value, draws):
+        if space == "lora":
+            raise KeyboardInterrupt  # a kill during the second setting
+        return real(model, engines, tok, records, cfg, space, value, draws)
+
+    monkeypatch.setattr(pre, "sample_setting", dies_on_noise)
+    with pytest.raises(KeyboardInterrupt):
+        pre.preflight(cfg, settings, [2], tmp_path / "pre")
+    stopped = json.loads((tmp_path / "pre" / "preflight.json").read_text())
+    assert not stopped["complete"] and [r["setting"] for r in stopped["results"]] == ["clean"]
+
+    def counts(*args):
+        sampled.append(args[5])
+        return real(*args)
+
+    monkeypatch.setattr(pre, "sample_setting", counts)
+    resumed = pre.preflight(cfg, settings, [2], tmp_path / "pre")
+    assert sampled == ["lora"] and resumed["complete"]  # clean was kept, not sampled again
+    whole = pre.preflight(cfg, settings, [2], tmp_path / "whole")
+    assert resumed["results"] == whole["results"]
+    with pytest.raises(ValueError, match=r"made with other settings: .*eval\.n \(4 → 8\)"):
+        pre.preflight(build_config(model="tiny", sets={"eval.n": 8, "eval.problems": 3}), settings, [2], tmp_path / "pre")
+
+
 def test_the_frontier_evaluates_the_kept_adapters_of_a_grid(tmp_path):
     """A grid trained with run.keep_adapters=1 (2 steps): the frontier evaluates each run's step-1 adapter and puts
     the base (step 0), step 1 and the final step on one line per arm, each point a mean over seeds."""

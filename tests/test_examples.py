@@ -216,7 +216,7 @@ def test_route_experiment_probe_grpo_probes_the_kept_adapters(tmp_path, monkeypa
         (folder / "adapter_config.json").write_text("{}")  # what a kept adapter's folder holds (train.py)
     dose = {"lora": 0.03, "weight": 0.02, "temperature": 1.3, "tokens": 59}
     monkeypatch.setattr(example, "doses", lambda *a: {0.003: dose, 0.03: dose})
-    monkeypatch.setattr(preflight, "preflight", lambda cfg, settings, draws, out, adapter, kind: calls.append(
+    monkeypatch.setattr(preflight, "preflight", lambda cfg, settings, draws, out, adapter, kind, other_code: calls.append(
         (settings, draws, out.name, adapter, kind)))
     example.run("probe-grpo", tmp_path, 5, 2)
     assert [c[2] for c in calls] == ["probe-grpo-20", "probe-grpo-40", "probe-grpo-60"]

@@ -18,18 +18,23 @@ On the route task it is the mechanism probe: which route each sample took (tasks
 the rare route and how often a sample that starts it keeps it to the box, the prediction that tells noise on the
 parameters (one policy for a whole trajectory) from noise on the tokens. It costs evaluations only: if no noise beats
 clean sampling on that choice, training runs cannot be expected to.
+
+OUT/preflight.json is rewritten after each setting (`complete` false until the last), so a stopped pre-flight
+continues where it stopped: a run into the same folder reuses each finished setting when the rest was made with the
+same settings and code (other code only with `other_code`), and otherwise refuses, saying what differs.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from minipsn.evaluation.evaluate import benchmark_records, eval_rollout_config
-from minipsn.evaluation.provenance import provenance
+from minipsn.evaluation.provenance import ABSENT, provenance, provenance_differences, settings_differences
 from minipsn.evaluation.scoring import score_rows, summarize
 from minipsn.method.noise import derive_seed
 from minipsn.run.config import Config
@@ -127,11 +132,45 @@ def route_choice(rows: list[dict]) -> dict:
             "keep_rate": counts["rare-kept"] / starts if starts else None, "routes": counts}
 
 
+def finished(path: Path, report: dict, cfg: Config, other_code: bool = False) -> dict:
+    """{(setting, D): result} of an earlier pre-flight in `path` (OUT/preflight.json) whose samples file is there;
+    {} when there is none; an error naming what differs when it was made with other settings or code (a result of
+    other code is reused with `other_code`, with the settings that code did not have), so nothing stale mixes in."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if "config" not in old:
+        raise ValueError(f"{path} does not record the settings it was made with; delete it to measure again")
+    diff = {k: (old.get(k, ABSENT), report[k]) for k in ("model", "adapter", "n", "problems", "kind")
+            if old.get(k, ABSENT) != report[k]}
+    diff.update(settings_differences(old["config"], report["config"]))
+    made = provenance_differences(old.get("provenance"), report["provenance"])
+    if other_code and "source" in made:  # a key that code did not have: it measured as that code did
+        diff = {k: v for k, v in diff.items() if v[0] != ABSENT}
+    diff.update({k: v for k, v in made.items() if not (other_code and k == "source")})
+    if diff:
+        said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
+        raise ValueError(f"{path} was made with other settings: {said}; delete it to measure again, or choose "
+                         "another output folder")
+    return {(r["setting"], r["draws"]): r for r in old["results"]
+            if (path.parent / "samples" / _samples_name(r["setting"], r["draws"])).is_file()}
+
+
+def _samples_name(setting: str, draws: int) -> str:
+    return f"{setting.replace(':', '-')}-D{draws}.jsonl"
+
+
+def _write(out: Path, report: dict) -> None:
+    tmp = out / "preflight.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out / "preflight.json")  # a kill leaves the last whole report
+
+
 def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Path, adapter: str | None = None,
-              kind: str | None = None) -> dict:
+              kind: str | None = None, other_code: bool = False) -> dict:
     """Each setting × each D (module docstring) on the held-out synthetic problems (eval.problems of them, only those
-    of `kind` when given, eval.n samples each); writes OUT/preflight.json (and each setting's rows in OUT/samples/)
-    and returns the report."""
+    of `kind` when given, eval.n samples each); writes OUT/preflight.json after each setting (and each setting's rows
+    in OUT/samples/), reusing the settings an earlier run into OUT finished (`finished`), and returns the report."""
     out = check_writable(out)
     parsed = [parse_setting(s) for s in settings]
     records = [r for r in benchmark_records("synthetic", cfg) if kind is None or r.get("kind") == kind]
@@ -150,13 +189,18 @@ def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Pat
         engines["weight"] = build_engine(model, "fast", cfg.eval.max_new_tokens, "weight", static_cache=False,
                                          compile_step=False)
     report = {"model": cfg.model.name, "adapter": adapter, "n": cfg.eval.n, "problems": len(records), "kind": kind,
-              "results": [],
+              "results": [], "complete": False, "config": cfg.to_dict(),
               "provenance": provenance(cfg, {"synthetic": records})}
+    done = finished(out / "preflight.json", report, cfg, other_code)
     for text, (space, value) in zip(settings, parsed):
         for d in draws if space in ("lora", "weight") else [1]:  # clean and a temperature have no draws
+            if (text, d) in done:
+                report["results"].append(done[text, d])
+                print(f"pre-flight {text} D={d}: done, reusing {out / 'samples' / _samples_name(text, d)}", flush=True)
+                continue
             rows = sample_setting(model, engines, tok, records, cfg, space, value, d)
             (out / "samples").mkdir(parents=True, exist_ok=True)
-            (out / "samples" / f"{text.replace(':', '-')}-D{d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (out / "samples" / _samples_name(text, d)).write_text("".join(json.dumps(r) + "\n" for r in rows))
             numbers = summarize(rows)
             kinds = {k: {"pass@k": v["pass@k"], **tuple_choice(of_kind := [r for r in rows if r.get("kind") == k]),
                          **({"route": route_choice(of_kind)} if route_choice(of_kind) else {})}
@@ -169,6 +213,7 @@ def preflight(cfg: Config, settings: list[str], draws: list[int], out: str | Pat
                                           + ("–" if routes["keep_rate"] is None else f"{routes['keep_rate']:.3f}"))
             print(f"pre-flight {text} D={d}: pass@1 {numbers['pass@k']['1']:.3f}, pass@{cfg.eval.n} "
                   f"{numbers['pass@k'][str(cfg.eval.n)]:.3f}{kept}", flush=True)
-    report["seconds"] = time.perf_counter() - t0
-    (out / "preflight.json").write_text(json.dumps(report, indent=2))
+            _write(out, report)
+    report["seconds"], report["complete"] = time.perf_counter() - t0, True
+    _write(out, report)
     return report
