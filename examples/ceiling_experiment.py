@@ -156,11 +156,14 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
                     per_method=per, other_code=other_code)
         return
     if part == "frontier":  # the grid's finished runs: their kept adapters are evaluated, nothing is trained
-        from minipsn.experiments.frontier import frontier
+        from minipsn.experiments.frontier import frontier, read_grid
 
         overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
         best = best_doses(out)
         arms = ["grpo", "passk", *(_label(a, best[a]) for a in ("psn", "psn-weight", "temperature"))]
+        # an arm whose kept steps an earlier run evaluated (a best dose then) stays in compare_frontier.json
+        arms += [a for a in read_grid(out / "grid")["methods"]
+                 if a not in arms and (out / "grid" / f"{a}-s0" / "eval-step20" / "eval.json").is_file()]
         frontier("ceiling", arms, seeds, out / "grid", [20, 40], overrides, workers=workers)
         return
     if part == "report":

@@ -405,3 +405,27 @@ def test_ceiling_report_preflight_table_pairs_each_setting_with_clean_sampling_o
     (folder / "samples" / "lora-0.035-D256.jsonl").write_text(json.dumps({"id": "z", "correct": [0] * 256}) + "\n" * 3)
     with pytest.raises(ValueError, match="other problems than clean sampling's"):
         report.preflight_part(tmp_path, tmp_path, found)
+
+
+def test_ceiling_experiment_frontier_keeps_the_arms_an_earlier_run_evaluated(tmp_path, monkeypatch):
+    """temperature's best dose moved from 0.03 to 0.1 after its kept steps were evaluated: the frontier part evaluates
+    temperature@0.1 and keeps temperature@0.03 in compare_frontier.json (reused, nothing evaluated again)."""
+    import minipsn.experiments.frontier as frontier
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location("ceiling_experiment", REPO / "examples" / "ceiling_experiment.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    dose = {"lora": 0.035, "weight": 0.018, "temperature": 1.35, "tokens": 37}
+    monkeypatch.setattr(example, "doses", lambda *a, **k: {kl: dose for kl in example.DOSES})
+    monkeypatch.setattr(example, "best_doses", lambda out: {"psn": 0.03, "psn-weight": 0.03, "temperature": 0.1})
+    methods = ["grpo", "psn", "passk", "psn@0.03", "psn-weight@0.03", "temperature@0.03", "temperature@0.1", "c3po2"]
+    monkeypatch.setattr(frontier, "read_grid", lambda out: {"methods": methods})
+    for arm in ("grpo", "passk", "psn@0.03", "temperature@0.03"):
+        (tmp_path / "grid" / f"{arm}-s0" / "eval-step20").mkdir(parents=True)
+        (tmp_path / "grid" / f"{arm}-s0" / "eval-step20" / "eval.json").write_text("{}")
+    (tmp_path / "grid" / "compare.json").write_text(json.dumps({"overrides": {"run.keep_adapters": "20,40"}}))
+    calls = []
+    monkeypatch.setattr(frontier, "frontier", lambda model, arms, seeds, out, steps, sets, workers: calls.append(arms))
+    example.run("frontier", tmp_path, 5, 2)
+    assert calls == [["grpo", "passk", "psn@0.03", "psn-weight@0.03", "temperature@0.1", "temperature@0.03"]]
