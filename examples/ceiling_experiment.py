@@ -7,6 +7,8 @@ stopped (every finished job is reused) and can run on different days; every arm 
 every difference is paired with the same GRPO seeds:
     calibrate   σ on the adapter, σ on the base weights and the temperature at each noise KL per token of DOSES
     preflight   noise without training: the base model's first 100 steps questions under each dose, D = 1 and n draws
+    preflight-testbed   the same on testbed v2 (every problem asks for a tuple): 100 problems, its own calibration
+                (OUT/calibrate-testbed) at 0.003, 0.03 and 0.1 per token, a draw per sample
     arms        every arm at a noise KL of 0.003 per token: grpo, psn, psn-adaptive, psn-kl, psn-paper,
                 psn-weight, temperature, passk (k = 4), psn-passk
     doses       psn, psn-weight and temperature at the other doses (label `<arm>@<kl>`)
@@ -37,6 +39,7 @@ GRIDS = {"sigmas": "0.002,0.005,0.01,0.02,0.04,0.08,0.16", "weight_sigmas": "0.0
 ARMS = ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "temperature", "passk", "psn-passk"]
 SETS = {"run.keep_adapters": "20,40"}
 BUILDS = ("ceiling-b1", "ceiling-b2")
+TESTBED_DOSES = (0.003, 0.03, 0.1)  # the pre-flight on testbed v2 (preflight-testbed)
 
 
 SPACES = (("psn", "lora", "noise.sigma"), ("psn-weight", "weight", "noise.sigma"),
@@ -138,6 +141,16 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         preflight(build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 200}), settings, [1, 256],
                   out / "preflight", kind="steps", other_code=other_code)  # resumes: each finished setting is kept
         return
+    if part == "preflight-testbed":  # the same question on testbed v2, whose every held-out problem asks for a tuple
+        from minipsn.experiments.preflight import preflight
+
+        on_testbed = doses(out, "testbed", TESTBED_DOSES, other_code, folder="calibrate-testbed")
+        settings = ["clean"] + [f"{space}:{d[space]:.5g}" for d in on_testbed.values() for space in ("lora", "weight", "temperature")
+                                if d[space] is not None]
+        # 100 problems, a draw per sample (D = 256): 10 evaluations at n = 256, about 25 min on 2 cores
+        preflight(build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.problems": 100}), settings, [256],
+                  out / "preflight-testbed", other_code=other_code)
+        return
     if part == "builds":  # the best dose is a noise KL: each build's own calibration gives its σ (or T) there
         lift = lambda a: _steps_diff(out / "grid", _label(a, best[a]))  # noqa: E731
         best_params = max(("psn", "psn-weight"), key=lift)  # the kit's question is parameter noise: always its best arm
@@ -169,7 +182,9 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "report":
         from ceiling_report import report  # examples/ceiling_report.py: the figures and tables of docs/RESULTS.md
 
-        report(out, DOSES, found)
+        testbed = doses(out, "testbed", TESTBED_DOSES, other_code, folder="calibrate-testbed") if (
+            out / "preflight-testbed" / "preflight.json").is_file() else None
+        report(out, DOSES, found, testbed)
         return
     compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method,
             other_code=other_code)

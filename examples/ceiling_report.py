@@ -4,11 +4,12 @@
 
 Reads OUT/grid/compare.json (the arms and doses, every difference against grpo paired on seeds and problems),
 each job's eval.json (the training mix's pass@1 per seed), OUT/grid-ceiling-b*/compare.json (the other builds),
-OUT/preflight/preflight.json, OUT/grid/compare_frontier.json and GRPO's evaluations at its kept steps (the frontier
-part) where they exist, and writes OUT/report/: report.md (the tables of docs/RESULTS.md; the frontier's: each
-arm's last step against GRPO's steps 40 and 20, paired on seeds and problems), dose_response.png/.pdf (Δ pass@256
-and Δ pass@16 of the steps questions against the noise KL, per space, with the paired 95 % intervals), cost.png/.pdf
-(the mix's pass@1 against the same KL) and preflight.png/.pdf (noise without training).
+OUT/preflight/preflight.json (and OUT/preflight-testbed/'s), OUT/grid/compare_frontier.json and GRPO's evaluations
+at its kept steps (the frontier part) where they exist, and writes OUT/report/: report.md (the tables of
+docs/RESULTS.md; the frontier's: each arm's last step against GRPO's steps 40 and 20, paired on seeds and problems),
+dose_response.png/.pdf (Δ pass@256 and Δ pass@16 of the steps questions against the noise KL, per space, with the
+paired 95 % intervals), cost.png/.pdf (the mix's pass@1 against the same KL) and preflight.png/.pdf (noise without
+training; preflight-testbed.png/.pdf on testbed v2).
 """
 import json
 from pathlib import Path
@@ -207,8 +208,8 @@ def _preflight_counts(folder: Path, result: dict) -> tuple:
     return count_matrix([[json.loads(line) for line in text.splitlines() if line.strip()]])
 
 
-def preflight_part(out: Path, report_dir: Path, found: dict) -> str:
-    path = out / "preflight" / "preflight.json"
+def preflight_part(out: Path, report_dir: Path, found: dict, name: str = "preflight", what: str = "steps questions") -> str:
+    path = out / name / "preflight.json"
     if not path.is_file():
         return ""
     pf = json.loads(path.read_text())
@@ -237,16 +238,17 @@ def preflight_part(out: Path, report_dir: Path, found: dict) -> str:
         axes[0].plot([x for x, _ in pts], [y for _, y in pts], marker="o" if draws == 1 else "s",
                      ls="-" if draws == 1 else ":", label=f"{space}, D = {draws}")
     axes[0].set_xscale("log")
-    axes[0].set(xlabel="noise KL per token (nats, log scale)", ylabel="pass@256, steps questions (%)",
-                title=f"noise without training: the base model, {pf['problems']} steps questions × {pf['n']}")
+    axes[0].set(xlabel="noise KL per token (nats, log scale)", ylabel=f"pass@256, {what} (%)",
+                title=f"noise without training: the base model, {pf['problems']} {what} × {pf['n']}")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7, title="D: noise draws per problem's 256 samples", title_fontsize=7)
     for ext in ("png", "pdf"):
-        fig.savefig(report_dir / f"preflight.{ext}", dpi=120)
+        fig.savefig(report_dir / f"{name}.{ext}", dpi=120)
     return "\n".join(lines)
 
 
-def report(out: Path, doses: tuple, found: dict) -> None:
+def report(out: Path, doses: tuple, found: dict, testbed: dict | None = None) -> None:
+    """OUT/report (module docstring); `testbed`: testbed v2's doses (its own calibration) when its pre-flight ran."""
     grid, report_dir = out / "grid", out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     c = json.loads((grid / "compare.json").read_text())
@@ -263,5 +265,7 @@ def report(out: Path, doses: tuple, found: dict) -> None:
     parts += ["\n## The frontier: each arm's last step against GRPO's path\n", frontier_table(grid, c)]
     parts += ["\n## Builds\n", builds_table(out)]
     parts += ["\n## Pre-flight\n", preflight_part(out, report_dir, found)]
+    if testbed:
+        parts += ["\n## Pre-flight on testbed v2\n", preflight_part(out, report_dir, testbed, "preflight-testbed", "problems")]
     (report_dir / "report.md").write_text("\n".join(parts) + "\n")
     print(f"wrote {report_dir}/report.md and its figures")

@@ -429,3 +429,30 @@ def test_ceiling_experiment_frontier_keeps_the_arms_an_earlier_run_evaluated(tmp
     monkeypatch.setattr(frontier, "frontier", lambda model, arms, seeds, out, steps, sets, workers: calls.append(arms))
     example.run("frontier", tmp_path, 5, 2)
     assert calls == [["grpo", "passk", "psn@0.03", "psn-weight@0.03", "temperature@0.1", "temperature@0.03"]]
+
+
+def test_ceiling_experiment_preflight_testbed_runs_testbed_v2_at_its_own_calibration(tmp_path, monkeypatch):
+    """The testbed part asks testbed v2 (every problem a tuple) with σ and T from its own calibration
+    (OUT/calibrate-testbed), a draw per sample, 100 problems, into OUT/preflight-testbed."""
+    import minipsn.experiments.preflight as preflight
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location("ceiling_experiment", REPO / "examples" / "ceiling_experiment.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    asked, calls = [], []
+
+    def doses(out, model="ceiling", kls=example.DOSES, other_code=False, folder="calibrate"):
+        asked.append((model, kls, folder))
+        sigma = 0.02 if model == "testbed" else 0.035
+        return {kl: {"lora": sigma * 10 * kl, "weight": 0.01, "temperature": 1 + kl, "tokens": 40} for kl in kls}
+
+    monkeypatch.setattr(example, "doses", doses)
+    monkeypatch.setattr(preflight, "preflight", lambda cfg, settings, draws, out, other_code: calls.append(
+        (cfg.model.name, cfg.eval.problems, settings, draws, out.name, other_code)))
+    example.run("preflight-testbed", tmp_path, 5, 2, other_code=True)
+    assert asked[-1] == ("testbed", (0.003, 0.03, 0.1), "calibrate-testbed")
+    name, problems, settings, draws, folder, other = calls[0]
+    assert (problems, draws, folder, other) == (100, [256], "preflight-testbed", True)
+    assert settings == ["clean", "lora:0.0006", "weight:0.01", "temperature:1.003", "lora:0.006", "weight:0.01",
+                        "temperature:1.03", "lora:0.02", "weight:0.01", "temperature:1.1"] and "testbed" in name
