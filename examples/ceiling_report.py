@@ -213,7 +213,8 @@ def preflight_part(out: Path, report_dir: Path, found: dict, name: str = "prefli
     if not path.is_file():
         return ""
     pf = json.loads(path.read_text())
-    kl_of = {(space, round(d[space], 5)): kl for kl, d in found.items() for space in ("lora", "weight", "temperature") if d[space]}
+    key = lambda space, value: (space, f"{value:.5g}")  # noqa: E731  (the preflight part writes each value with 5 digits)
+    kl_of = {key(space, d[space]): kl for kl, d in found.items() for space in ("lora", "weight", "temperature") if d[space]}
     lines = ["| setting | KL / token | D | pass@1 | pass@16 | pass@256 | Δ pass@256 − clean | boxes a tuple | right |",
              "|---|---|---|---|---|---|---|---|---|"]
     counts = lambda r: _preflight_counts(path.parent, r)  # noqa: E731
@@ -221,7 +222,7 @@ def preflight_part(out: Path, report_dir: Path, found: dict, name: str = "prefli
     fig, axes = _figure(1, 6.5)
     curves = {}
     for r in pf["results"]:
-        kl = 0.0 if r["space"] == "clean" else kl_of.get((r["space"], round(r["value"], 5)))
+        kl = 0.0 if r["space"] == "clean" else kl_of.get(key(r["space"], r["value"]))
         p, (c, n, ids) = r["pass@k"], counts(r)
         if ids != clean[2]:
             raise ValueError(f"the pre-flight's {r['setting']} (D = {r['draws']}) holds other problems than clean sampling's")

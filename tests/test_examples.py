@@ -392,16 +392,19 @@ def test_ceiling_report_preflight_table_pairs_each_setting_with_clean_sampling_o
     folder = tmp_path / "preflight"
     (folder / "samples").mkdir(parents=True)
     results = []
-    for setting, space, value, right in (("clean", "clean", 0.0, [0, 256, 3]), ("lora:0.035", "lora", 0.035, [1, 256, 3])):
+    for setting, space, value, d, right in (("clean", "clean", 0.0, 1, [0, 256, 3]), ("lora:0.035", "lora", 0.035, 256, [1, 256, 3]),
+                                            ("temperature:1.3471", "temperature", 1.3471, 1, [0, 256, 3])):
         rows = [{"id": i, "kind": "steps", "correct": [1] * c + [0] * (256 - c)} for i, c in zip("abc", right)]
-        (folder / "samples" / f"{setting.replace(':', '-')}-D256.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        results.append({"setting": setting, "space": space, "value": value, "draws": 256,
+        (folder / "samples" / f"{setting.replace(':', '-')}-D{d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        results.append({"setting": setting, "space": space, "value": value, "draws": d,
                         "pass@k": {"1": 0.3, "16": 0.5, "256": sum(c > 0 for c in right) / 3}})
     (folder / "preflight.json").write_text(json.dumps({"problems": 3, "n": 256, "results": results}))
-    found = {0.03: {"lora": 0.035, "weight": 0.018, "temperature": 1.35, "tokens": 37}}
-    clean, lora = report.preflight_part(tmp_path, tmp_path, found).splitlines()[-2:]
-    assert clean.startswith("| clean | 0.0 | 256 | 30.0 | 50.0 | 66.7 |  |")
+    # the part writes each value with 5 digits: T 1.347114 from the calibration is the setting temperature:1.3471
+    found = {0.03: {"lora": 0.035, "weight": 0.018, "temperature": 1.347114, "tokens": 37}}
+    clean, lora, hot = report.preflight_part(tmp_path, tmp_path, found).splitlines()[-3:]
+    assert clean.startswith("| clean | 0.0 | 1 | 30.0 | 50.0 | 66.7 |  |")
     assert lora.startswith("| lora:0.035 | 0.03 | 256 | 30.0 | 50.0 | 100.0 | +33.3 [-") and "✱" not in lora
+    assert hot.startswith("| temperature:1.3471 | 0.03 | 1 | 30.0 | 50.0 | 66.7 | +0.0 [")
     (folder / "samples" / "lora-0.035-D256.jsonl").write_text(json.dumps({"id": "z", "correct": [0] * 256}) + "\n" * 3)
     with pytest.raises(ValueError, match="other problems than clean sampling's"):
         report.preflight_part(tmp_path, tmp_path, found)
