@@ -148,8 +148,8 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         settings = ["clean"] + [f"{space}:{d[space]:.5g}" for d in on_testbed.values() for space in ("lora", "weight", "temperature")
                                 if d[space] is not None]
         # 100 problems, a draw per sample (D = 256): 10 evaluations at n = 256, about 25 min on 2 cores
-        preflight(build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.problems": 100}), settings, [256],
-                  out / "preflight-testbed", other_code=other_code)
+        cfg = build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.n": 256, "eval.problems": 100})  # its n is 16
+        preflight(cfg, settings, [256], out / "preflight-testbed", other_code=other_code)
         return
     if part == "builds":  # the best dose is a noise KL: each build's own calibration gives its σ (or T) there
         lift = lambda a: _steps_diff(out / "grid", _label(a, best[a]))  # noqa: E731

@@ -452,10 +452,10 @@ def test_ceiling_experiment_preflight_testbed_runs_testbed_v2_at_its_own_calibra
 
     monkeypatch.setattr(example, "doses", doses)
     monkeypatch.setattr(preflight, "preflight", lambda cfg, settings, draws, out, other_code: calls.append(
-        (cfg.model.name, cfg.eval.problems, settings, draws, out.name, other_code)))
+        (cfg.model.name, (cfg.eval.problems, cfg.eval.n), settings, draws, out.name, other_code)))
     example.run("preflight-testbed", tmp_path, 5, 2, other_code=True)
     assert asked[-1] == ("testbed", (0.003, 0.03, 0.1), "calibrate-testbed")
     name, problems, settings, draws, folder, other = calls[0]
-    assert (problems, draws, folder, other) == (100, [256], "preflight-testbed", True)
+    assert (problems, draws, folder, other) == ((100, 256), [256], "preflight-testbed", True)  # n = 256, not the preset's 16
     assert settings == ["clean", "lora:0.0006", "weight:0.01", "temperature:1.003", "lora:0.006", "weight:0.01",
                         "temperature:1.03", "lora:0.02", "weight:0.01", "temperature:1.1"] and "testbed" in name
