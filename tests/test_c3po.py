@@ -143,6 +143,9 @@ def test_a_stopped_preflight_continues_with_its_finished_settings_and_refuses_ot
     assert resumed["results"] == whole["results"]
     with pytest.raises(ValueError, match=r"made with other settings: .*eval\.n \(4 → 8\)"):
         pre.preflight(build_config(model="tiny", sets={"eval.n": 8, "eval.problems": 3}), settings, [2], tmp_path / "pre")
+    (tmp_path / "pre" / "preflight.json").write_text("{half a report")  # a torn file says which file, in one line
+    with pytest.raises(ValueError, match=r"preflight.json is not a pre-flight report"):
+        pre.preflight(cfg, settings, [2], tmp_path / "pre")
 
 
 def test_the_frontier_evaluates_the_kept_adapters_of_a_grid(tmp_path):

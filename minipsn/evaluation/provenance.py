@@ -133,6 +133,21 @@ def provenance_differences(stored: dict | None, now: dict) -> dict[str, tuple]:
     return out
 
 
+def refuse_stale(path, diff: dict[str, tuple], stored_provenance: dict | None, now_provenance: dict,
+                 other_code: bool = False, verb: str = "made") -> None:
+    """An error naming what differs between a stored result in `path` and now: `diff` ({key: (stored, now)}, its
+    settings) and the provenance keys that change a number. A result of other code (provenance `source`) passes with
+    `other_code`, with the settings that code did not have (keys it lacks): it measured as that code did."""
+    made = provenance_differences(stored_provenance, now_provenance)
+    if other_code and "source" in made:
+        diff = {k: v for k, v in diff.items() if v[0] != ABSENT}
+    diff = {**diff, **{k: v for k, v in made.items() if not (other_code and k == "source")}}
+    if diff:
+        said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
+        raise ValueError(f"{path} was {verb} with other settings: {said}; delete it to measure again, or choose "
+                         "another output folder")
+
+
 def settings_differences(stored: dict, now: dict, keep=lambda key: True) -> dict[str, tuple]:
     """{key: (stored, now)} over the flat config keys `keep` accepts: `stored` as a result wrote it (renamed keys
     mapped to their new names), `now` a `Config.to_dict()`; an absent key differs; COSMETIC values compare equal."""

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from minipsn.evaluation.provenance import ABSENT, provenance, provenance_differences, settings_differences
+from minipsn.evaluation.provenance import ABSENT, provenance, refuse_stale, settings_differences
 from minipsn.method import algo
 from minipsn.method.noise import derive_seed, perturbation_size
 from minipsn.rewards import correctness_reward
@@ -237,14 +237,7 @@ def reuse(path: str | Path, cfg: Config, sigmas: list[float], target_kl: float =
     diff = {k: (stored.get(k, ABSENT), v) for k, v in now.items()
             if k not in ("config", "provenance") and stored.get(k, ABSENT) != v}
     diff.update(settings_differences(stored["config"], cfg.to_dict(), lambda k: k.startswith(MEASURED_WITH)))
-    made = provenance_differences(stored.get("provenance"), now["provenance"])
-    if other_code and "source" in made:  # a key that code did not have: it measured as that code did
-        diff = {k: v for k, v in diff.items() if v[0] != ABSENT}
-    diff.update({k: v for k, v in made.items() if not (other_code and k == "source")})
-    if diff:
-        said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
-        raise ValueError(f"{path} was measured with other settings: {said}; delete it to measure again, "
-                         "or choose another output folder")
+    refuse_stale(path, diff, stored.get("provenance"), now["provenance"], other_code, verb="measured")
     return report
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from minipsn.evaluation.evaluate import benchmark_records, eval_rollout_config
-from minipsn.evaluation.provenance import ABSENT, provenance, provenance_differences, settings_differences
+from minipsn.evaluation.provenance import ABSENT, provenance, refuse_stale, settings_differences
 from minipsn.evaluation.scoring import score_rows, summarize
 from minipsn.method.noise import derive_seed
 from minipsn.run.config import Config
@@ -138,20 +138,16 @@ def finished(path: Path, report: dict, cfg: Config, other_code: bool = False) ->
     other code is reused with `other_code`, with the settings that code did not have), so nothing stale mixes in."""
     if not path.is_file():
         return {}
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a pre-flight report ({e}); delete it to measure again") from None
     if "config" not in old:
         raise ValueError(f"{path} does not record the settings it was made with; delete it to measure again")
     diff = {k: (old.get(k, ABSENT), report[k]) for k in ("model", "adapter", "n", "problems", "kind")
             if old.get(k, ABSENT) != report[k]}
     diff.update(settings_differences(old["config"], report["config"]))
-    made = provenance_differences(old.get("provenance"), report["provenance"])
-    if other_code and "source" in made:  # a key that code did not have: it measured as that code did
-        diff = {k: v for k, v in diff.items() if v[0] != ABSENT}
-    diff.update({k: v for k, v in made.items() if not (other_code and k == "source")})
-    if diff:
-        said = ", ".join(f"{k} ({a} → {b})" for k, (a, b) in list(diff.items())[:6])
-        raise ValueError(f"{path} was made with other settings: {said}; delete it to measure again, or choose "
-                         "another output folder")
+    refuse_stale(path, diff, old.get("provenance"), report["provenance"], other_code)
     return {(r["setting"], r["draws"]): r for r in old["results"]
             if (path.parent / "samples" / _samples_name(r["setting"], r["draws"])).is_file()}
 
