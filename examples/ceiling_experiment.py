@@ -135,8 +135,7 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "preflight":
         from minipsn.experiments.preflight import preflight
 
-        settings = ["clean"] + [f"{space}:{d[space]:.5g}" for d in found.values() for space in ("lora", "weight", "temperature")
-                                if d[space] is not None]
+        settings = _preflight_settings(found)
         # 100 steps questions (the first 200 held-out problems): 31 evaluations at n = 256, about an hour on 2 cores
         preflight(build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 200}), settings, [1, 256],
                   out / "preflight", kind="steps", other_code=other_code)  # resumes: each finished setting is kept
@@ -145,8 +144,7 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         from minipsn.experiments.preflight import preflight
 
         on_testbed = doses(out, "testbed", TESTBED_DOSES, other_code, folder="calibrate-testbed")
-        settings = ["clean"] + [f"{space}:{d[space]:.5g}" for d in on_testbed.values() for space in ("lora", "weight", "temperature")
-                                if d[space] is not None]
+        settings = _preflight_settings(on_testbed)
         # 100 problems, a draw per sample (D = 256): 10 evaluations at n = 256, about 25 min on 2 cores
         cfg = build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.n": 256, "eval.problems": 100})  # its n is 16
         preflight(cfg, settings, [256], out / "preflight-testbed", other_code=other_code)
@@ -188,6 +186,12 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         return
     compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method,
             other_code=other_code)
+
+
+def _preflight_settings(found: dict) -> list[str]:
+    """clean, then each dose's adapter σ, weights σ and T, each written with 5 digits (the report reads them so)."""
+    return ["clean"] + [f"{space}:{d[space]:.5g}" for d in found.values() for space in ("lora", "weight", "temperature")
+                        if d[space] is not None]
 
 
 def _label(arm: str, kl: float) -> str:
