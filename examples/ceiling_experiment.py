@@ -7,6 +7,9 @@ stopped (every finished job is reused) and can run on different days; every arm 
 every difference is paired with the same GRPO seeds:
     calibrate   σ on the adapter, σ on the base weights and the temperature at each noise KL per token of DOSES
     preflight   noise without training: the base model's first 100 steps questions under each dose, D = 1 and n draws
+    preflight-grpo  the same at GRPO's checkpoints: seeds 0–2's adapters kept at steps 20 and 40 and their final one
+                (60), and the base (step 0); the first 50 steps questions × 256: clean, and the adapter, the weights (a
+                draw per sample) and the temperature at 0.03 per token (the arms part's GRPO jobs; 45 min on 2 cores)
     preflight-testbed   the same on testbed v2 (every problem asks for a tuple): 100 problems, its own calibration
                 (OUT/calibrate-testbed) at 0.003, 0.03 and 0.1 per token, a draw per sample
     arms        every arm at a noise KL of 0.003 per token: grpo, psn, psn-adaptive, psn-kl, psn-paper,
@@ -40,6 +43,8 @@ ARMS = ["grpo", "psn", "psn-adaptive", "psn-kl", "psn-paper", "psn-weight", "tem
 SETS = {"run.keep_adapters": "20,40"}
 BUILDS = ("ceiling-b1", "ceiling-b2")
 TESTBED_DOSES = (0.003, 0.03, 0.1)  # the pre-flight on testbed v2 (preflight-testbed)
+TESTBED_WEIGHT_SIGMAS = GRIDS["weight_sigmas"] + ",0.08"  # the testbed's weights need a larger σ for 0.1 per token
+CHECKPOINT_DOSE, CHECKPOINT_SEEDS = 0.03, 3  # the pre-flight at GRPO's checkpoints (preflight-grpo)
 
 
 SPACES = (("psn", "lora", "noise.sigma"), ("psn-weight", "weight", "noise.sigma"),
@@ -47,11 +52,11 @@ SPACES = (("psn", "lora", "noise.sigma"), ("psn-weight", "weight", "noise.sigma"
 
 
 def doses(out: Path, model: str = "ceiling", kls: tuple[float, ...] = DOSES, other_code: bool = False,
-          folder: str = "calibrate") -> dict:
+          folder: str = "calibrate", weight_sigmas: str = GRIDS["weight_sigmas"]) -> dict:
     """{kl: {"lora": σ, "weight": σ, "temperature": T, "tokens": mean completion length}} from one calibration of
     `model` (OUT/FOLDER; one made by other code is reused with `other_code`)."""
     cfg = build_config(model=model)
-    args = (parse_sigmas(GRIDS["sigmas"]), 0.003, 2, None, parse_sigmas(GRIDS["weight_sigmas"]),
+    args = (parse_sigmas(GRIDS["sigmas"]), 0.003, 2, None, parse_sigmas(weight_sigmas),
             parse_temperatures(GRIDS["temperatures"]))
     path = out / folder / "calibrate.json"
     report = reuse(path, cfg, *args, other_code=other_code) or calibrate(cfg, args[0], 0.003, 2, out / folder, *args[3:])
@@ -140,10 +145,13 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         preflight(build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 200}), settings, [1, 256],
                   out / "preflight", kind="steps", other_code=other_code)  # resumes: each finished setting is kept
         return
+    if part == "preflight-grpo":
+        preflight_grpo(out, found[CHECKPOINT_DOSE], min(seeds, CHECKPOINT_SEEDS), other_code)
+        return
     if part == "preflight-testbed":  # the same question on testbed v2, whose every held-out problem asks for a tuple
         from minipsn.experiments.preflight import preflight
 
-        on_testbed = doses(out, "testbed", TESTBED_DOSES, other_code, folder="calibrate-testbed")
+        on_testbed = testbed_doses(out, other_code)
         settings = _preflight_settings(on_testbed)
         # 100 problems, a draw per sample (D = 256): 10 evaluations at n = 256, about 25 min on 2 cores
         cfg = build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.n": 256, "eval.problems": 100})  # its n is 16
@@ -180,12 +188,42 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "report":
         from ceiling_report import report  # examples/ceiling_report.py: the figures and tables of docs/RESULTS.md
 
-        testbed = doses(out, "testbed", TESTBED_DOSES, other_code, folder="calibrate-testbed") if (
+        testbed = testbed_doses(out, other_code) if (
             out / "preflight-testbed" / "preflight.json").is_file() else None
         report(out, DOSES, found, testbed)
         return
     compare("ceiling", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo", per_method=per_method,
             other_code=other_code)
+
+
+def testbed_doses(out: Path, other_code: bool = False) -> dict:
+    return doses(out, "testbed", TESTBED_DOSES, other_code, "calibrate-testbed", TESTBED_WEIGHT_SIGMAS)
+
+
+def checkpoints(grid: Path, seeds: int) -> list[tuple[str, int, int | None, Path | None]]:
+    """(folder, step, seed, adapter) of the pre-flight at GRPO's checkpoints: the base (step 0, no adapter), then each
+    seed's adapters kept at steps 20 and 40 and its final one (60)."""
+    out = [("step0", 0, None, None)]
+    for s in range(seeds):
+        run = grid / f"grpo-s{s}"
+        out += [(f"s{s}-step{t}", t, s, run / "adapters" / f"step-{t}" / "adapter") for t in (20, 40)]
+        out.append((f"s{s}-step60", 60, s, run / "adapter"))
+    return out
+
+
+def preflight_grpo(out: Path, dose: dict, seeds: int, other_code: bool = False) -> None:
+    """The pre-flight at GRPO's checkpoints (the module docstring's preflight-grpo) into OUT/preflight-grpo/FOLDER."""
+    from minipsn.experiments.preflight import preflight
+
+    found = checkpoints(out / "grid", seeds)
+    missing = [str(a) for *_, a in found if a is not None and not a.is_dir()]
+    if missing:
+        raise ValueError(f"{missing[0]} is missing: run the arms part first (GRPO's {seeds} seeds keep their adapters)")
+    cfg = build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 100})  # 50 steps questions
+    settings = ["clean"] + [f"{space}:{dose[space]:.5g}" for space in ("lora", "weight", "temperature")]
+    for folder, _, _, adapter in found:
+        preflight(cfg, settings, [256], out / "preflight-grpo" / folder, adapter=adapter and str(adapter), kind="steps",
+                  other_code=other_code)
 
 
 def _preflight_settings(found: dict) -> list[str]:

@@ -31,9 +31,11 @@ def _mix(grid: Path, arm: str, seeds: int) -> list[float]:
     return [mix_pass1(json.loads((grid / f"{arm}-s{s}" / "eval" / "eval.json").read_text())) for s in range(seeds)]
 
 
-def _cell(d: dict, j: int) -> str:
+def _cell(d: dict, j: int, digits: int = 1) -> str:
+    """Δ [low, high] in points (a fraction × 100), ✱ where the interval excludes 0."""
     mark = " ✱" if d["low"][j] > 0 or d["high"][j] < 0 else ""
-    return f"{100 * d['diff'][j]:+.1f} [{100 * d['low'][j]:+.1f}, {100 * d['high'][j]:+.1f}]{mark}"
+    f = lambda x: f"{100 * x:+.{digits}f}"  # noqa: E731
+    return f"{f(d['diff'][j])} [{f(d['low'][j])}, {f(d['high'][j])}]{mark}"
 
 
 def arms_table(c: dict, grid: Path) -> str:
@@ -248,6 +250,62 @@ def preflight_part(out: Path, report_dir: Path, found: dict, name: str = "prefli
     return "\n".join(lines)
 
 
+def _checkpoint_counts(folder: Path, result: dict) -> tuple:
+    """(correct counts, boxed-a-tuple counts, n, ids) of one setting at one checkpoint: the samples that box a tuple
+    counted as `correct` are, at k = 1, the share that boxes a tuple (a mean over problems, as tuple_choice's)."""
+    text = (folder / "samples" / f"{result['setting'].replace(':', '-')}-D{result['draws']}.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    right, n, ids = count_matrix([rows])
+    boxed = count_matrix([[{"id": r["id"], "correct": [a is not None and a.startswith("(") for a in r["answers"]]}
+                           for r in rows]])[0]
+    return right[0], boxed[0], n, ids
+
+
+def checkpoint_part(out: Path, report_dir: Path) -> str:
+    """The pre-flight at GRPO's checkpoints (OUT/preflight-grpo): per step and setting, the means over the seeds'
+    checkpoints and each noise setting's Δ against clean sampling at the same checkpoints, paired on seeds and problems
+    (step 0, the base, is one model: paired on problems); "" before the part ran."""
+    base = out / "preflight-grpo"
+    folders = sorted(base.glob("*/preflight.json")) if base.is_dir() else []
+    cells: dict = {}  # (step, setting) → [(right, boxed, n, ids) per checkpoint]; a finished setting only
+    for path in folders:
+        step = int(path.parent.name.split("step")[1])
+        for r in json.loads(path.read_text())["results"]:
+            cells.setdefault((step, r["setting"]), []).append(_checkpoint_counts(path.parent, r))
+    if not cells:
+        return ""
+    lines = ["| step | setting | checkpoints | pass@1 | pass@256 | Δ pass@256 − clean | boxes a tuple | "
+             "Δ boxes a tuple − clean |", "|---|---|---|---|---|---|---|---|"]
+    fig, axes = _figure(2)
+    curves: dict = {}
+    for (step, setting), got in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "clean", kv[0][1])):
+        clean = cells.get((step, "clean"), [])
+        if len(clean) != len(got) or any(c[3] != g[3] for c, g in zip(clean, got)):
+            raise ValueError(f"the pre-flight at step {step}: {setting} and clean sampling hold other checkpoints or "
+                             "problems (a part stopped in the middle? run preflight-grpo again)")
+        stack = lambda j, rows: [r[j] for r in rows]  # noqa: E731
+        n, paired = got[0][2], len(got) > 1
+        right = paired_difference(stack(0, got), stack(0, clean), n, [1, 256], paired_seeds=paired)
+        boxed = paired_difference(stack(1, got), stack(1, clean), n, [1], paired_seeds=paired)
+        d256 = "" if setting == "clean" else _cell(right, 1)
+        db = "" if setting == "clean" else _cell(boxed, 0, 2)
+        lines.append(f"| {step} | {setting} | {len(got)} | {100 * right['method'][0]:.2f} | {100 * right['method'][1]:.1f} | "
+                     f"{d256} | {100 * boxed['method'][0]:.2f} % | {db} |")
+        curves.setdefault(setting.split(":")[0], []).append((step, 100 * boxed["method"][0], 100 * right["method"][1]))
+    for space, pts in curves.items():
+        for ax, j in zip(axes, (1, 2)):
+            ax.plot([p[0] for p in pts], [p[j] for p in pts], marker="o", label=space)
+    for ax, what in zip(axes, ("samples that box a tuple (%)", "pass@256 (%)")):
+        ax.set(xlabel="GRPO step (0: the base)", ylabel=what, xticks=[0, 20, 40, 60])
+        ax.grid(alpha=0.3)
+    axes[0].set_title("noise at GRPO's checkpoints: the choice", fontsize=9)
+    axes[1].set_title("and what sampling reaches (steps questions)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    for ext in ("png", "pdf"):
+        fig.savefig(report_dir / f"preflight-grpo.{ext}", dpi=120)
+    return "\n".join(lines)
+
+
 def report(out: Path, doses: tuple, found: dict, testbed: dict | None = None) -> None:
     """OUT/report (module docstring); `testbed`: testbed v2's doses (its own calibration) when its pre-flight ran."""
     grid, report_dir = out / "grid", out / "report"
@@ -266,6 +324,7 @@ def report(out: Path, doses: tuple, found: dict, testbed: dict | None = None) ->
     parts += ["\n## The frontier: each arm's last step against GRPO's path\n", frontier_table(grid, c)]
     parts += ["\n## Builds\n", builds_table(out)]
     parts += ["\n## Pre-flight\n", preflight_part(out, report_dir, found)]
+    parts += ["\n## Pre-flight at GRPO's checkpoints\n", checkpoint_part(out, report_dir)]
     if testbed:
         parts += ["\n## Pre-flight on testbed v2\n", preflight_part(out, report_dir, testbed, "preflight-testbed", "problems")]
     (report_dir / "report.md").write_text("\n".join(parts) + "\n")

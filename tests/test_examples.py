@@ -169,12 +169,18 @@ def test_the_exploration_example_runs_every_arm_on_the_tiny_model(tmp_path):
     assert (out / "compare_diff.png").is_file()
 
 
+def _example(monkeypatch, name):
+    """examples/NAME.py as a module (it defines run() and main(); runs nothing), with examples/ on the path: the
+    experiments import each other's recipes."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _route_experiment(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "examples"))  # it imports the ceiling experiment's calibration recipe
-    spec = importlib.util.spec_from_file_location("route_experiment", REPO / "examples" / "route_experiment.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)  # defines run() and main(); runs nothing
-    return example
+    return _example(monkeypatch, "route_experiment")
 
 
 def test_route_experiment_keep_difference_pairs_problems_and_refuses_an_unknown_part(tmp_path, monkeypatch):
@@ -224,15 +230,24 @@ def test_route_experiment_probe_grpo_probes_the_kept_adapters(tmp_path, monkeypa
     assert calls[0][:2] == (["clean", "lora:0.03", "weight:0.02", "temperature:1.3"], [256]) and calls[0][4] == "neg"
 
 
-def test_route_experiment_builds_runs_the_arms_on_another_build_with_the_shipped_builds_dose(tmp_path, monkeypatch):
-    example, calls = _route_experiment(monkeypatch), []
-    dose = {"lora": 0.033471, "weight": 0.01931, "temperature": 1.33079, "tokens": 59}
-    monkeypatch.setattr(example, "doses", lambda *a: {0.003: dose, 0.03: dose})
+def test_route_experiment_builds_runs_the_arms_on_another_build_at_its_own_sigma_for_the_dose(tmp_path, monkeypatch):
+    """The dose is a noise KL per token: on route-b1 psn and temperature take the σ and T of route-b1's own
+    calibration (OUT/calibrate-route-b1), not the shipped build's."""
+    example, calls, asked = _route_experiment(monkeypatch), [], []
+    shipped = {"lora": 0.033471, "weight": 0.01931, "temperature": 1.33079, "tokens": 59}
+    own = {"lora": 0.041234, "weight": 0.0222, "temperature": 1.40123, "tokens": 61}
+
+    def doses(out, model="route", kls=(0.003, 0.03), other_code=False, folder="calibrate"):
+        asked.append((model, kls, folder, other_code))
+        return {kl: own if model == "route-b1" else shipped for kl in kls}
+
+    monkeypatch.setattr(example, "doses", doses)
     monkeypatch.setattr(example, "compare", lambda model, arms, seeds, out, sets, **kw: calls.append(
         (model, arms, seeds, out, kw["per_method"], kw["other_code"])))
     example.run("builds", tmp_path, 5, 2, other_code=True)
+    assert ("route-b1", (0.03,), "calibrate-route-b1", True) in asked
     assert calls == [("route-b1", ["grpo", "psn", "temperature"], 5, tmp_path / "grid-route-b1",
-                      {"psn": {"noise.sigma": 0.03347}, "temperature": {"rollout.temperature": 1.3308}}, True)]
+                      {"psn": {"noise.sigma": 0.04123}, "temperature": {"rollout.temperature": 1.4012}}, True)]
 
 
 def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_for_its_dose(tmp_path, monkeypatch):
@@ -445,10 +460,13 @@ def test_ceiling_experiment_preflight_testbed_runs_testbed_v2_at_its_own_calibra
     spec.loader.exec_module(example)
     asked, calls = [], []
 
-    def doses(out, model="ceiling", kls=example.DOSES, other_code=False, folder="calibrate"):
+    def doses(out, model="ceiling", kls=example.DOSES, other_code=False, folder="calibrate", weight_sigmas="0.04"):
         asked.append((model, kls, folder))
         sigma = 0.02 if model == "testbed" else 0.035
-        return {kl: {"lora": sigma * 10 * kl, "weight": 0.01, "temperature": 1 + kl, "tokens": 40} for kl in kls}
+        # testbed v2's weights measured σ 0.025 at 0.03 per token: 0.1 needs about 0.046, beyond a grid ending at 0.04
+        top = max(float(x) for x in weight_sigmas.split(","))
+        return {kl: {"lora": sigma * 10 * kl, "weight": 0.01 if kl < 0.1 or top > 0.046 else None,
+                     "temperature": 1 + kl, "tokens": 40} for kl in kls}
 
     monkeypatch.setattr(example, "doses", doses)
     monkeypatch.setattr(preflight, "preflight", lambda cfg, settings, draws, out, other_code: calls.append(
@@ -459,3 +477,63 @@ def test_ceiling_experiment_preflight_testbed_runs_testbed_v2_at_its_own_calibra
     assert (problems, draws, folder, other) == ((100, 256), [256], "preflight-testbed", True)  # n = 256, not the preset's 16
     assert settings == ["clean", "lora:0.0006", "weight:0.01", "temperature:1.003", "lora:0.006", "weight:0.01",
                         "temperature:1.03", "lora:0.02", "weight:0.01", "temperature:1.1"] and "testbed" in name
+    # the ceiling's own grid (GRIDS) stops at 0.04: the testbed's calibration reaches the weights at 0.1 with a wider one
+    assert doses(tmp_path, "testbed", (0.1,), weight_sigmas=example.GRIDS["weight_sigmas"])[0.1]["weight"] is None
+
+
+def test_ceiling_experiment_preflight_grpo_runs_the_base_and_each_seeds_kept_adapters(tmp_path, monkeypatch):
+    """The base (step 0), then seeds 0–2's adapters at steps 20 and 40 and the final one, each under clean sampling and
+    the 0.03 dose's settings (a draw per sample) on the first 50 steps questions; a missing adapter names the part."""
+    import minipsn.experiments.preflight as preflight
+
+    example = _example(monkeypatch, "ceiling_experiment")
+    dose = {"lora": 0.035012, "weight": 0.018, "temperature": 1.347114, "tokens": 37}
+    monkeypatch.setattr(example, "doses", lambda *a, **k: {kl: {**dose, "lora": kl} for kl in example.DOSES} | {0.03: dose})
+    calls = []
+    monkeypatch.setattr(preflight, "preflight", lambda cfg, settings, draws, out, adapter, kind, other_code: calls.append(
+        (cfg.model.name, cfg.eval.problems, settings, draws, out.relative_to(tmp_path).as_posix(), adapter, kind)))
+    for s in range(4):
+        run = tmp_path / "grid" / f"grpo-s{s}"
+        for folder in (run / "adapter", run / "adapters" / "step-20" / "adapter", run / "adapters" / "step-40" / "adapter"):
+            folder.mkdir(parents=True)
+    example.run("preflight-grpo", tmp_path, 5, 2)  # 5 seeds in the grid: the part probes 3
+    assert [c[4] for c in calls] == ["preflight-grpo/step0"] + [f"preflight-grpo/s{s}-step{t}" for s in range(3)
+                                                                for t in (20, 40, 60)]
+    assert calls[0][5] is None and calls[3][5] == str(tmp_path / "grid" / "grpo-s0" / "adapter")
+    assert calls[1][5] == str(tmp_path / "grid" / "grpo-s0" / "adapters" / "step-20" / "adapter")
+    assert calls[0][1:4] == (100, ["clean", "lora:0.035012", "weight:0.018", "temperature:1.3471"], [256])
+    assert {c[0] for c in calls} == {"ceiling"} and {c[6] for c in calls} == {"steps"}
+    (tmp_path / "grid" / "grpo-s1" / "adapters" / "step-40" / "adapter").rmdir()
+    with pytest.raises(ValueError, match="grpo-s1/adapters/step-40/adapter is missing: run the arms part first"):
+        example.run("preflight-grpo", tmp_path, 5, 2)
+
+
+def test_ceiling_report_checkpoint_table_pairs_noise_with_clean_at_the_same_checkpoints(tmp_path, monkeypatch):
+    """Two seeds' checkpoints at step 20, 4 steps questions × 256: clean boxes a tuple in 2 samples a problem, the
+    adapter's noise in 10 on seed 0 and 6 on seed 1, so its share is 3.12 % against 0.78 %, Δ +2.34 points; clean
+    solves problem a on seed 0 only, the noise on both: Δ pass@256 +12.5 points (1 of 8 cells)."""
+    report = _example(monkeypatch, "ceiling_report")
+
+    def write(folder, boxed, right):
+        (folder / "samples").mkdir(parents=True, exist_ok=True)
+        results = []
+        for (setting, d), box, ok in zip((("clean", 1), ("lora:0.035", 256)), boxed, right):
+            rows = [{"id": i, "kind": "steps", "gold": "(1, 2)", "answers": ["(1, 2)"] * c + ["(3, 4)"] * (box - c)
+                     + ["7"] * (256 - box), "correct": [1] * c + [0] * (256 - c)} for i, c in zip("abcd", [ok, 0, 0, 0])]
+            (folder / "samples" / f"{setting.replace(':', '-')}-D{d}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows))
+            results.append({"setting": setting, "draws": d})
+        (folder / "preflight.json").write_text(json.dumps({"results": results}))
+
+    write(tmp_path / "preflight-grpo" / "s0-step20", (2, 10), (1, 1))
+    write(tmp_path / "preflight-grpo" / "s1-step20", (2, 6), (0, 1))
+    clean, lora = report.checkpoint_part(tmp_path, tmp_path).splitlines()[-2:]
+    assert clean.startswith("| 20 | clean | 2 | 0.05 | 12.5 |  | 0.78 % |  |"), clean
+    assert lora.startswith("| 20 | lora:0.035 | 2 | 0.10 | 25.0 | +12.5 [") and "| 3.12 % | +2.34 [" in lora, lora
+    assert (tmp_path / "preflight-grpo.png").is_file()
+    (tmp_path / "preflight-grpo" / "s1-step20" / "samples" / "lora-0.035-D256.jsonl").unlink()
+    (tmp_path / "preflight-grpo" / "s1-step20" / "preflight.json").write_text(json.dumps(
+        {"results": [{"setting": "clean", "draws": 1}]}))
+    with pytest.raises(ValueError, match="at step 20: lora:0.035 and clean sampling hold other checkpoints"):
+        report.checkpoint_part(tmp_path, tmp_path)
+    assert report.checkpoint_part(tmp_path / "nothing", tmp_path) == ""
