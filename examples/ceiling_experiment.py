@@ -9,7 +9,7 @@ every difference is paired with the same GRPO seeds:
     preflight   noise without training: the base model's first 100 steps questions under each dose, D = 1 and n draws
     preflight-grpo  the same at GRPO's checkpoints: seeds 0–2's adapters kept at steps 20 and 40 and their final one
                 (60), and the base (step 0); the first 50 steps questions × 256: clean, and the adapter, the weights (a
-                draw per sample) and the temperature at 0.03 per token (the arms part's GRPO jobs; 45 min on 2 cores)
+                draw per sample) and the temperature at 0.03 per token (the arms part's GRPO jobs; 27 min on 2 cores)
     preflight-testbed   the same on testbed v2 (every problem asks for a tuple): 100 problems, its own calibration
                 (OUT/calibrate-testbed) at 0.003, 0.03 and 0.1 per token, a draw per sample
     arms        every arm at a noise KL of 0.003 per token: grpo, psn, psn-adaptive, psn-kl, psn-paper,

@@ -268,17 +268,19 @@ def checkpoint_part(out: Path, report_dir: Path) -> str:
     base = out / "preflight-grpo"
     folders = sorted(base.glob("*/preflight.json")) if base.is_dir() else []
     cells: dict = {}  # (step, setting) → [(right, boxed, n, ids) per checkpoint]; a finished setting only
+    order: list = []  # the settings in the order the part ran them
     for path in folders:
         step = int(path.parent.name.split("step")[1])
         for r in json.loads(path.read_text())["results"]:
             cells.setdefault((step, r["setting"]), []).append(_checkpoint_counts(path.parent, r))
+            order += [r["setting"]] * (r["setting"] not in order)
     if not cells:
         return ""
     lines = ["| step | setting | checkpoints | pass@1 | pass@256 | Δ pass@256 − clean | boxes a tuple | "
              "Δ boxes a tuple − clean |", "|---|---|---|---|---|---|---|---|"]
     fig, axes = _figure(2)
     curves: dict = {}
-    for (step, setting), got in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "clean", kv[0][1])):
+    for (step, setting), got in sorted(cells.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         clean = cells.get((step, "clean"), [])
         if len(clean) != len(got) or any(c[3] != g[3] for c, g in zip(clean, got)):
             raise ValueError(f"the pre-flight at step {step}: {setting} and clean sampling hold other checkpoints or "

@@ -13,9 +13,9 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
     probe-grpo  the probe at GRPO's checkpoints (seed 0's adapters at steps 20, 40 and 60): clean, and DOSE on the
                 adapter, the weights and the temperature, one draw per sample
     frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
-    builds      grpo, psn and temperature at DOSE (the σ and T of the build's own calibration, OUT/calibrate-route-b1) on
-                another build of the same design (route-b1, built on first use: 7.8 min on 2 cores), a grid of its own
-                (OUT/grid-route-b1)
+    builds      grpo, psn (a draw per step and per rollout) and temperature at DOSE (the σ and T of the build's own
+                calibration, OUT/calibrate-route-b1) and passk on another build of the same design (route-b1, built on
+                first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
     report      OUT/report/report.md: the probe tables and the grid's paired table
 Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2; --other-code as in
 the ceiling experiment (a calibration and jobs made by other code are reused, compare.json lists the versions).
@@ -53,6 +53,7 @@ def per_method(d: dict) -> dict:
 
 PARTS = ("calibrate", "probe", "arms", "extras", "probe-grpo", "frontier", "builds", "report")
 BUILDS = ["route-b1"]
+BUILD_ARMS = ["grpo", "psn", "psn-rollout=psn", "temperature", "passk"]
 
 
 def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False) -> None:
@@ -99,8 +100,8 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "builds":  # the dose is a noise KL: each build's own calibration (OUT/calibrate-BUILD) gives its σ and T
         for build in BUILDS:
             own = per_method(doses(out, build, (DOSE,), other_code, folder=f"calibrate-{build}")[DOSE])
-            compare(build, ["grpo", "psn", "temperature"], seeds, out / f"grid-{build}", SETS, workers=workers,
-                    ref="grpo", per_method={a: own[a] for a in ("psn", "temperature")}, other_code=other_code)
+            compare(build, BUILD_ARMS, seeds, out / f"grid-{build}", SETS, workers=workers, ref="grpo",
+                    per_method={a: own[a] for a in ("psn", "psn-rollout", "temperature")}, other_code=other_code)
         return
     grid = ARMS + (EXTRAS if part == "extras" else [])
     labels = [a.split("=")[0] for a in grid]

@@ -231,8 +231,8 @@ def test_route_experiment_probe_grpo_probes_the_kept_adapters(tmp_path, monkeypa
 
 
 def test_route_experiment_builds_runs_the_arms_on_another_build_at_its_own_sigma_for_the_dose(tmp_path, monkeypatch):
-    """The dose is a noise KL per token: on route-b1 psn and temperature take the σ and T of route-b1's own
-    calibration (OUT/calibrate-route-b1), not the shipped build's."""
+    """The dose is a noise KL per token: on route-b1 psn (a draw per step and per rollout) and temperature take the
+    σ and T of route-b1's own calibration (OUT/calibrate-route-b1), not the shipped build's; Pass@k runs there too."""
     example, calls, asked = _route_experiment(monkeypatch), [], []
     shipped = {"lora": 0.033471, "weight": 0.01931, "temperature": 1.33079, "tokens": 59}
     own = {"lora": 0.041234, "weight": 0.0222, "temperature": 1.40123, "tokens": 61}
@@ -246,8 +246,9 @@ def test_route_experiment_builds_runs_the_arms_on_another_build_at_its_own_sigma
         (model, arms, seeds, out, kw["per_method"], kw["other_code"])))
     example.run("builds", tmp_path, 5, 2, other_code=True)
     assert ("route-b1", (0.03,), "calibrate-route-b1", True) in asked
-    assert calls == [("route-b1", ["grpo", "psn", "temperature"], 5, tmp_path / "grid-route-b1",
-                      {"psn": {"noise.sigma": 0.04123}, "temperature": {"rollout.temperature": 1.4012}}, True)]
+    assert calls == [("route-b1", ["grpo", "psn", "psn-rollout=psn", "temperature", "passk"], 5, tmp_path / "grid-route-b1",
+                      {"psn": {"noise.sigma": 0.04123}, "psn-rollout": {"noise.sigma": 0.04123, "noise.granularity": "rollout"},
+                       "temperature": {"rollout.temperature": 1.4012}}, True)]
 
 
 def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_for_its_dose(tmp_path, monkeypatch):
