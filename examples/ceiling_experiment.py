@@ -153,7 +153,7 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
 
         on_testbed = testbed_doses(out, other_code)
         settings = _preflight_settings(on_testbed)
-        # 100 problems, a draw per sample (D = 256): 10 evaluations at n = 256, about 25 min on 2 cores
+        # 100 problems, a draw per sample (D = 256): 10 evaluations at n = 256, 16 min on 2 cores
         cfg = build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.n": 256, "eval.problems": 100})  # its n is 16
         preflight(cfg, settings, [256], out / "preflight-testbed", other_code=other_code)
         return
