@@ -12,7 +12,8 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
     extras      the same grid plus per-rollout noise (adapter and weights), passk (k = 4) and c3po (2 draws)
     probe-grpo  the probe at GRPO's checkpoints (seed 0's adapters at steps 20, 40 and 60): clean, and DOSE on the
                 adapter, the weights and the temperature, one draw per sample
-    frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
+    frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid,
+                and on route-b1's grid for grpo and psn-rollout (each arm's step 60 there is read against GRPO's path)
     builds      grpo, psn (a draw per step and per rollout) and temperature at DOSE (the σ and T of the build's own
                 calibration, OUT/calibrate-route-b1) and passk on another build of the same design (route-b1, built on
                 first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
@@ -54,6 +55,7 @@ def per_method(d: dict) -> dict:
 PARTS = ("calibrate", "probe", "arms", "extras", "probe-grpo", "frontier", "builds", "report")
 BUILDS = ["route-b1"]
 BUILD_ARMS = ["grpo", "psn", "psn-rollout=psn", "temperature", "passk"]
+BUILD_FRONTIER = ["grpo", "psn-rollout"]  # GRPO's path (every arm's step 60 is read against it) and the paper's form's
 
 
 def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False) -> None:
@@ -62,15 +64,17 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "report":
         report(out)
         return
-    if part == "frontier":  # the grid's kept adapters, nothing trained
+    if part == "frontier":  # the grids' kept adapters, nothing trained
         from minipsn.experiments.frontier import frontier
 
-        if not (out / "grid" / "compare.json").is_file():
-            raise ValueError(f"{out / 'grid' / 'compare.json'} is missing: run the arms part first")
-        overrides = json.loads((out / "grid" / "compare.json").read_text())["overrides"]
-        labels = [a.split("=")[0] for a in ARMS + EXTRAS]
-        done = [a for a in labels if (out / "grid" / f"{a}-s0").is_dir()]
-        frontier("route", done, seeds, out / "grid", [20, 40], overrides, kind="neg", workers=workers)
+        grids = [(m, g, labels) for m, g, labels in [("route", "grid", [a.split("=")[0] for a in ARMS + EXTRAS])]
+                 + [(b, f"grid-{b}", BUILD_FRONTIER) for b in BUILDS] if (out / g / "compare.json").is_file()]
+        if not grids:
+            raise ValueError(f"{out / 'grid' / 'compare.json'} is missing: run the arms part (or builds) first")
+        for model, g, labels in grids:
+            overrides = json.loads((out / g / "compare.json").read_text())["overrides"]
+            done = [a for a in labels if (out / g / f"{a}-s0").is_dir()]
+            frontier(model, done, seeds, out / g, [20, 40], overrides, kind="neg", workers=workers)
         return
     if part == "probe-grpo" and not (out / "grid" / "grpo-s0" / "adapter").is_dir():
         raise ValueError(f"{out / 'grid' / 'grpo-s0' / 'adapter'} is missing: run the arms part first")

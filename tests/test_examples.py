@@ -251,6 +251,28 @@ def test_route_experiment_builds_runs_the_arms_on_another_build_at_its_own_sigma
                        "temperature": {"rollout.temperature": 1.4012}}, True)]
 
 
+def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkeypatch):
+    """The shipped build's grid: every arm it trained; route-b1's grid: grpo and psn-rollout; no grid: one line."""
+    import minipsn.experiments.frontier as frontier
+
+    example, calls = _route_experiment(monkeypatch), []
+    monkeypatch.setattr(frontier, "frontier", lambda model, arms, seeds, out, steps, sets, kind, workers: calls.append(
+        (model, arms, out.name, steps, sets, kind)))
+    with pytest.raises(ValueError, match="grid/compare.json is missing: run the arms part"):
+        example.run("frontier", tmp_path, 5, 2)
+    for grid, arms in (("grid-route-b1", BUILD_ARMS := ["grpo", "psn", "psn-rollout", "temperature", "passk"]),
+                       ("grid", ["grpo", "psn", "passk"])):
+        for arm in arms:
+            (tmp_path / grid / f"{arm}-s0").mkdir(parents=True)
+        (tmp_path / grid / "compare.json").write_text(json.dumps({"overrides": {"run.keep_adapters": "20,40"}}))
+        calls.clear()
+        example.run("frontier", tmp_path, 5, 2)
+    sets = {"run.keep_adapters": "20,40"}
+    assert calls == [("route", ["grpo", "psn", "passk"], "grid", [20, 40], sets, "neg"),
+                     ("route-b1", ["grpo", "psn-rollout"], "grid-route-b1", [20, 40], sets, "neg")]
+    assert [a.split("=")[0] for a in example.BUILD_ARMS] == BUILD_ARMS
+
+
 def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_for_its_dose(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "examples"))
     spec = importlib.util.spec_from_file_location("ceiling_experiment", REPO / "examples" / "ceiling_experiment.py")
