@@ -117,6 +117,9 @@ def extras(found: dict, best: dict) -> tuple[list[str], dict]:
 
 
 def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False) -> None:
+    if part == "preflight-grpo":
+        preflight_grpo(out, min(seeds, CHECKPOINT_SEEDS), other_code)
+        return
     found = doses(out, other_code=other_code)
     print("doses (noise KL per token → σ adapter, σ weights, T; KL per trajectory at the base's mean length): " + "; ".join(
         f"{kl:g} → {d['lora'] and round(d['lora'], 4)}, {d['weight'] and round(d['weight'], 4)}, "
@@ -145,17 +148,8 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         preflight(build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 200}), settings, [1, 256],
                   out / "preflight", kind="steps", other_code=other_code)  # resumes: each finished setting is kept
         return
-    if part == "preflight-grpo":
-        preflight_grpo(out, found[CHECKPOINT_DOSE], min(seeds, CHECKPOINT_SEEDS), other_code)
-        return
-    if part == "preflight-testbed":  # the same question on testbed v2, whose every held-out problem asks for a tuple
-        from minipsn.experiments.preflight import preflight
-
-        on_testbed = testbed_doses(out, other_code)
-        settings = _preflight_settings(on_testbed)
-        # 100 problems, a draw per sample (D = 256): 10 evaluations at n = 256, 16 min on 2 cores
-        cfg = build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.n": 256, "eval.problems": 100})  # its n is 16
-        preflight(cfg, settings, [256], out / "preflight-testbed", other_code=other_code)
+    if part == "preflight-testbed":
+        preflight_testbed(out, other_code)
         return
     if part == "builds":  # the best dose is a noise KL: each build's own calibration gives its σ (or T) there
         lift = lambda a: _steps_diff(out / "grid", _label(a, best[a]))  # noqa: E731
@@ -200,28 +194,40 @@ def testbed_doses(out: Path, other_code: bool = False) -> dict:
     return doses(out, "testbed", TESTBED_DOSES, other_code, "calibrate-testbed", TESTBED_WEIGHT_SIGMAS)
 
 
-def checkpoints(grid: Path, seeds: int) -> list[tuple[str, int, int | None, Path | None]]:
-    """(folder, step, seed, adapter) of the pre-flight at GRPO's checkpoints: the base (step 0, no adapter), then each
-    seed's adapters kept at steps 20 and 40 and its final one (60)."""
-    out = [("step0", 0, None, None)]
+def preflight_testbed(out: Path, other_code: bool = False) -> None:
+    """The same question on testbed v2, whose every held-out problem asks for a tuple: 100 problems, a draw per sample
+    (D = 256), its own calibration; 10 evaluations at n = 256, 16 min on 2 cores."""
+    from minipsn.experiments.preflight import preflight
+
+    cfg = build_config(model="testbed", sets={"eval.n_by_kind": "", "eval.n": 256, "eval.problems": 100})  # its n is 16
+    preflight(cfg, _preflight_settings(testbed_doses(out, other_code)), [256], out / "preflight-testbed",
+              other_code=other_code)
+
+
+def checkpoints(grid: Path, seeds: int) -> list[tuple[str, Path | None]]:
+    """(folder, adapter) of the pre-flight at GRPO's checkpoints: the base (step0, no adapter), then each seed's
+    adapters kept at steps 20 and 40 and its final one (sS-step20, sS-step40, sS-step60)."""
+    out = [("step0", None)]
     for s in range(seeds):
         run = grid / f"grpo-s{s}"
-        out += [(f"s{s}-step{t}", t, s, run / "adapters" / f"step-{t}" / "adapter") for t in (20, 40)]
-        out.append((f"s{s}-step60", 60, s, run / "adapter"))
+        out += [(f"s{s}-step{t}", run / "adapters" / f"step-{t}" / "adapter") for t in (20, 40)]
+        out.append((f"s{s}-step60", run / "adapter"))
     return out
 
 
-def preflight_grpo(out: Path, dose: dict, seeds: int, other_code: bool = False) -> None:
-    """The pre-flight at GRPO's checkpoints (the module docstring's preflight-grpo) into OUT/preflight-grpo/FOLDER."""
+def preflight_grpo(out: Path, seeds: int, other_code: bool = False) -> None:
+    """The pre-flight at GRPO's checkpoints (the module docstring's preflight-grpo) into OUT/preflight-grpo/FOLDER, at
+    the calibration's σ and T for CHECKPOINT_DOSE; the kept adapters are looked for first."""
     from minipsn.experiments.preflight import preflight
 
     found = checkpoints(out / "grid", seeds)
-    missing = [str(a) for *_, a in found if a is not None and not a.is_dir()]
+    missing = [str(a) for _, a in found if a is not None and not a.is_dir()]
     if missing:
         raise ValueError(f"{missing[0]} is missing: run the arms part first (GRPO's {seeds} seeds keep their adapters)")
     cfg = build_config(model="ceiling", sets={"eval.n_by_kind": "", "eval.problems": 100})  # 50 steps questions
-    settings = ["clean"] + [f"{space}:{dose[space]:.5g}" for space in ("lora", "weight", "temperature")]
-    for folder, _, _, adapter in found:
+    dose = doses(out, kls=(CHECKPOINT_DOSE,), other_code=other_code)[CHECKPOINT_DOSE]
+    settings = _preflight_settings({CHECKPOINT_DOSE: dose})
+    for folder, adapter in found:
         preflight(cfg, settings, [256], out / "preflight-grpo" / folder, adapter=adapter and str(adapter), kind="steps",
                   other_code=other_code)
 

@@ -67,8 +67,9 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "frontier":  # the grids' kept adapters, nothing trained
         from minipsn.experiments.frontier import frontier
 
-        grids = [(m, g, labels) for m, g, labels in [("route", "grid", [a.split("=")[0] for a in ARMS + EXTRAS])]
-                 + [(b, f"grid-{b}", BUILD_FRONTIER) for b in BUILDS] if (out / g / "compare.json").is_file()]
+        every = [("route", "grid", [a.split("=")[0] for a in ARMS + EXTRAS])]
+        every += [(build, f"grid-{build}", BUILD_FRONTIER) for build in BUILDS]
+        grids = [(model, g, labels) for model, g, labels in every if (out / g / "compare.json").is_file()]
         if not grids:
             raise ValueError(f"{out / 'grid' / 'compare.json'} is missing: run the arms part (or builds) first")
         for model, g, labels in grids:

@@ -260,8 +260,8 @@ def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkey
         (model, arms, out.name, steps, sets, kind)))
     with pytest.raises(ValueError, match="grid/compare.json is missing: run the arms part"):
         example.run("frontier", tmp_path, 5, 2)
-    for grid, arms in (("grid-route-b1", BUILD_ARMS := ["grpo", "psn", "psn-rollout", "temperature", "passk"]),
-                       ("grid", ["grpo", "psn", "passk"])):
+    build_arms = ["grpo", "psn", "psn-rollout", "temperature", "passk"]
+    for grid, arms in (("grid-route-b1", build_arms), ("grid", ["grpo", "psn", "passk"])):
         for arm in arms:
             (tmp_path / grid / f"{arm}-s0").mkdir(parents=True)
         (tmp_path / grid / "compare.json").write_text(json.dumps({"overrides": {"run.keep_adapters": "20,40"}}))
@@ -270,7 +270,7 @@ def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkey
     sets = {"run.keep_adapters": "20,40"}
     assert calls == [("route", ["grpo", "psn", "passk"], "grid", [20, 40], sets, "neg"),
                      ("route-b1", ["grpo", "psn-rollout"], "grid-route-b1", [20, 40], sets, "neg")]
-    assert [a.split("=")[0] for a in example.BUILD_ARMS] == BUILD_ARMS
+    assert [a.split("=")[0] for a in example.BUILD_ARMS] == build_arms
 
 
 def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_for_its_dose(tmp_path, monkeypatch):
@@ -527,8 +527,11 @@ def test_ceiling_experiment_preflight_grpo_runs_the_base_and_each_seeds_kept_ada
     assert calls[0][1:4] == (100, ["clean", "lora:0.035012", "weight:0.018", "temperature:1.3471"], [256])
     assert {c[0] for c in calls} == {"ceiling"} and {c[6] for c in calls} == {"steps"}
     (tmp_path / "grid" / "grpo-s1" / "adapters" / "step-40" / "adapter").rmdir()
+    calls.clear()
+    monkeypatch.setattr(example, "doses", lambda *a, **k: pytest.fail("calibrated before the adapters were found"))
     with pytest.raises(ValueError, match="grpo-s1/adapters/step-40/adapter is missing: run the arms part first"):
         example.run("preflight-grpo", tmp_path, 5, 2)
+    assert calls == []
 
 
 def test_ceiling_report_checkpoint_table_pairs_noise_with_clean_at_the_same_checkpoints(tmp_path, monkeypatch):
