@@ -10,13 +10,15 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
                 noise draw per problem (D = 1) and one per sample (D = 256)
     arms        grpo, psn, psn-weight and temperature at a noise KL of DOSE per token
     extras      the same grid plus per-rollout noise (adapter and weights), passk (k = 4) and c3po (2 draws)
+    low         the same grid plus the second dose, LOW per token: psn (a draw per step and per rollout), psn-weight
+                and temperature, labelled ARM@0.003; these arms first, then the grid's others
     probe-grpo  the probe at GRPO's checkpoints (seed 0's adapters at steps 20, 40 and 60): clean, and DOSE on the
                 adapter, the weights and the temperature, one draw per sample
-    frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid,
-                and on route-b1's grid for grpo and psn-rollout (each arm's step 60 there is read against GRPO's path)
-    builds      grpo, psn (a draw per step and per rollout) and temperature at DOSE (the σ and T of the build's own
-                calibration, OUT/calibrate-route-b1) and passk on another build of the same design (route-b1, built on
-                first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
+    frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
+                (in the grid's order: GRPO first, then the low part's), and on route-b1's grid for grpo and psn-rollout (each arm's step 60 there is read against GRPO's path)
+    builds      grpo, psn and psn-weight (a draw per step and per rollout), temperature and c3po at DOSE (the σ and T
+                of the build's own calibration, OUT/calibrate-route-b1) and passk on another build of the same design
+                (route-b1, built on first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
     report      OUT/report/report.md: the probe tables and the grid's paired table
 Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2; --other-code as in
 the ceiling experiment (a calibration and jobs made by other code are reused, compare.json lists the versions).
@@ -33,6 +35,7 @@ from minipsn import build_config, compare
 
 DOSES = (0.003, 0.03)  # noise KL per token: the ceiling's arms and its best dose for every space
 DOSE = 0.03
+LOW = 0.003  # the second dose in training: the ceiling's first arms', where the probe found ledgers kept most often
 ARMS = ["grpo", "psn", "psn-weight", "temperature"]
 EXTRAS = ["psn-rollout=psn", "psn-weight-rollout=psn-weight", "passk", "c3po"]
 SETS = {"run.keep_adapters": "20,40", "eval.problems": 200}  # 100 neg problems at n = 256, 100 pos at n = 32
@@ -52,9 +55,20 @@ def per_method(d: dict) -> dict:
             "c3po": {"noise.sigma": lora}}
 
 
-PARTS = ("calibrate", "probe", "arms", "extras", "probe-grpo", "frontier", "builds", "report")
+LOW_ARMS = {"psn": "psn", "psn-rollout": "psn", "psn-weight": "psn-weight", "temperature": "temperature"}
+
+
+def low_arms(d: dict) -> tuple[list[str], dict]:
+    """The arms at the second dose (`psn@0.003=psn`, …: LOW_ARMS) and their overrides, from that dose's calibration
+    `d`."""
+    sets = per_method(d)
+    return [f"{a}@{LOW:g}={m}" for a, m in LOW_ARMS.items()], {f"{a}@{LOW:g}": sets[a] for a in LOW_ARMS}
+
+
+PARTS = ("calibrate", "probe", "arms", "extras", "low", "probe-grpo", "frontier", "builds", "report")
 BUILDS = ["route-b1"]
-BUILD_ARMS = ["grpo", "psn", "psn-rollout=psn", "temperature", "passk"]
+BUILD_ARMS = ["grpo", "psn", "psn-rollout=psn", "temperature", "passk", "psn-weight", "psn-weight-rollout=psn-weight",
+              "c3po"]
 BUILD_FRONTIER = ["grpo", "psn-rollout"]  # GRPO's path (every arm's step 60 is read against it) and the paper's form's
 
 
@@ -67,15 +81,14 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "frontier":  # the grids' kept adapters, nothing trained
         from minipsn.experiments.frontier import frontier
 
-        every = [("route", "grid", [a.split("=")[0] for a in ARMS + EXTRAS])]
-        every += [(build, f"grid-{build}", BUILD_FRONTIER) for build in BUILDS]
+        every = [("route", "grid", None)] + [(build, f"grid-{build}", BUILD_FRONTIER) for build in BUILDS]
         grids = [(model, g, labels) for model, g, labels in every if (out / g / "compare.json").is_file()]
         if not grids:
             raise ValueError(f"{out / 'grid' / 'compare.json'} is missing: run the arms part (or builds) first")
-        for model, g, labels in grids:
-            overrides = json.loads((out / g / "compare.json").read_text())["overrides"]
-            done = [a for a in labels if (out / g / f"{a}-s0").is_dir()]
-            frontier(model, done, seeds, out / g, [20, 40], overrides, kind="neg", workers=workers)
+        for model, g, labels in grids:  # the shipped build's grid: every arm, in the grid's order (GRPO's path first)
+            c = json.loads((out / g / "compare.json").read_text())
+            done = [a for a in labels or c["methods"] if (out / g / f"{a}-s0").is_dir()]
+            frontier(model, done, seeds, out / g, [20, 40], c["overrides"], kind="neg", workers=workers)
         return
     if part == "probe-grpo" and not (out / "grid" / "grpo-s0" / "adapter").is_dir():
         raise ValueError(f"{out / 'grid' / 'grpo-s0' / 'adapter'} is missing: run the arms part first")
@@ -106,9 +119,13 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
         for build in BUILDS:
             own = per_method(doses(out, build, (DOSE,), other_code, folder=f"calibrate-{build}")[DOSE])
             compare(build, BUILD_ARMS, seeds, out / f"grid-{build}", SETS, workers=workers, ref="grpo",
-                    per_method={a: own[a] for a in ("psn", "psn-rollout", "temperature")}, other_code=other_code)
+                    per_method={a.split("=")[0]: own[a.split("=")[0]] for a in BUILD_ARMS[1:] if a != "passk"},
+                    other_code=other_code)
         return
-    grid = ARMS + (EXTRAS if part == "extras" else [])
+    grid = ARMS + (EXTRAS if part in ("extras", "low") else [])
+    if part == "low":  # the new dose's arms first (after GRPO, which every Δ is paired with)
+        low, low_sets = low_arms(found[LOW])
+        grid, sets = grid[:1] + low + grid[1:], {**sets, **low_sets}
     labels = [a.split("=")[0] for a in grid]
     compare("route", grid, seeds, out / "grid", SETS, workers=workers, ref="grpo",
             per_method={a: sets[a] for a in labels if a in sets}, other_code=other_code)

@@ -246,13 +246,39 @@ def test_route_experiment_builds_runs_the_arms_on_another_build_at_its_own_sigma
         (model, arms, seeds, out, kw["per_method"], kw["other_code"])))
     example.run("builds", tmp_path, 5, 2, other_code=True)
     assert ("route-b1", (0.03,), "calibrate-route-b1", True) in asked
-    assert calls == [("route-b1", ["grpo", "psn", "psn-rollout=psn", "temperature", "passk"], 5, tmp_path / "grid-route-b1",
+    arms = ["grpo", "psn", "psn-rollout=psn", "temperature", "passk", "psn-weight", "psn-weight-rollout=psn-weight", "c3po"]
+    assert calls == [("route-b1", arms, 5, tmp_path / "grid-route-b1",
                       {"psn": {"noise.sigma": 0.04123}, "psn-rollout": {"noise.sigma": 0.04123, "noise.granularity": "rollout"},
-                       "temperature": {"rollout.temperature": 1.4012}}, True)]
+                       "temperature": {"rollout.temperature": 1.4012}, "psn-weight": {"noise.sigma": 0.0222},
+                       "psn-weight-rollout": {"noise.sigma": 0.0222, "noise.granularity": "rollout"},
+                       "c3po": {"noise.sigma": 0.04123}}, True)]
+
+
+def test_route_experiment_low_trains_the_second_dose_at_its_own_sigma_after_grpo(tmp_path, monkeypatch):
+    """The low part: the grid's arms plus psn (per step and per rollout), psn-weight and temperature at 0.003 per
+    token, with that dose's σ and T (not the 0.03 arms'), right after GRPO so they run first; 0.03's arms keep theirs."""
+    example, calls = _route_experiment(monkeypatch), []
+    low = {"lora": 0.021395, "weight": 0.0082124, "temperature": 1.15641, "tokens": 59}
+    high = {"lora": 0.033471, "weight": 0.01931, "temperature": 1.33079, "tokens": 59}
+    monkeypatch.setattr(example, "doses", lambda *a: {0.003: low, 0.03: high})
+    monkeypatch.setattr(example, "compare", lambda model, arms, seeds, out, sets, **kw: calls.append(
+        (model, arms, out.name, kw["ref"], kw["per_method"])))
+    example.run("low", tmp_path, 5, 2)
+    (model, arms, out, ref, per_method), = calls
+    assert (model, out, ref) == ("route", "grid", "grpo")
+    assert arms == ["grpo", "psn@0.003=psn", "psn-rollout@0.003=psn", "psn-weight@0.003=psn-weight",
+                    "temperature@0.003=temperature", "psn", "psn-weight", "temperature", "psn-rollout=psn",
+                    "psn-weight-rollout=psn-weight", "passk", "c3po"]
+    assert per_method["psn@0.003"] == {"noise.sigma": 0.0214} and per_method["psn"] == {"noise.sigma": 0.03347}
+    assert per_method["psn-rollout@0.003"] == {"noise.sigma": 0.0214, "noise.granularity": "rollout"}
+    assert per_method["psn-weight@0.003"] == {"noise.sigma": 0.00821}
+    assert per_method["temperature@0.003"] == {"rollout.temperature": 1.1564}
+    assert per_method["temperature"] == {"rollout.temperature": 1.3308}
 
 
 def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkeypatch):
-    """The shipped build's grid: every arm it trained; route-b1's grid: grpo and psn-rollout; no grid: one line."""
+    """The shipped build's grid: every arm it trained, in its order; route-b1's grid: grpo and psn-rollout; no grid: one
+    line."""
     import minipsn.experiments.frontier as frontier
 
     example, calls = _route_experiment(monkeypatch), []
@@ -260,15 +286,16 @@ def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkey
         (model, arms, out.name, steps, sets, kind)))
     with pytest.raises(ValueError, match="grid/compare.json is missing: run the arms part"):
         example.run("frontier", tmp_path, 5, 2)
-    build_arms = ["grpo", "psn", "psn-rollout", "temperature", "passk"]
-    for grid, arms in (("grid-route-b1", build_arms), ("grid", ["grpo", "psn", "passk"])):
+    build_arms = ["grpo", "psn", "psn-rollout", "temperature", "passk", "psn-weight", "psn-weight-rollout", "c3po"]
+    for grid, arms in (("grid-route-b1", build_arms), ("grid", ["grpo", "psn@0.003", "psn", "passk"])):
         for arm in arms:
             (tmp_path / grid / f"{arm}-s0").mkdir(parents=True)
-        (tmp_path / grid / "compare.json").write_text(json.dumps({"overrides": {"run.keep_adapters": "20,40"}}))
+        methods = [*arms, "c3po"]  # trained by compare, not begun here: no folder, nothing to evaluate
+        (tmp_path / grid / "compare.json").write_text(json.dumps({"methods": methods, "overrides": {"run.keep_adapters": "20,40"}}))
         calls.clear()
         example.run("frontier", tmp_path, 5, 2)
     sets = {"run.keep_adapters": "20,40"}
-    assert calls == [("route", ["grpo", "psn", "passk"], "grid", [20, 40], sets, "neg"),
+    assert calls == [("route", ["grpo", "psn@0.003", "psn", "passk"], "grid", [20, 40], sets, "neg"),
                      ("route-b1", ["grpo", "psn-rollout"], "grid-route-b1", [20, 40], sets, "neg")]
     assert [a.split("=")[0] for a in example.BUILD_ARMS] == build_arms
 
