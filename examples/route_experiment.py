@@ -15,7 +15,8 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
     probe-grpo  the probe at GRPO's checkpoints (seed 0's adapters at steps 20, 40 and 60): clean, and DOSE on the
                 adapter, the weights and the temperature, one draw per sample
     frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
-                (in the grid's order: GRPO first, then the low part's), and on route-b1's grid for grpo and psn-rollout (each arm's step 60 there is read against GRPO's path)
+                (in the grid's order: GRPO first, then the low part's), and on route-b1's grid for grpo and
+                psn-rollout (each arm's step 60 there is read against GRPO's path)
     builds      grpo, psn and psn-weight (a draw per step and per rollout), temperature and c3po at DOSE (the σ and T
                 of the build's own calibration, OUT/calibrate-route-b1) and passk on another build of the same design
                 (route-b1, built on first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
@@ -118,9 +119,9 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "builds":  # the dose is a noise KL: each build's own calibration (OUT/calibrate-BUILD) gives its σ and T
         for build in BUILDS:
             own = per_method(doses(out, build, (DOSE,), other_code, folder=f"calibrate-{build}")[DOSE])
+            labels = [a.split("=")[0] for a in BUILD_ARMS]
             compare(build, BUILD_ARMS, seeds, out / f"grid-{build}", SETS, workers=workers, ref="grpo",
-                    per_method={a.split("=")[0]: own[a.split("=")[0]] for a in BUILD_ARMS[1:] if a != "passk"},
-                    other_code=other_code)
+                    per_method={a: own[a] for a in labels if a in own}, other_code=other_code)
         return
     grid = ARMS + (EXTRAS if part in ("extras", "low") else [])
     if part == "low":  # the new dose's arms first (after GRPO, which every Δ is paired with)

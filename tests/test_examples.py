@@ -290,7 +290,7 @@ def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkey
     for grid, arms in (("grid-route-b1", build_arms), ("grid", ["grpo", "psn@0.003", "psn", "passk"])):
         for arm in arms:
             (tmp_path / grid / f"{arm}-s0").mkdir(parents=True)
-        methods = [*arms, "c3po"]  # trained by compare, not begun here: no folder, nothing to evaluate
+        methods = [*arms, "not-begun"]  # in the grid, no folder yet: nothing to evaluate
         (tmp_path / grid / "compare.json").write_text(json.dumps({"methods": methods, "overrides": {"run.keep_adapters": "20,40"}}))
         calls.clear()
         example.run("frontier", tmp_path, 5, 2)
