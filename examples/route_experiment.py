@@ -14,9 +14,8 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
                 and temperature, labelled ARM@0.003; these arms first, then the grid's others
     probe-grpo  the probe at GRPO's checkpoints (seed 0's adapters at steps 20, 40 and 60): clean, and DOSE on the
                 adapter, the weights and the temperature, one draw per sample
-    frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of the grid
-                (in the grid's order: GRPO first, then the low part's), and on route-b1's grid for grpo and
-                psn-rollout (each arm's step 60 there is read against GRPO's path)
+    frontier    the neg problems' pass@256 against the mix's pass@1 at steps 0, 20, 40, 60 for every arm of each
+                grid found, the shipped build's and route-b1's, in the grid's order (GRPO's path first)
     builds      grpo, psn and psn-weight (a draw per step and per rollout), temperature and c3po at DOSE (the σ and T
                 of the build's own calibration, OUT/calibrate-route-b1) and passk on another build of the same design
                 (route-b1, built on first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
@@ -70,7 +69,6 @@ PARTS = ("calibrate", "probe", "arms", "extras", "low", "probe-grpo", "frontier"
 BUILDS = ["route-b1"]
 BUILD_ARMS = ["grpo", "psn", "psn-rollout=psn", "temperature", "passk", "psn-weight", "psn-weight-rollout=psn-weight",
               "c3po"]
-BUILD_FRONTIER = ["grpo", "psn-rollout"]  # GRPO's path (every arm's step 60 is read against it) and the paper's form's
 
 
 def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False) -> None:
@@ -82,13 +80,13 @@ def run(part: str, out: Path, seeds: int, workers: int, other_code: bool = False
     if part == "frontier":  # the grids' kept adapters, nothing trained
         from minipsn.experiments.frontier import frontier
 
-        every = [("route", "grid", None)] + [(build, f"grid-{build}", BUILD_FRONTIER) for build in BUILDS]
-        grids = [(model, g, labels) for model, g, labels in every if (out / g / "compare.json").is_file()]
+        every = [("route", "grid")] + [(build, f"grid-{build}") for build in BUILDS]
+        grids = [(model, g) for model, g in every if (out / g / "compare.json").is_file()]
         if not grids:
             raise ValueError(f"{out / 'grid' / 'compare.json'} is missing: run the arms part (or builds) first")
-        for model, g, labels in grids:  # the shipped build's grid: every arm, in the grid's order (GRPO's path first)
+        for model, g in grids:  # every arm begun, in the grid's order (GRPO's path first)
             c = json.loads((out / g / "compare.json").read_text())
-            done = [a for a in labels or c["methods"] if (out / g / f"{a}-s0").is_dir()]
+            done = [a for a in c["methods"] if (out / g / f"{a}-s0").is_dir()]
             frontier(model, done, seeds, out / g, [20, 40], c["overrides"], kind="neg", workers=workers)
         return
     if part == "probe-grpo" and not (out / "grid" / "grpo-s0" / "adapter").is_dir():

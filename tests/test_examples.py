@@ -277,8 +277,7 @@ def test_route_experiment_low_trains_the_second_dose_at_its_own_sigma_after_grpo
 
 
 def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkeypatch):
-    """The shipped build's grid: every arm it trained, in its order; route-b1's grid: grpo and psn-rollout; no grid: one
-    line."""
+    """Each grid found (the shipped build's, route-b1's): every arm it began, in its order; no grid: one line."""
     import minipsn.experiments.frontier as frontier
 
     example, calls = _route_experiment(monkeypatch), []
@@ -296,7 +295,7 @@ def test_route_experiment_frontier_evaluates_each_grid_it_finds(tmp_path, monkey
         example.run("frontier", tmp_path, 5, 2)
     sets = {"run.keep_adapters": "20,40"}
     assert calls == [("route", ["grpo", "psn@0.003", "psn", "passk"], "grid", [20, 40], sets, "neg"),
-                     ("route-b1", ["grpo", "psn-rollout"], "grid-route-b1", [20, 40], sets, "neg")]
+                     ("route-b1", build_arms, "grid-route-b1", [20, 40], sets, "neg")]
     assert [a.split("=")[0] for a in example.BUILD_ARMS] == build_arms
 
 
