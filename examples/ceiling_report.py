@@ -174,6 +174,25 @@ def frontier_table(grid: Path, c: dict, steps: tuple[int, ...] = (40, 20), kind:
     return "\n".join(lines)
 
 
+def same_step_table(grid: Path, c: dict, steps: tuple[int, ...] = (20, 40), kind: str = "steps") -> str:
+    """Each arm's kept step against GRPO's kept step of the same number: Δ pass@k_max of the `kind` questions, paired
+    on seeds and problems, for the arms whose kept steps the frontier part evaluated on every seed."""
+    from minipsn.experiments.paired import paired
+
+    seeds = c["seeds"]
+    done = lambda a, t: all((grid / f"{a}-s{s}" / f"eval-step{t}" / "eval.json").is_file() for s in range(seeds))  # noqa: E731
+    steps = [t for t in steps if done("grpo", t)]
+    arms = [a for a in c["summary"] if a not in ("base", "grpo") and steps and all(done(a, t) for t in steps)]
+    if not arms:
+        return ""
+    cols = [paired({m: {s: grid / f"{m}-s{s}" / f"eval-step{t}" for s in range(seeds)} for m in ["grpo", *arms]},
+                   "grpo", ["synthetic"], (256,))["synthetic"]["kinds"][kind] for t in steps]
+    k = cols[0][arms[0]]["k"][-1]
+    lines = ["| arm | " + " | ".join(f"Δ@{k} vs grpo at step {t}" for t in steps) + " |", "|---|" + "---|" * len(steps)]
+    lines += [f"| {a} | " + " | ".join(_cell(d[a], -1) for d in cols) + " |" for a in arms]
+    return "\n".join(lines)
+
+
 def builds_table(out: Path) -> str:
     """Δ pass@256 of the steps questions against grpo per build, and across builds (the build a random effect), for
     each arm the builds part ran (the best ones when it ran: later doses may have moved the best since)."""

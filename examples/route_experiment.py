@@ -19,7 +19,7 @@ and GRPO narrows their pass@256, in parts that each resume where they stopped, a
     builds      grpo, psn and psn-weight (a draw per step and per rollout), temperature and c3po at DOSE (the σ and T
                 of the build's own calibration, OUT/calibrate-route-b1) and passk on another build of the same design
                 (route-b1, built on first use: 7.8 min on 2 cores), a grid of its own (OUT/grid-route-b1)
-    report      OUT/report/report.md: the probe tables and the grid's paired table
+    report      OUT/report/report.md: the probe tables, and each grid's paired table and frontier tables
 Each part prints its wall time; OUT defaults to runs/route-experiment, SEEDS to 5, WORKERS to 2; --other-code as in
 the ceiling experiment (a calibration and jobs made by other code are reused, compare.json lists the versions).
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import ceiling_experiment  # examples/: one calibration recipe and one command line for both ceilings
 from ceiling_experiment import doses
-from ceiling_report import frontier_table
+from ceiling_report import frontier_table, same_step_table
 
 from minipsn import build_config, compare
 
@@ -191,6 +191,9 @@ def report(out: Path) -> None:
             table = frontier_table(out / grid, c, kind="neg")  # "" until the frontier part evaluated GRPO's kept steps
             if table:
                 parts += [f"\n## The frontier ({grid}): each arm's last step against GRPO's path\n", table, "\n"]
+            table = same_step_table(out / grid, c, kind="neg")
+            if table:
+                parts += [f"\n## The frontier ({grid}): each arm's kept steps against GRPO's same step\n", table, "\n"]
     (out / "report").mkdir(parents=True, exist_ok=True)
     (out / "report" / "report.md").write_text("".join(parts))
     print(f"report: {out / 'report' / 'report.md'}")

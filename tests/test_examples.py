@@ -1,5 +1,6 @@
 """Examples are programs: each runs on the tiny model here, so it cannot drift from the code; run twice,
 each continues or reuses what the first run made."""
+import functools
 import importlib.util
 import json
 import os
@@ -342,6 +343,16 @@ def test_ceiling_experiment_builds_runs_the_best_arm_at_each_builds_own_sigma_fo
                      for b in ("ceiling-b1", "ceiling-b2")]
 
 
+def _two_problem_evaluation(folder, right, other_pass1, kind, other, share):
+    """An eval folder of two problems of `kind` at n = 4 (problem a's `right`, b never right) and `other`'s pass@1."""
+    (folder / "samples").mkdir(parents=True)
+    rows = [{"id": "a", "kind": kind, "correct": right}, {"id": "b", "kind": kind, "correct": [0] * 4}]
+    (folder / "samples" / "synthetic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"meta": {}}, *rows]))
+    by_kind = {other: {"pass@k": {"1": other_pass1}}, kind: {"pass@k": {"1": sum(right) / 8}}}
+    (folder / "eval.json").write_text(json.dumps({"benchmarks": {"synthetic": {"kinds": by_kind}},
+                                                  "config": {"data": {share: 0.3}}}))
+
+
 @pytest.mark.parametrize("kinds,share", [(("final", "steps"), "steps_share"), (("pos", "neg"), "neg_share")])
 def test_ceiling_report_frontier_table_pairs_each_arms_last_step_with_grpos_kept_step(tmp_path, monkeypatch, kinds, share):
     """An arm's step 60 against GRPO's step 40 on the same seeds and problems of the ceiling's kind (the ceiling's steps
@@ -353,13 +364,7 @@ def test_ceiling_report_frontier_table_pairs_each_arms_last_step_with_grpos_kept
     spec.loader.exec_module(report)
     grid, (other, kind) = tmp_path / "grid", kinds
 
-    def evaluation(folder, right, other_pass1):
-        (folder / "samples").mkdir(parents=True)
-        rows = [{"id": "a", "kind": kind, "correct": right}, {"id": "b", "kind": kind, "correct": [0] * 4}]
-        (folder / "samples" / "synthetic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"meta": {}}, *rows]))
-        by_kind = {other: {"pass@k": {"1": other_pass1}}, kind: {"pass@k": {"1": sum(right) / 8}}}
-        (folder / "eval.json").write_text(json.dumps({"benchmarks": {"synthetic": {"kinds": by_kind}},
-                                                      "config": {"data": {share: 0.3}}}))
+    evaluation = functools.partial(_two_problem_evaluation, kind=kind, other=other, share=share)
 
     for s in (0, 1):
         evaluation(grid / f"grpo-s{s}" / "eval-step40", [0] * 4, 0.5)
@@ -369,6 +374,28 @@ def test_ceiling_report_frontier_table_pairs_each_arms_last_step_with_grpos_kept
     assert header == "| arm (last step) | mix pass@1 | Δ@4 vs grpo at step 40 (mix 35.0) |"  # 0.7·0.5 + 0.3·0
     assert row.startswith("| psn | 31.7 | +50.0 [")  # 0.7·0.4 + 0.3·(1/8) = 0.3175
     assert report.frontier_table(grid, c, steps=(20,), kind=kind) == ""  # GRPO's step 20 not evaluated: no table
+
+
+def test_ceiling_report_same_step_table_pairs_each_kept_step_with_grpos_and_skips_arms_not_evaluated(tmp_path,
+                                                                                                     monkeypatch):
+    """psn's step 20 reaches problem a on every seed where GRPO's step 20 never does (Δ pass@4 = +50 points); at step 40
+    they are equal; temperature's kept steps were not evaluated, so it has no row."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location("ceiling_report", REPO / "examples" / "ceiling_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    grid = tmp_path / "grid"
+    evaluation = functools.partial(_two_problem_evaluation, other_pass1=0.5, kind="neg", other="pos", share="neg_share")
+    for s in (0, 1):
+        evaluation(grid / f"grpo-s{s}" / "eval-step20", [0] * 4)
+        evaluation(grid / f"psn-s{s}" / "eval-step20", [1, 0, 0, 0])
+        for arm in ("grpo", "psn"):
+            evaluation(grid / f"{arm}-s{s}" / "eval-step40", [1, 0, 0, 0])
+    c = {"seeds": 2, "summary": {"base": {}, "grpo": {}, "psn": {}, "temperature": {}}}
+    header, _, row = report.same_step_table(grid, c, kind="neg").splitlines()
+    assert header == "| arm | Δ@4 vs grpo at step 20 | Δ@4 vs grpo at step 40 |"
+    assert row.startswith("| psn | +50.0 [") and row.endswith("| +0.0 [+0.0, +0.0] |")
+    assert report.same_step_table(grid, c, steps=(60,), kind="neg") == ""  # no kept step 60: no table
 
 
 def test_ceiling_report_builds_table_reads_the_arm_the_builds_ran_not_todays_best(tmp_path, monkeypatch):
